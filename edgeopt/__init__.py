@@ -1,0 +1,28 @@
+"""edgeopt: fine-tuned PyTorch model -> parity-checked, profiled artifacts for edge targets.
+
+``import edgeopt`` pulls in nothing heavy; each stage imports its framework when it runs.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build": "edgeopt.build",
+    "export": "edgeopt.api",
+    "compile": "edgeopt.api",
+    "profile": "edgeopt.api",
+    "targets": "edgeopt.targets",
+    "doctor": "edgeopt.doctor",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgeopt' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

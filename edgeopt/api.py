@@ -1,0 +1,84 @@
+"""The Python functions behind ``edgeopt export``, ``compile`` and ``profile`` (``build`` is in build.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .build import (BuildContext, Plan, load_data, plan_artifacts, prepare_output, stage_compile, stage_export,
+                    stage_profile)
+from .errors import UserInputError
+from .hostinfo import host_info
+from .manifest import Manifest, load_manifest
+from .recipe import ProfileConfig, Recipe, load_recipe
+from .reporting import Reporter
+
+
+def _recipe(recipe) -> Recipe:
+    from .example import example_recipe
+
+    if recipe is None:
+        return example_recipe()
+    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+
+
+def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
+           reporter: Reporter | None = None) -> dict:
+    """Export the recipe's model to OUT/export/model.onnx with its parity record and reference outputs."""
+    r = _recipe(recipe)
+    out = Path(output)
+    reporter = reporter or Reporter()
+    prepare_output(out, force)
+    manifest = load_manifest(out, missing_ok=True) or Manifest.new(r, host_info())
+    ctx = BuildContext(recipe=r, out=out, reporter=reporter)
+    load_data(ctx, manifest)
+    stage_export(ctx, manifest)
+    manifest.write(out)
+    return manifest.data
+
+
+def compile(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisions=(), force: bool = False,
+            reporter: Reporter | None = None) -> dict:  # noqa: A001 - the command's name
+    """Export (reused when unchanged) and compile the given targets/precisions, without profiling."""
+    from .build import build
+
+    return build(recipe, output, targets, precisions, force=force, reporter=reporter, profile=False)
+
+
+def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmup: int = 10,
+            duration_s: float = 1.5, threads: int | None = None, reporter: Reporter | None = None) -> dict:
+    """Profile one artifact folder, or every artifact of an OUT folder (its manifest is updated)."""
+    from .artifact import ARTIFACT_JSON, open_artifact
+    from .fsutil import write_json_atomic
+    from .manifest import MANIFEST
+    from .profile import profile_runner
+
+    path = Path(path)
+    reporter = reporter or Reporter()
+    cfg = ProfileConfig(batches=tuple(batches), warmup=warmup, iterations=iterations, duration_s=duration_s,
+                        threads=threads)
+    if (path / ARTIFACT_JSON).is_file():
+        folders = [path]
+        manifest = None
+    elif (path / MANIFEST).is_file():
+        manifest = load_manifest(path)
+        folders = [path / a["id"] for a in manifest.data["artifacts"] if a["status"] == "ok"]
+    else:
+        raise UserInputError(f"{path} is neither an artifact folder nor an edgeopt output folder.",
+                             "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
+    results = {}
+    for folder in folders:
+        runner, rec = open_artifact(folder, threads=threads)
+        reporter.step(f"{rec['id']}: profiling batch {','.join(map(str, batches))}")
+        try:
+            results[rec["id"]] = profile_runner(runner, runner.spec, cfg.batches, cfg)
+        finally:
+            runner.close()
+    if manifest is not None:
+        for a in manifest.data["artifacts"]:
+            if a["id"] in results:
+                res = results[a["id"]]
+                a["latency"] = res["rows"]
+                a.update({k: res[k] for k in ("load_s", "threads", "peak_rss_mb")})
+                a.pop("speedup_vs_torch", None)
+        write_json_atomic(path / MANIFEST, manifest.data)
+    return {"host": host_info(), "artifacts": results}

@@ -1,0 +1,135 @@
+"""The one small interface every backend implements: compile, open, infer, close.
+
+A backend module imports its framework inside functions only, so ``import edgeopt.backends.X`` works
+everywhere and the missing framework is reported when it is actually needed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..errors import BackendMissingError, UserInputError
+from ..hostinfo import version_of
+from ..spec import IOSpec
+from ..targets import Target
+
+
+@dataclass
+class CompileRequest:
+    """Everything a backend needs to turn an ONNX model into an artifact folder."""
+
+    onnx_path: Path
+    target: Target
+    precision: str
+    spec: IOSpec
+    out_dir: Path  # an empty staging folder; the backend writes its files here
+    model_kind: str = "generic"  # cnn | transformer | detector | generic: picks compression recipes
+    calibration: Iterable[dict[str, np.ndarray]] | None = None  # feeds, for int8
+    options: dict = field(default_factory=dict)  # target options overlaid with recipe/CLI options
+    cache_dir: Path | None = None  # content-keyed caches (TensorRT timing cache, OpenVINO model cache)
+
+
+class Runner(ABC):
+    """Context manager: activate (load), infer (named numpy in, named numpy out), close."""
+
+    def __init__(self, spec: IOSpec):
+        self.spec = spec
+        self.active = False
+        self.load_seconds: float | None = None
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def activate(self) -> None:
+        if not self.active:
+            import time
+
+            t0 = time.perf_counter()
+            self._activate()
+            self.load_seconds = time.perf_counter() - t0
+            self.active = True
+
+    def infer(self, feed: dict[str, np.ndarray] | np.ndarray, check: bool = True) -> dict[str, np.ndarray]:
+        if not self.active:
+            raise RuntimeError("Runner.infer called before activate(); use `with runner:`")
+        if not isinstance(feed, dict):
+            if len(self.spec.inputs) != 1:
+                raise UserInputError(
+                    f"The model has {len(self.spec.inputs)} inputs; a single array was given.",
+                    f"Pass a dict with keys {[t.name for t in self.spec.inputs]}.")
+            feed = {self.spec.inputs[0].name: feed}
+        if check:
+            self.spec.check_feed(feed)
+        return self._infer(feed)
+
+    def close(self) -> None:
+        if self.active:
+            self._close()
+            self.active = False
+
+    @property
+    def threads(self) -> int | None:
+        return None
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _close(self) -> None:
+        pass
+
+
+class Backend(ABC):
+    name: str = ""
+    module: str = ""  # the framework's import name
+    distribution: str = ""  # its pip distribution, for the version
+    extra: str = ""  # edgeopt's pip extra that installs it
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+    def version(self) -> str | None:
+        return version_of(self.distribution)
+
+    def require(self):
+        """Import the framework, or raise an error naming the pip extra to install."""
+        if not self.installed():
+            raise BackendMissingError(self.distribution, self.extra, f"use the {self.name} backend")
+        return importlib.import_module(self.module)
+
+    def unavailable_reason(self, target: Target) -> str | None:
+        """None when the target can run here, else why not (missing package, missing device)."""
+        if not self.installed():
+            return f"{self.distribution} is not installed: pip install 'edgeopt[{self.extra}]'"
+        return self.device_missing(target)
+
+    def device_missing(self, target: Target) -> str | None:
+        return None
+
+    def precisions_here(self, target: Target) -> tuple[str, ...]:
+        """The target's precisions that this host can execute."""
+        return target.precisions
+
+    def precision_unavailable(self, target: Target, precision: str) -> str | None:
+        return None if precision in self.precisions_here(target) else (
+            f"{precision} is not available for {target.name} on this host")
+
+    @abstractmethod
+    def compile(self, req: CompileRequest) -> dict:
+        """Write the artifact's files into ``req.out_dir``; return metadata for the manifest."""
+
+    @abstractmethod
+    def open(self, artifact_dir: Path, meta: dict, spec: IOSpec, target: Target, threads: int | None = None) -> Runner:
+        """A :class:`Runner` over a compiled artifact folder."""

@@ -1,0 +1,143 @@
+"""ONNX Runtime, CPU execution provider: any CPU, x86 or ARM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CompileError
+from ..spec import IOSpec
+from ..targets import Target
+from .base import Backend, CompileRequest, Runner
+
+LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+          "all": "ORT_ENABLE_ALL"}
+MODEL_FILE = "model.onnx"
+
+
+def session_options(ort, options: dict, level_key: str = "graph_optimization_level", default: str = "all"):
+    so = ort.SessionOptions()
+    level = options.get(level_key, default)
+    if level not in LEVELS:
+        raise CompileError(f"Unknown ONNX Runtime optimization level {level!r}.", f"Use one of {list(LEVELS)}.")
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
+    threads = int(options.get("intra_op_threads", 0) or 0)
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = int(options.get("inter_op_threads", 1) or 1)
+    so.log_severity_level = 3
+    return so
+
+
+class OrtRunner(Runner):
+    def __init__(self, model_path: Path, spec: IOSpec, options: dict):
+        super().__init__(spec)
+        self.model_path, self.options, self.session = model_path, options, None
+
+    def _activate(self):
+        import onnxruntime as ort
+
+        so = session_options(ort, self.options)
+        self.session = ort.InferenceSession(str(self.model_path), so, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _infer(self, feed):
+        outs = self.session.run(self.output_names, feed)
+        return dict(zip(self.output_names, outs))
+
+    def _close(self):
+        self.session = None
+
+    @property
+    def threads(self) -> int:
+        n = int(self.options.get("intra_op_threads", 0) or 0)
+        return n or physical_cores()
+
+
+def physical_cores() -> int:
+    """ONNX Runtime's default intra-op pool size: the physical cores this process may use."""
+    try:
+        cores = set()
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                k, _, v = line.partition(":")
+                k = k.strip()
+                if k == "physical id":
+                    phys = v.strip()
+                elif k == "core id":
+                    core = v.strip()
+                elif not line.strip() and core is not None:
+                    cores.add((phys, core))
+                    phys = core = None
+        allowed = len(os.sched_getaffinity(0))
+        return max(1, min(len(cores) or allowed, allowed))
+    except (OSError, AttributeError):
+        return os.cpu_count() or 1
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    module = "onnxruntime"
+    distribution = "onnxruntime"
+    extra = "onnxruntime"
+
+    def compile(self, req: CompileRequest) -> dict:
+        ort = self.require()
+        out = Path(req.out_dir) / MODEL_FILE
+        source = Path(req.onnx_path)
+        if req.precision == "int8":
+            from ..compress import quantize_for_onnxruntime  # issue: compression stage
+
+            meta = quantize_for_onnxruntime(req, out)
+            source = out
+        elif req.precision != "fp32":
+            raise CompileError(f"ONNX Runtime CPU does not build {req.precision} artifacts.", "Use fp32 or int8.")
+        else:
+            meta = {}
+        # Offline optimisation at a portable level; the hardware-specific "all" level runs at load time.
+        offline = req.options.get("offline_optimization", "extended")
+        so = session_options(ort, {**req.options, "offline_optimization": offline}, "offline_optimization", "extended")
+        tmp = Path(req.out_dir) / "optimized.onnx"
+        so.optimized_model_filepath = str(tmp)
+        try:
+            ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            raise CompileError(f"ONNX Runtime could not load the model: {exc}",
+                               "Run `edgeopt export` again, or check the operator named above.") from exc
+        shutil.move(tmp, out)
+        for extra in Path(req.out_dir).glob("*.data"):
+            if extra.name != f"{MODEL_FILE}.data":
+                extra.unlink()
+        return {
+            **meta,
+            "model_file": MODEL_FILE,
+            "offline_optimization_level": offline,
+            "graph_optimization_level": req.options.get("graph_optimization_level", "all"),
+            "intra_op_threads": int(req.options.get("intra_op_threads", 0) or 0),
+            "execution_provider": "CPUExecutionProvider",
+        }
+
+    def open(self, artifact_dir: Path, meta: dict, spec: IOSpec, target: Target, threads: int | None = None) -> Runner:
+        self.require()
+        options = {**target.options, **meta.get("runtime_options", {})}
+        if threads:
+            options["intra_op_threads"] = threads
+        return OrtRunner(Path(artifact_dir) / meta.get("model_file", MODEL_FILE), spec, options)
+
+
+def run_onnx(path: Path, feeds: list[dict[str, np.ndarray]], spec: IOSpec) -> list[dict[str, np.ndarray]]:
+    """Run an ONNX file on ORT without graph changes (the exporter's own parity check)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return [dict(zip(names, sess.run(names, f))) for f in feeds]
+
+
+BACKEND = OnnxRuntimeBackend()

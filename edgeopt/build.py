@@ -1,0 +1,374 @@
+"""``edgeopt build``: intake -> export -> compile per target and precision -> parity -> accuracy ->
+profile -> manifest. Each stage writes atomically; a rerun reuses what is still valid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .artifact import ARTIFACT_JSON, artifact_id, open_artifact, read_artifact_json
+from .backends import CompileRequest, get_backend
+from .errors import BackendMissingError, EdgeoptError, ParityError, UserInputError
+from .fsutil import clean_stale_staging, file_records, sha256_file, sha256_json, staged_dir, write_json_atomic
+from .hostinfo import host_info, version_of
+from .manifest import MANIFEST, Manifest, load_manifest
+from .parity import parity, tolerance_for
+from .profile import profile_runner, time_callable
+from .recipe import Recipe, load_recipe
+from .reference import REFERENCE_FILE, load_reference, parity_feeds, save_reference
+from .reporting import Reporter
+from .targets import Target, check_precision, get_target, load_targets, target_status
+
+EXPORT_DIR = "export"
+
+
+@dataclass
+class Plan:
+    target: Target
+    precision: str
+    status: str = "planned"  # planned | skipped | not built here
+    reason: str | None = None
+
+    @property
+    def id(self) -> str:
+        return artifact_id(self.target.name, self.precision)
+
+
+@dataclass
+class BuildContext:
+    recipe: Recipe
+    out: Path
+    reporter: Reporter
+    force: bool = False
+    model: object = None  # intake.LoadedModel
+    onnx_path: Path | None = None
+    feeds: list = field(default_factory=list)
+    refs: list = field(default_factory=list)
+    evaluation: object = None  # data.Dataset
+    calibration: object = None
+
+
+# ------------------------------------------------------------------------------------------------
+# output folder
+# ------------------------------------------------------------------------------------------------
+
+def prepare_output(out: Path, force: bool) -> None:
+    """Refuse a folder that holds something other than an edgeopt output, unless ``force``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"Output {out} exists and is a file.", "Choose another -o/--output folder.")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not (out / EXPORT_DIR).is_dir():
+        if not force:
+            names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+            raise UserInputError(f"Output folder {out} is not empty and is not an edgeopt output (holds {names}).",
+                                 "Choose another -o/--output folder, or pass --force to build into it anyway.")
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# planning
+# ------------------------------------------------------------------------------------------------
+
+def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tuple[str, ...] = ()) -> list[Plan]:
+    names = targets or recipe.targets
+    explicit = bool(names)
+    wanted_prec = precisions or recipe.precisions
+    chosen = [get_target(n) for n in names] if explicit else list(load_targets().values())
+    plans: list[Plan] = []
+    for t in chosen:
+        backend = get_backend(t.backend)
+        if not backend.installed():
+            if explicit:
+                raise BackendMissingError(backend.distribution, backend.extra, f"build for target {t.name}")
+            continue
+        ok, why = target_status(t)
+        if not ok and not explicit:
+            continue  # the default build makes what can run here
+        for p in wanted_prec:
+            if p not in t.precisions:
+                if precisions and explicit and len(chosen) == 1:
+                    check_precision(t, p)  # raises with the list the target offers
+                continue
+            plan = Plan(t, p)
+            unavailable = backend.precision_unavailable(t, p) if ok else why
+            if unavailable:
+                if not explicit and ok:
+                    continue
+                plan.status, plan.reason = "skipped", unavailable
+            plans.append(plan)
+    if not plans:
+        raise UserInputError(
+            f"Nothing to build: no target offers the precisions {list(wanted_prec)} on this machine.",
+            "Run `edgeopt targets` to see what can run here, and pick --target/--precision from it.")
+    return plans
+
+
+# ------------------------------------------------------------------------------------------------
+# stages
+# ------------------------------------------------------------------------------------------------
+
+def stage_export(ctx: BuildContext, manifest: Manifest) -> None:
+    from .export import check_export_parity, export_onnx, reference_outputs
+    from .intake import load_model
+
+    r = ctx.recipe
+    ctx.reporter.step("Loading the model")
+    ctx.model = model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint))
+    export_key = sha256_json({"model": model.sha256, "spec": model.spec.to_dict(), "export": r.export.__dict__,
+                              "torch": version_of("torch"), "edgeopt": __version__, "source": model.source})
+    prev = manifest.data.get("export") or {}
+    out = ctx.out / EXPORT_DIR
+    if model.onnx_path is not None:
+        ctx.onnx_path = model.onnx_path
+        record = {"exporter": "none (ONNX given)", "sha256": sha256_file(model.onnx_path)}
+    elif prev.get("key") == export_key and _files_intact(ctx.out, prev.get("files", [])):
+        ctx.reporter.info("Reusing the exported ONNX (model and settings unchanged)")
+        record = prev
+        ctx.onnx_path = out / "model.onnx"
+    else:
+        ctx.reporter.step(f"Exporting to ONNX (opset {r.export.opset})")
+        with staged_dir(out) as stage:
+            record = export_onnx(model, stage, r.export, log=ctx.reporter.info)
+        ctx.onnx_path = out / "model.onnx"
+        record["files"] = file_records(out, ctx.out)
+    record["key"] = export_key
+    # Reference samples: random within the declared ranges, plus real ones from the evaluation data.
+    real = ctx.evaluation.feeds(2) if ctx.evaluation is not None else []
+    ctx.feeds = parity_feeds(model.spec, r.parity.samples, r.parity.seed, real)
+    ctx.reporter.step("Computing reference outputs")
+    ctx.refs = reference_outputs(model, ctx.feeds)
+    save_reference(ctx.out / REFERENCE_FILE, ctx.feeds, ctx.refs)
+    if model.module is not None:
+        record["parity"] = _parity_summary(check_export_parity(model, ctx.onnx_path, ctx.feeds, ctx.refs,
+                                                               r.parity.tolerances))
+        ctx.reporter.info(f"Exported ONNX matches PyTorch: max abs {record['parity']['max_abs']:.2e}, "
+                          f"cosine {record['parity']['cosine']:.6f}")
+    manifest.data["export"] = record
+    manifest.data["model"] = model.describe()
+    manifest.data["reference"] = {"path": REFERENCE_FILE, "sha256": sha256_file(ctx.out / REFERENCE_FILE),
+                                  "samples": len(ctx.feeds), "source": "pytorch" if model.module is not None else "onnx"}
+
+
+def _files_intact(root: Path, files: list[dict]) -> bool:
+    return bool(files) and all((root / f["path"]).is_file() and sha256_file(root / f["path"]) == f["sha256"]
+                               for f in files)
+
+
+def _parity_summary(rep: dict) -> dict:
+    return {k: rep[k] for k in ("max_abs", "max_rel", "cosine", "passed", "samples", "tolerance", "reason")} | {
+        "outputs": {n: {k: v for k, v in o.items()} for n, o in rep["outputs"].items()}}
+
+
+def artifact_key(ctx: BuildContext, plan: Plan) -> str:
+    backend = get_backend(plan.target.backend)
+    return sha256_json({"onnx": sha256_file(ctx.onnx_path), "target": plan.target.to_dict(),
+                        "precision": plan.precision, "backend": backend.version(), "edgeopt": __version__,
+                        "calibration": getattr(ctx.calibration, "sha256", None),
+                        "compression": ctx.recipe.compression})
+
+
+def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
+    """Compile one artifact into a staging folder, check parity, then move it into place."""
+    r = ctx.recipe
+    rec = {"id": plan.id, "target": plan.target.name, "backend": plan.target.backend,
+           "device": plan.target.device, "precision": plan.precision}
+    if plan.status != "planned":
+        return {**rec, "status": plan.status, "reason": plan.reason, "files": []}
+    key = artifact_key(ctx, plan)
+    folder = ctx.out / plan.id
+    if previous and previous.get("key") == key and previous.get("status") == "ok" and _files_intact(ctx.out, previous["files"]):
+        ctx.reporter.info(f"{plan.id}: reusing the compiled artifact (inputs unchanged)")
+        return {**previous, "reused": True}
+    backend = get_backend(plan.target.backend)
+    ctx.reporter.step(f"{plan.id}: compiling")
+    t0 = time.perf_counter()
+    try:
+        with staged_dir(folder) as stage:
+            req = CompileRequest(onnx_path=ctx.onnx_path, target=plan.target, precision=plan.precision,
+                                 spec=ctx.model.spec, out_dir=stage, model_kind=ctx.model.kind,
+                                 calibration=ctx.calibration, options=dict(plan.target.options))
+            meta = backend.compile(req)
+            compile_s = time.perf_counter() - t0
+            write_json_atomic(stage / ARTIFACT_JSON, {
+                "id": plan.id, "backend": plan.target.backend, "precision": plan.precision,
+                "target": plan.target.to_dict(), "spec": ctx.model.spec.to_dict(), "meta": meta, "key": key,
+                "edgeopt_version": __version__, "backend_version": backend.version(),
+            })
+            runner, _ = open_artifact(stage)
+            with runner:
+                got = [runner.infer(f) for f in ctx.feeds]
+                rep = parity(ctx.refs, got, tolerance_for(plan.precision, r.parity.tolerances))
+                if not rep["passed"]:
+                    raise ParityError(f"{plan.id} differs from PyTorch: {rep['reason']} (max abs {rep['max_abs']:.3g}, "
+                                      f"cosine {rep['cosine']:.6f}).",
+                                      f"Use another precision, or loosen [parity.tolerances.{plan.precision}] if the "
+                                      "difference is acceptable.")
+                accuracy = evaluate(runner, ctx) if ctx.evaluation is not None else None
+    except ParityError as exc:
+        ctx.reporter.error(str(exc))
+        return {**rec, "status": "failed", "reason": exc.problem, "files": [],
+                "parity": _parity_summary(rep), "key": key}
+    except EdgeoptError as exc:
+        ctx.reporter.error(f"{plan.id}: {exc}")
+        return {**rec, "status": "failed", "reason": exc.problem, "files": [], "key": key}
+    ctx.reporter.info(f"{plan.id}: parity max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
+                      + (f", top-1 {accuracy['value']:.4f}" if accuracy else ""))
+    return {**rec, "status": "ok", "reason": None, "key": key, "compile_s": round(compile_s, 3),
+            "files": file_records(folder, ctx.out), "parity": _parity_summary(rep), "accuracy": accuracy,
+            "meta": meta}
+
+
+def evaluate(runner_or_fn, ctx: BuildContext) -> dict:
+    """Top-1 (and top-5) of the first output against the evaluation labels."""
+    from .metrics import classification_accuracy
+
+    ds = ctx.evaluation
+    lo, hi = ctx.model.spec.batch_range()
+    bs = max(lo, min(hi, 32))
+    infer = runner_or_fn.infer if hasattr(runner_or_fn, "infer") else runner_or_fn
+    preds, labels = [], []
+    for feed, lab in ds.batches(bs):
+        out = infer(feed)
+        preds.append(next(iter(out.values())))
+        labels.append(lab)
+    return classification_accuracy(np.concatenate(preds), np.concatenate(labels))
+
+
+def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) -> None:
+    from .profile import feed_for_batch
+
+    cfg = ctx.recipe.profile
+    batches = [b for b in cfg.batches if _batch_ok(ctx.model.spec, b)]
+    real = ctx.evaluation.arrays if ctx.evaluation is not None else None
+    baseline = None
+    if cfg.baseline and ctx.model.module is not None:
+        ctx.reporter.step("Profiling the PyTorch eager baseline")
+        baseline = profile_torch(ctx, batches, real)
+        manifest.data["baseline"] = baseline
+    for rec in records:
+        if rec["status"] != "ok":
+            continue
+        ctx.reporter.step(f"{rec['id']}: profiling batch {','.join(map(str, batches))}")
+        runner, _ = open_artifact(ctx.out / rec["id"], threads=cfg.threads)
+        try:
+            prof = profile_runner(runner, ctx.model.spec, batches, cfg, real)
+        finally:
+            runner.close()
+        rec["latency"] = prof["rows"]
+        rec.update({k: prof[k] for k in ("load_s", "threads", "peak_rss_mb")})
+        if baseline:
+            base = {row["batch"]: row["median_ms"] for row in baseline["latency"]}
+            rec["speedup_vs_torch"] = {str(row["batch"]): round(base[row["batch"]] / row["median_ms"], 3)
+                                       for row in prof["rows"] if row["batch"] in base}
+        unstable = [row["batch"] for row in prof["rows"] if row["unstable"]]
+        if unstable:
+            ctx.reporter.warn(f"{rec['id']}: timings unstable at batch {unstable} (CV > 15%); the machine is busy")
+
+
+def carry_over(ctx: BuildContext, previous: Manifest | None, planned: set[str]) -> list[dict]:
+    """Artifacts of an earlier run that this run did not plan: kept when still valid for the same ONNX,
+    removed otherwise (a stale artifact is never left next to a new manifest)."""
+    if previous is None:
+        return []
+    same_onnx = (previous.data.get("export") or {}).get("sha256") == sha256_file(ctx.onnx_path)
+    kept = []
+    for rec in previous.data.get("artifacts", []):
+        if rec["id"] in planned:
+            continue
+        folder = ctx.out / rec["id"]
+        if same_onnx and rec.get("status") == "ok" and _files_intact(ctx.out, rec.get("files", [])):
+            kept.append({**rec, "reused": True})
+        elif folder.is_dir():
+            shutil.rmtree(folder)
+    return kept
+
+
+def _batch_ok(spec, b: int) -> bool:
+    lo, hi = spec.batch_range()
+    return lo <= b <= hi
+
+
+def profile_torch(ctx: BuildContext, batches, real) -> dict:
+    import torch
+
+    from .intake import to_torch
+    from .profile import feed_for_batch, peak_rss_mb, reset_peak_rss
+
+    module = ctx.model.module
+    threads = ctx.recipe.profile.threads
+    if threads:
+        torch.set_num_threads(threads)
+    reset_peak_rss()
+    rows = []
+    with torch.inference_mode():
+        for b in batches:
+            args = to_torch(feed_for_batch(ctx.model.spec, b, real), ctx.model.spec)
+            rows.append(time_callable(lambda: module(*args), ctx.recipe.profile, b))
+        accuracy = evaluate(lambda feed: dict(zip(ctx.model.spec.outputs,
+                                                  (t.numpy() for t in module(*to_torch(feed, ctx.model.spec))))), ctx) \
+            if ctx.evaluation is not None else None
+    return {"name": "torch-eager-fp32", "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "latency": rows, "peak_rss_mb": peak_rss_mb(), "accuracy": accuracy}
+
+
+def load_data(ctx: BuildContext, manifest: Manifest) -> None:
+    r = ctx.recipe
+    if r.evaluation is None and r.calibration is None:
+        return
+    from .data import load_dataset
+
+    if r.evaluation is not None:
+        ctx.evaluation = load_dataset(r.evaluation, r.spec, purpose="evaluation")
+        manifest.data["evaluation"] = ctx.evaluation.summary()
+        for w in ctx.evaluation.warnings:
+            ctx.reporter.warn(w)
+    if r.calibration is not None and "int8" in r.precisions:
+        ctx.calibration = load_dataset(r.calibration, r.spec, purpose="calibration")
+        manifest.data["calibration"] = ctx.calibration.summary()
+        for w in ctx.calibration.warnings:
+            ctx.reporter.warn(w)
+
+
+# ------------------------------------------------------------------------------------------------
+# entry point
+# ------------------------------------------------------------------------------------------------
+
+def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeopt-out",
+          targets: tuple[str, ...] = (), precisions: tuple[str, ...] = (), force: bool = False,
+          reporter: Reporter | None = None, profile: bool = True) -> dict:
+    """Build every planned artifact for ``recipe`` (the built-in example when None) into ``output``.
+
+    Returns the manifest. Raises :class:`EdgeoptError` for bad input before anything is written.
+    """
+    from .example import example_recipe
+
+    if recipe is None:
+        recipe = example_recipe()
+    elif not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    out = Path(output)
+    reporter = reporter or Reporter()
+    plans = plan_artifacts(recipe, tuple(targets), tuple(precisions))  # bad targets fail before any write
+    prepare_output(out, force)
+    reporter.attach_log(out / "logs" / "build.log")
+    previous = load_manifest(out, missing_ok=True)
+    manifest = Manifest.new(recipe, host_info())
+    ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force)
+    load_data(ctx, manifest)
+    stage_export(ctx, manifest)
+    prev_by_id = {a["id"]: a for a in (previous.data.get("artifacts", []) if previous else [])}
+    records = [stage_compile(ctx, p, prev_by_id.get(p.id)) for p in plans]
+    if profile:
+        stage_profile(ctx, manifest, records)
+    records += carry_over(ctx, previous, {p.id for p in plans})
+    manifest.data["artifacts"] = records
+    manifest.write(out)
+    reporter.detach_log()
+    return manifest.data

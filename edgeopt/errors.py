@@ -1,0 +1,83 @@
+"""The few exception types edgeopt raises, each with a message a user can act on.
+
+Every error names the problem and the fix. The CLI turns them into one paragraph and an exit code;
+a traceback is only shown with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+
+class EdgeoptError(Exception):
+    """Base class. ``problem`` says what is wrong, ``fix`` what to do about it."""
+
+    exit_code = 1
+
+    def __init__(self, problem: str, fix: str | None = None):
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return self.problem if not self.fix else f"{self.problem}\nFix: {self.fix}"
+
+
+class UserInputError(EdgeoptError):
+    """A recipe, spec, target, precision, path or flag the user gave is wrong."""
+
+    exit_code = 2
+
+
+class ModelLoadError(UserInputError):
+    """The model (factory, checkpoint, file) cannot be loaded as given."""
+
+
+class BackendMissingError(EdgeoptError):
+    """A framework edgeopt needs for this step is not installed."""
+
+    exit_code = 3
+
+    def __init__(self, what: str, extra: str, purpose: str = ""):
+        needed = f" to {purpose}" if purpose else ""
+        super().__init__(
+            f"{what} is not installed; edgeopt needs it{needed}.",
+            f"pip install 'edgeopt[{extra}]'",
+        )
+        self.extra = extra
+
+
+class ExportError(EdgeoptError):
+    """The model could not be exported to ONNX."""
+
+    exit_code = 4
+
+
+class ParityError(EdgeoptError):
+    """An artifact's outputs differ from the PyTorch reference beyond tolerance."""
+
+    exit_code = 5
+
+
+class CompileError(EdgeoptError):
+    """A backend failed to compile an artifact."""
+
+    exit_code = 6
+
+
+class DataError(UserInputError):
+    """Calibration or evaluation data is unusable."""
+
+
+class IntegrityError(EdgeoptError):
+    """A file, artifact or bundle does not match its recorded hash or schema."""
+
+    exit_code = 7
+
+
+def require(module: str, extra: str, purpose: str = ""):
+    """Import ``module`` or raise :class:`BackendMissingError` naming the pip extra that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - exercised in a torch-free venv test
+        raise BackendMissingError(module, extra, purpose) from exc

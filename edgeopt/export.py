@@ -1,0 +1,174 @@
+"""Export stage: PyTorch -> ONNX (dynamo exporter, legacy on failure), check, slim, parity vs PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ExportError, ParityError, require
+from .fsutil import sha256_file
+from .intake import LoadedModel, run_torch, to_torch
+from .parity import parity, tolerance_for
+from .recipe import ExportConfig
+from .spec import IOSpec
+
+ONNX_FILE = "model.onnx"
+TWO_GB = 2 * 1024**3
+
+
+def failing_operators(text: str) -> list[str]:
+    found: list[str] = []
+    for pat in (r"(aten::[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", r"torch\.ops\.aten\.([A-Za-z0-9_]+)",
+                r"(torchvision::[A-Za-z0-9_]+)", r"(prim::[A-Za-z0-9_]+)"):
+        for m in re.finditer(pat, text):
+            op = m.group(1)
+            op = op if "::" in op else f"aten::{op}"
+            if op not in found:
+                found.append(op)
+    return found
+
+
+def export_sizes(spec: IOSpec) -> dict[str, int]:
+    """Sizes for the example inputs: avoid 1 on dynamic axes, which the exporter would specialise."""
+    return {n: min(d.max, max(d.opt, 2)) for n, d in spec.dims.items()}
+
+
+def _dynamic_shapes(torch, spec: IOSpec):
+    dims = {n: torch.export.Dim(n, min=d.min, max=d.max) for n, d in spec.dims.items()}
+    # The flat module's forward takes *args: its dynamic shapes are keyed by that parameter's name.
+    return {"args": tuple({ax: dims[name] for ax, name in t.dynamic_axes.items()} or None for t in spec.inputs)}
+
+
+def _export_dynamo(torch, model: LoadedModel, args, path: Path, cfg: ExportConfig):
+    spec = model.spec
+    torch.onnx.export(
+        model.module, args, str(path), dynamo=True, opset_version=cfg.opset,
+        input_names=[t.name for t in spec.inputs], output_names=list(spec.outputs),
+        dynamic_shapes=_dynamic_shapes(torch, spec) if spec.dims else None,
+        external_data=_too_big(model.module), optimize=True, verbose=False, report=False,
+    )
+
+
+def _export_legacy(torch, model: LoadedModel, args, path: Path, cfg: ExportConfig):
+    spec = model.spec
+    axes = {t.name: dict(t.dynamic_axes) for t in spec.inputs if t.dynamic_axes}
+    torch.onnx.export(
+        model.module, args, str(path), dynamo=False, opset_version=cfg.opset, do_constant_folding=True,
+        input_names=[t.name for t in spec.inputs], output_names=list(spec.outputs), dynamic_axes=axes or None,
+    )
+
+
+def _too_big(module) -> bool:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) >= TWO_GB
+
+
+def _quiet():
+    """The exporters print pages of progress and warnings; keep them out of the user's terminal."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    return stack
+
+
+def export_onnx(model: LoadedModel, out_dir: Path, cfg: ExportConfig, log=print) -> dict:
+    """Write ``out_dir/model.onnx`` (plus ``.data`` when > 2 GB). Returns the export record."""
+    torch = require("torch", "torch", "export to ONNX")
+    require("onnx", "torch", "export to ONNX")
+    path = Path(out_dir) / ONNX_FILE
+    sizes = export_sizes(model.spec)
+    feed = model.spec.random_feed(np.random.default_rng(0), sizes=sizes)
+    args = to_torch(feed, model.spec)
+    order = {"auto": ("dynamo", "legacy"), "dynamo": ("dynamo",), "legacy": ("legacy",)}[cfg.exporter]
+    errors: dict[str, str] = {}
+    record: dict = {}
+    for name in order:
+        t0 = time.perf_counter()
+        try:
+            with _quiet():
+                (_export_dynamo if name == "dynamo" else _export_legacy)(torch, model, args, path, cfg)
+            record = {"exporter": name, "seconds": round(time.perf_counter() - t0, 2)}
+            break
+        except Exception as exc:  # noqa: BLE001 - exporters raise many types
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            log(f"{name} exporter failed: {_first_line(errors[name])}")
+            for p in Path(out_dir).glob("*"):
+                p.unlink()
+    if not record:
+        ops = failing_operators(" ".join(errors.values()))
+        which = f"the operator(s) {', '.join(ops)}" if ops else "an operator the exporters do not handle"
+        raise ExportError(
+            f"ONNX export failed on {which}. " + " | ".join(f"{k}: {_first_line(v)}" for k, v in errors.items()),
+            "Rewrite that part of forward() with supported operations, try another opset (--opset), "
+            "or export the ONNX yourself and pass the .onnx file as the model source.")
+    if "dynamo" in errors:
+        record["fallback_reason"] = _first_line(errors["dynamo"])
+    record.update(check_and_slim(path, cfg))
+    record.update({"requested_opset": cfg.opset})
+    return record
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else text)[:400]
+
+
+def check_and_slim(path: Path, cfg: ExportConfig) -> dict:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"The exported ONNX fails onnx.checker: {exc}", "Report this model; try --exporter legacy.") from exc
+    m = onnx.load(str(path))
+    produced = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    out = {"opset": produced, "ir_version": m.ir_version, "checker": "passed", "slim": None}
+    if produced != cfg.opset:
+        out["opset_note"] = f"asked for opset {cfg.opset}, the exporter produced {produced}"
+    if cfg.slim:
+        try:
+            import onnxslim
+
+            before = len(m.graph.node)
+            with _quiet():
+                slim = onnxslim.slim(m)
+            onnx.checker.check_model(slim)
+            onnx.save(slim, str(path), save_as_external_data=slim.ByteSize() >= TWO_GB)
+            out["slim"] = {"tool": "onnxslim", "nodes_before": before, "nodes_after": len(slim.graph.node)}
+        except ImportError:
+            out["slim"] = {"skipped": "onnxslim is not installed"}
+        except Exception as exc:  # noqa: BLE001 - keep the unslimmed model, say so
+            out["slim"] = {"skipped": f"onnxslim failed: {_first_line(str(exc))}"}
+    out["sha256"] = sha256_file(path)
+    return out
+
+
+def check_export_parity(model: LoadedModel, onnx_path: Path, feeds, refs, overrides: dict | None = None) -> dict:
+    """The exported ONNX, run by ONNX Runtime without optimisation, against PyTorch: fail on mismatch."""
+    from .backends.onnxruntime import run_onnx
+
+    require("onnxruntime", "onnxruntime", "check the exported ONNX against PyTorch")
+    got = run_onnx(onnx_path, feeds, model.spec)
+    rep = parity(refs, got, tolerance_for("fp32", overrides))
+    if not rep["passed"]:
+        raise ParityError(
+            f"The exported ONNX differs from PyTorch: {rep['reason']} (max abs {rep['max_abs']:.3g}, "
+            f"cosine {rep['cosine']:.6f}, {rep['samples']} samples).",
+            "Try the other exporter (--exporter legacy or dynamo), another opset, or loosen "
+            "[parity.tolerances.fp32] if the difference is expected.")
+    return rep
+
+
+def reference_outputs(model: LoadedModel, feeds) -> list[dict]:
+    if model.module is not None:
+        return run_torch(model.module, feeds, model.spec)
+    from .backends.onnxruntime import run_onnx
+
+    return run_onnx(model.onnx_path, feeds, model.spec)

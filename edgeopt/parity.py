@@ -1,0 +1,99 @@
+"""Compare an artifact's outputs with the reference (PyTorch) outputs. Numpy only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float | None  # max |a - b| allowed, plus rtol * max |reference|
+    rtol: float
+    min_cosine: float
+
+    def to_dict(self) -> dict:
+        return {"atol": self.atol, "rtol": self.rtol, "min_cosine": self.min_cosine}
+
+
+DEFAULT_TOLERANCES = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-5, min_cosine=0.99999),
+    "fp16": Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.999),
+    "bf16": Tolerance(atol=5e-2, rtol=2e-2, min_cosine=0.995),
+    "int8": Tolerance(atol=None, rtol=0.0, min_cosine=0.99),
+}
+
+
+def tolerance_for(precision: str, overrides: dict | None = None) -> Tolerance:
+    base = DEFAULT_TOLERANCES[precision]
+    o = (overrides or {}).get(precision, {})
+    return Tolerance(atol=o.get("atol", base.atol), rtol=o.get("rtol", base.rtol),
+                     min_cosine=o.get("min_cosine", base.min_cosine))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def compare_arrays(ref: np.ndarray, got: np.ndarray) -> dict:
+    ref, got = np.asarray(ref), np.asarray(got)
+    if ref.shape != got.shape:
+        return {"shape_ref": list(ref.shape), "shape_got": list(got.shape), "max_abs": float("inf"),
+                "max_rel": float("inf"), "cosine": 0.0, "ref_max_abs": 0.0}
+    if ref.size == 0:
+        return {"max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0, "ref_max_abs": 0.0}
+    if not np.issubdtype(ref.dtype, np.floating):
+        eq = float(np.mean(ref == got))
+        diff = float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64))))
+        return {"max_abs": diff, "max_rel": diff, "cosine": eq, "ref_max_abs": float(np.max(np.abs(ref)))}
+    r, g = ref.astype(np.float64), got.astype(np.float64)
+    if not np.all(np.isfinite(g)):
+        return {"max_abs": float("inf"), "max_rel": float("inf"), "cosine": 0.0, "ref_max_abs": 0.0, "non_finite": True}
+    d = np.abs(r - g)
+    return {"max_abs": float(d.max()), "max_rel": float((d / (np.abs(r) + 1e-6)).max()),
+            "cosine": _cosine(r, g), "ref_max_abs": float(np.abs(r).max())}
+
+
+def parity(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]], tol: Tolerance) -> dict:
+    """Per output, worst case over all samples; ``passed`` applies the tolerance of the precision."""
+    per: dict[str, dict] = {}
+    for ref, got in zip(refs, gots, strict=True):
+        missing = set(ref) - set(got)
+        if missing:
+            return {"passed": False, "reason": f"outputs missing from the artifact: {sorted(missing)}",
+                    "max_abs": None, "max_rel": None, "cosine": None, "outputs": {}, "samples": len(refs),
+                    "tolerance": tol.to_dict()}
+        for name, r in ref.items():
+            c = compare_arrays(r, got[name])
+            w = per.setdefault(name, {"max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0, "ref_max_abs": 0.0})
+            for k in ("max_abs", "max_rel", "ref_max_abs"):
+                w[k] = max(w[k], c[k])
+            w["cosine"] = min(w["cosine"], c["cosine"])
+            if "shape_ref" in c:
+                w["shape_mismatch"] = f"{c['shape_ref']} vs {c['shape_got']}"
+    reasons = []
+    for name, w in per.items():
+        if "shape_mismatch" in w:
+            reasons.append(f"{name}: shape {w['shape_mismatch']}")
+            continue
+        if tol.atol is not None and w["max_abs"] > tol.atol + tol.rtol * w["ref_max_abs"]:
+            reasons.append(f"{name}: max abs error {w['max_abs']:.3g} > {tol.atol:g} + {tol.rtol:g} x {w['ref_max_abs']:.3g}")
+        if w["cosine"] < tol.min_cosine:
+            reasons.append(f"{name}: cosine {w['cosine']:.6f} < {tol.min_cosine}")
+    return {
+        "passed": not reasons,
+        "reason": "; ".join(reasons) or None,
+        "max_abs": max(w["max_abs"] for w in per.values()) if per else 0.0,
+        "max_rel": max(w["max_rel"] for w in per.values()) if per else 0.0,
+        "cosine": min(w["cosine"] for w in per.values()) if per else 1.0,
+        "outputs": per,
+        "samples": len(refs),
+        "tolerance": tol.to_dict(),
+    }

@@ -1,0 +1,58 @@
+"""Progress and messages on stderr (stdout stays clean for --json), mirrored into OUT/logs/."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+class Reporter:
+    def __init__(self, quiet: bool = False, verbose: bool = False):
+        self.quiet, self.verbose = quiet, verbose
+        self._log = None
+        self._t0 = time.perf_counter()
+        self._console = None
+
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+        return self._console
+
+    def attach_log(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(path, "a", encoding="utf-8")
+        self._write(f"=== edgeopt run {time.strftime('%Y-%m-%d %H:%M:%S')}")
+
+    def detach_log(self) -> None:
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def _write(self, line: str) -> None:
+        if self._log:
+            self._log.write(line + "\n")
+            self._log.flush()
+
+    def _stamp(self) -> str:
+        return f"{time.perf_counter() - self._t0:6.1f}s"
+
+    def step(self, msg: str) -> None:
+        self._write(f"[{self._stamp()}] {msg}")
+        if not self.quiet:
+            self.console.print(f"[dim]{self._stamp()}[/dim] [bold]{msg}[/bold]")
+
+    def info(self, msg: str) -> None:
+        self._write(f"[{self._stamp()}]   {msg}")
+        if not self.quiet:
+            self.console.print(f"         {msg}", markup=False)
+
+    def warn(self, msg: str) -> None:
+        self._write(f"WARNING {msg}")
+        self.console.print(f"[yellow]warning:[/yellow] {msg}")
+
+    def error(self, msg: str) -> None:
+        self._write(f"ERROR {msg}")
+        self.console.print(f"[red]error:[/red] {msg}")

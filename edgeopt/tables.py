@@ -1,0 +1,71 @@
+"""Human tables for the terminal (rich). Figures come from the manifest only."""
+
+from __future__ import annotations
+
+
+def _ms(v) -> str:
+    return "-" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.2f}")
+
+
+def latency_at(rec: dict, batch: int) -> dict | None:
+    return next((r for r in rec.get("latency") or [] if r["batch"] == batch), None)
+
+
+def artifact_rows(manifest: dict) -> list[dict]:
+    """One row per artifact (and the torch baseline) with the figures the final table shows."""
+    base = manifest.get("baseline")
+    rows = []
+    ref_acc = (base or {}).get("accuracy") or {}
+    if base:
+        rows.append({"id": base["name"], "precision": "fp32", "status": "baseline", "size_mb": None,
+                     "accuracy": ref_acc.get("value"), "drop": None, "latency": base["latency"],
+                     "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "parity": None, "note": ""})
+    for a in manifest.get("artifacts", []):
+        acc = (a.get("accuracy") or {}).get("value")
+        size = sum(f["bytes"] for f in a.get("files", []) if not f["path"].endswith(".json")) / 1e6
+        rows.append({
+            "id": a["id"], "precision": a["precision"], "status": a["status"], "size_mb": size if a.get("files") else None,
+            "accuracy": acc, "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
+            "latency": a.get("latency") or [], "speedup": a.get("speedup_vs_torch") or {},
+            "parity": (a.get("parity") or {}).get("max_abs"), "note": a.get("reason") or "; ".join(a.get("flags", [])),
+        })
+    return rows
+
+
+def wide_console():
+    """A console that does not squeeze wide tables when stdout is a pipe or a file."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=220)
+
+
+def print_summary(manifest: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or wide_console()
+    batches = sorted({r["batch"] for a in manifest.get("artifacts", []) for r in a.get("latency") or []} |
+                     {r["batch"] for r in (manifest.get("baseline") or {}).get("latency", [])})
+    model = manifest.get("model", {})
+    t = Table(title=f"edgeopt: {model.get('name', '?')}  ({manifest['host']['cpu']['model']})", title_justify="left")
+    for col in ("artifact", "status", "size MB", "top-1", "drop pt", "max abs err"):
+        t.add_column(col, justify="left" if col in ("artifact", "status") else "right")
+    for b in batches:
+        t.add_column(f"b{b} median ms", justify="right")
+        t.add_column(f"b{b} p99 ms", justify="right")
+        t.add_column(f"b{b} vs torch", justify="right")
+    t.add_column("note")
+    for row in artifact_rows(manifest):
+        cells = [row["id"], row["status"], "-" if row["size_mb"] is None else f"{row['size_mb']:.2f}",
+                 "-" if row["accuracy"] is None else f"{row['accuracy'] * 100:.2f}",
+                 "-" if row["drop"] is None else f"{row['drop']:+.2f}",
+                 "-" if row["parity"] is None else f"{row['parity']:.1e}"]
+        for b in batches:
+            lat = next((r for r in row["latency"] if r["batch"] == b), None)
+            sp = row["speedup"].get(str(b))
+            cells += [_ms(lat and lat["median_ms"]), _ms(lat and lat["p99_ms"]), "-" if sp is None else f"{sp:.2f}x"]
+        cells.append(row["note"] or "")
+        t.add_row(*cells)
+    console.print(t)
