@@ -7,6 +7,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .isolation import isolate as _isolate  # noqa: E402 - must run before any framework import
+
+_isolate()
+
 _LAZY = {
     "build": "edgeopt.build",
     "export": "edgeopt.api",

@@ -18,7 +18,7 @@ from .errors import BackendMissingError, EdgeoptError, ParityError, UserInputErr
 from .fsutil import clean_stale_staging, file_records, sha256_file, sha256_json, staged_dir, write_json_atomic
 from .hostinfo import host_info, version_of
 from .manifest import MANIFEST, Manifest, load_manifest
-from .parity import parity, tolerance_for
+from .parity import figures, parity, tolerance_for
 from .profile import profile_runner, time_callable
 from .recipe import Recipe, load_recipe
 from .reference import REFERENCE_FILE, load_reference, parity_feeds, save_reference
@@ -204,10 +204,9 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
             runner, _ = open_artifact(stage)
             with runner:
                 got = [runner.infer(f) for f in ctx.feeds]
-                rep = parity(ctx.refs, got, tolerance_for(plan.precision, r.parity.tolerances))
+                rep = parity(ctx.refs, got, tolerance_for(plan.precision, r.parity.tolerances), ctx.model.kind)
                 if not rep["passed"]:
-                    raise ParityError(f"{plan.id} differs from PyTorch: {rep['reason']} (max abs {rep['max_abs']:.3g}, "
-                                      f"cosine {rep['cosine']:.6f}).",
+                    raise ParityError(f"{plan.id} differs from PyTorch: {rep['reason']} ({figures(rep)}).",
                                       f"Use another precision, or loosen [parity.tolerances.{plan.precision}] if the "
                                       "difference is acceptable.")
                 accuracy = evaluate(runner, ctx) if ctx.evaluation is not None else None

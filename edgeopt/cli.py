@@ -49,7 +49,7 @@ def _reporter(ctx, json_out: bool):
     return Reporter(quiet=o.get("quiet", False), verbose=o.get("verbose", False))
 
 
-def _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter):
+def _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind=None):
     """Merge CLI model/input options into a recipe (or build one from them alone)."""
     from dataclasses import replace
 
@@ -71,16 +71,16 @@ def _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opse
         from .recipe import Recipe
 
         spec = IOSpec(tuple(parse_input_arg(i) for i in inputs), {d.name: d for d in map(parse_dim_arg, dims)})
-        r = Recipe(model=ModelConfig(source=model, checkpoint=checkpoint, allow_pickle=allow_pickle), spec=spec,
-                   base_dir=Path("."))
+        r = Recipe(model=ModelConfig(source=model, checkpoint=checkpoint, allow_pickle=allow_pickle,
+                                     kind=kind or "generic"), spec=spec, base_dir=Path("."))
     else:
         if inputs or dims:
             spec = IOSpec(tuple(parse_input_arg(i) for i in inputs) or r.spec.inputs,
                           {**r.spec.dims, **{d.name: d for d in map(parse_dim_arg, dims)}}, r.spec.outputs)
             r = replace(r, spec=spec)
-        if checkpoint or allow_pickle:
+        if checkpoint or allow_pickle or kind:
             r = replace(r, model=replace(r.model, checkpoint=checkpoint or r.model.checkpoint,
-                                         allow_pickle=allow_pickle or r.model.allow_pickle))
+                                         allow_pickle=allow_pickle or r.model.allow_pickle, kind=kind or r.model.kind))
     if opset or exporter:
         r = replace(r, export=ExportConfig(opset=opset or r.export.opset, exporter=exporter or r.export.exporter,
                                            slim=r.export.slim))
@@ -92,6 +92,8 @@ def model_options(fn):
         click.option("--model", help="Model source instead of a recipe: file.py:factory, package.module:factory, "
                                      "model.onnx, model.pt2, TorchScript .pt, or hf:FOLDER."),
         click.option("--checkpoint", help="state_dict checkpoint for a factory model."),
+        click.option("--kind", type=click.Choice(["cnn", "transformer", "detector", "generic"]),
+                     help="Model kind: picks parity rules and compression recipes (default generic)."),
         click.option("--allow-pickle", is_flag=True, help="Allow a checkpoint that needs full unpickling (runs code from the file)."),
         click.option("--input", "inputs", multiple=True, help="NAME:DTYPE[DIM,...][@LOW,HIGH], e.g. image:float32[batch,3,224,224]."),
         click.option("--dim", "dims", multiple=True, help="Dynamic axis range NAME=MIN:OPT:MAX, e.g. batch=1:1:32."),
@@ -127,13 +129,13 @@ def main(ctx, quiet, verbose):
 @model_options
 @click.pass_context
 @handle_errors
-def build(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, allow_pickle, inputs, dims,
-          opset, exporter):
+def build(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, kind, allow_pickle, inputs,
+          dims, opset, exporter):
     """Export, compile, check and profile RECIPE (a TOML file); no RECIPE builds the built-in example."""
     from . import build as build_mod
     from .tables import print_summary
 
-    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter)
+    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
     m = build_mod.build(r, output, targets, precisions, force=force, reporter=_reporter(ctx, json_out))
     _finish(m, json_out, output)
 
@@ -160,11 +162,12 @@ def _finish(m: dict, json_out: bool, output) -> None:
 @model_options
 @click.pass_context
 @handle_errors
-def export(ctx, recipe, output, force, json_out, model, checkpoint, allow_pickle, inputs, dims, opset, exporter):
+def export(ctx, recipe, output, force, json_out, model, checkpoint, kind, allow_pickle, inputs, dims, opset,
+           exporter):
     """Export RECIPE's model to OUT/export/model.onnx and check it against PyTorch."""
     from . import api
 
-    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter)
+    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
     m = api.export(r, output, force=force, reporter=_reporter(ctx, json_out))
     if json_out:
         _emit_json(m["export"])
@@ -184,12 +187,12 @@ def export(ctx, recipe, output, force, json_out, model, checkpoint, allow_pickle
 @model_options
 @click.pass_context
 @handle_errors
-def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, allow_pickle, inputs,
-                dims, opset, exporter):
+def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, kind, allow_pickle,
+                inputs, dims, opset, exporter):
     """Compile RECIPE for targets and precisions (parity-checked, not profiled)."""
     from . import api
 
-    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter)
+    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
     m = api.compile(r, output, targets, precisions, force=force, reporter=_reporter(ctx, json_out))
     _finish(m, json_out, output)
 

@@ -14,6 +14,7 @@ import numpy as np
 from .errors import ExportError, ParityError, require
 from .fsutil import sha256_file
 from .intake import LoadedModel, run_torch, to_torch
+from .parity import figures as _figures
 from .parity import parity, tolerance_for
 from .recipe import ExportConfig
 from .spec import IOSpec
@@ -97,7 +98,7 @@ def export_onnx(model: LoadedModel, out_dir: Path, cfg: ExportConfig, log=print)
             record = {"exporter": name, "seconds": round(time.perf_counter() - t0, 2)}
             break
         except Exception as exc:  # noqa: BLE001 - exporters raise many types
-            errors[name] = f"{type(exc).__name__}: {exc}"
+            errors[name] = _root_cause(exc)
             log(f"{name} exporter failed: {_first_line(errors[name])}")
             for p in Path(out_dir).glob("*"):
                 p.unlink()
@@ -113,6 +114,16 @@ def export_onnx(model: LoadedModel, out_dir: Path, cfg: ExportConfig, log=print)
     record.update(check_and_slim(path, cfg))
     record.update({"requested_opset": cfg.opset})
     return record
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error of the chain, where the exporters say what actually failed; the full
+    text of every link is kept for the operator search."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    root = chain[-1]
+    return f"{type(root).__name__}: {root}" + "".join(f"\n{type(e).__name__}: {e}" for e in chain[:-1])
 
 
 def _first_line(text: str) -> str:
@@ -156,11 +167,10 @@ def check_export_parity(model: LoadedModel, onnx_path: Path, feeds, refs, overri
 
     require("onnxruntime", "onnxruntime", "check the exported ONNX against PyTorch")
     got = run_onnx(onnx_path, feeds, model.spec)
-    rep = parity(refs, got, tolerance_for("fp32", overrides))
+    rep = parity(refs, got, tolerance_for("fp32", overrides), model.kind)
     if not rep["passed"]:
         raise ParityError(
-            f"The exported ONNX differs from PyTorch: {rep['reason']} (max abs {rep['max_abs']:.3g}, "
-            f"cosine {rep['cosine']:.6f}, {rep['samples']} samples).",
+            f"The exported ONNX differs from PyTorch: {rep['reason']} ({_figures(rep)}).",
             "Try the other exporter (--exporter legacy or dynamo), another opset, or loosen "
             "[parity.tolerances.fp32] if the difference is expected.")
     return rep

@@ -247,7 +247,7 @@ def _check_qdq(g: _Graph, version, target, spec) -> list[Finding]:
     return out
 
 
-_INT8, _UINT8 = 3, 2  # onnx.TensorProto.INT8 / UINT8
+_INT8, _UINT8, _INT32 = 3, 2, 6  # onnx.TensorProto.INT8 / UINT8 / INT32
 _SIGNED_OK = {3, 17, 22, 23}  # INT8, FLOAT8E4M3FN, INT4, FLOAT4E2M1 (quantized types TensorRT takes)
 _NNCF_FIX = ("Quantize for TensorRT: symmetric, signed INT8 activations (NNCF: preset=QuantizationPreset."
              "PERFORMANCE, advanced_parameters with overflow_fix=OverflowFix.DISABLE and activations "
@@ -278,6 +278,12 @@ def _check_one_qdq(g: _Graph, node, name: str) -> list[Finding]:
     zp = g.constants[zp_name]
     if zp.data_type == _UINT8:
         return [_unsigned(name, node.op_type, f"the {kind} zero point {zp_name!r} is UINT8")]
+    if zp.data_type == _INT32:
+        return [Finding("error", "qdq-int32", name,
+                        f"{node.op_type} of INT32 data (a quantized bias, {node.input[0]!r}); TensorRT's quantized "
+                        "types are INT8, FP8, INT4 and FP4 only.",
+                        "Keep biases in float: ONNX Runtime quantize_static(..., extra_options={'QuantizeBias': "
+                        "False}); NNCF leaves biases float.")]
     if zp.data_type not in _SIGNED_OK:
         return [Finding("error", "qdq-type", name,
                         f"{node.op_type} quantizes to ONNX type {zp.data_type}; TensorRT takes INT8 (or FP8/INT4).",

@@ -61,10 +61,15 @@ def compare_arrays(ref: np.ndarray, got: np.ndarray) -> dict:
             "cosine": _cosine(r, g), "ref_max_abs": float(np.abs(r).max())}
 
 
-def parity(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]], tol: Tolerance) -> dict:
-    """Per output, worst case over all samples; ``passed`` applies the tolerance of the precision."""
+def parity(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]], tol: Tolerance,
+           kind: str = "generic") -> dict:
+    """Per output, worst case over all samples; ``passed`` applies the tolerance of the precision.
+
+    For ``kind="detector"`` the detections are first aligned (see :func:`align_detections`)."""
     per: dict[str, dict] = {}
     for ref, got in zip(refs, gots, strict=True):
+        if kind == "detector":
+            got = align_detections(ref, got)
         missing = set(ref) - set(got)
         if missing:
             return {"passed": False, "reason": f"outputs missing from the artifact: {sorted(missing)}",
@@ -97,3 +102,48 @@ def parity(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]],
         "samples": len(refs),
         "tolerance": tol.to_dict(),
     }
+
+
+def figures(rep: dict) -> str:
+    """The numbers of a parity report in one phrase, for error messages."""
+    if rep.get("max_abs") is None:
+        return f"{rep['samples']} samples"
+    return f"max abs {rep['max_abs']:.3g}, cosine {rep['cosine']:.6f}, {rep['samples']} samples"
+
+
+def _detection_keys(out: dict) -> tuple[str, str, str] | None:
+    def find(suffix):
+        hits = [k for k in out if k == suffix or k.endswith("_" + suffix)]
+        return hits[0] if len(hits) == 1 else None
+
+    keys = find("boxes"), find("scores"), find("labels")
+    return keys if all(keys) else None
+
+
+def align_detections(ref: dict, got: dict, score_tol: float = 1e-3) -> dict:
+    """Reorder a detector's (boxes, scores, labels) to match the reference's order.
+
+    Detections whose scores are (nearly) tied come out of NMS/top-k in an order that the last float bit
+    decides, so an element-wise comparison would fail on a correct artifact. Each reference detection is
+    matched to an unused one with the same label, a score within ``score_tol`` and the nearest box; the
+    aligned outputs are then compared element-wise as usual, so a wrong box still fails.
+    """
+    keys = _detection_keys(ref)
+    if keys is None or any(k not in got for k in keys):
+        return got
+    kb, ks, kl = keys
+    rb, rs, rl = (np.asarray(ref[k]) for k in keys)
+    gb, gs, gl = (np.asarray(got[k]) for k in keys)
+    if rb.shape != gb.shape or rs.shape != gs.shape or rs.ndim != 1:
+        return got
+    used = np.zeros(len(gs), dtype=bool)
+    order = []
+    for i in range(len(rs)):
+        cand = np.flatnonzero(~used & (gl == rl[i]) & (np.abs(gs - rs[i]) <= score_tol))
+        if cand.size == 0:
+            return got  # no match: leave as is, the element-wise check reports it
+        j = cand[np.argmin(np.abs(gb[cand] - rb[i]).max(axis=1))]
+        used[j] = True
+        order.append(j)
+    order = np.asarray(order, dtype=np.int64)
+    return {**got, kb: gb[order], ks: gs[order], kl: gl[order]}

@@ -40,7 +40,10 @@ class OvRunner(Runner):
         core = _core()
         self.compiled = core.compile_model(core.read_model(str(self.xml)), self.device, self.config)
         self.request = self.compiled.create_infer_request()
-        self.outputs = [(o.get_any_name(), o) for o in self.compiled.outputs]
+        wanted = set(self.spec.outputs)
+        # An OpenVINO port can carry several tensor names; prefer the one the model spec uses.
+        self.outputs = [(next((n for n in sorted(o.get_names()) if n in wanted), o.get_any_name()), o)
+                        for o in self.compiled.outputs]
 
     def _infer(self, feed):
         res = self.request.infer(feed)
