@@ -28,10 +28,13 @@ def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
     out = Path(output)
     reporter = reporter or Reporter()
     prepare_output(out, force)
-    manifest = load_manifest(out, missing_ok=True) or Manifest.new(r, host_info())
+    previous = load_manifest(out, missing_ok=True)
+    manifest = Manifest.new(r, host_info())
     ctx = BuildContext(recipe=r, out=out, reporter=reporter)
     load_data(ctx, manifest)
-    stage_export(ctx, manifest)
+    stage_export(ctx, manifest, previous)
+    if previous and (previous.data.get("export") or {}).get("sha256") == manifest.data["export"].get("sha256"):
+        manifest.data["artifacts"] = previous.data.get("artifacts", [])  # still valid for the same ONNX
     manifest.write(out)
     return manifest.data
 

@@ -102,6 +102,9 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
                 if not explicit and ok:
                     continue
                 plan.status, plan.reason = "skipped", unavailable
+                if getattr(backend, "builds_on_device", False):
+                    # Engines are built on the device that runs them: ship a device package instead.
+                    plan.status = "not built here"
             plans.append(plan)
     if not plans:
         raise UserInputError(
@@ -114,7 +117,7 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
 # stages
 # ------------------------------------------------------------------------------------------------
 
-def stage_export(ctx: BuildContext, manifest: Manifest) -> None:
+def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | None = None) -> None:
     from .export import check_export_parity, export_onnx, reference_outputs
     from .intake import load_model
 
@@ -123,7 +126,7 @@ def stage_export(ctx: BuildContext, manifest: Manifest) -> None:
     ctx.model = model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint))
     export_key = sha256_json({"model": model.sha256, "spec": model.spec.to_dict(), "export": r.export.__dict__,
                               "torch": version_of("torch"), "edgeopt": __version__, "source": model.source})
-    prev = manifest.data.get("export") or {}
+    prev = (previous.data.get("export") if previous else None) or {}
     out = ctx.out / EXPORT_DIR
     if model.onnx_path is not None:
         ctx.onnx_path = model.onnx_path
@@ -179,6 +182,10 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     r = ctx.recipe
     rec = {"id": plan.id, "target": plan.target.name, "backend": plan.target.backend,
            "device": plan.target.device, "precision": plan.precision}
+    if plan.status == "not built here":
+        from .device_package import write_device_package
+
+        return write_device_package(ctx, plan, ctx.out / plan.id, rec)
     if plan.status != "planned":
         return {**rec, "status": plan.status, "reason": plan.reason, "files": []}
     key = artifact_key(ctx, plan)
@@ -210,6 +217,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
                                       f"Use another precision, or loosen [parity.tolerances.{plan.precision}] if the "
                                       "difference is acceptable.")
                 accuracy = evaluate(runner, ctx) if ctx.evaluation is not None else None
+                runtime = runner.properties()
     except ParityError as exc:
         ctx.reporter.error(str(exc))
         return {**rec, "status": "failed", "reason": exc.problem, "files": [],
@@ -221,7 +229,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
                       + (f", top-1 {accuracy['value']:.4f}" if accuracy else ""))
     return {**rec, "status": "ok", "reason": None, "key": key, "compile_s": round(compile_s, 3),
             "files": file_records(folder, ctx.out), "parity": _parity_summary(rep), "accuracy": accuracy,
-            "meta": meta}
+            "meta": meta, "runtime": runtime}
 
 
 def evaluate(runner_or_fn, ctx: BuildContext) -> dict:
@@ -361,7 +369,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     manifest = Manifest.new(recipe, host_info())
     ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force)
     load_data(ctx, manifest)
-    stage_export(ctx, manifest)
+    stage_export(ctx, manifest, previous)
     prev_by_id = {a["id"]: a for a in (previous.data.get("artifacts", []) if previous else [])}
     records = [stage_compile(ctx, p, prev_by_id.get(p.id)) for p in plans]
     if profile:

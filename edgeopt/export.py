@@ -23,16 +23,26 @@ ONNX_FILE = "model.onnx"
 TWO_GB = 2 * 1024**3
 
 
+SPECIFIC_OP_PATTERNS = (
+    r"operator '((?:aten|prim|torchvision)::[A-Za-z0-9_]+)'",  # legacy: Exporting the operator 'aten::x' ...
+    r"[Nn]o (?:ONNX )?(?:function|decomposition)s? (?:found |registered )?for (?:<OpOverload\(op=')?((?:aten|torchvision)[.:]+[A-Za-z0-9_]+)",
+    r"Unsupported FX nodes: \{'((?:aten|torchvision)::[A-Za-z0-9_]+)",
+)
+GENERIC_OP_PATTERNS = (r"((?:aten|torchvision|prim)::[A-Za-z0-9_]+)", r"torch\.ops\.((?:aten|torchvision)\.[A-Za-z0-9_]+)")
+
+
 def failing_operators(text: str) -> list[str]:
-    found: list[str] = []
-    for pat in (r"(aten::[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", r"torch\.ops\.aten\.([A-Za-z0-9_]+)",
-                r"(torchvision::[A-Za-z0-9_]+)", r"(prim::[A-Za-z0-9_]+)"):
-        for m in re.finditer(pat, text):
-            op = m.group(1)
-            op = op if "::" in op else f"aten::{op}"
-            if op not in found:
-                found.append(op)
-    return found
+    """Operator names an exporter error blames: the explicit "operator X is not supported" first."""
+    for patterns in (SPECIFIC_OP_PATTERNS, GENERIC_OP_PATTERNS):
+        found: list[str] = []
+        for pat in patterns:
+            for m in re.finditer(pat, text):
+                op = m.group(1).replace(".", "::", 1) if "::" not in m.group(1) else m.group(1)
+                if op not in found:
+                    found.append(op)
+        if found:
+            return found
+    return []
 
 
 def export_sizes(spec: IOSpec) -> dict[str, int]:

@@ -18,6 +18,7 @@ from .trt_operators import BASELINE, dla_available, operator_support, parse_vers
 
 PROTOBUF_LIMIT = 2 * 1024**3  # bytes: a single ONNX protobuf cannot be larger
 STANDARD_DOMAINS = ("", "ai.onnx")
+PLUGIN_DOMAINS = ("trt.plugins", "trt")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -203,11 +204,18 @@ def _check_operators(g: _Graph, version, target, spec) -> list[Finding]:
     for node, name in g.nodes:
         if (node.domain, node.op_type) in g.local_functions:
             continue  # the parser expands model-local functions; their bodies are checked as nodes
+        if node.domain in PLUGIN_DOMAINS:
+            out.append(Finding("warning", "plugin-operator", name,
+                               f"{node.domain}::{node.op_type} is a TensorRT plugin node; it builds only where that "
+                               "plugin is registered.",
+                               "Make sure the plugin library is loaded on the device (trtexec --plugins / "
+                               "ctypes.CDLL before building)."))
+            continue
         if node.domain not in STANDARD_DOMAINS:
             out.append(Finding(
                 "error", "custom-operator", name,
-                f"{node.domain}::{node.op_type} is not a standard ONNX operator; TensorRT parses it only "
-                "through a plugin of that name.",
+                f"{node.domain}::{node.op_type} is outside the ai.onnx operator set TensorRT parses; only a "
+                "TensorRT plugin of that name would take it.",
                 "Give TensorRT the exported ONNX, not one rewritten by ONNX Runtime's optimizer "
                 "(com.microsoft fused ops), or register a TensorRT plugin for it."))
             continue
@@ -257,37 +265,44 @@ _NNCF_FIX = ("Quantize for TensorRT: symmetric, signed INT8 activations (NNCF: p
 
 def _check_one_qdq(g: _Graph, node, name: str) -> list[Finding]:
     zp_name = node.input[2] if len(node.input) > 2 else ""
-    kind = "activation" if node.op_type == "QuantizeLinear" else "tensor"
-    if not zp_name:
-        attrs = {a.name: a.i for a in node.attribute}
-        dtype = attrs.get("output_dtype", 0) if node.op_type == "QuantizeLinear" else 0
-        if node.op_type == "DequantizeLinear" and node.input and node.input[0] in g.constants:
-            dtype = g.constants[node.input[0]].data_type
-        if dtype in (0, _UINT8) and node.op_type == "QuantizeLinear":
-            return [Finding("warning", "qdq-zero-point-missing", name,
-                            "QuantizeLinear has no zero point, so ONNX quantizes to UINT8; TensorRT quantizes "
-                            "to INT8 instead, so results differ from the ONNX reference.",
-                            "Give it an INT8 zero-point initializer of 0. " + _NNCF_FIX)]
-        if dtype == _UINT8:
-            return [_unsigned(name, node.op_type, "the quantized input is UINT8")]
-        return []
-    if zp_name not in g.constants:
+    if zp_name and zp_name not in g.constants:
         return [Finding("error", "qdq-zero-point-dynamic", name,
                         f"{node.op_type}'s zero point {zp_name!r} is computed at run time; TensorRT needs a "
                         "constant zero point of 0.", "Quantize statically (constant scale, zero point 0).")]
-    zp = g.constants[zp_name]
-    if zp.data_type == _UINT8:
-        return [_unsigned(name, node.op_type, f"the {kind} zero point {zp_name!r} is UINT8")]
-    if zp.data_type == _INT32:
+    qtype = _quantized_type(g, node, zp_name)
+    if qtype is None:  # a QuantizeLinear without zero point or output_dtype: ONNX says UINT8
+        return [Finding("warning", "qdq-zero-point-missing", name,
+                        "QuantizeLinear has no zero point, so ONNX quantizes to UINT8; TensorRT quantizes to INT8 "
+                        "instead, so results differ from the ONNX reference.",
+                        "Give it an INT8 zero-point initializer of 0. " + _NNCF_FIX)]
+    if qtype == _UINT8:
+        what = f"the zero point {zp_name!r} is UINT8" if zp_name else "the quantized data is UINT8"
+        return [_unsigned(name, node.op_type, what)]
+    if qtype == _INT32:
         return [Finding("error", "qdq-int32", name,
                         f"{node.op_type} of INT32 data (a quantized bias, {node.input[0]!r}); TensorRT's quantized "
                         "types are INT8, FP8, INT4 and FP4 only.",
                         "Keep biases in float: ONNX Runtime quantize_static(..., extra_options={'QuantizeBias': "
                         "False}); NNCF leaves biases float.")]
-    if zp.data_type not in _SIGNED_OK:
+    if qtype not in _SIGNED_OK:
         return [Finding("error", "qdq-type", name,
-                        f"{node.op_type} quantizes to ONNX type {zp.data_type}; TensorRT takes INT8 (or FP8/INT4).",
+                        f"{node.op_type} quantizes to ONNX type {qtype}; TensorRT takes INT8 (or FP8/INT4/FP4).",
                         _NNCF_FIX)]
+    return _nonzero_zero_point(g, node, name, zp_name) if zp_name else []
+
+
+def _quantized_type(g: _Graph, node, zp_name: str) -> int | None:
+    """The integer type a Q/DQ node works in: its zero point's, else output_dtype or the constant input's."""
+    if zp_name:
+        return g.constants[zp_name].data_type
+    if node.op_type == "DequantizeLinear":
+        source = g.constants.get(node.input[0]) if node.input else None
+        return source.data_type if source is not None else _INT8  # its QuantizeLinear is checked itself
+    output_dtype = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
+    return output_dtype or None
+
+
+def _nonzero_zero_point(g: _Graph, node, name: str, zp_name: str) -> list[Finding]:
     try:
         values = g.array(zp_name)
     except Exception:  # noqa: BLE001 - external data missing; reported by _check_external_data

@@ -275,3 +275,63 @@ def test_helpers_qdq_and_fp16_detection(tmp_path):
     assert lint_mod.qdq_nodes(qdq_model(tmp_path, "int8")) == 3
     assert lint_mod.qdq_nodes(conv_model(tmp_path)) == 0
     assert lint_mod.is_fp16_model(conv_model(tmp_path)) is False
+
+
+def test_int32_bias_dequantize_is_an_error(tmp_path, nano):
+    """ONNX Runtime's default QDQ quantizes Conv biases to INT32, which TensorRT has no quantized type for."""
+    inits = [numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.arange(4, dtype=np.int32), "b_q"),
+             numpy_helper.from_array(np.full(4, 1e-3, np.float32), "b_scale"),
+             numpy_helper.from_array(np.zeros(4, np.int32), "b_zp")]
+    nodes = [helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zp"], ["b"], name="bias_dq"),
+             helper.make_node("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1], name="conv1")]
+    path = _save(tmp_path, nodes, [_f("x", [1, 3, 8, 8])], [_f("y", [1, 4, 8, 8])], inits)
+    (f,) = lint(path, nano).errors
+    assert (f.code, f.node) == ("qdq-int32", "bias_dq") and "QuantizeBias" in f.fix
+
+
+def test_quantize_without_zero_point(tmp_path, nano):
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s")]
+    q = helper.make_node("QuantizeLinear", ["x", "s"], ["q"], name="q_default")
+    dq = helper.make_node("DequantizeLinear", ["q", "s"], ["y"], name="dq")
+    path = _save(tmp_path, [q, dq], [_f("x", [4])], [_f("y", [4])], inits)
+    report = lint(path, nano)
+    assert report.ok and [(f.code, f.node) for f in report.warnings] == [("qdq-zero-point-missing", "q_default")]
+    q21 = helper.make_node("QuantizeLinear", ["x", "s"], ["q"], output_dtype=TensorProto.INT8, name="q_int8")
+    path = _save(tmp_path, [q21, dq], [_f("x", [4])], [_f("y", [4])], inits, opset=21, ir=10, name="q21.onnx")
+    assert lint(path, nano, tensorrt_version="10.13").findings == []
+
+
+def _two_conv_model(tmp_path):
+    inits = [numpy_helper.from_array((RNG.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "W1"),
+             numpy_helper.from_array((RNG.standard_normal((4, 8, 3, 3)) * 0.3).astype(np.float32), "W2")]
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "W2"], ["y"], pads=[1, 1, 1, 1], name="conv2")]
+    return _save(tmp_path, nodes, [_f("x", [1, 3, 16, 16])], [_f("y", [1, 4, 16, 16])], inits, name="two.onnx")
+
+
+def test_real_quantizers_nncf_default_fails_tensorrt_recipe_passes(tmp_path, nano):
+    """NNCF's default INT8 (unsigned activations after ReLU) is flagged; ONNX Runtime's TensorRT-style QDQ
+    (signed, symmetric, float biases) passes."""
+    nncf = pytest.importorskip("nncf")
+    quant = pytest.importorskip("onnxruntime.quantization")
+    src = _two_conv_model(tmp_path)
+    samples = [{"x": RNG.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+    default = nncf.quantize(onnx.load(str(src)), nncf.Dataset(samples), subset_size=8)
+    onnx.save(default, str(tmp_path / "nncf_default.onnx"))
+    report = lint(tmp_path / "nncf_default.onnx", nano)
+    assert "qdq-unsigned" in report.codes() and not report.ok
+
+    class Reader(quant.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(samples)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quant.quantize_static(str(src), str(tmp_path / "ort_trt.onnx"), Reader(), quant_format=quant.QuantFormat.QDQ,
+                          activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8, per_channel=True,
+                          extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    report = lint(tmp_path / "ort_trt.onnx", nano)
+    assert report.ok and lint_mod.qdq_nodes(tmp_path / "ort_trt.onnx") > 0, report.summary()

@@ -81,6 +81,10 @@ class Runner(ABC):
     def threads(self) -> int | None:
         return None
 
+    def properties(self) -> dict:
+        """What the backend actually runs with (execution precision, threads, streams), as it reports it."""
+        return {}
+
     @abstractmethod
     def _activate(self) -> None: ...
 
@@ -96,6 +100,7 @@ class Backend(ABC):
     module: str = ""  # the framework's import name
     distribution: str = ""  # its pip distribution, for the version
     extra: str = ""  # edgeopt's pip extra that installs it
+    builds_on_device: bool = False  # artifacts must be compiled on the device that runs them (TensorRT)
 
     def installed(self) -> bool:
         return importlib.util.find_spec(self.module) is not None

@@ -63,7 +63,8 @@ class OvRunner(Runner):
         out = {}
         for key in ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS"):
             try:
-                out[key] = str(self.compiled.get_property(key))
+                v = self.compiled.get_property(key)
+                out[key] = v.to_string() if hasattr(v, "to_string") else str(v)
             except Exception:  # noqa: BLE001
                 pass
         return out

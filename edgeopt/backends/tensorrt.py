@@ -290,7 +290,8 @@ def prepare_onnx(source: Path, plan: BuildPlan, work_dir: Path) -> Path:
         return convert_to_fp16(source, Path(work_dir) / FP16_ONNX)
     if plan.onnx == "qdq" and qdq_nodes(source) == 0:
         raise CompileError(f"int8 for TensorRT needs a Q/DQ ONNX model; {Path(source).name} has no "
-                           "QuantizeLinear/DequantizeLinear nodes (TensorRT 11 has no calibrator).",
+                           "QuantizeLinear/DequantizeLinear nodes (edgeopt builds INT8 by explicit quantization only; TensorRT 11 has "
+                           "no calibrator).",
                            "Compile the INT8 Q/DQ ONNX from the compression stage for this target "
                            "(signed INT8, zero point 0).")
     return Path(source)
@@ -658,7 +659,7 @@ def _make_logger(trt):
 
         def log(self, severity, msg):
             if severity in keep:
-                self.messages.append((str(severity).split(".")[-1], msg))
+                self.messages.append((getattr(severity, "name", str(severity).split(".")[-1]), msg))
 
     return _Logger()
 
