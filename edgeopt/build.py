@@ -85,9 +85,10 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
     for t in chosen:
         backend = get_backend(t.backend)
         if not backend.installed():
-            if explicit:
+            if not explicit:
+                continue
+            if not backend.builds_on_device:
                 raise BackendMissingError(backend.distribution, backend.extra, f"build for target {t.name}")
-            continue
         ok, why = target_status(t)
         if not ok and not explicit:
             continue  # the default build makes what can run here

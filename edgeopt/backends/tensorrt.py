@@ -805,6 +805,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     module = "tensorrt"
     distribution = "tensorrt"
+    builds_on_device = True  # an engine only runs on the GPU and TensorRT version that built it
     extra = "tensorrt"
 
     def require(self):
