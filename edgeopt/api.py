@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .build import (BuildContext, Plan, load_data, plan_artifacts, prepare_output, stage_compile, stage_export,
-                    stage_profile)
+from .build import BuildContext, check_output, load_data, prepare_output, stage_export, stage_intake
 from .errors import UserInputError
 from .hostinfo import host_info
 from .manifest import Manifest, load_manifest
@@ -27,11 +26,13 @@ def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
     r = _recipe(recipe)
     out = Path(output)
     reporter = reporter or Reporter()
-    prepare_output(out, force)
-    previous = load_manifest(out, missing_ok=True)
+    check_output(out, force)
     manifest = Manifest.new(r, host_info())
     ctx = BuildContext(recipe=r, out=out, reporter=reporter)
     load_data(ctx, manifest)
+    stage_intake(ctx)
+    prepare_output(out, force)
+    previous = load_manifest(out, missing_ok=True)
     stage_export(ctx, manifest, previous)
     if previous and (previous.data.get("export") or {}).get("sha256") == manifest.data["export"].get("sha256"):
         manifest.data["artifacts"] = previous.data.get("artifacts", [])  # still valid for the same ONNX

@@ -26,6 +26,7 @@ from .reporting import Reporter
 from .targets import Target, check_precision, get_target, load_targets, target_status
 
 EXPORT_DIR = "export"
+MARKER = ".edgeopt"
 
 
 @dataclass
@@ -58,17 +59,22 @@ class BuildContext:
 # output folder
 # ------------------------------------------------------------------------------------------------
 
-def prepare_output(out: Path, force: bool) -> None:
+def check_output(out: Path, force: bool) -> None:
     """Refuse a folder that holds something other than an edgeopt output, unless ``force``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"Output {out} exists and is a file.", "Choose another -o/--output folder.")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not (out / EXPORT_DIR).is_dir():
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not (out / MANIFEST).is_file():
         if not force:
             names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
             raise UserInputError(f"Output folder {out} is not empty and is not an edgeopt output (holds {names}).",
                                  "Choose another -o/--output folder, or pass --force to build into it anyway.")
+
+
+def prepare_output(out: Path, force: bool) -> None:
+    check_output(out, force)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("This folder is written by edgeopt; rerunning a build here reuses what is valid.\n")
     clean_stale_staging(out)
 
 
@@ -118,13 +124,20 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
 # stages
 # ------------------------------------------------------------------------------------------------
 
-def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | None = None) -> None:
-    from .export import check_export_parity, export_onnx, reference_outputs
+def stage_intake(ctx: BuildContext) -> None:
+    """Load the model and check the input spec against it: before anything is written."""
     from .intake import load_model
 
     r = ctx.recipe
     ctx.reporter.step("Loading the model")
-    ctx.model = model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint))
+    ctx.model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint))
+
+
+def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | None = None) -> None:
+    from .export import check_export_parity, export_onnx, reference_outputs
+
+    r = ctx.recipe
+    model = ctx.model
     export_key = sha256_json({"model": model.sha256, "spec": model.spec.to_dict(), "export": r.export.__dict__,
                               "torch": version_of("torch"), "edgeopt": __version__, "source": model.source})
     prev = (previous.data.get("export") if previous else None) or {}
@@ -363,13 +376,15 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
         recipe = load_recipe(recipe)
     out = Path(output)
     reporter = reporter or Reporter()
-    plans = plan_artifacts(recipe, tuple(targets), tuple(precisions))  # bad targets fail before any write
+    plans = plan_artifacts(recipe, tuple(targets), tuple(precisions))
+    check_output(out, force)
+    manifest = Manifest.new(recipe, host_info())
+    ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force)
+    load_data(ctx, manifest)  # bad targets, data and models fail here, before anything is written
+    stage_intake(ctx)
     prepare_output(out, force)
     reporter.attach_log(out / "logs" / "build.log")
     previous = load_manifest(out, missing_ok=True)
-    manifest = Manifest.new(recipe, host_info())
-    ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force)
-    load_data(ctx, manifest)
     stage_export(ctx, manifest, previous)
     prev_by_id = {a["id"]: a for a in (previous.data.get("artifacts", []) if previous else [])}
     records = [stage_compile(ctx, p, prev_by_id.get(p.id)) for p in plans]

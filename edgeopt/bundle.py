@@ -182,12 +182,17 @@ def _output_path(output: str | Path, folder: bool) -> Path:
         dest = dest.with_name(dest.name + SUFFIXES[0])
     if dest.exists() and not folder and dest.is_dir():
         raise UserInputError(f"{dest} is a folder.", "Give a file name (NAME.edgeopt.tar.gz), or pass --folder.")
-    if folder and dest.exists():
-        previous = dest / MANIFEST
-        if not dest.is_dir() or not previous.is_file() or b'"bundle"' not in previous.read_bytes():
-            raise UserInputError(f"{dest} exists and is not an edgeopt bundle folder.",
-                                 "Choose a new folder name; only an earlier bundle folder is replaced.")
+    if folder and dest.exists() and not _is_bundle_folder(dest):
+        raise UserInputError(f"{dest} exists and is not an edgeopt bundle folder.",
+                             "Choose a new folder name; only an earlier bundle folder is replaced.")
     return dest
+
+
+def _is_bundle_folder(path: Path) -> bool:
+    try:
+        return path.is_dir() and "bundle" in json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _bundle_name(dest: Path, folder: bool) -> str:
@@ -287,8 +292,8 @@ def safe_relpath(name: str, where: str) -> str:
         bad = "a '..' component that leads out of the folder"
     if bad:
         raise IntegrityError(f"Refused {where} entry {name!r}: {bad}.",
-                             "Do not use this file: `edgeopt bundle` writes only relative paths inside one folder. "
-                             + GET_AGAIN)
+                             "`edgeopt bundle` writes only relative paths inside one folder: this was not made by it "
+                             "or was altered. " + GET_AGAIN)
     return PurePosixPath(name).as_posix()
 
 
@@ -310,8 +315,8 @@ def _member_type_problem(m: tarfile.TarInfo) -> str | None:
 
 def _refuse(name: str, problem: str) -> IntegrityError:
     return IntegrityError(f"Refused archive member {name!r}: {problem}.",
-                          "Do not use this file: `edgeopt bundle` writes only plain files and folders under one "
-                          "top folder. " + GET_AGAIN)
+                          "`edgeopt bundle` writes only plain files and folders under one top folder: this archive "
+                          "was not made by it or was altered. " + GET_AGAIN)
 
 
 def _no_space(exc: OSError) -> bool:
@@ -397,8 +402,8 @@ def default_cache_dir() -> Path:
 
 
 def extract_cached(archive: Path, limits: Limits = Limits(), cache_dir: str | Path | None = None,
-                   fresh: bool = False) -> tuple[Path, bool]:
-    """(folder, reused): the archive extracted into ``cache_dir/<sha256>`` (once; later calls reuse it).
+                   fresh: bool = False) -> tuple[Path, bool, str]:
+    """(folder, reused, sha256 of the archive): the archive extracted into ``cache_dir/<sha256>`` (once; later calls reuse it).
 
     Extraction goes into a staging folder renamed into place only when every member passed."""
     base = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -410,7 +415,7 @@ def extract_cached(archive: Path, limits: Limits = Limits(), cache_dir: str | Pa
     if fresh and final.exists():
         shutil.rmtree(final, ignore_errors=True)
     if (final / MANIFEST).is_file():
-        return final, True
+        return final, True, digest
     base.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".extract-", dir=base))
     try:
@@ -423,11 +428,11 @@ def extract_cached(archive: Path, limits: Limits = Limits(), cache_dir: str | Pa
             if not (final / MANIFEST).is_file():
                 raise
             shutil.rmtree(stage, ignore_errors=True)  # another process extracted it meanwhile
-            return final, True
+            return final, True, digest
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return final, False
+    return final, False, digest
 
 
 # ================================================================================================
@@ -444,6 +449,7 @@ class Bundle:
     kind: str  # "archive" | "bundle folder" | "OUT folder"
     signature: str = "not signed"
     files_checked: int = 0
+    archive_sha256: str | None = None
     _refs: tuple | None = field(default=None, repr=False)
 
     @property
@@ -489,14 +495,16 @@ def open_bundle(path: str | Path, public_key=None, check: bool = True, limits: L
                              "Give a NAME.edgeopt.tar.gz, a bundle folder or an OUT folder from `edgeopt build`.")
     if path.is_dir():
         return _open_root(path, path, None, public_key, check)
-    root, reused = extract_cached(path, limits, cache_dir)
+    root, reused, digest = extract_cached(path, limits, cache_dir)
     try:
-        return _open_root(path, root, "archive", public_key, check)
+        b = _open_root(path, root, "archive", public_key, check)
     except IntegrityError:
         if not reused:
             raise
-    root, _ = extract_cached(path, limits, cache_dir, fresh=True)  # the cached copy was damaged: start over
-    return _open_root(path, root, "archive", public_key, check)
+        root, _, digest = extract_cached(path, limits, cache_dir, fresh=True)  # a damaged cached copy: start over
+        b = _open_root(path, root, "archive", public_key, check)
+    b.archive_sha256 = digest
+    return b
 
 
 def _open_root(source: Path, root: Path, kind: str | None, public_key, check: bool) -> Bundle:
@@ -740,8 +748,8 @@ def installed_version(backend) -> str | None:
     return None
 
 
-def rebuild_fix(rec: dict, needs: str) -> str:
-    return (f"Rebuild {rec['id']} for this device: `edgeopt build RECIPE --target {rec['target']} --precision "
+def rebuild_fix(rec: dict, needs: str, verb: str = "Rebuild") -> str:
+    return (f"{verb} {rec['id']} for this device: `edgeopt build RECIPE --target {rec['target']} --precision "
             f"{rec['precision']}` on {needs}, then `edgeopt bundle` again.")
 
 
@@ -825,9 +833,17 @@ def _load_fix(b: Bundle, rec: dict) -> str:
     from .backends import get_backend
 
     backend = get_backend(rec["backend"])
-    here, built = installed_version(backend), (b.artifact_json(rec["id"]).get("backend_version") or "?")
-    return (rebuild_fix(rec, f"a machine with {backend.distribution} {here} (the version here)")
-            + f" Or install the version that built it here: pip install '{backend.distribution}=={built}'.")
+    here, built = installed_version(backend), b.artifact_json(rec["id"]).get("backend_version")
+    if built and here and built != here:
+        return (f"Install the version that built it (pip install '{backend.distribution}=={built}'), or "
+                + rebuild_fix(rec, f"a machine with {backend.distribution} {here}, the version here", "rebuild"))
+    return ("It does not load even with the version that built it, so the build itself is at fault (an opset or "
+            "operator this runtime lacks, or a damaged file). " + rebuild_fix(rec, "the build host"))
+
+
+def _short(exc: Exception, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def tolerance_of(rec: dict):
@@ -840,27 +856,45 @@ def tolerance_of(rec: dict):
     return tolerance_for(rec["precision"])
 
 
+def open_runner(b: Bundle, rec: dict, threads: int | None = None):
+    """(activated runner, artifact.json) for ``rec``; :class:`IncompatibleError` when the backend installed
+    here cannot load it (an opset, operator or IR version it does not know, a corrupt engine ...)."""
+    from .artifact import open_artifact
+
+    runner = None
+    try:
+        runner, art = open_artifact(b.artifact_dir(rec["id"]), threads=threads)
+        runner.activate()
+        return runner, art
+    except EdgeoptError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each framework raises its own types
+        if runner is not None:
+            runner.close()
+        raise IncompatibleError(f"{rec['backend']} cannot load {rec['id']} on this device: {_short(exc)}",
+                                _load_fix(b, rec)) from exc
+
+
 def run_self_test(b: Bundle, rec: dict, runner=None) -> dict:
     """Run the artifact on the stored reference inputs and compare with the stored reference outputs, with
     the tolerance of its precision. Raises :class:`ParityError` on a mismatch, :class:`IncompatibleError`
-    when the backend cannot load or run it. ``runner``: an already opened runner (kept open)."""
-    from .artifact import open_artifact
+    when the backend cannot load or run it. ``runner``: an activated runner (left open), else one is opened
+    and closed here."""
     from .parity import parity
 
     feeds, refs = b.reference()
     own = runner is None
+    if own:
+        runner, _ = open_runner(b, rec)
     try:
-        if own:
-            runner, _ = open_artifact(b.artifact_dir(rec["id"]))
-        runner.activate()
         got = [runner.infer(f) for f in feeds]
     except EdgeoptError:
         raise
-    except Exception as exc:  # noqa: BLE001 - each framework raises its own types
-        raise IncompatibleError(f"{rec['backend']} cannot load or run {rec['id']} on this device: {exc}",
+    except Exception as exc:  # noqa: BLE001
+        raise IncompatibleError(f"{rec['backend']} cannot run {rec['id']} on this device: {_short(exc)}",
                                 _load_fix(b, rec)) from exc
     finally:
-        if own and runner is not None:
+        if own:
             runner.close()
     rep = parity(refs, got, tolerance_of(rec), kind=b.model.get("kind", "generic"))
     summary = {k: rep.get(k) for k in ("passed", "max_abs", "cosine", "samples", "reason")} | {
@@ -892,9 +926,10 @@ def select_records(b: Bundle, target: str | None) -> list[dict]:
     return hits
 
 
-def refuse_incompatible(b: Bundle, compat: list[Compatibility]) -> IncompatibleError:
-    lines = "; ".join(f"{c.artifact}: {c.reason}" for c in compat)
-    fixes = " ".join(dict.fromkeys(c.fix for c in compat if c.fix))
+def refuse_incompatible(b: Bundle, why: list[tuple[str, str | None, str | None]]) -> IncompatibleError:
+    """The refusal when nothing can run here; ``why``: (artifact id, reason, fix) for each one tried."""
+    lines = "; ".join(f"{aid}: {reason}" for aid, reason, _ in why)
+    fixes = " ".join(dict.fromkeys(fix for _, _, fix in why if fix))
     return IncompatibleError(f"No artifact in {b.source} can run on this device: {lines}.", fixes or None)
 
 
@@ -904,22 +939,32 @@ def verify(bundle_path: str | Path, public_key=None, target: str | None = None, 
 
     Refuses (raises) on: unsafe archive members, a manifest that is not an edgeopt manifest, a file whose
     sha256 differs (named), a foreign or incomplete bundle, a bad signature when ``public_key`` is given, no
-    artifact (of ``target``) that can run here, or a self-test whose outputs differ from the reference.
-    Artifacts for other devices are listed with why they cannot run here.
+    artifact (of ``target``) that can load here, or a self-test whose outputs differ from the reference.
+    Artifacts for other devices are listed with why they cannot run here and what to rebuild.
     """
     b = open_bundle(bundle_path, public_key=public_key, check=True, limits=limits, cache_dir=cache_dir)
-    records = select_records(b, target)
-    compat = [check_compatibility(b, r) for r in records]
-    if not any(c.ok for c in compat):
-        raise refuse_incompatible(b, compat)
-    rows = []
-    for rec, c in zip(records, compat):
-        row = {"id": rec["id"], "target": rec["target"], "backend": rec["backend"], "precision": rec["precision"],
-               **c.to_dict(), "self_test": None}
-        if c.ok and self_test:
-            row["self_test"] = run_self_test(b, rec)
-        rows.append(row)
+    rows = [_verify_one(b, rec, self_test) for rec in select_records(b, target)]
+    if not any(r["runs_here"] for r in rows):
+        raise refuse_incompatible(b, [(r["id"], r["reason"], r["fix"]) for r in rows])
     return report(b, rows)
+
+
+def _verify_one(b: Bundle, rec: dict, self_test: bool) -> dict:
+    c = check_compatibility(b, rec)
+    row = {"id": rec["id"], "target": rec["target"], "backend": rec["backend"], "precision": rec["precision"],
+           **c.to_dict(), "self_test": None}
+    if not c.ok:
+        return row
+    try:
+        runner, _ = open_runner(b, rec)
+    except IncompatibleError as exc:
+        return {**row, "runs_here": False, "reason": exc.problem, "fix": exc.fix}
+    try:
+        if self_test:
+            row["self_test"] = run_self_test(b, rec, runner)
+    finally:
+        runner.close()
+    return row
 
 
 def report(b: Bundle, rows: list[dict]) -> dict:
@@ -928,6 +973,7 @@ def report(b: Bundle, rows: list[dict]) -> dict:
         "ok": True,
         "bundle": str(b.source),
         "kind": b.kind,
+        "archive_sha256": b.archive_sha256,
         "root": str(b.root),
         "name": sec.get("name"),
         "model": b.model.get("name"),
@@ -961,5 +1007,5 @@ def bundle_summary(path: str | Path) -> dict:
 
 
 __all__ = ["BUNDLE_SCHEMA", "Bundle", "Compatibility", "IncompatibleError", "Limits", "bundle", "check_compatibility",
-           "extract_cached", "open_bundle", "run_self_test", "safe_extract", "select_records", "tensorrt_mismatch",
+           "extract_cached", "open_bundle", "open_runner", "run_self_test", "safe_extract", "select_records", "tensorrt_mismatch",
            "verify"]

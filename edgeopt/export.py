@@ -70,7 +70,7 @@ def _export_legacy(torch, model: LoadedModel, args, path: Path, cfg: ExportConfi
     spec = model.spec
     axes = {t.name: dict(t.dynamic_axes) for t in spec.inputs if t.dynamic_axes}
     torch.onnx.export(
-        model.module, args, str(path), dynamo=False, opset_version=cfg.opset, do_constant_folding=True,
+        model.scripted if model.scripted is not None else model.module, args, str(path), dynamo=False, opset_version=cfg.opset, do_constant_folding=True,
         input_names=[t.name for t in spec.inputs], output_names=list(spec.outputs), dynamic_axes=axes or None,
     )
 
@@ -99,6 +99,9 @@ def export_onnx(model: LoadedModel, out_dir: Path, cfg: ExportConfig, log=print)
     args = to_torch(feed, model.spec)
     order = {"auto": ("dynamo", "legacy"), "dynamo": ("dynamo",), "legacy": ("legacy",)}[cfg.exporter]
     errors: dict[str, str] = {}
+    if model.scripted is not None:  # torch.export cannot trace a ScriptModule
+        order = ("legacy",)
+        errors["dynamo"] = "skipped: the model is TorchScript, which only the legacy exporter takes"
     record: dict = {}
     for name in order:
         t0 = time.perf_counter()

@@ -32,6 +32,7 @@ class LoadedModel:
     kind: str
     module: object | None = None  # flat torch module (None for an ONNX source)
     onnx_path: Path | None = None  # set when the source is already ONNX
+    scripted: object | None = None  # a TorchScript module: exported as it is, by the legacy exporter
 
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "sha256": self.sha256, "kind": self.kind,
@@ -215,6 +216,14 @@ def make_flat_module(model, spec: IOSpec, call: str):
             super().__init__()
             self.inner = inner
 
+        def train(self, mode: bool = True):
+            self.training = mode
+            try:
+                self.inner.train(mode)
+            except NotImplementedError:  # torch.export programs have no train/eval switch
+                pass
+            return self
+
         def forward(self, *args):
             if call == "keywords":
                 res = self.inner(**dict(zip(names, args)))
@@ -275,7 +284,10 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
         ck = Path(checkpoint)
         _apply_checkpoint(model, _state_dict_of(_read_checkpoint(torch, ck, cfg.allow_pickle), ck), ck)
         files.append(ck)
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:  # a torch.export program is already in inference form
+        pass
     is_hf = type(model).__module__.startswith("transformers")
     call = "keywords" if (is_hf and cfg.call == "positional") else cfg.call
     flat = make_flat_module(model, spec, call)
@@ -286,8 +298,11 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
             raise UserInputError(f"{len(wanted)} output names were given ({wanted}) but the model returns "
                                  f"{len(names)} tensors ({names}).", "Give one name per returned tensor, or none.")
         names = wanted
+    import torch
+
+    scripted = model if isinstance(model, torch.jit.ScriptModule) else None
     return LoadedModel(name=cfg.name or default_name, source=source, sha256=sha256_tree(files) if files else "",
-                       spec=spec.with_outputs(names), kind=cfg.kind, module=flat)
+                       spec=spec.with_outputs(names), kind=cfg.kind, module=flat, scripted=scripted)
 
 
 def _probe_outputs(flat, spec: IOSpec, source: str) -> list[str]:

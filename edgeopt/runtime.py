@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import (Bundle, IncompatibleError, Limits, check_compatibility, open_bundle, refuse_incompatible,
-                     run_self_test, select_records)
+from .bundle import (Bundle, IncompatibleError, Limits, check_compatibility, open_bundle, open_runner,
+                     refuse_incompatible, run_self_test, select_records)
 from .errors import UserInputError
 
 
@@ -24,17 +24,10 @@ def batch1_median_ms(rec: dict) -> float:
     return math.inf
 
 
-def choose(b: Bundle, target: str | None = None) -> tuple[dict, list]:
-    """(record, compatibility reports): the fastest (batch-1 median in the manifest) "ok" artifact, of
-    ``target`` when given (a target name or an artifact id), whose backend and device are present here."""
-    records = sorted(select_records(b, target), key=batch1_median_ms)  # stable: manifest order breaks ties
-    seen = []
-    for rec in records:
-        c = check_compatibility(b, rec)
-        seen.append(c)
-        if c.ok:
-            return rec, seen
-    raise refuse_incompatible(b, seen)
+def candidates(b: Bundle, target: str | None = None) -> list[dict]:
+    """The "ok" artifacts (of ``target``: a target name or an artifact id), fastest first by the manifest's
+    batch-1 median latency; manifest order breaks ties."""
+    return sorted(select_records(b, target), key=batch1_median_ms)
 
 
 def load(bundle_or_folder: str | Path, target: str | None = None, verify: bool = True, *, public_key=None,
@@ -42,26 +35,34 @@ def load(bundle_or_folder: str | Path, target: str | None = None, verify: bool =
     """Open a bundle (``.edgeopt.tar.gz``, bundle folder or OUT folder), pick the artifact for this device
     (or ``target``), and return a ready :class:`Model`.
 
-    With ``verify`` (the default): every file's sha256, the manifest's consistency, the signature when
-    ``public_key`` is given, and the self-test (the reference inputs through the chosen artifact must give
-    the reference outputs within the tolerance of its precision). An archive is always extracted safely.
+    The pick: the fastest (batch-1 median in the manifest) "ok" artifact whose backend is installed, whose
+    device is present and which loads here. With ``verify`` (the default): every file's sha256, the
+    manifest's consistency, the signature when ``public_key`` is given, and the self-test (the reference
+    inputs through the chosen artifact must give the reference outputs within the tolerance of its
+    precision). An archive is always extracted safely.
     """
     b = open_bundle(bundle_or_folder, public_key=public_key, check=verify, limits=limits, cache_dir=cache_dir)
-    rec, compat = choose(b, target)
-    from .artifact import open_artifact
-
-    runner, art = open_artifact(b.artifact_dir(rec["id"]), threads=threads)
-    try:
-        runner.activate()
-        verification = None
-        if verify:
-            verification = {"files_checked": b.files_checked, "signature": b.signature,
-                            "self_test": run_self_test(b, rec, runner=runner),
-                            "warnings": list(compat[-1].warnings)}
-    except BaseException:
-        runner.close()
-        raise
-    return Model(b, rec, art, runner, verification)
+    tried = []
+    for rec in candidates(b, target):
+        c = check_compatibility(b, rec)
+        if not c.ok:
+            tried.append((rec["id"], c.reason, c.fix))
+            continue
+        try:
+            runner, art = open_runner(b, rec, threads=threads)
+        except IncompatibleError as exc:
+            tried.append((rec["id"], exc.problem, exc.fix))
+            continue
+        try:
+            verification = None
+            if verify:
+                verification = {"files_checked": b.files_checked, "signature": b.signature,
+                                "self_test": run_self_test(b, rec, runner=runner), "warnings": list(c.warnings)}
+        except BaseException:
+            runner.close()
+            raise
+        return Model(b, rec, art, runner, verification)
+    raise refuse_incompatible(b, tried)
 
 
 def _follows_batch(name: str, feeds: list[dict], outs: list[dict]) -> bool:
@@ -181,4 +182,4 @@ class Model:
         return f"<edgeopt.Model {self.name} artifact={self.id} backend={self.backend} {state}>"
 
 
-__all__ = ["IncompatibleError", "Model", "batch1_median_ms", "choose", "load"]
+__all__ = ["IncompatibleError", "Model", "batch1_median_ms", "candidates", "load"]

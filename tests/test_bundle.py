@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeopt.bundle import (IncompatibleError, Limits, bundle, bundle_summary, open_bundle, tensorrt_mismatch,
-                            verify)
+from edgeopt.bundle import (IncompatibleError, Limits, bundle, bundle_summary, check_compatibility, open_bundle,
+                            tensorrt_mismatch, verify)
 from edgeopt.errors import IntegrityError, ParityError, UserInputError
 from edgeopt.fsutil import sha256_file
 from edgeopt.reference import load_reference
@@ -284,6 +284,16 @@ def test_truncated_and_non_bundle_archives_are_refused(tarball, tmp_path, cache)
     assert not list(cache.glob(".extract-*"))
 
 
+def rehash(folder: Path, change=lambda m: None) -> None:
+    """Change the manifest and make every recorded sha256 and size match the files again (as a forger would)."""
+    def update(m):
+        change(m)
+        for f in m["bundle"]["files"] + [f for a in m["artifacts"] for f in a["files"]]:
+            f.update(sha256=sha256_file(folder / f["path"]), bytes=(folder / f["path"]).stat().st_size)
+        m["reference"]["sha256"] = sha256_file(folder / m["reference"]["path"])
+    rewrite_manifest(folder, update)
+
+
 def test_self_test_mismatch_is_refused(out, tmp_path):
     """Consistent hashes but reference outputs the artifact does not reproduce: the self-test refuses."""
     folder = folder_bundle(out, tmp_path / "b")
@@ -291,14 +301,7 @@ def test_self_test_mismatch_is_refused(out, tmp_path):
     with np.load(ref) as z:
         arrays = {k: (z[k] + 1.0 if k.startswith("output/") else z[k]) for k in z.files}
     np.savez(ref, **arrays)
-
-    def rehash(m):
-        digest, size = sha256_file(ref), ref.stat().st_size
-        m["reference"]["sha256"] = digest
-        for f in m["bundle"]["files"]:
-            if f["path"] == "reference/reference.npz":
-                f.update(sha256=digest, bytes=size)
-    rewrite_manifest(folder, rehash)
+    rehash(folder)
     with pytest.raises(ParityError, match="Self-test failed: ort-cpu-fp32"):
         verify(folder)
     assert verify(folder, self_test=False)["artifacts"][0]["self_test"] is None
@@ -415,6 +418,25 @@ def test_missing_backend_is_refused_with_what_to_do(tarball, monkeypatch):
         load(tarball)
 
 
+def test_opset_this_runtime_cannot_load_is_refused(out, tmp_path):
+    """An artifact whose ONNX needs a newer ONNX Runtime (opset 99, consistently rehashed) is refused with
+    what to rebuild, by verify (also without the self-test) and by load."""
+    onnx = pytest.importorskip("onnx")
+    folder = folder_bundle(out, tmp_path / "b")
+    path = folder / AID / "model.onnx"
+    model = onnx.load(str(path))
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            op.version = 99
+    onnx.save(model, str(path))
+    rehash(folder)
+    for check in (lambda: verify(folder), lambda: verify(folder, self_test=False), lambda: load(folder)):
+        with pytest.raises(IncompatibleError) as err:
+            check()
+        assert f"onnxruntime cannot load {AID} on this device" in err.value.problem
+        assert "--target ort-cpu --precision fp32" in err.value.fix and "does not load even with" in err.value.fix
+
+
 def test_unknown_target_is_refused(tarball):
     with pytest.raises(UserInputError, match="No artifact for 'jetson-orin-nano'"):
         verify(tarball, target="jetson-orin-nano")
@@ -430,6 +452,31 @@ def test_tensorrt_engine_must_match_gpu_and_version():
     assert "built for Orin (sm 8.7); this GPU is NVIDIA GeForce RTX 4090 (sm 8.9)" in why
     assert "cannot identify" in tensorrt_mismatch(meta, "10.3.0.30", None, "no CUDA")
     assert "lacks" in tensorrt_mismatch({}, "10.3.0.30", orin)
+
+
+def test_tensorrt_engine_for_another_gpu_is_refused_with_what_to_rebuild(out, tmp_path, monkeypatch):
+    """The wiring from verify() to the engine check, with TensorRT and the GPU stood in for (none here)."""
+    import edgeopt.backends.tensorrt as trt_backend
+
+    folder = folder_bundle(out, tmp_path / "b")
+    art_path = folder / AID / "artifact.json"
+    art = json.loads(art_path.read_text())
+    art.update(backend="tensorrt", meta={"model_file": "model.onnx", "tensorrt": "10.3.0.30", "gpu": "Orin",
+                                         "compute_capability": "8.7"},
+               target={"name": "jetson-agx-orin", "backend": "tensorrt", "device": "GPU", "precisions": ["fp32"],
+                       "description": "Jetson AGX Orin"})
+    art_path.write_text(json.dumps(art))
+    rehash(folder, lambda m: m["artifacts"][0].update(backend="tensorrt", target="jetson-agx-orin"))
+    monkeypatch.setattr(trt_backend.TensorRTBackend, "unavailable_reason", lambda self, target: None)
+    monkeypatch.setattr(trt_backend.TensorRTBackend, "version", lambda self: "10.3.0.30")
+    monkeypatch.setattr(trt_backend, "probe_gpu", lambda: ({"name": "NVIDIA H200", "compute_capability": "9.0"}, ""))
+    with pytest.raises(IncompatibleError) as err:
+        verify(folder, self_test=False)
+    assert "built for Orin (sm 8.7); this GPU is NVIDIA H200 (sm 9.0)" in err.value.problem
+    assert "edgeopt compile PACKAGE" in err.value.fix and "--target jetson-agx-orin" in err.value.fix
+    monkeypatch.setattr(trt_backend, "probe_gpu", lambda: ({"name": "Orin", "compute_capability": "8.7"}, ""))
+    b = open_bundle(folder)
+    assert check_compatibility(b, b.artifacts[0]).ok  # the same engine on its own GPU and TensorRT
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
@@ -512,7 +559,6 @@ def test_python_310_syntax(path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
 def test_round_trip_in_a_venv_with_only_numpy_and_onnxruntime(tarball, out, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -103,7 +103,10 @@ class Backend(ABC):
     builds_on_device: bool = False  # artifacts must be compiled on the device that runs them (TensorRT)
 
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):
+            return False
 
     def version(self) -> str | None:
         return version_of(self.distribution)
