@@ -18,6 +18,8 @@ _LAZY = {
     "profile": "edgeopt.api",
     "targets": "edgeopt.targets",
     "doctor": "edgeopt.doctor",
+    "load": "edgeopt.runtime",
+    "verify": "edgeopt.bundle",
 }
 
 

@@ -285,5 +285,11 @@ def doctor(ctx, json_out):
     click.echo("libraries: " + ", ".join(f"{k} {v}" for k, v in d["host"]["libraries"].items()))
 
 
+from .cli_ship import COMMANDS as _SHIP_COMMANDS  # noqa: E402 - bundle, verify, run, keygen
+
+for _cmd in _SHIP_COMMANDS:
+    main.add_command(_cmd)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,14 +1,35 @@
 """``edgeopt bundle``, ``verify``, ``run`` and ``keygen``: thin layers over :mod:`edgeopt.bundle`,
-:mod:`edgeopt.runtime` and :mod:`edgeopt.keys`. Registered on the main group in ``edgeopt.cli``."""
+:mod:`edgeopt.runtime` and :mod:`edgeopt.keys`. Registered on the main group in ``edgeopt.cli``.
+
+``edgeopt.cli`` imports this module to register the commands, so this one reaches back into it only when a
+command runs (no import cycle, whichever of the two is imported first).
+"""
 
 from __future__ import annotations
 
+from functools import wraps
 from pathlib import Path
 
 import click
 import numpy as np
 
-from .cli import _emit_json, handle_errors
+
+def handle_errors(fn):
+    """``edgeopt.cli.handle_errors``, looked up when the command runs."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .cli import handle_errors as handle
+
+        return handle(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _emit_json(obj) -> None:
+    from .cli import _emit_json as emit
+
+    emit(obj)
 
 
 @click.command(name="bundle")

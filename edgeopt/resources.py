@@ -7,10 +7,13 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 on JetPack 6
-    import tomli as tomllib
+
+def _tomllib():
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10 on JetPack 6
+        import tomli as tomllib
+    return tomllib
 
 
 def data_dir(name: str) -> Path:
@@ -24,6 +27,7 @@ def data_dir(name: str) -> Path:
 def load_toml(path: Path) -> dict:
     from .errors import UserInputError
 
+    tomllib = _tomllib()
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

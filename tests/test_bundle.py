@@ -437,6 +437,20 @@ def test_opset_this_runtime_cannot_load_is_refused(out, tmp_path):
         assert "--target ort-cpu --precision fp32" in err.value.fix and "does not load even with" in err.value.fix
 
 
+def test_load_prefers_the_fastest_batch1_artifact():
+    from edgeopt.bundle import Bundle
+    from edgeopt.runtime import candidates
+
+    arts = [{"id": "a", "target": "t1", "status": "ok", "latency": [{"batch": 1, "median_ms": 2.0}]},
+            {"id": "b", "target": "t2", "status": "ok",
+             "latency": [{"batch": 8, "median_ms": 0.5}, {"batch": 1, "median_ms": 1.0}]},
+            {"id": "c", "target": "t3", "status": "ok"},
+            {"id": "d", "target": "t1", "status": "failed"}]
+    b = Bundle(Path("x"), Path("x"), {"artifacts": arts}, "bundle folder")
+    assert [r["id"] for r in candidates(b)] == ["b", "a", "c"]
+    assert [r["id"] for r in candidates(b, "t1")] == ["a"] and [r["id"] for r in candidates(b, "c")] == ["c"]
+
+
 def test_unknown_target_is_refused(tarball):
     with pytest.raises(UserInputError, match="No artifact for 'jetson-orin-nano'"):
         verify(tarball, target="jetson-orin-nano")
