@@ -53,6 +53,8 @@ class BuildContext:
     refs: list = field(default_factory=list)
     evaluation: object = None  # data.Dataset
     calibration: object = None
+    fp32_metric: dict | None = None  # the exported FP32 model's task metric (the int8 accuracy budget's base)
+    int8: bool = False  # some planned artifact is int8
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,6 +133,11 @@ def stage_intake(ctx: BuildContext) -> None:
     r = ctx.recipe
     ctx.reporter.step("Loading the model")
     ctx.model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint))
+    if ctx.evaluation is not None and ctx.evaluation.labels is not None:
+        from .export import reference_outputs
+
+        first = next(iter(reference_outputs(ctx.model, ctx.evaluation.feeds(1))[0].values()))
+        ctx.evaluation.check_labels(int(first.shape[-1]))  # labels beyond the model's classes: stop here
 
 
 def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | None = None) -> None:
@@ -187,8 +194,8 @@ def artifact_key(ctx: BuildContext, plan: Plan) -> str:
     backend = get_backend(plan.target.backend)
     return sha256_json({"onnx": sha256_file(ctx.onnx_path), "target": plan.target.to_dict(),
                         "precision": plan.precision, "backend": backend.version(), "edgeopt": __version__,
-                        "calibration": getattr(ctx.calibration, "sha256", None),
-                        "compression": ctx.recipe.compression})
+                        "calibration": getattr(ctx.calibration, "sha256", None) if plan.precision == "int8" else None,
+                        "compression": ctx.recipe.compression.to_dict() if plan.precision == "int8" else None})
 
 
 def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
@@ -214,7 +221,10 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
         with staged_dir(folder) as stage:
             req = CompileRequest(onnx_path=ctx.onnx_path, target=plan.target, precision=plan.precision,
                                  spec=ctx.model.spec, out_dir=stage, model_kind=ctx.model.kind,
-                                 calibration=ctx.calibration, options=dict(plan.target.options))
+                                 calibration=ctx.calibration, options=dict(plan.target.options),
+                                 compression=r.compression, evaluation=ctx.evaluation,
+                                 reference=(ctx.feeds, ctx.refs), fp32_metric=ctx.fp32_metric,
+                                 log=ctx.reporter.info)
             meta = backend.compile(req)
             compile_s = time.perf_counter() - t0
             write_json_atomic(stage / ARTIFACT_JSON, {
@@ -244,6 +254,13 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     return {**rec, "status": "ok", "reason": None, "key": key, "compile_s": round(compile_s, 3),
             "files": file_records(folder, ctx.out), "parity": _parity_summary(rep), "accuracy": accuracy,
             "meta": meta, "runtime": runtime}
+
+
+def fp32_metric(ctx: BuildContext) -> dict:
+    """The FP32 model's task metric (the exported ONNX on ONNX Runtime, equal to PyTorch within parity)."""
+    from .backends.onnxruntime import run_onnx
+
+    return evaluate(lambda feed: run_onnx(ctx.onnx_path, [feed], ctx.model.spec)[0], ctx)
 
 
 def evaluate(runner_or_fn, ctx: BuildContext) -> dict:
@@ -291,6 +308,24 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
         unstable = [row["batch"] for row in prof["rows"] if row["unstable"]]
         if unstable:
             ctx.reporter.warn(f"{rec['id']}: timings unstable at batch {unstable} (CV > 15%); the machine is busy")
+
+
+def flag_slow_int8(records: list[dict]) -> None:
+    """An INT8 artifact slower than its FP32 sibling on the same target is flagged, never shipped silently."""
+    from .tables import latency_at
+
+    by_id = {r["id"]: r for r in records}
+    for rec in records:
+        if rec["precision"] != "int8" or rec["status"] != "ok":
+            continue
+        sibling = by_id.get(artifact_id(rec["target"], "fp32"))
+        if not sibling or sibling["status"] != "ok":
+            continue
+        for b in sorted({row["batch"] for row in rec.get("latency") or []}):
+            mine, theirs = latency_at(rec, b), latency_at(sibling, b)
+            if mine and theirs and mine["median_ms"] > theirs["median_ms"]:
+                rec.setdefault("flags", []).append(
+                    f"slower than fp32 sibling at batch {b} ({mine['median_ms']:.3f} vs {theirs['median_ms']:.3f} ms)")
 
 
 def carry_over(ctx: BuildContext, previous: Manifest | None, planned: set[str]) -> list[dict]:
@@ -350,7 +385,7 @@ def load_data(ctx: BuildContext, manifest: Manifest) -> None:
         manifest.data["evaluation"] = ctx.evaluation.summary()
         for w in ctx.evaluation.warnings:
             ctx.reporter.warn(w)
-    if r.calibration is not None and "int8" in r.precisions:
+    if r.calibration is not None and ctx.int8:
         ctx.calibration = load_dataset(r.calibration, r.spec, purpose="calibration")
         manifest.data["calibration"] = ctx.calibration.summary()
         for w in ctx.calibration.warnings:
@@ -379,17 +414,22 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     plans = plan_artifacts(recipe, tuple(targets), tuple(precisions))
     check_output(out, force)
     manifest = Manifest.new(recipe, host_info())
-    ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force)
+    ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force,
+                       int8=any(p.precision == "int8" and p.status == "planned" for p in plans))
     load_data(ctx, manifest)  # bad targets, data and models fail here, before anything is written
     stage_intake(ctx)
     prepare_output(out, force)
     reporter.attach_log(out / "logs" / "build.log")
     previous = load_manifest(out, missing_ok=True)
     stage_export(ctx, manifest, previous)
+    if ctx.int8 and ctx.evaluation is not None and ctx.evaluation.labels is not None:
+        ctx.fp32_metric = fp32_metric(ctx)
+        manifest.data["fp32_metric"] = ctx.fp32_metric
     prev_by_id = {a["id"]: a for a in (previous.data.get("artifacts", []) if previous else [])}
     records = [stage_compile(ctx, p, prev_by_id.get(p.id)) for p in plans]
     if profile:
         stage_profile(ctx, manifest, records)
+        flag_slow_int8(records)
     records += carry_over(ctx, previous, {p.id for p in plans})
     manifest.data["artifacts"] = records
     manifest.write(out)

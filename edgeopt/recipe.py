@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from .compress.config import CompressionConfig
 from .errors import UserInputError
 from .parity import DEFAULT_TOLERANCES
 from .resources import load_toml
@@ -120,7 +121,7 @@ class Recipe:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     calibration: object | None = None  # data.DataConfig
     evaluation: object | None = None  # data.DataConfig
-    compression: dict = field(default_factory=dict)
+    compression: object = None  # compress.CompressionConfig
     pruning: dict = field(default_factory=dict)
     select: dict = field(default_factory=dict)
     base_dir: Path = Path(".")
@@ -180,7 +181,7 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         export=_section(ExportConfig, "export", data.get("export")),
         parity=_section(ParityConfig, "parity", data.get("parity")),
         profile=_section(ProfileConfig, "profile", prof),
-        compression=dict(data.get("compression", {})), pruning=dict(data.get("pruning", {})),
+        compression=CompressionConfig.from_dict(data.get("compression")), pruning=dict(data.get("pruning", {})),
         select=dict(data.get("select", {})), base_dir=base_dir, path=path,
     )
     data_sections = {}

@@ -27,7 +27,7 @@ def artifact_rows(manifest: dict) -> list[dict]:
             "id": a["id"], "precision": a["precision"], "status": a["status"], "size_mb": size if a.get("files") else None,
             "accuracy": acc, "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
             "latency": a.get("latency") or [], "speedup": a.get("speedup_vs_torch") or {},
-            "parity": (a.get("parity") or {}).get("max_abs"), "note": a.get("reason") or "; ".join(a.get("flags", [])),
+            "parity": _parity_cell(a), "note": a.get("reason") or "; ".join(a.get("flags", [])),
         })
     return rows
 
@@ -41,6 +41,14 @@ def wide_console():
     return Console() if sys.stdout.isatty() else Console(width=220)
 
 
+def _parity_cell(a: dict) -> str | None:
+    """Max abs error for float artifacts; cosine for int8, where an absolute error says little."""
+    p = a.get("parity") or {}
+    if p.get("max_abs") is None:
+        return None
+    return f"cos {p['cosine']:.4f}" if a["precision"] == "int8" else f"{p['max_abs']:.1e}"
+
+
 def print_summary(manifest: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -50,7 +58,7 @@ def print_summary(manifest: dict, console=None) -> None:
                      {r["batch"] for r in (manifest.get("baseline") or {}).get("latency", [])})
     model = manifest.get("model", {})
     t = Table(title=f"edgeopt: {model.get('name', '?')}  ({manifest['host']['cpu']['model']})", title_justify="left")
-    for col in ("artifact", "status", "size MB", "top-1", "drop pt", "max abs err"):
+    for col in ("artifact", "status", "size MB", "top-1", "drop pt", "parity"):
         t.add_column(col, justify="left" if col in ("artifact", "status") else "right")
     for b in batches:
         t.add_column(f"b{b} median ms", justify="right")
@@ -61,7 +69,7 @@ def print_summary(manifest: dict, console=None) -> None:
         cells = [row["id"], row["status"], "-" if row["size_mb"] is None else f"{row['size_mb']:.2f}",
                  "-" if row["accuracy"] is None else f"{row['accuracy'] * 100:.2f}",
                  "-" if row["drop"] is None else f"{row['drop']:+.2f}",
-                 "-" if row["parity"] is None else f"{row['parity']:.1e}"]
+                 row["parity"] or "-"]
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
             sp = row["speedup"].get(str(b))

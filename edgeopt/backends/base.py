@@ -33,6 +33,12 @@ class CompileRequest:
     calibration: Iterable[dict[str, np.ndarray]] | None = None  # feeds, for int8
     options: dict = field(default_factory=dict)  # target options overlaid with recipe/CLI options
     cache_dir: Path | None = None  # content-keyed caches (TensorRT timing cache, OpenVINO model cache)
+    # For int8: how candidates are judged (compress.CompressionConfig), on what, against which FP32 figure.
+    compression: object | None = None
+    evaluation: object | None = None  # data.Dataset with labels, or None
+    reference: tuple | None = None  # (feeds, fp32 reference outputs) for cosine checks
+    fp32_metric: dict | None = None  # the FP32 model's task metric on the evaluation data
+    log: object = print
 
 
 class Runner(ABC):

@@ -14,7 +14,7 @@ def example_dict() -> dict:
                   "kind": "cnn", "outputs": ["logits"]},
         "inputs": [{"name": "image", "shape": ["batch", 1, 8, 8], "dtype": "float32", "range": [0.0, 1.0]}],
         "dims": {"batch": {"min": 1, "opt": 1, "max": 32}},
-        "precisions": ["fp32", "bf16"],
+        "precisions": ["fp32", "bf16", "int8"],
         "calibration": {"source": str(data / "calibration.npz"), "size": 300},
         "evaluation": {"source": str(data / "heldout.npz"), "size": None},
         "profile": {"batches": [1, 8], "duration_s": 1.0},

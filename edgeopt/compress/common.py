@@ -1,0 +1,45 @@
+"""Pieces shared by the INT8 recipes: calibration feeds, NNCF datasets and presets."""
+
+from __future__ import annotations
+
+from ..errors import CompileError, require
+from .config import CompressionConfig
+
+
+def config_of(req) -> CompressionConfig:
+    return req.compression if req.compression is not None else CompressionConfig()
+
+
+def calibration_feeds(req, limit: int | None = None) -> list[dict]:
+    if req.calibration is None:
+        raise CompileError(
+            f"{req.target.name} int8 needs calibration data, and the recipe gives none.",
+            "Add [calibration] source = \"...\" (a .npz, an image folder, a module:function) to the recipe.")
+    feeds = list(req.calibration)
+    return feeds[:limit] if limit else feeds
+
+
+def nncf_module():
+    nncf = require("nncf", "nncf", "quantize with NNCF")
+    return nncf
+
+
+def nncf_preset(nncf, cfg: CompressionConfig, kind: str):
+    name = cfg.preset or ("mixed" if kind == "transformer" else "performance")
+    return {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[name], name
+
+
+def nncf_model_type(nncf, kind: str):
+    return nncf.ModelType.TRANSFORMER if kind == "transformer" else None
+
+
+def nncf_device(nncf, device: str):
+    return {"CPU": nncf.TargetDevice.CPU, "GPU": nncf.TargetDevice.GPU, "NPU": nncf.TargetDevice.NPU}.get(
+        device, nncf.TargetDevice.ANY)
+
+
+def quiet_nncf():
+    """NNCF logs progress bars and INFO lines on stdout; keep them in the log level the user chose."""
+    import logging
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)
