@@ -19,7 +19,8 @@ def artifact_rows(manifest: dict) -> list[dict]:
     if base:
         rows.append({"id": base["name"], "precision": "fp32", "status": "baseline", "size_mb": None,
                      "accuracy": ref_acc.get("value"), "drop": None, "latency": base["latency"],
-                     "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "parity": None, "note": ""})
+                     "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "parity": None,
+                     "parity_cell": None, "note": ""})
     for a in manifest.get("artifacts", []):
         acc = (a.get("accuracy") or {}).get("value")
         size = sum(f["bytes"] for f in a.get("files", []) if not f["path"].endswith(".json")) / 1e6
@@ -27,7 +28,7 @@ def artifact_rows(manifest: dict) -> list[dict]:
             "id": a["id"], "precision": a["precision"], "status": a["status"], "size_mb": size if a.get("files") else None,
             "accuracy": acc, "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
             "latency": a.get("latency") or [], "speedup": a.get("speedup_vs_torch") or {},
-            "parity": _parity_cell(a), "note": a.get("reason") or "; ".join(a.get("flags", [])),
+            "parity": (a.get("parity") or {}).get("max_abs"), "parity_cell": _parity_cell(a), "note": a.get("reason") or "; ".join(a.get("flags", [])),
         })
     return rows
 
@@ -69,7 +70,7 @@ def print_summary(manifest: dict, console=None) -> None:
         cells = [row["id"], row["status"], "-" if row["size_mb"] is None else f"{row['size_mb']:.2f}",
                  "-" if row["accuracy"] is None else f"{row['accuracy'] * 100:.2f}",
                  "-" if row["drop"] is None else f"{row['drop']:+.2f}",
-                 row["parity"] or "-"]
+                 row["parity_cell"] or "-"]
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
             sp = row["speedup"].get(str(b))
