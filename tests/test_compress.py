@@ -1,0 +1,162 @@
+"""INT8 per backend, the accuracy guard, the calibration cache and the TensorRT Q/DQ recipe."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeopt.build import build, flag_slow_int8
+from edgeopt.example import example_dict
+from edgeopt.recipe import recipe_from_dict
+from edgeopt.reporting import Reporter
+from edgeopt.resources import data_dir
+
+FAST = {"batches": [1], "duration_s": 0.2, "min_iterations": 5, "warmup": 2}
+
+
+def example(**overrides):
+    d = example_dict()
+    d.update(overrides)
+    return recipe_from_dict(d, data_dir("calibration"))
+
+
+def test_example_int8_within_one_point_with_recorded_candidates(example_out):
+    _, m = example_out
+    by_id = {a["id"]: a for a in m["artifacts"]}
+    fp32 = m["fp32_metric"]["value"]
+    assert m["calibration"]["used"] == 300 and m["calibration"]["sha256"]
+    for aid in ("ort-cpu-int8", "openvino-cpu-int8"):
+        a = by_id[aid]
+        assert a["status"] == "ok", a
+        assert (fp32 - a["accuracy"]["value"]) * 100 <= 1.0
+        assert a["parity"]["cosine"] >= 0.99
+        int8 = a["meta"]["int8"]
+        assert int8["recipe"] and int8["candidates"] and int8["calibration_samples"] == 300
+    ort = by_id["ort-cpu-int8"]["meta"]["int8"]
+    assert {c["candidate"] for c in ort["candidates"]} >= {"ort-qdq-u8s8", "nncf-qdq"}
+    assert all("latency_ms_b1" in c and "accuracy" in c for c in ort["candidates"])
+    assert "fastest" in ort["why"]
+
+
+def test_slower_int8_is_flagged():
+    recs = [
+        {"id": "ort-cpu-fp32", "target": "ort-cpu", "precision": "fp32", "status": "ok",
+         "latency": [{"batch": 1, "median_ms": 1.0}]},
+        {"id": "ort-cpu-int8", "target": "ort-cpu", "precision": "int8", "status": "ok",
+         "latency": [{"batch": 1, "median_ms": 1.5}]},
+        {"id": "openvino-cpu-fp32", "target": "openvino-cpu", "precision": "fp32", "status": "ok",
+         "latency": [{"batch": 1, "median_ms": 1.0}]},
+        {"id": "openvino-cpu-int8", "target": "openvino-cpu", "precision": "int8", "status": "ok",
+         "latency": [{"batch": 1, "median_ms": 0.4}]},
+    ]
+    flag_slow_int8(recs)
+    assert "slower than fp32 sibling at batch 1" in recs[1]["flags"][0]
+    assert "flags" not in recs[3]
+
+
+def test_budget_that_cannot_be_met_is_reported_not_shipped(run_cli, tmp_path):
+    d = example_dict()
+    d.pop("evaluation")  # no labels: the guard uses the cosine of the outputs
+    d["compression"] = {"min_cosine": 0.9999999, "candidates": ["ort-qdq-u8s8"]}
+    d["targets"], d["precisions"], d["profile"] = ["ort-cpu"], ["fp32", "int8"], FAST
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(d))
+    code, out, err = run_cli("build", recipe, "-o", tmp_path / "o", "--json")
+    assert code == 5, err
+    m = json.loads(out)
+    by_id = {a["id"]: a for a in m["artifacts"]}
+    assert by_id["ort-cpu-fp32"]["status"] == "ok"  # the build went on with the others
+    bad = by_id["ort-cpu-int8"]
+    assert bad["status"] == "failed" and "accuracy budget" in bad["reason"] and "cosine 0.99" in bad["reason"]
+    assert not (tmp_path / "o" / "ort-cpu-int8").exists()
+
+
+def _toml(d: dict) -> str:
+    """A tiny TOML writer for the recipe dicts of these tests."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + "}"
+        return repr(v)
+
+    lines = [f"{k} = {val(v)}" for k, v in d.items() if not isinstance(v, (dict, list)) or k in ("targets", "precisions")]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines += [f"{kk} = {val(vv)}" for kk, vv in v.items()]
+        elif isinstance(v, list) and k not in ("targets", "precisions"):
+            for item in v:
+                lines.append(f"[[{k}]]")
+                lines += [f"{kk} = {val(vv)}" for kk, vv in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_calibration_cache_hit_and_invalidation(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
+    opts = dict(targets=("ort-cpu",), precisions=("int8",), reporter=Reporter(quiet=True))
+    base = dict(compression={"candidates": ["ort-qdq-u8s8"]}, profile=FAST)
+    build(example(**base), tmp_path / "a", **opts)
+    assert "reusing calibration" not in (tmp_path / "a" / "logs" / "build.log").read_text()
+    m = build(example(**base), tmp_path / "b", **opts)
+    assert "reusing calibration from the cache" in (tmp_path / "b" / "logs" / "build.log").read_text()
+    assert m["artifacts"][0]["meta"]["int8"]["candidates"][0]["calibration_cache"] == "hit"
+    calib = dict(example_dict()["calibration"], seed=7)  # other samples: another calibration set
+    m = build(example(**base, calibration=calib), tmp_path / "c", **opts)
+    assert m["artifacts"][0]["meta"]["int8"]["candidates"][0]["calibration_cache"] == "miss"
+    assert "reusing calibration" not in (tmp_path / "c" / "logs" / "build.log").read_text()
+
+
+def test_tensorrt_qdq_is_signed_int8_with_zero_points_0(example_out, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeopt.compress import quantize_for_tensorrt
+    from edgeopt.compress.tensorrt import qdq_problems
+    from edgeopt.data import DataConfig, load_dataset
+    from edgeopt.lint import lint
+    from edgeopt.spec import IOSpec
+    from edgeopt.targets import get_target
+
+    out, m = example_out
+    spec = IOSpec.from_dict(m["model"])
+    calib = load_dataset(DataConfig.from_dict(example_dict()["calibration"], data_dir("calibration")), spec)
+    dst = tmp_path / "trt-int8.onnx"
+    rec = quantize_for_tensorrt(out / "export" / "model.onnx", calib, spec, dst, "cnn", log=lambda *_: None)
+    assert rec["int8"]["recipe"]
+    model = onnx.load(str(dst))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) >= 10
+    for n in qdq:
+        zp = inits[n.input[2]]
+        assert zp.dtype == np.int8 and not zp.any(), n.name
+    assert qdq_problems(dst) == []
+    report = lint(dst, get_target("jetson-orin-nano"), spec)
+    assert report.ok, report.summary()
+
+
+def test_bert_encoder_int8_on_both_backends(tmp_path):
+    from tiny import tiny_bert_folder
+
+    folder = tiny_bert_folder(tmp_path / "bert")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", input_ids=rng.integers(0, 128, (64, 16)).astype(np.int64),
+             attention_mask=np.ones((64, 16), np.int64))
+    m = build(recipe_from_dict({
+        "model": {"source": f"hf:{folder}", "kind": "transformer"},
+        "inputs": [{"name": "input_ids", "shape": ["batch", "seq"], "dtype": "int64", "range": [0, 128]},
+                   {"name": "attention_mask", "shape": ["batch", "seq"], "dtype": "int64", "range": [1, 2]}],
+        "dims": {"batch": {"min": 1, "opt": 1, "max": 4}, "seq": {"min": 1, "opt": 16, "max": 32}},
+        "targets": ["ort-cpu", "openvino-cpu"], "precisions": ["int8"], "profile": FAST,
+        "calibration": {"source": "calib.npz", "size": 64},
+    }, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
+    for a in m["artifacts"]:
+        assert a["status"] == "ok", a
+        assert a["parity"]["cosine"] >= 0.99, a["parity"]
+    ort = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-int8")["meta"]["int8"]
+    assert ort["candidates"][0]["candidate"] == "ort-dynamic"  # transformers try weight-only first
