@@ -86,3 +86,38 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
                 a.pop("speedup_vs_torch", None)
         write_json_atomic(path / MANIFEST, manifest.data)
     return {"host": host_info(), "artifacts": results}
+
+
+def compress(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisions=("fp32", "int8"),
+             prune: str | None = None, ratio: float = 0.5, macs_target: float | None = None,
+             finetune_epochs: int = 0, finetune_data: str | None = None, max_drop: float | None = None,
+             min_cosine: float | None = None, force: bool = False, reporter: Reporter | None = None) -> dict:
+    """The compression stage on its own: INT8 (with the accuracy guard) and, with ``prune``, pruning plus an
+    optional recovery fine-tune. FP32 is built beside INT8 so every figure has its reference."""
+    from dataclasses import replace
+
+    from .build import build
+    from .compress.prune import PruningConfig
+
+    r = _recipe(recipe)
+    if prune:
+        ft = None
+        if finetune_epochs:
+            data = finetune_data or (_example_train() if recipe is None else None)
+            if data is None:
+                raise UserInputError("--finetune-epochs needs training data with labels.",
+                                     "Add --finetune-data PATH (a .npz with labels, an image folder with class folders).")
+            ft = {"source": str(Path(data).resolve()), "epochs": finetune_epochs}
+        r = replace(r, pruning=PruningConfig.from_dict({"method": prune, "ratio": ratio, "macs_target": macs_target,
+                                                        "finetune": ft}))
+    if max_drop is not None or min_cosine is not None:
+        c = r.compression
+        r = replace(r, compression=replace(c, max_drop=c.max_drop if max_drop is None else max_drop,
+                                           min_cosine=c.min_cosine if min_cosine is None else min_cosine))
+    return build(r, output, targets, precisions, force=force, reporter=reporter)
+
+
+def _example_train() -> str:
+    from .resources import data_dir
+
+    return str(data_dir("calibration") / "digits" / "train.npz")

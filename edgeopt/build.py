@@ -53,6 +53,7 @@ class BuildContext:
     refs: list = field(default_factory=list)
     evaluation: object = None  # data.Dataset
     calibration: object = None
+    original_module: object = None  # the model before pruning: the baseline row stays the user's model
     fp32_metric: dict | None = None  # the exported FP32 model's task metric (the int8 accuracy budget's base)
     int8: bool = False  # some planned artifact is int8
 
@@ -351,13 +352,116 @@ def _batch_ok(spec, b: int) -> bool:
     return lo <= b <= hi
 
 
+def torch_infer(module, spec):
+    """A feed -> named outputs function over a torch module."""
+    import torch
+
+    from .intake import to_torch
+
+    def infer(feed):
+        with torch.inference_mode():
+            return {n: t.numpy() for n, t in zip(spec.outputs, module(*to_torch(feed, spec)))}
+
+    return infer
+
+
+def stage_prune(ctx: BuildContext, manifest: Manifest) -> None:
+    """Prune the PyTorch model (and fine-tune it back) before export; the baseline row stays the original."""
+    cfg = ctx.recipe.pruning
+    if cfg is None:
+        return
+    import copy
+
+    import torch
+
+    from .compress import prune
+    from .intake import to_torch
+
+    model = ctx.model
+    if model.module is None:
+        raise UserInputError("Pruning needs the PyTorch model; the model source is an ONNX file.",
+                             "Give the factory or checkpoint the ONNX was made from, or drop [pruning].")
+    spec = model.spec
+    args = to_torch(spec.random_feed(np.random.default_rng(0), batch=1 if spec.batch_dim else None), spec)
+    ctx.original_module = copy.deepcopy(model.module)
+    acc = (lambda: evaluate(torch_infer(model.module, spec), ctx)["value"]) if ctx.evaluation is not None else (lambda: None)
+    macs0, params0 = prune.count(model.module, args)
+    record = {"config": cfg.to_dict(), "macs_before": macs0, "params_before": params0, "accuracy_before": acc()}
+    ctx.reporter.step(f"Pruning ({cfg.method}, ratio {cfg.ratio})")
+    feeds = list(ctx.calibration) if ctx.calibration is not None else (ctx.evaluation.feeds() if ctx.evaluation else [])
+    if cfg.method == "structured":
+        prune.prune_structured(model.module, args, cfg)
+        work = model.module
+    else:
+        work, clean = prune.prune_unstructured(model.module, args, cfg)
+    if cfg.bn_adaptation:
+        prune.adapt_batchnorm(work, feeds, spec)
+    model.module = work
+    record["accuracy_pruned"] = acc()
+    if cfg.finetune is not None:
+        from .data import DataConfig, load_dataset
+
+        train = load_dataset(DataConfig.from_dict({"source": cfg.finetune.source, "size": None}, ctx.recipe.base_dir),
+                             spec, purpose="training")
+        ctx.reporter.step(f"Recovery fine-tune: {cfg.finetune.epochs} epochs on {train.count} samples")
+        prune.finetune(work, train, spec, cfg.finetune, log=ctx.reporter.info)
+        record["accuracy_finetuned"] = acc()
+        record["finetune_samples"] = train.count
+    if cfg.method == "unstructured":
+        model.module = prune.strip_unstructured(work, clean, args)
+    macs1, params1 = prune.count(model.module, args)
+    record.update({"macs_after": macs1, "params_after": params1, "sparsity": prune.sparsity(model.module)})
+    if cfg.method == "unstructured":
+        record["note"] = ("Unstructured sparsity zeroes weights but keeps every shape: CPU backends run the same dense "
+                          "kernels, so expect no speed-up (measured: 50% sparsity, 18.0 vs 18.1 ms on ResNet-18); "
+                          "the win is a smaller compressed download.")
+    model.sha256 = sha256_json({"model": model.sha256, "pruning": cfg.to_dict(),
+                                "state": [float(p.detach().double().sum()) for p in model.module.parameters()]})
+    ctx.reporter.info(_pruning_line(record))
+    record["files"] = save_pruned(ctx, args)
+    manifest.data["pruning"] = record
+
+
+def _pruning_line(r: dict) -> str:
+    parts = [f"MACs {r['macs_before'] / 1e6:.1f}M -> {r['macs_after'] / 1e6:.1f}M",
+             f"params {r['params_before'] / 1e3:.0f}k -> {r['params_after'] / 1e3:.0f}k",
+             f"sparsity {r['sparsity'] * 100:.1f}%"]
+    for k, label in (("accuracy_before", "top-1 before"), ("accuracy_pruned", "pruned"),
+                     ("accuracy_finetuned", "after fine-tune")):
+        if r.get(k) is not None:
+            parts.append(f"{label} {r[k] * 100:.2f}%")
+    return ", ".join(parts)
+
+
+def save_pruned(ctx: BuildContext, args) -> list[dict]:
+    """The pruned model as a torch.export program (reloads without unpickling objects); the ONNX comes
+    from the export stage."""
+    import torch
+
+    from .export import _dynamic_shapes, export_sizes
+    from .intake import to_torch
+
+    folder = ctx.out / "pruned"
+    spec = ctx.model.spec
+    # Example sizes above 1 on dynamic axes, or torch.export specialises them.
+    args = to_torch(spec.random_feed(np.random.default_rng(0), sizes=export_sizes(spec)), spec)
+    with staged_dir(folder) as stage:
+        try:
+            ep = torch.export.export(ctx.model.module, args,
+                                     dynamic_shapes=_dynamic_shapes(torch, spec) if spec.dims else None)
+            torch.export.save(ep, str(stage / "model.pt2"))
+        except Exception as exc:  # noqa: BLE001 - the ONNX stays the shipped form; say why the .pt2 is missing
+            (stage / "NOTE.txt").write_text(f"torch.export could not save the pruned model: {exc}\n")
+    return file_records(folder, ctx.out)
+
+
 def profile_torch(ctx: BuildContext, batches, real) -> dict:
     import torch
 
     from .intake import to_torch
     from .profile import feed_for_batch, peak_rss_mb, reset_peak_rss
 
-    module = ctx.model.module
+    module = ctx.original_module if ctx.original_module is not None else ctx.model.module
     threads = ctx.recipe.profile.threads
     if threads:
         torch.set_num_threads(threads)
@@ -367,9 +471,7 @@ def profile_torch(ctx: BuildContext, batches, real) -> dict:
         for b in batches:
             args = to_torch(feed_for_batch(ctx.model.spec, b, real), ctx.model.spec)
             rows.append(time_callable(lambda: module(*args), ctx.recipe.profile, b))
-        accuracy = evaluate(lambda feed: dict(zip(ctx.model.spec.outputs,
-                                                  (t.numpy() for t in module(*to_torch(feed, ctx.model.spec))))), ctx) \
-            if ctx.evaluation is not None else None
+        accuracy = evaluate(torch_infer(module, ctx.model.spec), ctx) if ctx.evaluation is not None else None
     return {"name": "torch-eager-fp32", "torch": torch.__version__, "threads": torch.get_num_threads(),
             "latency": rows, "peak_rss_mb": peak_rss_mb(), "accuracy": accuracy}
 
@@ -385,7 +487,7 @@ def load_data(ctx: BuildContext, manifest: Manifest) -> None:
         manifest.data["evaluation"] = ctx.evaluation.summary()
         for w in ctx.evaluation.warnings:
             ctx.reporter.warn(w)
-    if r.calibration is not None and ctx.int8:
+    if r.calibration is not None and (ctx.int8 or r.pruning is not None):
         ctx.calibration = load_dataset(r.calibration, r.spec, purpose="calibration")
         manifest.data["calibration"] = ctx.calibration.summary()
         for w in ctx.calibration.warnings:
@@ -421,6 +523,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     prepare_output(out, force)
     reporter.attach_log(out / "logs" / "build.log")
     previous = load_manifest(out, missing_ok=True)
+    stage_prune(ctx, manifest)
     stage_export(ctx, manifest, previous)
     if ctx.int8 and ctx.evaluation is not None and ctx.evaluation.labels is not None:
         ctx.fp32_metric = fp32_metric(ctx)

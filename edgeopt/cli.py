@@ -198,6 +198,32 @@ def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, model
 
 
 @main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default="edgeopt-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("-t", "--target", "targets", multiple=True)
+@click.option("-p", "--precision", "precisions", multiple=True, help="Default: fp32 and int8.")
+@click.option("--prune", type=click.Choice(["structured", "unstructured"]), help="Prune before export.")
+@click.option("--ratio", type=float, default=0.5, show_default=True, help="Pruning ratio (channels or weights).")
+@click.option("--macs-target", type=float, help="Structured: prune until MACs <= this share of the original.")
+@click.option("--finetune-epochs", type=int, default=0, help="Recovery fine-tune after pruning.")
+@click.option("--finetune-data", type=click.Path(exists=True), help="Training data with labels for the fine-tune.")
+@click.option("--max-drop", type=float, help="INT8 accuracy budget in points vs FP32 (default 1).")
+@click.option("--min-cosine", type=float, help="INT8 budget without labels: minimum output cosine (default 0.99).")
+@click.option("--force", is_flag=True)
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+@handle_errors
+def compress(ctx, recipe, output, targets, precisions, prune, ratio, macs_target, finetune_epochs, finetune_data,
+             max_drop, min_cosine, force, json_out):
+    """INT8 calibration with an accuracy guard, and pruning with recovery fine-tuning (no RECIPE: the example)."""
+    from . import api
+
+    m = api.compress(recipe, output, targets, precisions or ("fp32", "int8"), prune, ratio, macs_target,
+                     finetune_epochs, finetune_data, max_drop, min_cosine, force=force, reporter=_reporter(ctx, json_out))
+    _finish(m, json_out, output)
+
+
+@main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, comma-separated: 1,8.")
 @click.option("--iterations", type=int, help="Fixed number of timed runs (default: run for --duration).")

@@ -118,11 +118,11 @@ class PackageSource:
     """Everything a package is made from (a small value object; see :func:`write_package_files`)."""
 
     def __init__(self, *, target, precision: str, spec, model_kind: str, onnx_path: Path, reference_path: Path,
-                 tolerance: dict, calibration=None, compression: dict | None = None, model: dict | None = None,
+                 tolerance: dict, calibration=None, compression=None, model: dict | None = None,
                  why_not_here: str | None = None):
         self.target, self.precision, self.spec, self.model_kind = target, precision, spec, model_kind
         self.onnx_path, self.reference_path, self.tolerance = Path(onnx_path), Path(reference_path), tolerance
-        self.calibration, self.compression, self.model = calibration, dict(compression or {}), dict(model or {})
+        self.calibration, self.compression, self.model = calibration, _plain(compression), dict(model or {})
         self.why_not_here = why_not_here
 
     @property
@@ -143,6 +143,17 @@ class PackageSource:
                             "spec": self.spec.to_dict(), "kind": self.model_kind, "tolerance": self.tolerance,
                             "calibration": getattr(self.calibration, "sha256", None),
                             "compression": self.compression, "edgeopt": __version__})
+
+
+def _plain(obj):
+    """A recipe section (dict or dataclass) as plain data, for the package key."""
+    import dataclasses
+
+    if obj is None:
+        return {}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return dict(obj) if isinstance(obj, dict) else repr(obj)
 
 
 def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> dict:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .compress.config import CompressionConfig
+from .compress.prune import PruningConfig
 from .errors import UserInputError
 from .parity import DEFAULT_TOLERANCES
 from .resources import load_toml
@@ -122,7 +123,7 @@ class Recipe:
     calibration: object | None = None  # data.DataConfig
     evaluation: object | None = None  # data.DataConfig
     compression: object = None  # compress.CompressionConfig
-    pruning: dict = field(default_factory=dict)
+    pruning: object = None  # compress.prune.PruningConfig
     select: dict = field(default_factory=dict)
     base_dir: Path = Path(".")
     path: str = ""
@@ -181,7 +182,8 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         export=_section(ExportConfig, "export", data.get("export")),
         parity=_section(ParityConfig, "parity", data.get("parity")),
         profile=_section(ProfileConfig, "profile", prof),
-        compression=CompressionConfig.from_dict(data.get("compression")), pruning=dict(data.get("pruning", {})),
+        compression=CompressionConfig.from_dict(data.get("compression")),
+        pruning=PruningConfig.from_dict(data.get("pruning")),
         select=dict(data.get("select", {})), base_dir=base_dir, path=path,
     )
     data_sections = {}

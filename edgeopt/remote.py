@@ -279,7 +279,8 @@ def agent(host: str, action: str, args: dict, opts: RemoteOptions, *, timeout: f
     cmd = f"mkdir -p {rpath(opts.workdir)} && "
     if cwd:
         cmd += f"cd {rpath(cwd)} && "
-    cmd += f"{_env(opts)} {rpath(py)} -m edgeopt.remote agent {action} {shlex.quote(payload)}"
+    # "; exit $?": the shell reports a process killed by a signal as 128+N (137 for SIGKILL) instead of ssh's 255
+    cmd += f"{_env(opts)} {rpath(py)} -m edgeopt.remote agent {action} {shlex.quote(payload)}; exit $?"
     res = run_ssh(host, cmd, opts, timeout or opts.timeout, on_line=on_line)
     lines = res.stdout.decode("utf-8", "replace").splitlines()
     for line in reversed(lines):
@@ -418,7 +419,7 @@ def _for_hosts(hosts, fn, reporter) -> dict:
             res.setdefault("ok", True)
         except EdgeoptError as exc:
             if reporter:
-                reporter.error(f"{host}: {exc.problem if isinstance(exc, RemoteError) else exc}")
+                reporter.error(exc.problem if isinstance(exc, RemoteError) else f"{host}: {exc.problem}")
             err = exc.to_dict() if isinstance(exc, RemoteError) else {
                 "kind": type(exc).__name__, "problem": exc.problem, "fix": exc.fix}
             res = {"ok": False, "error": err}
@@ -848,8 +849,14 @@ def _error_dict(exc: BaseException) -> dict:
 def _modules() -> dict:
     import importlib.util
 
-    return {m: importlib.util.find_spec(m) is not None
-            for m in ("numpy", "tomli", "click", "rich", "onnx", "tensorrt", "onnxruntime", "openvino", "cuda")}
+    def present(m):
+        try:
+            return importlib.util.find_spec(m) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return {m: present(m) for m in ("numpy", "tomli", "click", "rich", "onnx", "tensorrt", "onnxruntime", "openvino",
+                                    "cuda")}
 
 
 def _agent_hello(args: dict) -> dict:

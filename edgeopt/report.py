@@ -242,25 +242,25 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
     return front
 
 
-def tradeoff_points(m: dict, series: list[dict]) -> tuple[str, list[tuple[str, float, float]], int | None]:
-    """(quality label, [(id, batch-1 median ms, quality)], batch): accuracy when the build measured it,
-    else the parity cosine (the torch baseline is the reference: cosine 1)."""
+def tradeoff_points(m: dict, series: list[dict]) -> tuple[str, str, list[tuple[str, float, float]], int | None]:
+    """(quality name, axis label, [(id, batch-1 median ms, quality)], batch): accuracy when the build measured
+    it, else the parity cosine (the torch baseline is the reference: cosine 1)."""
     b = _first_batch(series)
     usable = [s for s in series if s["status"] in ("ok", "baseline") and latency_at(s, b) is not None]
     if any(s["accuracy"] is not None for s in usable if not s["baseline"]):
-        key, label = "accuracy", f"{metric_name(m)} (%)"
+        key, name, label = "accuracy", "Accuracy", f"{metric_name(m)} (%)"
     else:
-        key, label = "cosine", "parity cosine vs PyTorch"
+        key, name, label = "cosine", "Parity cosine", "parity cosine against PyTorch"
     pts = []
     for s in usable:
         q = s[key]
         if q is not None:
             pts.append((s["id"], latency_at(s, b)["median_ms"], q * 100 if key == "accuracy" else q))
-    return label, pts, b
+    return name, label, pts, b
 
 
 def plot_tradeoff(m: dict, series: list[dict], colors: dict[str, str]) -> Plot | None:
-    label, pts, b = tradeoff_points(m, series)
+    name, label, pts, b = tradeoff_points(m, series)
     if not pts:
         return None
     front = pareto_front(pts)
@@ -279,14 +279,14 @@ def plot_tradeoff(m: dict, series: list[dict], colors: dict[str, str]) -> Plot |
     ax.set_ylabel(label)
     qs = [p[2] for p in pts]
     span = max(qs) - min(qs)
-    pad = span * 0.25 if span > 0 else (0.5 if "%" in label else 1e-6)
+    pad = span * 0.25 if span > 0 else (0.5 if name == "Accuracy" else 1e-6)
     ax.set_ylim(min(qs) - pad, max(qs) + pad)
     ax.set_xlim(0, max(p[1] for p in pts) * 1.25)
     ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"{label.split(' (')[0].capitalize()} versus latency")
-    return Plot("tradeoff", f"{label.split(' (')[0].capitalize()} versus latency (batch {b})",
+    ax.set_title(f"{name} versus latency")
+    return Plot("tradeoff", f"{name} versus latency (batch {b})",
                 f"Outlined points lie on the Pareto frontier (no other artifact is both faster and better): "
                 f"{', '.join(p[0] for p in fp)}.", _png(fig))
 

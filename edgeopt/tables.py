@@ -78,3 +78,15 @@ def print_summary(manifest: dict, console=None) -> None:
         cells.append(row["note"] or "")
         t.add_row(*cells)
     console.print(t)
+    pr = manifest.get("pruning")
+    if pr:
+        line = (f"pruning ({pr['config']['method']}, ratio {pr['config']['ratio']}): MACs {pr['macs_before'] / 1e6:.2f}M -> "
+                f"{pr['macs_after'] / 1e6:.2f}M, params {pr['params_before'] / 1e3:.0f}k -> {pr['params_after'] / 1e3:.0f}k, "
+                f"sparsity {pr['sparsity'] * 100:.1f}%")
+        accs = [(k, pr.get(k)) for k in ("accuracy_before", "accuracy_pruned", "accuracy_finetuned")]
+        if any(v is not None for _, v in accs):
+            line += "; top-1 " + " -> ".join(f"{label} {v * 100:.2f}%" for (k, v), label in
+                                              zip(accs, ("original", "pruned", "fine-tuned")) if v is not None)
+        console.print(line)
+        if pr.get("note"):
+            console.print(pr["note"])

@@ -205,7 +205,7 @@ def test_cli_select_exits_non_zero_when_none_qualifies(run_cli, out):
     code, stdout, stderr = run_cli("select", out, "--max-drop", "0.1", "--p99-ms", "2", "--target", "openvino-cpu")
     assert code == 9
     assert "error: No artifact meets the budgets" in stderr
-    assert "openvino-cpu-int8: accuracy drop 0.30 pt > 0.1 pt budget" in stderr
+    assert "openvino-cpu-int8: p99 2.500 ms > 2 ms budget at batch 1; accuracy drop 0.30 pt > 0.1 pt budget" in stderr
     assert "ort-cpu-int8: target ort-cpu, not openvino-cpu" in stderr
 
 

@@ -1,0 +1,202 @@
+"""Pruning: NNCF unstructured magnitude pruning (sparsity, no CPU speed-up) and torch-pruning structured
+channel pruning (DepGraph; real speed-up), with batch-norm adaptation and optional recovery fine-tuning.
+
+Works on the flat module from intake; needs torch (and nncf / torch-pruning for the method chosen).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from ..errors import UserInputError, require
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    source: str  # training data with labels (same formats as calibration/evaluation data)
+    epochs: int = 3
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    freeze_backbone: bool = False  # train only the classifier head
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    method: str = "structured"  # structured (torch-pruning) | unstructured (NNCF)
+    ratio: float = 0.5  # structured: share of channels removed; unstructured: share of weights zeroed
+    macs_target: float | None = None  # structured: prune until MACs <= this share of the original
+    round_to: int = 8  # keep channel counts multiples of this (friendly to SIMD and tensor cores)
+    ignored: tuple[str, ...] = ()  # module names never pruned (the classifier head is always kept)
+    bn_adaptation: bool = True  # re-estimate batch-norm statistics on calibration data after pruning
+    finetune: FinetuneConfig | None = None
+
+    def __post_init__(self):
+        if self.method not in ("structured", "unstructured"):
+            raise UserInputError(f"[pruning] method {self.method!r} is unknown.", "Use structured or unstructured.")
+        if not 0 < self.ratio < 1:
+            raise UserInputError(f"[pruning] ratio {self.ratio} is not between 0 and 1.", "For example ratio = 0.5.")
+        if self.macs_target is not None and not 0 < self.macs_target < 1:
+            raise UserInputError("[pruning] macs_target must be between 0 and 1.", "For example macs_target = 0.5.")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "PruningConfig | None":
+        if not data:
+            return None
+        data = dict(data)
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise UserInputError(f"Recipe section [pruning] has unknown keys {unknown}.",
+                                 f"Allowed keys: {', '.join(sorted(allowed))}.")
+        if data.get("finetune"):
+            ft = dict(data["finetune"])
+            bad = sorted(set(ft) - {f.name for f in fields(FinetuneConfig)})
+            if bad or "source" not in ft:
+                raise UserInputError(f"[pruning.finetune] has unknown keys {bad} or no source.",
+                                     "Give source (training data with labels), and optionally epochs, lr, freeze_backbone.")
+            data["finetune"] = FinetuneConfig(**ft)
+        data["ignored"] = tuple(data.get("ignored", ()))
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["finetune"] = None if self.finetune is None else {f.name: getattr(self.finetune, f.name)
+                                                             for f in fields(self.finetune)}
+        return d
+
+
+def count(module, args) -> tuple[int, int]:
+    """(MACs, parameters) of one forward pass, by torch-pruning's counter."""
+    tp = require("torch_pruning", "nncf", "count MACs")
+    macs, params = tp.utils.count_ops_and_params(module, args)
+    return int(macs), int(params)
+
+
+def sparsity(module) -> float:
+    import torch
+
+    total = zeros = 0
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.Conv1d)):
+            total += m.weight.numel()
+            zeros += int((m.weight == 0).sum())
+    return zeros / max(total, 1)
+
+
+def _heads(flat, args) -> list:
+    """Layers whose outputs are the model's outputs (classifier heads): never pruned."""
+    import torch
+
+    with torch.no_grad():
+        outs = flat(*args)
+    widths = {int(o.shape[-1]) for o in outs if o.ndim >= 1}
+    lin = [m for m in flat.modules() if isinstance(m, torch.nn.Linear)]
+    heads = [m for m in lin if m.out_features in widths]
+    return heads or lin[-1:]
+
+
+def prune_structured(flat, args, cfg: PruningConfig):
+    tp = require("torch_pruning", "nncf", "prune channels (structured pruning)")
+    ignored = _heads(flat, args) + [m for n, m in flat.named_modules() if n in cfg.ignored or
+                                    n.removeprefix("inner.") in cfg.ignored]
+    imp = tp.importance.GroupMagnitudeImportance(p=2)
+    macs0, _ = count(flat, args)
+    if cfg.macs_target is None:
+        pruner = tp.pruner.BasePruner(flat, args, importance=imp, pruning_ratio=cfg.ratio, ignored_layers=ignored,
+                                      round_to=cfg.round_to)
+        pruner.step()
+    else:
+        steps = 20
+        pruner = tp.pruner.BasePruner(flat, args, importance=imp, pruning_ratio=0.95, iterative_steps=steps,
+                                      ignored_layers=ignored, round_to=cfg.round_to)
+        for _ in range(steps):
+            pruner.step()
+            if count(flat, args)[0] <= cfg.macs_target * macs0:
+                break
+    return flat
+
+
+def prune_unstructured(flat, args, cfg: PruningConfig):
+    """NNCF magnitude pruning; masks are folded into the weights of a clean copy (no NNCF hooks)."""
+    nncf = require("nncf", "nncf", "prune weights (unstructured pruning)")
+    require("torchao", "nncf", "strip NNCF's pruning masks (nncf.strip needs torchao)")
+    clean = copy.deepcopy(flat)
+    pruned = nncf.prune(flat, mode=nncf.PruneMode.UNSTRUCTURED_MAGNITUDE_GLOBAL, ratio=cfg.ratio,
+                        examples_inputs=args if len(args) > 1 else args[0])
+    return pruned, clean
+
+
+def strip_unstructured(pruned, clean, args):
+    import nncf
+
+    stripped = nncf.strip(pruned, do_copy=True, strip_format=nncf.StripFormat.IN_PLACE,
+                          example_input=args if len(args) > 1 else args[0])
+    own = clean.state_dict()
+    clean.load_state_dict({k: v for k, v in stripped.state_dict().items() if k in own}, strict=True)
+    return clean.eval()
+
+
+def adapt_batchnorm(flat, feeds: list[dict], spec, batches: int = 20, batch_size: int = 32) -> None:
+    """Re-estimate batch-norm statistics on calibration data (no gradient, no labels)."""
+    import torch
+
+    from ..intake import to_torch
+
+    bns = [m for m in flat.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or not feeds:
+        return
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    flat.train()
+    names = [t.name for t in spec.inputs]
+    with torch.no_grad():
+        for i in range(0, min(len(feeds), batches * batch_size), batch_size):
+            chunk = feeds[i:i + batch_size]
+            batch = {n: np.concatenate([f[n] for f in chunk]) for n in names}
+            flat(*to_torch(batch, spec))
+    flat.eval()
+
+
+def finetune(flat, train, spec, cfg: FinetuneConfig, log=print) -> None:
+    """Short recovery fine-tune: AdamW, cross-entropy on the first output, optional frozen backbone."""
+    import torch
+
+    from ..intake import to_torch
+
+    if train.labels is None:
+        raise UserInputError(f"[pruning.finetune] data {cfg.source} has no labels.",
+                             "Give a .npz with a labels array, or an image folder with one subfolder per class.")
+    torch.manual_seed(cfg.seed)
+    params = list(flat.parameters())
+    if cfg.freeze_backbone:
+        head = _heads(flat, to_torch(train.feeds(1)[0], spec))
+        keep = {id(p) for m in head for p in m.parameters()}
+        for p in params:
+            p.requires_grad_(id(p) in keep)
+        params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    n = train.count
+    for epoch in range(cfg.epochs):
+        flat.train()
+        order = rng.permutation(n)
+        total = 0.0
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            feed = {k: v[idx] for k, v in train.arrays.items()}
+            logits = flat(*to_torch(feed, spec))[0]
+            loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(train.labels[idx]).long())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        log(f"fine-tune epoch {epoch + 1}/{cfg.epochs}: loss {total / n:.4f}")
+    for p in flat.parameters():
+        p.requires_grad_(True)
+    flat.eval()

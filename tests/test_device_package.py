@@ -1,0 +1,254 @@
+"""Device packages: `edgeopt build --target jetson-orin-nano` on a host without TensorRT writes, per precision,
+a complete package (ONNX, build plan, preflight, reference data, instructions) with status "not built here";
+finishing it needs the device, and saying so changes nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edgeopt import __version__
+from edgeopt.device_package import (INSTRUCTIONS, NOT_BUILT, PACKAGE_JSON, PACKAGE_ONNX, compile_package,
+                                    device_fingerprint, package_from_out, parse_jetson_clocks, parse_nvpmodel,
+                                    parse_tegra_release, read_package, verify_package_files, write_device_package)
+from edgeopt.errors import BackendMissingError, IntegrityError
+from edgeopt.fsutil import sha256_file
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+PRECISIONS = ("fp32", "fp16")
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from edgeopt.cli import main
+    from edgeopt.cli_device import COMMANDS
+
+    for cmd in COMMANDS:
+        if cmd.name not in main.commands:
+            main.add_command(cmd)
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return res.exit_code, res.stdout, res.stderr
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """`edgeopt build -t jetson-orin-nano -p fp32 -p fp16` through the CLI, on this machine (no TensorRT)."""
+    out = tmp_path_factory.mktemp("jetson") / "out"
+    code, stdout, stderr = _cli("-q", "build", "-o", out, "-t", "jetson-orin-nano", "-p", "fp32", "-p", "fp16", "--json")
+    assert code == 0, stderr
+    return out, json.loads(stdout)
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (sha256_file(p), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---- what the build writes -----------------------------------------------------------------------------
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here: the build makes engines, not packages")
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_build_writes_a_complete_device_package(built, precision):
+    out, manifest = built
+    aid = f"jetson-orin-nano-{precision}"
+    rec = next(a for a in manifest["artifacts"] if a["id"] == aid)
+    assert rec["status"] == NOT_BUILT and rec["backend"] == "tensorrt"
+    assert "device-compile" in rec["reason"] and "--remote" in rec["reason"] and "Jetson Orin Nano" in rec["reason"]
+    folder = out / aid
+    for name in (PACKAGE_JSON, "artifact.json", PACKAGE_ONNX, "build_plan.json", "lint.json", "reference.npz", INSTRUCTIONS):
+        assert (folder / name).is_file(), name
+    # Every file is in the manifest record with its sha256.
+    listed = {f["path"]: f["sha256"] for f in rec["files"]}
+    assert set(listed) == {f"{aid}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*") if p.is_file()}
+    assert all(sha256_file(out / p) == h for p, h in listed.items())
+
+    pkg = read_package(folder)
+    verify_package_files(folder, pkg)
+    assert (pkg["id"], pkg["target"], pkg["precision"], pkg["status"]) == (aid, "jetson-orin-nano", precision, NOT_BUILT)
+    assert pkg["declared"]["tensorrt"] == "10.3" and pkg["declared"]["jetpack"] == "6.2"
+    # TensorRT 10.x: fp16 is the FP32 ONNX plus the FP16 builder flag.
+    assert pkg["onnx"]["form"] == "fp32"
+    assert sha256_file(folder / PACKAGE_ONNX) == sha256_file(out / "export" / "model.onnx")
+    # The preflight ran for TensorRT 10.3 and passed; its result is in the package and the manifest.
+    lint = json.loads((folder / "lint.json").read_text())
+    assert lint["ok"] and lint["tensorrt"] == "10.3" and lint["onnx"] == PACKAGE_ONNX
+    assert rec["package"]["lint"]["ok"] and pkg["lint"]["errors"] == 0
+    # The build plan has the profile ranges of the recipe's dynamic batch (1..32, opt 1).
+    plan = json.loads((folder / "build_plan.json").read_text())
+    assert plan["profiles"] == {"image": {"min": [1, 1, 8, 8], "opt": [1, 1, 8, 8], "max": [32, 1, 8, 8]}}
+    assert plan["tensorrt"] == "10.3" and plan["workspace_mb"] == 1024 and plan["optimization_level"] == 3
+    assert plan["builder_flags"] == (["FP16"] if precision == "fp16" else []) and plan["strongly_typed"] is False
+    assert plan["dla_core"] is None
+    # Reference data with the tolerance of the precision.
+    assert sha256_file(folder / "reference.npz") == sha256_file(out / "reference" / "reference.npz")
+    assert pkg["reference"]["tolerance"]["atol"] == (1e-2 if precision == "fp16" else 1e-4)
+    assert pkg["reference"]["samples"] >= 3
+    # artifact.json follows the artifact conventions.
+    art = json.loads((folder / "artifact.json").read_text())
+    assert (art["id"], art["backend"], art["precision"]) == (aid, "tensorrt", precision)
+    assert art["target"]["name"] == "jetson-orin-nano" and art["target"]["hardware"]["tensorrt"] == "10.3"
+    assert art["spec"]["inputs"][0]["name"] == "image" and art["meta"]["status"] == NOT_BUILT
+    # How to finish on the device.
+    text = (folder / INSTRUCTIONS).read_text()
+    for needle in (f"pip install edgeopt-{__version__}-py3-none-any.whl", "--system-site-packages",
+                   f"edgeopt device-compile {aid}", f"edgeopt device-compile OUT/{aid} --remote user@device",
+                   "edgeopt remote setup user@device", "cuda-python==12.6.*", "TensorRT 10.3"):
+        assert needle in text, needle
+
+
+def test_compile_here_says_which_device_and_changes_nothing(built):
+    if HAS_TRT:
+        pytest.skip("TensorRT is installed here")
+    out, _ = built
+    folder = out / "jetson-orin-nano-fp16"
+    before = _snapshot(folder)
+    with pytest.raises(BackendMissingError) as e:
+        compile_package(folder)
+    assert "needs TensorRT and an NVIDIA GPU" in e.value.problem
+    assert "Jetson Orin Nano" in e.value.fix and "--remote" in e.value.fix and "JetPack" in e.value.fix
+    assert _snapshot(folder) == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
+    code, _, stderr = _cli("device-compile", folder)
+    assert code == 3 and "needs TensorRT and an NVIDIA GPU" in stderr and "fix:" in stderr
+    assert _snapshot(folder) == before
+
+
+def test_a_damaged_package_is_refused(built, tmp_path):
+    import shutil
+
+    out, _ = built
+    copy = tmp_path / "pkg"
+    shutil.copytree(out / "jetson-orin-nano-fp32", copy)
+    verify_package_files(copy, read_package(copy))
+    (copy / PACKAGE_ONNX).write_bytes((copy / PACKAGE_ONNX).read_bytes()[:-10])
+    with pytest.raises(IntegrityError, match="does not match its sha256"):
+        verify_package_files(copy, read_package(copy))
+    shutil.copyfile(out / "jetson-orin-nano-fp32" / PACKAGE_ONNX, copy / PACKAGE_ONNX)
+    verify_package_files(copy, read_package(copy))
+    (copy / "reference.npz").unlink()
+    with pytest.raises(IntegrityError, match="lacks reference.npz"):
+        verify_package_files(copy, read_package(copy))
+
+
+def test_tensorrt_11_package_carries_the_fp16_onnx(built, tmp_path):
+    """TensorRT 11 has no FP16 flag: the package's ONNX is FP16 with FP32 inputs/outputs, and it still matches."""
+    ort = pytest.importorskip("onnxruntime")
+    from edgeopt.lint import is_fp16_model
+    from edgeopt.parity import parity, tolerance_for
+    from edgeopt.reference import load_reference
+    from edgeopt.resources import data_dir
+
+    out, _ = built
+    toml = (data_dir("targets") / "jetson-thor.toml").read_text()
+    toml = toml.replace('name = "jetson-thor"', 'name = "thor-trt11"').replace('tensorrt = "10.13"', 'tensorrt = "11.4"')
+    target = tmp_path / "thor-trt11.toml"
+    target.write_text(toml)
+    pkg = package_from_out(out, str(target), "fp16", tmp_path / "thor-trt11-fp16")
+    folder = tmp_path / "thor-trt11-fp16"
+    assert pkg["onnx"]["form"] == "fp16" and is_fp16_model(folder / PACKAGE_ONNX)
+    plan = json.loads((folder / "build_plan.json").read_text())
+    assert plan["strongly_typed"] and plan["builder_flags"] == [] and plan["tensorrt"] == "11.4"
+    assert pkg["lint"]["ok"]
+    feeds, refs = load_reference(folder / "reference.npz")
+    sess = ort.InferenceSession(str(folder / PACKAGE_ONNX), providers=["CPUExecutionProvider"])
+    got = [dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f))) for f in feeds]
+    assert all(v.dtype == np.float32 for g in got for v in g.values())
+    assert parity(refs, got, tolerance_for("fp16"))["passed"]
+
+
+# ---- failures: recorded, nothing half-written ----------------------------------------------------------
+def _tiny_ctx(tmp_path, opset: int = 17):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from edgeopt.example import example_recipe
+    from edgeopt.reference import REFERENCE_FILE, save_reference
+    from edgeopt.reporting import Reporter
+    from edgeopt.spec import Dim, IOSpec, TensorSpec
+
+    out = tmp_path / "out"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    (out / "export").mkdir(parents=True)
+    onnx.save(model, str(out / "export" / "model.onnx"))
+    spec = IOSpec((TensorSpec("x", ("batch", 4)),), {"batch": Dim("batch", 1, 2, 8)}, ("y",))
+    x = np.linspace(-1, 1, 4, dtype=np.float32)[None]
+    save_reference(out / REFERENCE_FILE, [{"x": x}], [{"y": np.maximum(x, 0)}])
+    model_info = SimpleNamespace(spec=spec, kind="generic", describe=lambda: {"name": "tiny", "kind": "generic"})
+    return SimpleNamespace(out=out, onnx_path=out / "export" / "model.onnx", model=model_info, recipe=example_recipe(),
+                           calibration=None, reporter=Reporter(quiet=True))
+
+
+def _plan(target: str, precision: str):
+    from edgeopt.build import Plan
+    from edgeopt.targets import get_target
+
+    return Plan(get_target(target), precision, status=NOT_BUILT, reason="tensorrt is not installed")
+
+
+def _rec(plan):
+    return {"id": plan.id, "target": plan.target.name, "backend": plan.target.backend, "device": plan.target.device,
+            "precision": plan.precision}
+
+
+def test_preflight_errors_fail_the_record_and_write_nothing(tmp_path):
+    ctx = _tiny_ctx(tmp_path, opset=99)
+    plan = _plan("jetson-orin-nano", "fp16")
+    folder = ctx.out / plan.id
+    (folder).mkdir()
+    (folder / PACKAGE_JSON).write_text("{}")  # an older package there would be stale next to a failed record
+    rec = write_device_package(ctx, plan, folder, _rec(plan))
+    assert rec["status"] == "failed" and rec["files"] == []
+    assert "opset-too-new" in rec["reason"] and "lint" in rec["fix"]
+    assert rec["lint"]["ok"] is False and rec["lint"]["findings"][0]["code"] == "opset-too-new"
+    assert not folder.exists() and not [p for p in ctx.out.iterdir() if p.name.startswith(".staging")]
+
+
+def test_int8_without_calibration_data_fails_clearly(tmp_path):
+    ctx = _tiny_ctx(tmp_path)
+    plan = _plan("jetson-orin-nano", "int8")
+    rec = write_device_package(ctx, plan, ctx.out / plan.id, _rec(plan))
+    assert rec["status"] == "failed" and "calibration" in rec["reason"] and "[calibration]" in rec["fix"]
+    assert not (ctx.out / plan.id).exists()
+
+
+def test_tiny_package_is_reused_when_nothing_changed(tmp_path):
+    ctx = _tiny_ctx(tmp_path)
+    plan = _plan("jetson-orin-nano", "fp32")
+    first = write_device_package(ctx, plan, ctx.out / plan.id, _rec(plan))
+    assert first["status"] == NOT_BUILT and "reused" not in first
+    again = write_device_package(ctx, plan, ctx.out / plan.id, _rec(plan))
+    assert again["reused"] and again["key"] == first["key"] and again["files"] == first["files"]
+    plan16 = _plan("jetson-orin-nano", "fp16")
+    assert write_device_package(ctx, plan16, ctx.out / plan16.id, _rec(plan16))["key"] != first["key"]
+
+
+# ---- the device fingerprint ----------------------------------------------------------------------------
+def test_fingerprint_never_fails_and_parses_jetson_tools():
+    fp = device_fingerprint()
+    for key in ("l4t", "jetpack", "tensorrt", "gpu", "nvpmodel", "jetson_clocks", "temperatures_c", "python"):
+        assert key in fp
+    assert fp["python"] and fp["edgeopt"] == __version__
+    json.dumps(fp)
+    assert parse_tegra_release("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64") == "36.4.3"
+    assert parse_tegra_release("# R35 (release), REVISION: 5, GCID: 1") == "35.5.0"
+    assert parse_tegra_release("garbage") is None
+    assert parse_nvpmodel("NV Power Mode: 15W\n0\n") == {"name": "15W", "id": 0}
+    assert parse_nvpmodel("") is None
+    clocks = parse_jetson_clocks(
+        "SOC family:tegra234  Machine:NVIDIA Jetson Orin Nano Developer Kit\n"
+        "Online CPUs: 0-5\n"
+        "cpu0: Online=1 Governor=schedutil MinFreq=1510400 MaxFreq=1510400 CurrentFreq=1510400 IdleStates: C1=0\n"
+        "cpu1: Online=1 Governor=schedutil MinFreq=1510400 MaxFreq=1510400 CurrentFreq=1510400 IdleStates: C1=0\n"
+        "GPU MinFreq=624750000 MaxFreq=624750000 CurrentFreq=624750000\n"
+        "EMC MinFreq=204000000 MaxFreq=3199000000 CurrentFreq=3199000000 FreqOverride=1\n")
+    assert clocks["active"] is True and clocks["cpu_pinned"] is True and clocks["gpu"]["max_hz"] == 624750000
+    assert clocks["emc"]["current_hz"] == 3199000000

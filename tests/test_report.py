@@ -1,0 +1,234 @@
+"""``edgeopt report``: Markdown + one self-contained HTML file, opened in a real headless browser (Debian's
+chromium) to check that the page renders with every image loaded."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeopt.report import report
+
+IDS = ("torch-eager-fp32", "ort-cpu-fp32", "openvino-cpu-fp32")
+PLOTS = ("latency", "throughput", "tradeoff", "parity")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from edgeopt.build import build
+    from edgeopt.reporting import Reporter
+
+    out = tmp_path_factory.mktemp("report") / "OUT"
+    manifest = build(None, out, targets=("ort-cpu", "openvino-cpu"), precisions=("fp32",), reporter=Reporter(quiet=True))
+    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def written(built):
+    return report(built[0])
+
+
+def chromium() -> str | None:
+    for name in (os.environ.get("EDGEOPT_CHROMIUM"), "chromium", "chromium-browser"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def run_chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium); CI installs it")
+    profile = tmp / "chromium-profile"
+    profile.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp / "config"), "XDG_CACHE_HOME": str(tmp / "cache")}
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
+    assert p.returncode == 0, f"chromium failed ({p.returncode}): {p.stderr[-2000:]}"
+    return p
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+def test_paths_and_pngs(built, written):
+    out, _ = built
+    assert written["folder"] == out / "report"
+    assert written["markdown"] == out / "report" / "report.md" and written["html"] == out / "report" / "report.html"
+    assert [p.name for p in written["images"]] == [f"{n}.png" for n in PLOTS]
+    from matplotlib.image import imread
+
+    for p in written["images"]:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = imread(p)
+        assert img.shape[0] > 200 and img.shape[1] > 400
+        assert float(np.std(img[..., :3])) > 0.05, f"{p.name} looks blank"
+    # Atomic writes leave no temp files behind.
+    assert not [p.name for p in (out / "report").iterdir() if p.name.startswith(".")]
+
+
+def test_markdown(built, written):
+    out, m = built
+    md = written["markdown"].read_text()
+    assert md.startswith("# edgeopt report: digits-cnn")
+    assert "| artifact | precision | status | size MB | top1 % | drop pt | parity max abs | parity cosine | " \
+           "b1 median ms | b1 p99 ms | b1 vs torch |" in md
+    for aid in IDS:
+        assert re.search(rf"^\| {re.escape(aid)} \| fp32 \| (ok|baseline) \|", md, re.M), aid
+    a = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-fp32")
+    lat = next(r for r in a["latency"] if r["batch"] == 1)
+    row = next(line for line in md.splitlines() if line.startswith("| ort-cpu-fp32 |"))
+    assert f"{a['parity']['cosine']:.6f}" in row and f"{a['speedup_vs_torch']['1']:.2f}x" in row
+    assert (f"{lat['median_ms']:.3f}" if lat["median_ms"] < 1 else f"{lat['median_ms']:.2f}") in row
+    for n in PLOTS:
+        assert re.search(rf"!\[[^\]]+\]\({n}\.png\)", md), n
+    assert m["host"]["cpu"]["model"] in md and "## Devices" in md
+    assert "Pareto frontier" in md
+
+
+def test_html_is_self_contained(built, written):
+    out, m = built
+    page = written["html"].read_text()
+    assert not re.search(r"https?://", page), "the report refers to the network"
+    assert "<script" not in page and "<link" not in page and "@import" not in page and "url(" not in page
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page)
+    assert refs and all(r.startswith("data:image/png;base64,") for r in refs), [r[:40] for r in refs]
+    assert len(refs) == len(PLOTS)
+    for r in refs:
+        png = base64.b64decode(r.split(",", 1)[1], validate=True)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"matplotlib.org" not in png  # no metadata link in the pixels' file either
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert page.count('<table class="artifacts">') == 1
+    for aid in IDS:
+        assert f'<td class="l">{aid}</td>' in page
+    assert m["host"]["cpu"]["model"] in page
+
+
+def test_cli_report(run_cli, built, tmp_path):
+    out, _ = built
+    code, stdout, stderr = run_cli("report", out, "-o", tmp_path / "elsewhere")
+    assert code == 0, stderr
+    assert (tmp_path / "elsewhere" / "report.html").is_file() and "self-contained" in stdout
+    code, _, stderr = run_cli("report", tmp_path)  # a folder without a manifest: a clear error
+    assert code == 2 and "holds no manifest.json" in stderr
+
+
+# ---- every status, flags, no accuracy -------------------------------------------------------------
+
+def test_failed_flagged_and_unprofiled_artifacts(built, tmp_path):
+    """INT8 artifacts may be flagged "slower than fp32 sibling" or fail with a reason; skipped ones have no
+    figures at all. The report shows them all, and draws from what has figures."""
+    _, m = built
+    m = copy.deepcopy(m)
+    fp32 = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-fp32")
+    slow = copy.deepcopy(fp32)
+    slow.update(id="ort-cpu-int8", precision="int8", flags=["slower than fp32 sibling"])
+    for r in slow["latency"]:
+        r.update({k: r[k] * 1.5 for k in ("median_ms", "p90_ms", "p99_ms")})
+        r["throughput_per_s"] /= 1.5
+    slow["accuracy"] = {**slow["accuracy"], "value": slow["accuracy"]["value"] - 0.02}
+    m["artifacts"] += [
+        slow,
+        {"id": "openvino-cpu-int8", "target": "openvino-cpu", "backend": "openvino", "precision": "int8",
+         "status": "failed", "reason": "accuracy guard: top-1 dropped 4.1 points (limit 1)", "files": [],
+         "parity": {**fp32["parity"], "passed": False, "cosine": 0.97, "max_abs": 0.8}},
+        {"id": "tensorrt-orin-fp16", "target": "tensorrt-orin", "backend": "tensorrt", "precision": "fp16",
+         "status": "not built here", "reason": "TensorRT engines are built on the device", "files": [],
+         "meta": {"gpu": "Orin", "compute_capability": "8.7", "tensorrt": "10.3.0"}},
+    ]
+    out2 = tmp_path / "OUT"
+    out2.mkdir()
+    (out2 / "manifest.json").write_text(json.dumps(m))
+    res = report(out2, tmp_path / "rep")
+    md = res["markdown"].read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| ort-cpu-int8 |"))
+    assert "| int8 | ok |" in row and row.rstrip(" |").endswith("slower than fp32 sibling")
+    row = next(line for line in md.splitlines() if line.startswith("| openvino-cpu-int8 |"))
+    assert "| failed |" in row and "accuracy guard: top-1 dropped 4.1 points" in row
+    assert "| tensorrt-orin-fp16 | fp16 | not built here |" in md
+    assert "gpu Orin, compute capability 8.7, tensorrt 10.3.0" in md  # the device fingerprint of the engine
+    page = res["html"].read_text()
+    assert '<tr class="failed">' in page and '<tr class="not-built-here">' in page
+    assert page.count("data:image/png;base64,") == len(PLOTS)
+
+
+def test_no_accuracy_plots_cosine(built, tmp_path):
+    _, m = built
+    m = copy.deepcopy(m)
+    m["baseline"]["accuracy"] = None
+    for a in m["artifacts"]:
+        a["accuracy"] = None
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    res = report(tmp_path)
+    md = res["markdown"].read_text()
+    assert "## Parity cosine versus latency (batch 1)" in md
+    assert "| accuracy % |" in md
+
+
+def test_no_baseline_and_no_profile(built, tmp_path):
+    _, m = built
+    m = copy.deepcopy(m)
+    m["baseline"] = None
+    for a in m["artifacts"]:
+        a.pop("latency", None)
+        a.pop("speedup_vs_torch", None)
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    res = report(tmp_path)
+    assert [p.name for p in res["images"]] == ["parity.png"]
+    assert "ort-cpu-fp32" in res["html"].read_text()
+
+
+# ---- a real browser --------------------------------------------------------------------------------
+
+CHECK_IMAGES = """<script>
+addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0);
+  document.body.setAttribute('data-images', ok.length + '/' + imgs.length);
+});
+</script></body>"""
+
+
+def test_renders_in_headless_chromium(written, tmp_path):
+    page = written["html"].read_text()
+    # The page as written: the DOM has the table and the figures.
+    dom = run_chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", written["html"].as_uri()).stdout
+    assert '<table class="artifacts">' in dom
+    for aid in IDS:
+        assert f">{aid}</td>" in dom
+    assert dom.count("<img") == len(PLOTS)
+    # A copy with a probe script (the report itself runs no script: its CSP forbids it). The CSP keeps
+    # forbidding any image that is not a data: URI, so a reference to a file or the network would fail here.
+    probe = tmp_path / "probe.html"
+    assert "content=\"default-src 'none';" in page
+    probe.write_text(page.replace("content=\"default-src 'none';", "content=\"default-src 'none'; "
+                                  "script-src 'unsafe-inline';", 1).replace("</body>", CHECK_IMAGES, 1))
+    dom = run_chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()).stdout
+    found = re.search(r'data-images="(\d+)/(\d+)"', dom)
+    assert found, "the probe script did not run"
+    assert found.group(1) == found.group(2) == str(len(PLOTS)), f"images loaded: {found.group(0)}"
+
+
+def test_screenshot_is_not_blank(written, tmp_path):
+    from matplotlib.image import imread
+
+    shot = tmp_path / "shot.png"
+    run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", "--virtual-time-budget=5000",
+                 written["html"].as_uri())
+    img = imread(shot)[..., :3]
+    assert img.shape[:2] == (2000, 1200)
+    assert float(img.std()) > 0.05, "the screenshot is blank"
+    non_white = float(np.mean(img.min(axis=2) < 0.9))
+    assert non_white > 0.02, f"only {non_white:.1%} of the page is not white"
+    colored = float(np.mean(img.max(axis=2) - img.min(axis=2) > 0.3))  # plot bars and lines, not just text
+    assert colored > 0.002, f"no coloured plot pixels on screen ({colored:.3%})"
