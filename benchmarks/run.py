@@ -1,0 +1,130 @@
+"""edgeopt benchmark: torch eager FP32 against every artifact edgeopt builds, in one run.
+
+    python benchmarks/run.py                      # all models (~30 min on 2 cores)
+    python benchmarks/run.py --models digits resnet18 --duration 1
+
+For each model: ONNX Runtime fp32/int8, OpenVINO fp32/bf16/int8 (bf16 where the CPU has it), at batch 1 and
+8, plus ResNet-50 pruned to 50% of its channels (structured, torch-pruning). Prints a ratio table (speed-up
+vs torch eager at the same batch) and writes benchmarks/results/<date>.json and RESULTS.md. Random-weight
+models have no task metric: their INT8 budget is output cosine >= 0.95 vs FP32 (recorded). Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+IMAGE = {"inputs": [{"name": "image", "shape": ["batch", 3, 224, 224], "range": [0.0, 1.0]}],
+         "dims": {"batch": {"min": 1, "opt": 1, "max": 8}},
+         "calibration": {"source": f"{HERE / 'models.py'}:images", "size": 64}}
+MODELS = {
+    "digits": None,  # the built-in example (trained; top-1 on its held-out split)
+    "resnet18": {"model": {"source": f"{HERE / 'models.py'}:resnet18", "kind": "cnn", "name": "resnet18"}, **IMAGE},
+    "resnet50": {"model": {"source": f"{HERE / 'models.py'}:resnet50", "kind": "cnn", "name": "resnet50"}, **IMAGE},
+    "mobilenet_v3_large": {"model": {"source": f"{HERE / 'models.py'}:mobilenet_v3_large", "kind": "cnn",
+                                     "name": "mobilenet_v3_large"}, **IMAGE},
+    "vit_b_16": {"model": {"source": f"{HERE / 'models.py'}:vit_b_16", "kind": "transformer", "name": "vit_b_16"},
+                 **IMAGE},
+}
+
+
+def recipe_for(name: str, duration: float, prune: bool = False):
+    from edgeopt.example import example_dict
+    from edgeopt.recipe import recipe_from_dict
+    from edgeopt.resources import data_dir
+
+    profile = {"batches": [1, 8], "duration_s": duration, "min_iterations": 10, "warmup": 3}
+    if MODELS[name] is None:
+        d = example_dict()
+        d["profile"] = profile
+        return recipe_from_dict(d, data_dir("calibration"))
+    d = json.loads(json.dumps(MODELS[name]))
+    d.update(profile=profile, precisions=["fp32", "bf16", "int8"], targets=["ort-cpu", "openvino-cpu"],
+             compression={"min_cosine": 0.95})
+    if prune:
+        d.update(precisions=["fp32"], pruning={"method": "structured", "ratio": 0.5})
+        d["model"]["name"] += "-pruned50"
+    return recipe_from_dict(d, HERE)
+
+
+def rows_of(manifest: dict) -> list[dict]:
+    base = {r["batch"]: r["median_ms"] for r in (manifest.get("baseline") or {}).get("latency", [])}
+    rows = [{"artifact": "torch-eager-fp32", **{f"b{b}_ms": ms for b, ms in base.items()}}]
+    for a in manifest["artifacts"]:
+        row = {"artifact": a["id"], "status": a["status"], "reason": a.get("reason"), "flags": a.get("flags", [])}
+        for r in a.get("latency") or []:
+            row[f"b{r['batch']}_ms"] = r["median_ms"]
+            row[f"b{r['batch']}_x"] = base[r["batch"]] / r["median_ms"] if r["batch"] in base else None
+        if a.get("accuracy"):
+            row["top1"] = a["accuracy"]["value"]
+        if a.get("parity"):
+            row["cosine"] = a["parity"]["cosine"]
+        if a["precision"] == "int8" and a.get("meta", {}).get("int8"):
+            row["int8_recipe"] = a["meta"]["int8"]["recipe"]
+        rows.append(row)
+    return rows
+
+
+def markdown(results: dict) -> str:
+    host = results["host"]
+    lines = [f"Machine: {host['cpu']['model']}, {host['cpu']['usable_cores']} cores "
+             f"({', '.join(host['cpu']['flags'])}); {results['created']}; median latency in ms, (x) = speed-up vs "
+             "torch eager FP32 at the same batch.", "",
+             "| model | artifact | batch 1 ms (x) | batch 8 ms (x) | note |", "|---|---|---|---|---|"]
+    for model, res in results["models"].items():
+        for r in res["rows"]:
+            def cell(b):
+                ms = r.get(f"b{b}_ms")
+                if ms is None:
+                    return "-"
+                x = r.get(f"b{b}_x")
+                return f"{ms:.3f}" + (f" ({x:.2f}x)" if x else "")
+            note = "; ".join(filter(None, [r.get("status") if r.get("status") not in (None, "ok") else "",
+                                           r.get("reason") or "", *r.get("flags", []),
+                                           f"int8: {r['int8_recipe']}" if r.get("int8_recipe") else "",
+                                           f"top-1 {r['top1'] * 100:.2f}%" if r.get("top1") is not None else ""]))
+            lines.append(f"| {model} | {r['artifact']} | {cell(1)} | {cell(8)} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", default=[*MODELS, "resnet50-pruned50"])
+    ap.add_argument("--duration", type=float, default=2.0, help="seconds of timed runs per artifact and batch")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+
+    from edgeopt.build import build
+    from edgeopt.hostinfo import host_info
+    from edgeopt.reporting import Reporter
+
+    out = Path(args.out)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+    results = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_info(), "models": {}}
+    for name in args.models:
+        prune = name.endswith("-pruned50")
+        base = name.removesuffix("-pruned50")
+        t0 = time.time()
+        print(f"== {name}", flush=True)
+        m = build(recipe_for(base, args.duration, prune), out / "builds" / name, force=True,
+                  reporter=Reporter(quiet=True))
+        results["models"][name] = {"seconds": round(time.time() - t0, 1), "rows": rows_of(m),
+                                   "pruning": m.get("pruning"), "export": {k: m["export"].get(k) for k in
+                                                                           ("exporter", "opset", "fallback_reason")}}
+        print(markdown({**results, "models": {name: results["models"][name]}}), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stamp}.json").write_text(json.dumps(results, indent=2, default=str))
+    (HERE / "RESULTS.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
