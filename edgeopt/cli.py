@@ -264,6 +264,32 @@ def profile(ctx, path, batch, iterations, warmup, duration, threads, json_out):
 
 
 @main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("-t", "--target", required=True, help="A TensorRT target (jetson-orin-nano, ...) or a target TOML file.")
+@click.option("--input", "inputs", multiple=True, help="Declared inputs, to check dynamic axes have a profile range.")
+@click.option("--dim", "dims", multiple=True, help="Dynamic axis range NAME=MIN:OPT:MAX.")
+@click.option("--tensorrt", "tensorrt_version", help="Check against this TensorRT version instead of the target's.")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+@handle_errors
+def lint(ctx, model, target, inputs, dims, tensorrt_version, json_out):
+    """TensorRT preflight of an ONNX MODEL (runs anywhere, no GPU): exit 1 when TensorRT would reject it."""
+    from .lint import lint as run_lint
+    from .spec import IOSpec, parse_dim_arg, parse_input_arg
+    from .targets import get_target
+
+    spec = IOSpec(tuple(parse_input_arg(i) for i in inputs), {d.name: d for d in map(parse_dim_arg, dims)}) \
+        if inputs else None
+    report = run_lint(model, get_target(target), spec, tensorrt_version)
+    if json_out:
+        _emit_json(report.to_dict())
+    else:
+        click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
 @handle_errors
