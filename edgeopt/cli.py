@@ -20,6 +20,13 @@ def _emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=_json_default))
 
 
+def stdout_guard(json_out: bool):
+    """With --json, stdout carries the JSON alone: whatever a framework prints while we work goes to stderr."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
+
+
 def handle_errors(fn):
     """User mistakes become one clear paragraph and an exit code; tracebacks only with --verbose."""
 
@@ -136,7 +143,8 @@ def build(ctx, recipe, output, targets, precisions, force, json_out, model, chec
     from .tables import print_summary
 
     r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
-    m = build_mod.build(r, output, targets, precisions, force=force, reporter=_reporter(ctx, json_out))
+    with stdout_guard(json_out):
+        m = build_mod.build(r, output, targets, precisions, force=force, reporter=_reporter(ctx, json_out))
     _finish(m, json_out, output)
 
 
@@ -168,7 +176,8 @@ def export(ctx, recipe, output, force, json_out, model, checkpoint, kind, allow_
     from . import api
 
     r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
-    m = api.export(r, output, force=force, reporter=_reporter(ctx, json_out))
+    with stdout_guard(json_out):
+        m = api.export(r, output, force=force, reporter=_reporter(ctx, json_out))
     if json_out:
         _emit_json(m["export"])
     else:
@@ -193,7 +202,8 @@ def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, model
     from . import api
 
     r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
-    m = api.compile(r, output, targets, precisions, force=force, reporter=_reporter(ctx, json_out))
+    with stdout_guard(json_out):
+        m = api.compile(r, output, targets, precisions, force=force, reporter=_reporter(ctx, json_out))
     _finish(m, json_out, output)
 
 
@@ -218,8 +228,10 @@ def compress(ctx, recipe, output, targets, precisions, prune, ratio, macs_target
     """INT8 calibration with an accuracy guard, and pruning with recovery fine-tuning (no RECIPE: the example)."""
     from . import api
 
-    m = api.compress(recipe, output, targets, precisions or ("fp32", "int8"), prune, ratio, macs_target,
-                     finetune_epochs, finetune_data, max_drop, min_cosine, force=force, reporter=_reporter(ctx, json_out))
+    with stdout_guard(json_out):
+        m = api.compress(recipe, output, targets, precisions or ("fp32", "int8"), prune, ratio, macs_target,
+                         finetune_epochs, finetune_data, max_drop, min_cosine, force=force,
+                         reporter=_reporter(ctx, json_out))
     _finish(m, json_out, output)
 
 
@@ -242,7 +254,8 @@ def profile(ctx, path, batch, iterations, warmup, duration, threads, json_out):
         batches = tuple(int(b) for b in batch.split(",") if b.strip())
     except ValueError:
         raise UserInputError(f"--batch {batch!r} is not a list of integers.", "Write --batch 1,8.") from None
-    res = api.profile(path, batches, iterations, warmup, duration, threads, reporter=_reporter(ctx, json_out))
+    with stdout_guard(json_out):
+        res = api.profile(path, batches, iterations, warmup, duration, threads, reporter=_reporter(ctx, json_out))
     if json_out:
         _emit_json(res)
         return
