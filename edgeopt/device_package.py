@@ -46,7 +46,6 @@ REFERENCE_NPZ = "reference.npz"
 INSTRUCTIONS = "INSTRUCTIONS.md"
 REPORT_JSON = "device_report.json"
 NOT_BUILT = "not built here"
-PACKAGE_FILES = (PACKAGE_JSON,)  # plus everything listed in package.json "files"
 
 
 class PackageLintError(CompileError):

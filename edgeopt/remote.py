@@ -759,6 +759,7 @@ def remote_profile(hosts, path, *, batches=(1,), threads: int | None = None, dur
     out_root = Path(output) if output else base / "remote"
     args = {"batches": [int(b) for b in batches], "threads": threads, "duration_s": duration_s,
             "iterations": iterations, "warmup": warmup, "expect_version": __version__}
+    _artifact_folders(path, None)  # a wrong path is one error for the command, before any host is contacted
 
     def one(host):
         from .fsutil import write_json_atomic

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 SSHD = Path("/usr/sbin/sshd")
@@ -237,13 +236,12 @@ def test_host_without_edgeopt(sshd, opts, tmp_path):
 
 
 def test_host_with_another_edgeopt_version(sshd, opts, tmp_path):
-    from edgeopt.remote import RemoteError, remote_compile
+    from edgeopt.remote import RemoteError, RemoteOptions, hello
 
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'EDGEOPT-RESULT {\"edgeopt_version\": \"0.0.1\", \"python\": \"3.10.12\", "
                     "\"executable\": \"/usr/bin/python3\", \"modules\": {\"numpy\": true}}'\n")
     fake.chmod(0o755)
-    from edgeopt.remote import hello, RemoteOptions
 
     with pytest.raises(RemoteError) as e:
         hello(DEVICE, RemoteOptions(**{**opts, "remote_python": str(fake)}))
