@@ -522,19 +522,25 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     stage_intake(ctx)
     prepare_output(out, force)
     reporter.attach_log(out / "logs" / "build.log")
-    previous = load_manifest(out, missing_ok=True)
-    stage_prune(ctx, manifest)
-    stage_export(ctx, manifest, previous)
-    if ctx.int8 and ctx.evaluation is not None and ctx.evaluation.labels is not None:
-        ctx.fp32_metric = fp32_metric(ctx)
-        manifest.data["fp32_metric"] = ctx.fp32_metric
-    prev_by_id = {a["id"]: a for a in (previous.data.get("artifacts", []) if previous else [])}
-    records = [stage_compile(ctx, p, prev_by_id.get(p.id)) for p in plans]
-    if profile:
-        stage_profile(ctx, manifest, records)
-        flag_slow_int8(records)
-    records += carry_over(ctx, previous, {p.id for p in plans})
-    manifest.data["artifacts"] = records
-    manifest.write(out)
-    reporter.detach_log()
+    reporter.start_progress(3 + len(plans) * (2 if profile else 1) + (1 if recipe.pruning else 0))
+    try:
+        previous = load_manifest(out, missing_ok=True)
+        stage_prune(ctx, manifest)
+        stage_export(ctx, manifest, previous)
+        if ctx.int8 and ctx.evaluation is not None and ctx.evaluation.labels is not None:
+            ctx.fp32_metric = fp32_metric(ctx)
+            manifest.data["fp32_metric"] = ctx.fp32_metric
+        prev_by_id = {a["id"]: a for a in (previous.data.get("artifacts", []) if previous else [])}
+        records = [stage_compile(ctx, p, prev_by_id.get(p.id)) for p in plans]
+        if profile:
+            stage_profile(ctx, manifest, records)
+            flag_slow_int8(records)
+        records += carry_over(ctx, previous, {p.id for p in plans})
+        manifest.data["artifacts"] = records
+        manifest.write(out)
+    except EdgeoptError as exc:
+        reporter.record(f"ERROR build stopped: {exc}")  # the CLI shows it; the log keeps it
+        raise
+    finally:
+        reporter.detach_log()
     return manifest.data

@@ -253,13 +253,38 @@ def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
             raise BackendMissingError("edgeopt.compress (the compression stage)", "nncf",
                                       f"quantize {src.id} to INT8 Q/DQ") from exc
         log(f"{src.id}: quantizing to INT8 Q/DQ for TensorRT (signed INT8, zero point 0)")
-        meta["quantization"] = quantize_for_tensorrt(src.onnx_path, src.calibration, src.spec, dst, src.model_kind)
+        meta["quantization"] = quantize_for_tensorrt(src.onnx_path, src.calibration, src.spec, dst, src.model_kind,
+                                                   log=log)
     else:  # pragma: no cover - build_plan only yields the three forms
         raise CompileError(f"Unknown ONNX form {form!r}.", "Report this as a bug in edgeopt.")
     if not dst.is_file():
         raise CompileError(f"The {form} ONNX for {src.id} was not written.", "Report this as a bug in edgeopt.")
     meta["sha256"] = _onnx_digest(dst)
+    if form in ("fp16", "qdq"):
+        meta["host_check"] = _host_check(dst, src, log)
     return meta
+
+
+def _host_check(onnx_path: Path, src: PackageSource, log) -> dict | None:
+    """The converted ONNX run on ONNX Runtime CPU here against the reference outputs: an early warning (the
+    device's TensorRT decides), so a model that is already off does not wait for a long upload and build."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    from .backends.onnxruntime import run_onnx
+    from .parity import Tolerance, parity
+    from .reference import load_reference
+
+    try:
+        feeds, refs = load_reference(src.reference_path)
+        rep = parity(refs, run_onnx(onnx_path, feeds, src.spec), Tolerance(**src.tolerance), src.model_kind)
+    except Exception as exc:  # noqa: BLE001 - ORT may lack a kernel TensorRT has: only a warning
+        log(f"{src.id}: the {onnx_path.name} could not be checked on ONNX Runtime here ({type(exc).__name__}: {exc})")
+        return {"runtime": "onnxruntime-cpu", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    log(f"{src.id}: on ONNX Runtime CPU here: max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
+        + ("" if rep["passed"] else f" (outside the tolerance: {rep['reason']}; the device's build decides)"))
+    return {"runtime": "onnxruntime-cpu", **_parity_summary(rep)}
 
 
 def _external_files(onnx_path: Path) -> list[str]:

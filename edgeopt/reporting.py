@@ -12,6 +12,24 @@ class Reporter:
         self._log = None
         self._t0 = time.perf_counter()
         self._console = None
+        self._progress = None
+        self._task = None
+
+    def start_progress(self, total: int) -> None:
+        """A progress bar over ``total`` steps on an interactive terminal (log lines elsewhere)."""
+        if self.quiet or not self.console.is_terminal:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                  TimeElapsedColumn(), console=self.console, transient=True)
+        self._task = self._progress.add_task("edgeopt", total=total)
+        self._progress.start()
+
+    def stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = self._task = None
 
     @property
     def console(self):
@@ -27,9 +45,14 @@ class Reporter:
         self._write(f"=== edgeopt run {time.strftime('%Y-%m-%d %H:%M:%S')}")
 
     def detach_log(self) -> None:
+        self.stop_progress()
         if self._log:
             self._log.close()
             self._log = None
+
+    def record(self, line: str) -> None:
+        """Into the log file only."""
+        self._write(line)
 
     def _write(self, line: str) -> None:
         if self._log:
@@ -41,6 +64,8 @@ class Reporter:
 
     def step(self, msg: str) -> None:
         self._write(f"[{self._stamp()}] {msg}")
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, description=msg[:60])
         if not self.quiet:
             self.console.print(f"[dim]{self._stamp()}[/dim] [bold]{msg}[/bold]")
 

@@ -252,3 +252,35 @@ def test_fingerprint_never_fails_and_parses_jetson_tools():
         "EMC MinFreq=204000000 MaxFreq=3199000000 CurrentFreq=3199000000 FreqOverride=1\n")
     assert clocks["active"] is True and clocks["cpu_pinned"] is True and clocks["gpu"]["max_hz"] == 624750000
     assert clocks["emc"]["current_hz"] == 3199000000
+
+
+def test_int8_package_carries_a_signed_qdq_onnx_that_passes_the_preflight(built, tmp_path):
+    """With calibration data, the int8 package holds the compression stage's Q/DQ ONNX (signed INT8, zero point 0),
+    checked by the TensorRT 10.3 preflight and, as an early warning, on ONNX Runtime here."""
+    pytest.importorskip("onnxruntime")
+    from edgeopt.data import load_dataset
+    from edgeopt.device_package import PackageSource, write_package_files
+    from edgeopt.example import example_recipe
+    from edgeopt.lint import qdq_nodes
+    from edgeopt.parity import tolerance_for
+    from edgeopt.targets import get_target
+
+    try:
+        import edgeopt.compress  # noqa: F401
+    except ImportError:
+        pytest.skip("the compression stage (edgeopt.compress) is not here")
+    out, _ = built
+    r = example_recipe()
+    src = PackageSource(target=get_target("jetson-orin-nano"), precision="int8", spec=r.spec, model_kind="cnn",
+                        onnx_path=out / "export" / "model.onnx", reference_path=out / "reference" / "reference.npz",
+                        tolerance=tolerance_for("int8").to_dict(),
+                        calibration=load_dataset(r.calibration, r.spec, purpose="calibration"))
+    folder = tmp_path / "jetson-orin-nano-int8"
+    folder.mkdir()
+    pkg = write_package_files(folder, src, src.key())
+    assert pkg["onnx"]["form"] == "qdq" and qdq_nodes(folder / PACKAGE_ONNX) > 0
+    assert pkg["lint"]["ok"] and pkg["lint"]["errors"] == 0
+    plan = json.loads((folder / "build_plan.json").read_text())
+    assert plan["builder_flags"] == ["INT8", "FP16"] and plan["onnx"] == "qdq"
+    assert pkg["onnx"]["host_check"]["passed"] and pkg["onnx"]["quantization"]
+    verify_package_files(folder, read_package(folder))
