@@ -183,7 +183,7 @@ def _load_module(cfg: ModelConfig, source: str):
 # flat outputs
 # ------------------------------------------------------------------------------------------------
 
-def _flatten(obj, prefix: str, out: list, top: bool = False):
+def _flatten(obj, prefix: str, out: list):
     import torch
 
     if obj is None:
@@ -224,7 +224,7 @@ def make_flat_module(model, spec: IOSpec, call: str):
                 pass
             return self
 
-        def forward(self, *args):
+        def _named(self, *args) -> list:
             if call == "keywords":
                 res = self.inner(**dict(zip(names, args)))
             elif call == "list":
@@ -232,19 +232,14 @@ def make_flat_module(model, spec: IOSpec, call: str):
             else:
                 res = self.inner(*args)
             flat: list = []
-            _flatten(res, "", flat, top=True)
-            return tuple(t for _, t in flat)
+            _flatten(res, "", flat)
+            return flat
+
+        def forward(self, *args):
+            return tuple(t for _, t in self._named(*args))
 
         def output_names(self, *args) -> list[str]:
-            if call == "keywords":
-                res = self.inner(**dict(zip(names, args)))
-            elif call == "list":
-                res = self.inner(list(args[0].unbind(0)))
-            else:
-                res = self.inner(*args)
-            flat: list = []
-            _flatten(res, "", flat, top=True)
-            return [n for n, _ in flat]
+            return [n for n, _ in self._named(*args)]
 
     return Flat(model).eval()
 
