@@ -54,6 +54,7 @@ class BuildContext:
     evaluation: object = None  # data.Dataset
     calibration: object = None
     original_module: object = None  # the model before pruning: the baseline row stays the user's model
+    eval_reference: object = None  # reference outputs on unlabelled evaluation data
     fp32_metric: dict | None = None  # the exported FP32 model's task metric (the int8 accuracy budget's base)
     int8: bool = False  # some planned artifact is int8
 
@@ -265,19 +266,26 @@ def fp32_metric(ctx: BuildContext) -> dict:
 
 
 def evaluate(runner_or_fn, ctx: BuildContext) -> dict:
-    """Top-1 (and top-5) of the first output against the evaluation labels."""
-    from .metrics import classification_accuracy
+    """Top-1 (and top-5) of the first output against the evaluation labels; without labels, agreement
+    with the FP32 reference model on the same samples (top-1 agreement, cosine, max abs)."""
+    from .metrics import agreement, classification_accuracy
 
     ds = ctx.evaluation
     lo, hi = ctx.model.spec.batch_range()
     bs = max(lo, min(hi, 32))
     infer = runner_or_fn.infer if hasattr(runner_or_fn, "infer") else runner_or_fn
-    preds, labels = [], []
+    outs, labels = [], []
     for feed, lab in ds.batches(bs):
-        out = infer(feed)
-        preds.append(next(iter(out.values())))
+        outs.append(next(iter(infer(feed).values())))
         labels.append(lab)
-    return classification_accuracy(np.concatenate(preds), np.concatenate(labels))
+    if ds.labels is not None:
+        return classification_accuracy(np.concatenate(outs), np.concatenate(labels))
+    if ctx.eval_reference is None:
+        from .export import reference_outputs
+
+        ctx.eval_reference = np.concatenate([next(iter(o.values())) for o in
+                                             reference_outputs(ctx.model, [f for f, _ in ds.batches(bs)])])
+    return agreement(np.concatenate(outs), ctx.eval_reference)
 
 
 def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) -> None:

@@ -19,3 +19,18 @@ def classification_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
     if logits.shape[1] >= 5:
         out["top5"] = float(np.mean(np.any(order[:, :5] == labels[:, None], axis=1)))
     return out
+
+
+def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict:
+    """Without labels: how far an artifact's outputs agree with the FP32 reference model's."""
+    from .parity import compare_arrays
+
+    outputs, reference = np.asarray(outputs), np.asarray(reference)
+    c = compare_arrays(reference, outputs)
+    out = {"metric": "agreement", "value": c["cosine"], "cosine": c["cosine"], "max_abs": c["max_abs"],
+           "samples": int(reference.shape[0]) if reference.ndim else 1}
+    if reference.ndim == 2 and reference.shape == outputs.shape:
+        out["top1_agreement"] = float(np.mean(np.argmax(outputs, 1) == np.argmax(reference, 1)))
+        out["value"] = out["top1_agreement"]
+        out["metric"] = "top1_agreement"
+    return out

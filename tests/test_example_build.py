@@ -129,3 +129,19 @@ def test_cli_build_json_and_table(run_cli, tmp_path):
     assert "NPU" in rows["openvino-npu"]["status"]
     code, out, _ = run_cli("doctor", "--json")
     assert code == 0 and json.loads(out)["backends"]["onnxruntime"]["installed"]
+
+
+def test_unlabelled_evaluation_reports_agreement_with_fp32(tmp_path):
+    from edgeopt.build import build
+    from edgeopt.example import example_dict
+    from edgeopt.recipe import recipe_from_dict
+    from edgeopt.reporting import Reporter
+    from edgeopt.resources import data_dir
+
+    d = example_dict()
+    d["evaluation"] = dict(d["calibration"])  # images without labels
+    d["profile"] = {"batches": [1], "duration_s": 0.1, "min_iterations": 3}
+    m = build(recipe_from_dict(d, data_dir("calibration")), tmp_path / "o", targets=("ort-cpu",),
+              precisions=("fp32",), reporter=Reporter(quiet=True))
+    acc = m["artifacts"][0]["accuracy"]
+    assert acc["metric"] == "top1_agreement" and acc["value"] == 1.0 and acc["cosine"] > 0.99999

@@ -34,3 +34,13 @@ def test_detections_with_tied_scores_are_aligned_but_wrong_boxes_still_fail():
     wrong = {**swapped, "boxes": swapped["boxes"] + 3}
     assert not parity([ref], [wrong], tolerance_for("fp32"), kind="detector")["passed"]
     assert align_detections({"y": 1}, {"y": 2}) == {"y": 2}
+
+
+def test_agreement_without_labels():
+    from edgeopt.metrics import agreement
+
+    ref = np.eye(4, dtype=np.float32)
+    same = agreement(ref.copy(), ref)
+    assert same["metric"] == "top1_agreement" and same["value"] == 1.0 and same["cosine"] > 0.9999
+    flipped = agreement(ref[::-1].copy(), ref)
+    assert flipped["top1_agreement"] == 0.0
