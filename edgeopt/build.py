@@ -348,7 +348,7 @@ def carry_over(ctx: BuildContext, previous: Manifest | None, planned: set[str]) 
         if rec["id"] in planned:
             continue
         folder = ctx.out / rec["id"]
-        if same_onnx and rec.get("status") == "ok" and _files_intact(ctx.out, rec.get("files", [])):
+        if same_onnx and rec.get("status") in ("ok", "not built here") and _files_intact(ctx.out, rec.get("files", [])):
             kept.append({**rec, "reused": True})
         elif folder.is_dir():
             shutil.rmtree(folder)
@@ -525,7 +525,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     check_output(out, force)
     manifest = Manifest.new(recipe, host_info())
     ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force,
-                       int8=any(p.precision == "int8" and p.status == "planned" for p in plans))
+                       int8=any(p.precision == "int8" and p.status in ("planned", "not built here") for p in plans))
     load_data(ctx, manifest)  # bad targets, data and models fail here, before anything is written
     stage_intake(ctx)
     prepare_output(out, force)

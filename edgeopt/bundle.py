@@ -125,7 +125,7 @@ def _choose(manifest: dict, ids) -> list[dict]:
             raise UserInputError(f"No artifact {i!r} in the manifest.", f"Known: {', '.join(by_id) or 'none'}.")
         rec = by_id[i]
         if rec["status"] != "ok":
-            fix = ("Build it on the device (`edgeopt compile PACKAGE` there) and bundle from that OUT folder."
+            fix = ("Build it on the device (`edgeopt device-compile PACKAGE` there) and bundle from that OUT folder."
                    if rec["status"] == "not built here" else "Rebuild it, or leave it out of --artifact.")
             raise UserInputError(f"Artifact {i} has status {rec['status']!r}"
                                  + (f" ({rec.get('reason')})" if rec.get("reason") else "")
@@ -784,7 +784,7 @@ def _tensorrt_check(rec: dict, art: dict, backend, version: str | None) -> tuple
     reason = tensorrt_mismatch(art.get("meta") or {}, version, gpu, why)
     fix = None
     if reason:
-        fix = (f"Rebuild the engine on this device: `edgeopt compile PACKAGE` here (or `edgeopt build RECIPE --target "
+        fix = (f"Rebuild the engine on this device: `edgeopt device-compile PACKAGE` here (or `edgeopt build RECIPE --target "
                f"{rec['target']} --precision {rec['precision']}` on it), then `edgeopt bundle` again. TensorRT "
                "engines load only on the GPU model and with the TensorRT version that built them.")
     return reason, fix, ()

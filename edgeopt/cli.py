@@ -352,7 +352,9 @@ def doctor(ctx, json_out):
 
 from .cli_ship import COMMANDS as _SHIP_COMMANDS  # noqa: E402 - bundle, verify, run, keygen
 
-for _cmd in _SHIP_COMMANDS:
+from .cli_device import COMMANDS as _DEVICE_COMMANDS  # noqa: E402 - device-compile, remote
+
+for _cmd in (*_SHIP_COMMANDS, *_DEVICE_COMMANDS):
     main.add_command(_cmd)
 
 

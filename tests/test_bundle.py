@@ -487,7 +487,7 @@ def test_tensorrt_engine_for_another_gpu_is_refused_with_what_to_rebuild(out, tm
     with pytest.raises(IncompatibleError) as err:
         verify(folder, self_test=False)
     assert "built for Orin (sm 8.7); this GPU is NVIDIA H200 (sm 9.0)" in err.value.problem
-    assert "edgeopt compile PACKAGE" in err.value.fix and "--target jetson-agx-orin" in err.value.fix
+    assert "edgeopt device-compile PACKAGE" in err.value.fix and "--target jetson-agx-orin" in err.value.fix
     monkeypatch.setattr(trt_backend, "probe_gpu", lambda: ({"name": "Orin", "compute_capability": "8.7"}, ""))
     b = open_bundle(folder)
     assert check_compatibility(b, b.artifacts[0]).ok  # the same engine on its own GPU and TensorRT

@@ -38,7 +38,7 @@ RECORD_FORMAT = 1
 DEFAULT_OPT_LEVEL = 3  # TensorRT's own default; 0..5
 INSTALL_FIX = ("On Jetson, TensorRT comes with JetPack: use a venv made with --system-site-packages and "
                "pip install 'edgeopt[tensorrt]'; on a PC: pip install tensorrt 'edgeopt[tensorrt]'.")
-REBUILD_FIX = ("Rebuild the engine on this device (`edgeopt compile PACKAGE` there): TensorRT engines only "
+REBUILD_FIX = ("Rebuild the engine on this device (`edgeopt device-compile PACKAGE` there): TensorRT engines only "
                "load on the GPU model and TensorRT version that built them.")
 
 
@@ -393,7 +393,7 @@ def _require_gpu() -> dict:
     gpu, why = probe_gpu()
     if gpu is None:
         raise EdgeoptError(f"No usable NVIDIA GPU here ({why}).",
-                           "Build and run TensorRT engines on the device: `edgeopt compile PACKAGE` there, or "
+                           "Build and run TensorRT engines on the device: `edgeopt device-compile PACKAGE` there, or "
                            "`--remote user@host`. On this host, `edgeopt build` makes a device package.")
     return gpu
 
