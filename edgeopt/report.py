@@ -112,7 +112,8 @@ def table_rows(m: dict) -> dict:
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
             sp = (row["speedup"] or {}).get(str(b))
-            cells += [_ms(lat and lat["median_ms"]), _ms(lat and lat["p99_ms"]), "-" if sp is None else f"{sp:.2f}x"]
+            cells += [_ms(lat and lat.get("median_ms")), _ms(lat and lat.get("p99_ms")),
+                      "-" if sp is None else f"{sp:.2f}x"]
         cells.append(row["note"] or "")
         rows.append({"id": row["id"], "status": row["status"], "cells": cells})
     return {"header": header, "rows": rows, "batches": batches}
@@ -126,7 +127,7 @@ def _figure(width: float, height: float):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - matplotlib is a core dependency
+    except ImportError as exc:  # pragma: no cover - matplotlib comes with edgeopt[report]
         raise BackendMissingError("matplotlib", "report", "draw the report's plots") from exc
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -216,7 +217,8 @@ def plot_throughput(m: dict, series: list[dict], colors: dict[str, str]) -> Plot
     batches = sorted({r["batch"] for s in series for r in s["latency"]})
     for s in series:
         rows = sorted(s["latency"], key=lambda r: r["batch"])
-        ax.plot([r["batch"] for r in rows], [r["throughput_per_s"] for r in rows], marker="o",
+        ax.plot([r["batch"] for r in rows], [r.get("throughput_per_s") or r["batch"] * 1000.0 / r["median_ms"]
+                                             for r in rows], marker="o",
                 linestyle="--" if s["baseline"] else "-", label=s["id"], color=colors.get(s["id"], FAILED_COLOR))
     if len(batches) > 1:
         ax.set_xscale("log", base=2)
@@ -331,7 +333,8 @@ DEVICE_META_KEYS = ("device", "gpu", "compute_capability", "tensorrt", "weights"
 def host_lines(m: dict) -> list[tuple[str, str]]:
     h = m.get("host") or {}
     cpu = h.get("cpu") or {}
-    lines = [("host", str(h.get("hostname", "?"))), ("OS", str(h.get("os", "?"))), ("Python", str(h.get("python", "?"))),
+    lines = [("host", str(h.get("hostname", "?"))), ("OS", str(h.get("os", "?"))),
+             ("Python", str(h.get("python", "?"))),
              ("CPU", f"{cpu.get('model', '?')} ({cpu.get('arch', '?')}, {cpu.get('usable_cores', '?')} usable of "
                      f"{cpu.get('logical_cores', '?')} logical cores)"),
              ("CPU features", ", ".join(cpu.get("flags") or []) or "none recorded"),
@@ -344,7 +347,8 @@ def host_lines(m: dict) -> list[tuple[str, str]]:
                                   f"{model.get('source', '?')}, sha256 {str(model.get('sha256', '?'))[:16]}"))
     base = m.get("baseline")
     if base:
-        lines.append(("baseline", f"{base.get('name')} (torch {base.get('torch', '?')}, {base.get('threads', '?')} threads)"))
+        lines.append(("baseline", f"{base.get('name')} (torch {base.get('torch', '?')}, "
+                                  f"{base.get('threads', '?')} threads)"))
     return lines
 
 

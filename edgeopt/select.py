@@ -56,7 +56,8 @@ class Budgets:
             raise UserInputError(f"The cosine budget {self.min_cosine} is outside [-1, 1].",
                                  "Give --min-cosine a value such as 0.999.")
         if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 1:
-            raise UserInputError(f"Selection batch {self.batch!r} is not a positive integer.", "Give --batch 1 or more.")
+            raise UserInputError(f"Selection batch {self.batch!r} is not a positive integer.",
+                                 "Give --batch 1 or more.")
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "[select]") -> "Budgets":
@@ -134,7 +135,8 @@ def select_manifest(m: dict, budgets: Budgets) -> dict:
     if winner is None:
         lines = [f"  {c['id']}: {'; '.join(c['reasons'])}" for c in candidates]
         raise NoArtifactQualifiesError(
-            f"No artifact meets the budgets ({budgets.describe()}):\n" + "\n".join(lines or ["  (the build has no artifacts)"]),
+            f"No artifact meets the budgets ({budgets.describe()}):\n"
+            + "\n".join(lines or ["  (the build has no artifacts)"]),
             "Loosen a budget, or build more targets/precisions (`edgeopt targets` lists what runs here), then "
             "select again.", result)
     return result

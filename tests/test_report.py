@@ -27,7 +27,8 @@ def built(tmp_path_factory):
     from edgeopt.reporting import Reporter
 
     out = tmp_path_factory.mktemp("report") / "OUT"
-    manifest = build(None, out, targets=("ort-cpu", "openvino-cpu"), precisions=("fp32",), reporter=Reporter(quiet=True))
+    manifest = build(None, out, targets=("ort-cpu", "openvino-cpu"), precisions=("fp32",),
+                     reporter=Reporter(quiet=True))
     return out, manifest
 
 
