@@ -14,8 +14,8 @@ import numpy as np
 from . import __version__
 from .artifact import ARTIFACT_JSON, artifact_id, open_artifact, read_artifact_json
 from .backends import CompileRequest, get_backend
-from .errors import BackendMissingError, EdgeoptError, ParityError, UserInputError
-from .fsutil import clean_stale_staging, file_records, sha256_file, sha256_json, staged_dir, write_json_atomic
+from .errors import BackendMissingError, DiskFullError, EdgeoptError, ParityError, UserInputError
+from .fsutil import clean_stale_staging, file_record, file_records, sha256_file, sha256_json, staged_dir, write_json_atomic
 from .hostinfo import host_info, version_of
 from .manifest import MANIFEST, Manifest, load_manifest
 from .parity import figures, parity, tolerance_for
@@ -26,6 +26,7 @@ from .reporting import Reporter
 from .targets import Target, check_precision, get_target, load_targets, target_status
 
 EXPORT_DIR = "export"
+EXPORT_RECORD = "export.json"
 MARKER = ".edgeopt"
 
 
@@ -149,8 +150,8 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
     model = ctx.model
     export_key = sha256_json({"model": model.sha256, "spec": model.spec.to_dict(), "export": r.export.__dict__,
                               "torch": version_of("torch"), "edgeopt": __version__, "source": model.source})
-    prev = (previous.data.get("export") if previous else None) or {}
     out = ctx.out / EXPORT_DIR
+    prev = (previous.data.get("export") if previous else None) or _read_json(out / EXPORT_RECORD) or {}
     if model.onnx_path is not None:
         ctx.onnx_path = model.onnx_path
         record = {"exporter": "none (ONNX given)", "sha256": sha256_file(model.onnx_path)}
@@ -162,8 +163,13 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
         ctx.reporter.step(f"Exporting to ONNX (opset {r.export.opset})")
         with staged_dir(out) as stage:
             record = export_onnx(model, stage, r.export, log=ctx.reporter.info)
+            record["key"] = export_key
+            record["files"] = [{**file_record(p, stage), "path": f"{EXPORT_DIR}/{p.relative_to(stage).as_posix()}"}
+                               for p in sorted(stage.rglob("*")) if p.is_file()]
+            # The record travels with the ONNX (same rename), so a rerun after kill -9 or Ctrl-C reuses the
+            # export even though the interrupted run never wrote its manifest.
+            write_json_atomic(stage / EXPORT_RECORD, record)
         ctx.onnx_path = out / "model.onnx"
-        record["files"] = file_records(out, ctx.out)
     record["key"] = export_key
     # Reference samples: random within the declared ranges, plus real ones from the evaluation data.
     real = ctx.evaluation.feeds(2) if ctx.evaluation is not None else []
@@ -180,6 +186,15 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
     manifest.data["model"] = model.describe()
     manifest.data["reference"] = {"path": REFERENCE_FILE, "sha256": sha256_file(ctx.out / REFERENCE_FILE),
                                   "samples": len(ctx.feeds), "source": "pytorch" if model.module is not None else "onnx"}
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _files_intact(root: Path, files: list[dict]) -> bool:
@@ -244,6 +259,8 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
                                       "difference is acceptable.")
                 accuracy = evaluate(runner, ctx) if ctx.evaluation is not None else None
                 runtime = runner.properties()
+    except DiskFullError:
+        raise  # stop the build: every later artifact would fail the same way
     except ParityError as exc:
         ctx.reporter.error(str(exc))
         return {**rec, "status": "failed", "reason": exc.problem, "files": [],
@@ -317,6 +334,16 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
         unstable = [row["batch"] for row in prof["rows"] if row["unstable"]]
         if unstable:
             ctx.reporter.warn(f"{rec['id']}: timings unstable at batch {unstable} (CV > 15%); the machine is busy")
+
+
+def select_or_report(manifest: dict, budgets) -> dict:
+    """The recipe's [select] budgets applied to this build; a build with no qualifying artifact records why."""
+    from .select import NoArtifactQualifiesError, select_manifest
+
+    try:
+        return select_manifest(manifest, budgets)
+    except NoArtifactQualifiesError as exc:
+        return {**exc.result, "selected": None, "error": exc.problem}
 
 
 def flag_slow_int8(records: list[dict]) -> None:
@@ -545,6 +572,8 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
             flag_slow_int8(records)
         records += carry_over(ctx, previous, {p.id for p in plans})
         manifest.data["artifacts"] = records
+        if recipe.select is not None:
+            manifest.data["selection"] = select_or_report(manifest.data, recipe.select)
         manifest.write(out)
     except EdgeoptError as exc:
         reporter.record(f"ERROR build stopped: {exc}")  # the CLI shows it; the log keeps it

@@ -42,6 +42,15 @@ def handle_errors(fn):
             if (ctx.obj or {}).get("verbose"):
                 traceback.print_exc()
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a write outside staged_dir/write_*_atomic hit a full disk
+            from .fsutil import disk_full_error, enospc_in
+
+            if enospc_in(exc) is None:
+                raise
+            full = disk_full_error(exc, Path(exc.filename).parent if exc.filename else Path.cwd())
+            click.echo(f"error: {full.problem}", err=True)
+            click.echo(f"fix: {full.fix}", err=True)
+            sys.exit(full.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was kept; run the same command again to resume.", err=True)
             sys.exit(130)
@@ -156,7 +165,13 @@ def _finish(m: dict, json_out: bool, output) -> None:
     else:
         print_summary(m)
         click.echo(f"manifest: {Path(output) / 'manifest.json'}")
+    sel = m.get("selection")
+    if sel is not None and not json_out:
+        click.echo(f"selected: {sel['selected']}" if sel.get("selected") else f"selection: {sel.get('error')}")
     failed = [a["id"] for a in m["artifacts"] if a["status"] == "failed"]
+    if sel is not None and not sel.get("selected"):
+        click.echo("error: no artifact meets the recipe's [select] budgets (see above).", err=True)
+        sys.exit(9)
     if failed:
         click.echo(f"error: {len(failed)} artifact(s) failed: {', '.join(failed)} (see the table and the manifest).", err=True)
         sys.exit(5)
@@ -353,8 +368,9 @@ def doctor(ctx, json_out):
 from .cli_ship import COMMANDS as _SHIP_COMMANDS  # noqa: E402 - bundle, verify, run, keygen
 
 from .cli_device import COMMANDS as _DEVICE_COMMANDS  # noqa: E402 - device-compile, remote
+from .cli_report import COMMANDS as _REPORT_COMMANDS  # noqa: E402 - report, select
 
-for _cmd in (*_SHIP_COMMANDS, *_DEVICE_COMMANDS):
+for _cmd in (*_SHIP_COMMANDS, *_DEVICE_COMMANDS, *_REPORT_COMMANDS):
     main.add_command(_cmd)
 
 

@@ -73,6 +73,12 @@ class IntegrityError(EdgeoptError):
     exit_code = 7
 
 
+class DiskFullError(EdgeoptError):
+    """The disk holding the output (or the cache) is full."""
+
+    exit_code = 10
+
+
 def require(module: str, extra: str, purpose: str = ""):
     """Import ``module`` or raise :class:`BackendMissingError` naming the pip extra that provides it."""
     import importlib

@@ -111,6 +111,10 @@ def export_onnx(model: LoadedModel, out_dir: Path, cfg: ExportConfig, log=print)
             record = {"exporter": name, "seconds": round(time.perf_counter() - t0, 2)}
             break
         except Exception as exc:  # noqa: BLE001 - exporters raise many types
+            from .fsutil import enospc_in
+
+            if enospc_in(exc) is not None:
+                raise  # a full disk, not the model: staged_dir turns it into DiskFullError
             errors[name] = _root_cause(exc)
             log(f"{name} exporter failed: {_first_line(errors[name])}")
             for p in Path(out_dir).glob("*"):

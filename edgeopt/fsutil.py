@@ -11,6 +11,46 @@ import tempfile
 from pathlib import Path
 
 STAGING_PREFIX = ".staging-"
+DISK_FULL_MARGIN = 1 << 20  # less free space than this after a failed write: the disk is full
+
+
+def enospc_in(exc: BaseException | None) -> OSError | None:
+    """The OSError(ENOSPC/EDQUOT) in ``exc``'s chain of causes, if any."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def disk_full_error(exc: BaseException, where: Path):
+    """A DiskFullError for ``exc`` when it (or the state of the disk holding ``where``) says the disk is full,
+    else None. Backends written in C++ report a full disk as a generic error ("iostream error", "Protobuf
+    serialization failed"), so the free space is checked too; call this before removing partial files."""
+    from .errors import DiskFullError, EdgeoptError
+
+    if isinstance(exc, DiskFullError):
+        return exc
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return None
+    cause = enospc_in(exc)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    if cause is None and (free is None or free >= DISK_FULL_MARGIN):
+        return None
+    what = str(cause) if cause is not None else (
+        exc.problem if isinstance(exc, EdgeoptError) else f"{type(exc).__name__}: {exc}")
+    left = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
+    return DiskFullError(f"No space left on device: the disk holding {where} is full ({left}); writing failed "
+                         f"with: {what}",
+                         "Free space on that disk or choose another -o/--output folder, then run the same command "
+                         "again (finished stages are reused; nothing half-written was kept).")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -58,9 +98,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if enospc_in(exc) is not None:
+            raise disk_full_error(exc, path.parent) from exc
         raise
     _fsync_dir(path.parent)
 
@@ -115,8 +157,11 @@ def staged_dir(final: Path):
         else:
             os.replace(stage, final)
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as exc:
+        full = disk_full_error(exc, final.parent)  # before the partial files are removed
         shutil.rmtree(stage, ignore_errors=True)
+        if full is not None and full is not exc:
+            raise full from exc
         raise
 
 
@@ -131,6 +176,17 @@ def clean_stale_staging(folder: Path) -> list[str]:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p.name)
     return removed
+
+
+@contextlib.contextmanager
+def working_dir(path: Path):
+    """chdir into ``path`` for the block (contextlib.chdir exists only from Python 3.11)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def file_record(path: Path, root: Path) -> dict:

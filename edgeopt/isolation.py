@@ -30,7 +30,10 @@ CACHE_VARS = {
     "NUMBA_CACHE_DIR": "numba",
 }
 OFFLINE_VARS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-                "DO_NOT_TRACK": "1"}
+                "DO_NOT_TRACK": "1",
+                # ONNX Runtime writes a telemetry device id to ~/.cache/Microsoft/DeveloperTools/.onnxruntime/
+                # (deviceid, onnxruntime.db) when it is imported, unless telemetry is off.
+                "ORT_DISABLE_TELEMETRY": "1"}
 
 
 def isolate() -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .compress.config import CompressionConfig
 from .compress.prune import PruningConfig
+from .select import Budgets
 from .errors import UserInputError
 from .parity import DEFAULT_TOLERANCES
 from .resources import load_toml
@@ -124,7 +125,7 @@ class Recipe:
     evaluation: object | None = None  # data.DataConfig
     compression: object = None  # compress.CompressionConfig
     pruning: object = None  # compress.prune.PruningConfig
-    select: dict = field(default_factory=dict)
+    select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
     base_dir: Path = Path(".")
     path: str = ""
 
@@ -184,7 +185,7 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         profile=_section(ProfileConfig, "profile", prof),
         compression=CompressionConfig.from_dict(data.get("compression")),
         pruning=PruningConfig.from_dict(data.get("pruning")),
-        select=dict(data.get("select", {})), base_dir=base_dir, path=path,
+        select=Budgets.from_dict(data["select"]) if data.get("select") else None, base_dir=base_dir, path=path,
     )
     data_sections = {}
     for key in ("calibration", "evaluation"):

@@ -56,8 +56,11 @@ class Reporter:
 
     def _write(self, line: str) -> None:
         if self._log:
-            self._log.write(line + "\n")
-            self._log.flush()
+            try:
+                self._log.write(line + "\n")
+                self._log.flush()
+            except OSError:  # a full disk must not turn a clear error into a traceback; stop logging
+                self._log = None
 
     def _stamp(self) -> str:
         return f"{time.perf_counter() - self._t0:6.1f}s"

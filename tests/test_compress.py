@@ -140,9 +140,12 @@ def test_tensorrt_qdq_is_signed_int8_with_zero_points_0(example_out, tmp_path):
     assert report.ok, report.summary()
 
 
-def test_bert_encoder_int8_on_both_backends(tmp_path):
+def test_bert_encoder_int8_on_both_backends(tmp_path, monkeypatch):
     from tiny import tiny_bert_folder
 
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # quantization tools must not drop files into the working directory
     folder = tiny_bert_folder(tmp_path / "bert")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "calib.npz", input_ids=rng.integers(0, 128, (64, 16)).astype(np.int64),
@@ -153,10 +156,11 @@ def test_bert_encoder_int8_on_both_backends(tmp_path):
                    {"name": "attention_mask", "shape": ["batch", "seq"], "dtype": "int64", "range": [1, 2]}],
         "dims": {"batch": {"min": 1, "opt": 1, "max": 4}, "seq": {"min": 1, "opt": 16, "max": 32}},
         "targets": ["ort-cpu", "openvino-cpu"], "precisions": ["int8"], "profile": FAST,
-        "calibration": {"source": "calib.npz", "size": 64},
+        "calibration": {"source": str(tmp_path / "calib.npz"), "size": 64},
     }, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
     for a in m["artifacts"]:
         assert a["status"] == "ok", a
         assert a["parity"]["cosine"] >= 0.99, a["parity"]
     ort = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-int8")["meta"]["int8"]
     assert ort["candidates"][0]["candidate"] == "ort-dynamic"  # transformers try weight-only first
+    assert list(cwd.iterdir()) == []

@@ -252,3 +252,28 @@ def test_real_build(example_out):
     with pytest.raises(NoArtifactQualifiesError) as info:
         select(out, p99_ms=1e-6)
     assert all(any("p99" in r for r in c["reasons"]) for c in info.value.result["candidates"] if c["status"] == "ok")
+
+
+def test_build_ends_with_the_recipes_select_budgets(run_cli, tmp_path):
+    """`edgeopt build` with a [select] section: the winner is recorded; an impossible budget exits 9."""
+    import json as _json
+
+    from edgeopt.example import example_dict
+
+    d = example_dict()
+    data = d["calibration"]["source"].rsplit("/", 1)[0]
+    base = (f'[model]\nname = "digits-cnn"\nsource = "edgeopt.example.model:build"\n'
+            f'checkpoint = "{d["model"]["checkpoint"]}"\noutputs = ["logits"]\n'
+            '[[inputs]]\nname = "image"\nshape = ["batch", 1, 8, 8]\n[dims.batch]\nmin = 1\nmax = 8\n'
+            f'[evaluation]\nsource = "{data}/heldout.npz"\nsize = "all"\n'
+            '[profile]\nbatches = [1]\nduration_s = 0.2\nmin_iterations = 5\n')
+    ok = tmp_path / "ok.toml"
+    ok.write_text('targets = ["ort-cpu"]\nprecisions = ["fp32"]\n' + base + "[select]\nmax_drop = 1.0\n")
+    code, out, err = run_cli("build", ok, "-o", tmp_path / "a", "--json")
+    assert code == 0, err
+    assert _json.loads(out)["selection"]["selected"] == "ort-cpu-fp32"
+    strict = tmp_path / "strict.toml"
+    strict.write_text('targets = ["ort-cpu"]\nprecisions = ["fp32"]\n' + base + "[select]\np99_ms = 0.000001\n")
+    code, out, err = run_cli("build", strict, "-o", tmp_path / "b")
+    assert code == 9 and "[select] budgets" in err
+    assert "p99" in out

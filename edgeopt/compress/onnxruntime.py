@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CompileError
-from ..fsutil import sha256_file
+from ..fsutil import sha256_file, working_dir
 from .cache import calibration_key, lookup, store
 from .common import (calibration_feeds, config_of, nncf_model_type, nncf_module, nncf_preset, quiet_nncf)
 from .guard import quick_latency, score
@@ -49,8 +49,9 @@ def _preprocess(src: Path, work: Path) -> Path:
     if dst.exists():
         return dst
     try:
-        with contextlib.redirect_stdout(None):
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        # Symbolic shape inference saves temporary models into the working directory: keep them in ours.
+        with contextlib.redirect_stdout(None), working_dir(work):
+            quant_pre_process(str(Path(src).resolve()), str(dst.resolve()), skip_symbolic_shape=False)
         return dst
     except Exception:  # noqa: BLE001 - large or unusual graphs: quantize the model as exported
         return src
