@@ -318,7 +318,12 @@ def _probe_outputs(flat, spec: IOSpec, source: str) -> list[str]:
 
 def _load_onnx_source(cfg: ModelConfig, spec: IOSpec, path: Path) -> LoadedModel:
     onnx = require("onnx", "torch", "read an ONNX model")
-    m = onnx.load(str(path), load_external_data=False)
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(m)
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, checker errors
+        raise ModelLoadError(f"{path} is not a valid ONNX model (corrupt or truncated?): {str(exc)[:300]}",
+                             "Export it again, or copy it again from where it was made.") from exc
     graph_inputs = [i.name for i in m.graph.input if i.name not in {x.name for x in m.graph.initializer}]
     want = [t.name for t in spec.inputs]
     if graph_inputs != want:

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import BackendMissingError, UserInputError
+from ..errors import BackendMissingError, EdgeoptError, IntegrityError, UserInputError
 from ..hostinfo import version_of
 from ..spec import IOSpec
 from ..targets import Target
@@ -61,7 +61,15 @@ class Runner(ABC):
             import time
 
             t0 = time.perf_counter()
-            self._activate()
+            try:
+                self._activate()
+            except EdgeoptError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - each framework raises its own types
+                raise IntegrityError(
+                    f"The artifact could not be loaded ({type(self).__name__}): {str(exc)[:400]}",
+                    "The file is corrupt, truncated or from another version: rebuild it (edgeopt build), "
+                    "or check a bundle with edgeopt verify.") from exc
             self.load_seconds = time.perf_counter() - t0
             self.active = True
 
