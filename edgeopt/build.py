@@ -183,7 +183,8 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
         ctx.reporter.info(f"Exported ONNX matches PyTorch: max abs {record['parity']['max_abs']:.2e}, "
                           f"cosine {record['parity']['cosine']:.6f}")
     manifest.data["export"] = record
-    manifest.data["model"] = model.describe()
+    manifest.data["model"] = {**model.describe(), "preprocess": r.shipped_preprocess(),
+                              "labels": list(r.model.labels) or None}
     manifest.data["reference"] = {"path": REFERENCE_FILE, "sha256": sha256_file(ctx.out / REFERENCE_FILE),
                                   "samples": len(ctx.feeds), "source": "pytorch" if model.module is not None else "onnx"}
 

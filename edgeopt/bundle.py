@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from . import __version__
-from .errors import EdgeoptError, IntegrityError, ParityError, UserInputError
+from .errors import ArtifactLoadError, EdgeoptError, IntegrityError, ParityError, UserInputError
 from .fsutil import _json_default, sha256_file, staged_dir
 from .manifest import MANIFEST, load_manifest, validate
 
@@ -866,6 +866,10 @@ def open_runner(b: Bundle, rec: dict, threads: int | None = None):
         runner, art = open_artifact(b.artifact_dir(rec["id"]), threads=threads)
         runner.activate()
         return runner, art
+    except ArtifactLoadError as exc:  # the backend's own error is the cause
+        cause = exc.__cause__ or exc
+        raise IncompatibleError(f"{rec['backend']} cannot load {rec['id']} on this device: {_short(cause)}",
+                                _load_fix(b, rec)) from cause
     except EdgeoptError:
         raise
     except Exception as exc:  # noqa: BLE001 - each framework raises its own types

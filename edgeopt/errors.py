@@ -73,6 +73,10 @@ class IntegrityError(EdgeoptError):
     exit_code = 7
 
 
+class ArtifactLoadError(IntegrityError):
+    """The backend could not load an artifact (corrupt, truncated, or made for another runtime version)."""
+
+
 class DiskFullError(EdgeoptError):
     """The disk holding the output (or the cache) is full."""
 

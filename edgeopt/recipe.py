@@ -61,6 +61,7 @@ class ModelConfig:
     kind: str = "generic"
     allow_pickle: bool = False  # full unpickling of a checkpoint: only when the user opts in
     outputs: tuple[str, ...] = ()  # rename the flattened outputs
+    labels: tuple[str, ...] = ()  # class names, shipped in bundles
     call: str = "positional"  # positional | keywords | list (torchvision detectors take a list of images)
 
     def __post_init__(self):
@@ -125,6 +126,7 @@ class Recipe:
     evaluation: object | None = None  # data.DataConfig
     compression: object = None  # compress.CompressionConfig
     pruning: object = None  # compress.prune.PruningConfig
+    preprocess: object = None  # data.Preprocess: how raw images become the model's input (shipped in bundles)
     select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
     base_dir: Path = Path(".")
     path: str = ""
@@ -142,13 +144,22 @@ class Recipe:
         p = self.base_dir / rel
         return str(p) if p.exists() or not sep else rel
 
+    def shipped_preprocess(self) -> dict | None:
+        """The preprocessing recorded for the runtime: [preprocess], else that of the evaluation or
+        calibration data (None when none is declared)."""
+        for pre in (self.preprocess, getattr(self.evaluation, "preprocess", None),
+                    getattr(self.calibration, "preprocess", None)):
+            if pre is not None:
+                return pre.to_dict()
+        return None
+
     def with_overrides(self, **kw) -> "Recipe":
         kw = {k: v for k, v in kw.items() if v not in (None, (), [])}
         return replace(self, **kw)
 
 
 TOP_KEYS = ("model", "inputs", "dims", "outputs", "targets", "precisions", "export", "parity", "profile",
-            "calibration", "evaluation", "compression", "pruning", "select")
+            "calibration", "evaluation", "compression", "pruning", "select", "preprocess")
 
 
 def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
@@ -157,6 +168,7 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         raise UserInputError("The recipe has no [model] source.", 'Add [model] source = "model.py:build".')
     m = dict(data["model"])
     m["outputs"] = tuple(m.get("outputs", ()))
+    m["labels"] = tuple(str(x) for x in m.get("labels", ()))
     model = _section(ModelConfig, "model", m)
     if not data.get("inputs"):
         raise UserInputError("The recipe declares no [[inputs]].",
@@ -193,6 +205,10 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
             from .data import DataConfig
 
             data_sections[key] = DataConfig.from_dict(data[key], base_dir)
+    if data.get("preprocess"):
+        from .data import Preprocess
+
+        data_sections["preprocess"] = Preprocess.from_dict(data["preprocess"])
     return replace(recipe, **data_sections)
 
 

@@ -70,7 +70,9 @@ class Reporter:
         if self._progress is not None:
             self._progress.update(self._task, advance=1, description=msg[:60])
         if not self.quiet:
-            self.console.print(f"[dim]{self._stamp()}[/dim] [bold]{msg}[/bold]")
+            from rich.text import Text
+
+            self.console.print(Text.assemble((self._stamp(), "dim"), " ", (msg, "bold")))
 
     def info(self, msg: str) -> None:
         self._write(f"[{self._stamp()}]   {msg}")
@@ -79,8 +81,12 @@ class Reporter:
 
     def warn(self, msg: str) -> None:
         self._write(f"WARNING {msg}")
-        self.console.print(f"[yellow]warning:[/yellow] {msg}")
+        from rich.text import Text
+
+        self.console.print(Text.assemble(("warning: ", "yellow"), msg))
 
     def error(self, msg: str) -> None:
         self._write(f"ERROR {msg}")
-        self.console.print(f"[red]error:[/red] {msg}")
+        from rich.text import Text
+
+        self.console.print(Text.assemble(("error: ", "red"), msg))

@@ -43,11 +43,11 @@ def wide_console():
 
 
 def _parity_cell(a: dict) -> str | None:
-    """Max abs error for float artifacts; cosine for int8, where an absolute error says little."""
+    """Max abs error where the precision is judged by it (fp32, fp16); the cosine for bf16 and int8."""
     p = a.get("parity") or {}
     if p.get("max_abs") is None:
         return None
-    return f"cos {p['cosine']:.4f}" if a["precision"] == "int8" else f"{p['max_abs']:.1e}"
+    return f"cos {p['cosine']:.4f}" if p.get("tolerance", {}).get("atol") is None else f"{p['max_abs']:.1e}"
 
 
 def print_summary(manifest: dict, console=None) -> None:

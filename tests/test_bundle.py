@@ -176,13 +176,14 @@ def test_folder_form_and_out_folder_verify_and_load(out, tmp_path):
 
 
 def test_preprocess_uses_the_stored_spec(out, tmp_path, tarball):
-    with load(tarball) as model, pytest.raises(UserInputError, match="no preprocessing spec"):
-        model.preprocess(np.zeros((8, 8), np.uint8))
     copy = tmp_path / "OUT"
     shutil.copytree(out, copy)
-    rewrite_manifest(copy, lambda m: m["model"].update(preprocess={"channel_order": "L", "layout": "NCHW",
-                                                                    "scale": 1 / 16, "dtype": "float32"}))
-    with load(bundle(copy, tmp_path / "pre")) as model:
+    rewrite_manifest(copy, lambda m: m["model"].update(preprocess=None))
+    with load(bundle(copy, tmp_path / "none")) as model, pytest.raises(UserInputError, match="no preprocessing spec"):
+        model.preprocess(np.zeros((8, 8), np.uint8))
+    # The built-in example records its preprocessing (8x8 grayscale, values 0..16) and class names.
+    with load(tarball) as model:
+        assert model.labels == [str(d) for d in range(10)]
         img = np.arange(64, dtype=np.uint8).reshape(8, 8) % 16
         x = model.preprocess(img)
         assert x.shape == (1, 1, 8, 8) and x.dtype == np.float32

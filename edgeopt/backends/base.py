@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import BackendMissingError, EdgeoptError, IntegrityError, UserInputError
+from ..errors import ArtifactLoadError, BackendMissingError, EdgeoptError, UserInputError
 from ..hostinfo import version_of
 from ..spec import IOSpec
 from ..targets import Target
@@ -66,7 +66,7 @@ class Runner(ABC):
             except EdgeoptError:
                 raise
             except Exception as exc:  # noqa: BLE001 - each framework raises its own types
-                raise IntegrityError(
+                raise ArtifactLoadError(
                     f"The artifact could not be loaded ({type(self).__name__}): {str(exc)[:400]}",
                     "The file is corrupt, truncated or from another version: rebuild it (edgeopt build), "
                     "or check a bundle with edgeopt verify.") from exc
