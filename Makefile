@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/edgeopt build -o edgeopt-out --force
+	$(VENV)/bin/edgeopt build -o edgeopt-out
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -195,7 +195,7 @@ def finetune(flat, train, spec, cfg: FinetuneConfig, log=print) -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         log(f"fine-tune epoch {epoch + 1}/{cfg.epochs}: loss {total / n:.4f}")
     for p in flat.parameters():
         p.requires_grad_(True)
