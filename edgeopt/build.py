@@ -334,7 +334,7 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
                                        for row in prof["rows"] if row["batch"] in base}
         unstable = [row["batch"] for row in prof["rows"] if row["unstable"]]
         if unstable:
-            ctx.reporter.warn(f"{rec['id']}: timings unstable at batch {unstable} (CV > 15%); the machine is busy")
+            ctx.reporter.warn(f"{rec['id']}: timings unstable at batch {unstable} (robust CV > 15%); is the machine busy?")
 
 
 def select_or_report(manifest: dict, budgets) -> dict:
