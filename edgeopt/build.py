@@ -3,7 +3,6 @@ profile -> manifest. Each stage writes atomically; a rerun reuses what is still 
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifact import ARTIFACT_JSON, artifact_id, open_artifact, read_artifact_json
+from .artifact import ARTIFACT_JSON, artifact_id, open_artifact
 from .backends import CompileRequest, get_backend
 from .errors import BackendMissingError, DiskFullError, EdgeoptError, ParityError, UserInputError
 from .fsutil import clean_stale_staging, file_record, file_records, sha256_file, sha256_json, staged_dir, write_json_atomic
@@ -21,7 +20,7 @@ from .manifest import MANIFEST, Manifest, load_manifest
 from .parity import figures, parity, tolerance_for
 from .profile import profile_runner, time_callable
 from .recipe import Recipe, load_recipe
-from .reference import REFERENCE_FILE, load_reference, parity_feeds, save_reference
+from .reference import REFERENCE_FILE, parity_feeds, save_reference
 from .reporting import Reporter
 from .targets import Target, check_precision, get_target, load_targets, target_status
 
@@ -307,7 +306,6 @@ def evaluate(runner_or_fn, ctx: BuildContext) -> dict:
 
 
 def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) -> None:
-    from .profile import feed_for_batch
 
     cfg = ctx.recipe.profile
     batches = [b for b in cfg.batches if _batch_ok(ctx.model.spec, b)]
@@ -408,7 +406,6 @@ def stage_prune(ctx: BuildContext, manifest: Manifest) -> None:
         return
     import copy
 
-    import torch
 
     from .compress import prune
     from .intake import to_torch

@@ -149,7 +149,6 @@ def build(ctx, recipe, output, targets, precisions, force, json_out, model, chec
           dims, opset, exporter):
     """Export, compile, check and profile RECIPE (a TOML file); no RECIPE builds the built-in example."""
     from . import build as build_mod
-    from .tables import print_summary
 
     r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
     with stdout_guard(json_out):

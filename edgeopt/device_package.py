@@ -195,7 +195,7 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
     feeds, _ = load_reference(stage / REFERENCE_NPZ)
     pkg = {
         "schema": PACKAGE_SCHEMA, "id": src.id, "target": target.name, "backend": target.backend,
-        "device": target.device, "precision": precision, "status": NOT_BUILT, "reason": reason,
+        "device_type": target.device, "precision": precision, "status": NOT_BUILT, "reason": reason,
         "key": key, "edgeopt_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": src.model, "model_kind": src.model_kind,

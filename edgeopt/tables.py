@@ -51,7 +51,6 @@ def _parity_cell(a: dict) -> str | None:
 
 
 def print_summary(manifest: dict, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     console = console or wide_console()

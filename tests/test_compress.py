@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from edgeopt.build import build, flag_slow_int8
 from edgeopt.example import example_dict

@@ -1,7 +1,6 @@
 """The built-in example end to end: export, ORT + OpenVINO artifacts, parity, accuracy, latency, manifest."""
 
 import json
-import time
 
 import pytest
 

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from edgeopt.build import build
 from edgeopt.recipe import recipe_from_dict

@@ -38,6 +38,24 @@ def nncf_device(nncf, device: str):
         device, nncf.TargetDevice.ANY)
 
 
+import contextlib
+
+
+@contextlib.contextmanager
+def quiet_logging(level: int = 40):
+    """ONNX Runtime's quantizer logs on the root logger (one line per LayerNorm weight on a ViT): keep the
+    root logger at ERROR for the block."""
+    import logging
+
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
 def quiet_nncf():
     """NNCF logs progress bars and INFO lines on stdout; keep them in the log level the user chose."""
     import logging

@@ -17,7 +17,8 @@ from pathlib import Path
 from ..errors import CompileError
 from ..fsutil import sha256_file, working_dir
 from .cache import calibration_key, lookup, store
-from .common import (calibration_feeds, config_of, nncf_model_type, nncf_module, nncf_preset, quiet_nncf)
+from .common import (calibration_feeds, config_of, nncf_model_type, nncf_module, nncf_preset, quiet_logging,
+                     quiet_nncf)
 from .guard import quick_latency, score
 
 DEFAULTS = {
@@ -215,7 +216,7 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
     dst = work / f"{name}.onnx"
     src = _preprocess(req.onnx_path, work)
     try:
-        with contextlib.redirect_stdout(None):
+        with contextlib.redirect_stdout(None), quiet_logging():
             if name == "ort-qdq-u8s8":
                 _ort_static(src, dst, feeds, "u8", symmetric=False)
             elif name == "ort-qdq-s8s8":

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import CompileError
 from ..fsutil import sha256_file
 from .cache import calibration_key, lookup, store
+from .common import quiet_logging
 
 
 def _nncf_trt(src: Path, dst: Path, feeds, kind: str) -> None:
@@ -92,7 +93,7 @@ def quantize_for_tensorrt(onnx_path, calibration, spec, out_path, model_kind: st
         for name, fn in (("nncf-trt", lambda: _nncf_trt(Path(onnx_path), dst, feeds, model_kind)),
                          ("ort-qdq-s8s8-symmetric", lambda: _ort_trt(Path(onnx_path), dst, feeds))):
             try:
-                with contextlib.redirect_stdout(None):
+                with contextlib.redirect_stdout(None), quiet_logging():
                     fn()
             except Exception as exc:  # noqa: BLE001 - try the next recipe, say why
                 notes.append(f"{name} failed: {type(exc).__name__}: {str(exc)[:200]}")
