@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="*", default=[*MODELS, "resnet50-pruned50"])
     ap.add_argument("--duration", type=float, default=2.0, help="seconds of timed runs per artifact and batch")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--update", help="an earlier results JSON: rerun only --models and keep its other rows")
     args = ap.parse_args(argv)
 
     from edgeopt.build import build
@@ -111,6 +112,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
     results = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_info(), "models": {}}
+    if args.update:
+        results["models"] = json.loads(Path(args.update).read_text())["models"]
     for name in args.models:
         prune = name.endswith("-pruned50")
         base = name.removesuffix("-pruned50")
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
         print(f"== {name}", flush=True)
         m = build(recipe_for(base, args.duration, prune), out / "builds" / name, force=True,
                   reporter=Reporter(quiet=True))
-        results["models"][name] = {"seconds": round(time.time() - t0, 1), "rows": rows_of(m),
+        results["models"][name] = {"rerun": bool(args.update), "seconds": round(time.time() - t0, 1), "rows": rows_of(m),
                                    "pruning": m.get("pruning"), "export": {k: m["export"].get(k) for k in
                                                                            ("exporter", "opset", "fallback_reason")}}
         print(markdown({**results, "models": {name: results["models"][name]}}), flush=True)
