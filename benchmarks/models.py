@@ -12,7 +12,6 @@ import numpy as np
 def _calibrated(model, size=224):
     import torch
 
-    torch.manual_seed(0)
     with torch.no_grad():
         model.train()
         for m in model.modules():
@@ -24,20 +23,26 @@ def _calibrated(model, size=224):
 
 
 def resnet18():
+    import torch
     import torchvision
 
+    torch.manual_seed(0)  # the same weights every run
     return _calibrated(torchvision.models.resnet18(weights=None))
 
 
 def resnet50():
+    import torch
     import torchvision
 
+    torch.manual_seed(0)  # the same weights every run
     return _calibrated(torchvision.models.resnet50(weights=None))
 
 
 def mobilenet_v3_large():
+    import torch
     import torchvision
 
+    torch.manual_seed(0)  # the same weights every run
     return _calibrated(torchvision.models.mobilenet_v3_large(weights=None))
 
 

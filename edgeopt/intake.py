@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelLoadError, UserInputError, require
-from .fsutil import sha256_file, sha256_tree
+from .fsutil import sha256_file, sha256_json, sha256_tree
 from .recipe import ModelConfig
 from .spec import IOSpec
 
@@ -296,8 +296,27 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
     import torch
 
     scripted = model if isinstance(model, torch.jit.ScriptModule) else None
-    return LoadedModel(name=cfg.name or default_name, source=source, sha256=sha256_tree(files) if files else "",
+    # The weights themselves are hashed: a factory that initialises randomly gives another model each time.
+    digest = sha256_json({"files": sha256_tree(files) if files else "", "state": state_digest(model)})
+    return LoadedModel(name=cfg.name or default_name, source=source, sha256=digest,
                        spec=spec.with_outputs(names), kind=cfg.kind, module=flat, scripted=scripted)
+
+
+def state_digest(model) -> str:
+    """sha256 over every parameter and buffer (names, dtypes, shapes, bytes)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())  # raw bytes of any dtype (bf16 included)
+    return h.hexdigest()
 
 
 def _probe_outputs(flat, spec: IOSpec, source: str) -> list[str]:
