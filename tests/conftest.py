@@ -31,18 +31,19 @@ def example_out(tmp_path_factory):
     return out, manifest
 
 
-@pytest.fixture
-def run_cli():
+def invoke_cli(*args):
     """Run the real CLI in-process (click's runner): returns (exit code, stdout, stderr)."""
     from click.testing import CliRunner
 
     from edgeopt.cli import main
 
-    def run(*args):
-        res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-        return res.exit_code, res.stdout, res.stderr
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return res.exit_code, res.stdout, res.stderr
 
-    return run
+
+@pytest.fixture
+def run_cli():
+    return invoke_cli
 
 
 def write(path: Path, text: str) -> Path:

@@ -23,17 +23,7 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 PRECISIONS = ("fp32", "fp16")
 
 
-def _cli(*args):
-    from click.testing import CliRunner
-
-    from edgeopt.cli import main
-    from edgeopt.cli_device import COMMANDS
-
-    for cmd in COMMANDS:
-        if cmd.name not in main.commands:
-            main.add_command(cmd)
-    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return res.exit_code, res.stdout, res.stderr
+from conftest import invoke_cli as _cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -137,17 +137,7 @@ def out(tmp_path_factory) -> Path:
     return out
 
 
-def _cli(*args):
-    from click.testing import CliRunner
-
-    from edgeopt.cli import main
-    from edgeopt.cli_device import COMMANDS
-
-    for cmd in COMMANDS:
-        if cmd.name not in main.commands:
-            main.add_command(cmd)
-    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return res.exit_code, res.stdout, res.stderr
+from conftest import invoke_cli as _cli  # noqa: E402
 
 
 def _no_jobs_left(device_dir: Path) -> bool:
