@@ -118,6 +118,11 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
                     plan.status = "not built here"
             plans.append(plan)
     if not plans:
+        missing = sorted({get_backend(t.backend).extra for t in chosen if not get_backend(t.backend).installed()
+                          and not get_backend(t.backend).builds_on_device})
+        if missing and not explicit:
+            raise BackendMissingError(" and ".join(missing), ",".join(missing) + ",torch",
+                                      "build for the targets that run on this machine")
         raise UserInputError(
             f"Nothing to build: no target offers the precisions {list(wanted_prec)} on this machine.",
             "Run `edgeopt targets` to see what can run here, and pick --target/--precision from it.")

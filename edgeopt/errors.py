@@ -38,8 +38,9 @@ class BackendMissingError(EdgeoptError):
 
     def __init__(self, what: str, extra: str, purpose: str = ""):
         needed = f" to {purpose}" if purpose else ""
+        verb, pronoun = ("are", "them") if " and " in what else ("is", "it")
         super().__init__(
-            f"{what} is not installed; edgeopt needs it{needed}.",
+            f"{what} {verb} not installed; edgeopt needs {pronoun}{needed}.",
             f"pip install 'edgeopt[{extra}]'",
         )
         self.extra = extra
