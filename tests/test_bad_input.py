@@ -103,6 +103,13 @@ def test_backend_not_installed(tmp_path):
     rows = {r["name"]: r for r in __import__("json").loads(res.stdout)}
     assert not rows["openvino-cpu"]["runnable"] and "pip install 'edgeopt[openvino]'" in rows["openvino-cpu"]["status"]
     assert rows["ort-cpu"]["runnable"]
+    # With no backend at all, the default build says what to install.
+    both = blocker.replace("if name == 'openvino' or name.startswith('openvino.')",
+                           "if name.split('.')[0] in ('openvino', 'onnxruntime')")
+    res = subprocess.run([sys.executable, "-c", both, "build", "-o", str(out)], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert_refused((res.returncode, res.stdout, res.stderr), out, "onnxruntime and openvino are not installed",
+                   "pip install 'edgeopt[onnxruntime,openvino,torch]'", code=3)
 
 
 def test_export_that_fails_names_the_operator(run_cli, tmp_path):
