@@ -19,6 +19,8 @@ This module imports only the standard library at module level: the device import
 
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import json
 import os
@@ -658,17 +660,27 @@ def remote_compile(hosts, package_or_out, *, targets=(), precisions=(), threads:
     return result
 
 
-def _compile_on(host: str, packages, args: dict, out_root: Path, opts: RemoteOptions, reporter) -> dict:
-    from .fsutil import clean_stale_staging, write_json_atomic
-
+@contextlib.contextmanager
+def _job_on(host: str, items, verb: str, key: str, args: dict, opts: RemoteOptions, reporter):
+    """Upload ``items`` ((id, local path) pairs) into a fresh job folder on ``host`` and run the agent's
+    ``verb`` there; yields (hello, job folder, agent result). The job folder is removed afterwards."""
     h = hello(host, opts)
     job = _job_dir(opts)
     try:
-        reporter.step(f"{host}: uploading {', '.join(i for i, _ in packages)}")
-        push(host, [(p, i) for i, p in packages], job, opts, free_bytes=h.get("free_bytes"))
-        reporter.step(f"{host}: compiling on the device")
-        res = agent(host, "compile", {**args, "packages": [i for i, _ in packages]}, opts, cwd=job,
-                    on_line=lambda l: reporter.info(f"[{host}] {l}"))
+        reporter.step(f"{host}: uploading {', '.join(i for i, _ in items)}")
+        push(host, [(p, i) for i, p in items], job, opts, free_bytes=h.get("free_bytes"))
+        reporter.step(f"{host}: running {verb} on the device")
+        res = agent(host, verb, {**args, key: [i for i, _ in items]}, opts, cwd=job,
+                    on_line=lambda line: reporter.info(f"[{host}] {line}"))
+        yield h, job, res
+    finally:
+        _cleanup(host, job, opts)
+
+
+def _compile_on(host: str, packages, args: dict, out_root: Path, opts: RemoteOptions, reporter) -> dict:
+    from .fsutil import clean_stale_staging, write_json_atomic
+
+    with _job_on(host, packages, "compile", "packages", args, opts, reporter) as (h, job, res):
         ok_ids = [i for i, r in res["results"].items() if "error" not in r]
         host_dir = out_root / host_slug(host)
         host_dir.mkdir(parents=True, exist_ok=True)
@@ -694,8 +706,6 @@ def _compile_on(host: str, packages, args: dict, out_root: Path, opts: RemoteOpt
         write_json_atomic(host_dir / "device.json", {"host": host, "fingerprint": res.get("fingerprint"),
                                                      "edgeopt_version": h.get("edgeopt_version"),
                                                      "python": h.get("python")})
-    finally:
-        _cleanup(host, job, opts)
     return {"ok": all(a["status"] == "ok" for a in artifacts.values()), "artifacts": artifacts,
             "fingerprint": res.get("fingerprint"), "edgeopt_version": h.get("edgeopt_version"),
             "python": h.get("python"), "path": str(host_dir)}
@@ -769,16 +779,8 @@ def remote_profile(hosts, path, *, batches=(1,), threads: int | None = None, dur
         if not folders:
             raise UserInputError(f"Nothing to profile in {path}: no artifact with status ok.",
                                  "Build first (edgeopt build), or compile on the device (edgeopt device-compile OUT --remote HOST).")
-        h = hello(host, opts)
-        job = _job_dir(opts)
-        try:
-            reporter.step(f"{host}: uploading {', '.join(i for i, _ in folders)}")
-            push(host, [(p, i) for i, p in folders], job, opts, free_bytes=h.get("free_bytes"))
-            reporter.step(f"{host}: profiling on the device")
-            res = agent(host, "profile", {**args, "paths": [i for i, _ in folders]}, opts, cwd=job,
-                        on_line=lambda l: reporter.info(f"[{host}] {l}"))
-        finally:
-            _cleanup(host, job, opts)
+        with _job_on(host, folders, "profile", "paths", args, opts, reporter) as (h, _job, res):
+            pass
         report = {"host": host, "batches": args["batches"], "fingerprint": res.get("fingerprint"),
                   "edgeopt_version": h.get("edgeopt_version"), "artifacts": res["results"]}
         host_dir.mkdir(parents=True, exist_ok=True)
