@@ -411,9 +411,8 @@ def stage_prune(ctx: BuildContext, manifest: Manifest) -> None:
         return
     import copy
 
-
     from .compress import prune
-    from .intake import to_torch
+    from .intake import state_digest, to_torch
 
     model = ctx.model
     if model.module is None:
@@ -453,10 +452,9 @@ def stage_prune(ctx: BuildContext, manifest: Manifest) -> None:
         record["note"] = ("Unstructured sparsity zeroes weights but keeps every shape: CPU backends run the same dense "
                           "kernels, so expect no speed-up (measured: 50% sparsity, 18.0 vs 18.1 ms on ResNet-18); "
                           "the win is a smaller compressed download.")
-    model.sha256 = sha256_json({"model": model.sha256, "pruning": cfg.to_dict(),
-                                "state": [float(p.detach().double().sum()) for p in model.module.parameters()]})
+    model.sha256 = sha256_json({"model": model.sha256, "pruning": cfg.to_dict(), "state": state_digest(model.module)})
     ctx.reporter.info(_pruning_line(record))
-    record["files"] = save_pruned(ctx, args)
+    record["files"] = save_pruned(ctx)
     manifest.data["pruning"] = record
 
 
@@ -471,18 +469,16 @@ def _pruning_line(r: dict) -> str:
     return ", ".join(parts)
 
 
-def save_pruned(ctx: BuildContext, args) -> list[dict]:
+def save_pruned(ctx: BuildContext) -> list[dict]:
     """The pruned model as a torch.export program (reloads without unpickling objects); the ONNX comes
     from the export stage."""
     import torch
 
-    from .export import _dynamic_shapes, export_sizes
-    from .intake import to_torch
+    from .export import _dynamic_shapes, example_args
 
     folder = ctx.out / "pruned"
     spec = ctx.model.spec
-    # Example sizes above 1 on dynamic axes, or torch.export specialises them.
-    args = to_torch(spec.random_feed(np.random.default_rng(0), sizes=export_sizes(spec)), spec)
+    args = example_args(spec)  # sizes above 1 on dynamic axes, or torch.export specialises them
     with staged_dir(folder) as stage:
         try:
             ep = torch.export.export(ctx.model.module, args,

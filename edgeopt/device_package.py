@@ -34,7 +34,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import BackendMissingError, CompileError, EdgeoptError, IntegrityError, ParityError, UserInputError
-from .fsutil import file_records, sha256_file, sha256_json, staged_dir, write_json_atomic, write_text_atomic
+from .fsutil import file_records, onnx_digest, sha256_file, sha256_json, staged_dir, write_json_atomic, write_text_atomic
 
 PACKAGE_JSON = "package.json"
 PACKAGE_SCHEMA = "edgeopt.device-package/1"
@@ -137,7 +137,7 @@ class PackageSource:
         if not self.reference_path.is_file():
             raise UserInputError(f"The reference outputs {self.reference_path} are missing.",
                                  "Run `edgeopt export` (or build) again: it writes OUT/reference/reference.npz.")
-        return sha256_json({"onnx": _onnx_digest(self.onnx_path), "reference": sha256_file(self.reference_path),
+        return sha256_json({"onnx": onnx_digest(self.onnx_path), "reference": sha256_file(self.reference_path),
                             "target": self.target.to_dict(), "precision": self.precision,
                             "spec": self.spec.to_dict(), "kind": self.model_kind, "tolerance": self.tolerance,
                             "calibration": getattr(self.calibration, "sha256", None),
@@ -234,7 +234,7 @@ def _cpu_onnx_form(target, precision: str) -> str:
 def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
     dst = stage / PACKAGE_ONNX
     dst.parent.mkdir(parents=True, exist_ok=True)
-    meta: dict = {"source_sha256": _onnx_digest(src.onnx_path)}
+    meta: dict = {"source_sha256": onnx_digest(src.onnx_path)}
     if form == "fp32":
         _copy_onnx(src.onnx_path, dst)
     elif form == "fp16":
@@ -259,7 +259,7 @@ def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
         raise CompileError(f"Unknown ONNX form {form!r}.", "Report this as a bug in edgeopt.")
     if not dst.is_file():
         raise CompileError(f"The {form} ONNX for {src.id} was not written.", "Report this as a bug in edgeopt.")
-    meta["sha256"] = _onnx_digest(dst)
+    meta["sha256"] = onnx_digest(dst)
     if form in ("fp16", "qdq"):
         meta["host_check"] = _host_check(dst, src, log)
     return meta
@@ -313,14 +313,6 @@ def _copy_onnx(src: Path, dst: Path) -> None:
                                  "Save the model with its external data beside it (onnx.save(..., location=NAME)).")
         (dst.parent / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src.parent / rel, dst.parent / rel)
-
-
-def _onnx_digest(path: Path) -> str:
-    path = Path(path)
-    extra = sorted(p for p in path.parent.glob(f"{path.name}.data*") if p.is_file())
-    if not extra:
-        return sha256_file(path)
-    return sha256_json([sha256_file(path), *[(p.name, sha256_file(p)) for p in extra]])
 
 
 def _where(target) -> str:

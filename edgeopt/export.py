@@ -50,6 +50,11 @@ def export_sizes(spec: IOSpec) -> dict[str, int]:
     return {n: min(d.max, max(d.opt, 2)) for n, d in spec.dims.items()}
 
 
+def example_args(spec: IOSpec) -> tuple:
+    """Example torch inputs for torch.export / torch.onnx.export, at :func:`export_sizes`."""
+    return to_torch(spec.random_feed(np.random.default_rng(0), sizes=export_sizes(spec)), spec)
+
+
 def _dynamic_shapes(torch, spec: IOSpec):
     dims = {n: torch.export.Dim(n, min=d.min, max=d.max) for n, d in spec.dims.items()}
     # The flat module's forward takes *args: its dynamic shapes are keyed by that parameter's name.
@@ -94,9 +99,7 @@ def export_onnx(model: LoadedModel, out_dir: Path, cfg: ExportConfig, log=print)
     torch = require("torch", "torch", "export to ONNX")
     require("onnx", "torch", "export to ONNX")
     path = Path(out_dir) / ONNX_FILE
-    sizes = export_sizes(model.spec)
-    feed = model.spec.random_feed(np.random.default_rng(0), sizes=sizes)
-    args = to_torch(feed, model.spec)
+    args = example_args(model.spec)
     order = {"auto": ("dynamo", "legacy"), "dynamo": ("dynamo",), "legacy": ("legacy",)}[cfg.exporter]
     errors: dict[str, str] = {}
     if model.scripted is not None:  # torch.export cannot trace a ScriptModule

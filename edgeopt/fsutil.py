@@ -65,6 +65,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def onnx_digest(path: Path) -> str:
+    """sha256 of an ONNX file together with its external data files (``NAME.data*`` beside it)."""
+    path = Path(path)
+    extra = sorted(p for p in path.parent.glob(f"{path.name}.data*") if p.is_file())
+    if not extra:
+        return sha256_file(path)
+    return sha256_json([sha256_file(path), *[(p.name, sha256_file(p)) for p in extra]])
+
+
 def sha256_json(obj) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode())
 

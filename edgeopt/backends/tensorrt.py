@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendMissingError, CompileError, EdgeoptError, IntegrityError, UserInputError
-from ..fsutil import sha256_file, sha256_json, write_bytes_atomic, write_json_atomic
+from ..fsutil import onnx_digest, sha256_file, sha256_json, write_bytes_atomic, write_json_atomic
 from ..spec import IOSpec
 from ..targets import PRECISIONS, Target
 from ..trt_operators import dla_available, parse_version
@@ -295,15 +295,6 @@ def prepare_onnx(source: Path, plan: BuildPlan, work_dir: Path) -> Path:
                            "Compile the INT8 Q/DQ ONNX from the compression stage for this target "
                            "(signed INT8, zero point 0).")
     return Path(source)
-
-
-def onnx_digest(path: Path) -> str:
-    """sha256 of an ONNX file together with its external data files."""
-    path = Path(path)
-    extra = sorted(p for p in path.parent.glob(f"{path.name}.data*") if p.is_file())
-    if not extra:
-        return sha256_file(path)
-    return sha256_json([sha256_file(path), *[(p.name, sha256_file(p)) for p in extra]])
 
 
 # ---- the runtime: TensorRT, the GPU, device memory -----------------------------------------------------
