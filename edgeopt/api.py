@@ -51,10 +51,10 @@ def compile(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisi
 def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmup: int = 10,
             duration_s: float = 1.5, threads: int | None = None, reporter: Reporter | None = None) -> dict:
     """Profile one artifact folder, or every artifact of an OUT folder (its manifest is updated)."""
-    from .artifact import ARTIFACT_JSON, open_artifact
+    from .artifact import ARTIFACT_JSON, read_artifact_json
     from .fsutil import write_json_atomic
     from .manifest import MANIFEST
-    from .profile import profile_runner
+    from .profile import profile_artifact, record_profile
 
     path = Path(path)
     reporter = reporter or Reporter()
@@ -71,18 +71,13 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
                              "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
     results = {}
     for folder in folders:
-        runner, rec = open_artifact(folder, threads=threads)
-        reporter.step(f"{rec['id']}: profiling batch {','.join(map(str, batches))}")
-        try:
-            results[rec["id"]] = profile_runner(runner, runner.spec, cfg.batches, cfg)
-        finally:
-            runner.close()
+        aid = read_artifact_json(folder)["id"]
+        reporter.step(f"{aid}: profiling batch {','.join(map(str, batches))}")
+        results[aid] = profile_artifact(folder, cfg.batches, cfg, threads)
     if manifest is not None:
         for a in manifest.data["artifacts"]:
             if a["id"] in results:
-                res = results[a["id"]]
-                a["latency"] = res["rows"]
-                a.update({k: res[k] for k in ("load_s", "threads", "peak_rss_mb")})
+                record_profile(a, results[a["id"]])
                 a.pop("speedup_vs_torch", None)
         write_json_atomic(path / MANIFEST, manifest.data)
     return {"host": host_info(), "artifacts": results}

@@ -18,7 +18,7 @@ from .fsutil import clean_stale_staging, file_record, file_records, sha256_file,
 from .hostinfo import host_info, version_of
 from .manifest import MANIFEST, Manifest, load_manifest
 from .parity import figures, parity, tolerance_for
-from .profile import profile_runner, time_callable
+from .profile import time_callable
 from .recipe import Recipe, load_recipe
 from .reference import REFERENCE_FILE, parity_feeds, save_reference
 from .reporting import Reporter
@@ -311,6 +311,7 @@ def evaluate(runner_or_fn, ctx: BuildContext) -> dict:
 
 
 def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) -> None:
+    from .profile import profile_artifact, record_profile
 
     cfg = ctx.recipe.profile
     batches = [b for b in cfg.batches if _batch_ok(ctx.model.spec, b)]
@@ -324,13 +325,8 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
         if rec["status"] != "ok":
             continue
         ctx.reporter.step(f"{rec['id']}: profiling batch {','.join(map(str, batches))}")
-        runner, _ = open_artifact(ctx.out / rec["id"], threads=cfg.threads)
-        try:
-            prof = profile_runner(runner, ctx.model.spec, batches, cfg, real)
-        finally:
-            runner.close()
-        rec["latency"] = prof["rows"]
-        rec.update({k: prof[k] for k in ("load_s", "threads", "peak_rss_mb")})
+        prof = profile_artifact(ctx.out / rec["id"], batches, cfg, cfg.threads, real)
+        record_profile(rec, prof)
         if baseline:
             base = {row["batch"]: row["median_ms"] for row in baseline["latency"]}
             rec["speedup_vs_torch"] = {str(row["batch"]): round(base[row["batch"]] / row["median_ms"], 3)

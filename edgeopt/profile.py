@@ -135,13 +135,20 @@ def profile_runner(runner, spec, batches, cfg: ProfileConfig, real: dict | None 
     }
 
 
-def profile_artifact(artifact_dir: Path, batches=(1,), cfg: ProfileConfig | None = None, threads: int | None = None) -> dict:
-    """Profile a compiled artifact folder on its own (used by ``edgeopt profile``)."""
+def profile_artifact(artifact_dir: Path, batches=(1,), cfg: ProfileConfig | None = None, threads: int | None = None,
+                     real: dict | None = None) -> dict:
+    """Open a compiled artifact folder, profile it at each batch size, close it."""
     from .artifact import open_artifact
 
     cfg = cfg or ProfileConfig()
-    runner, meta = open_artifact(artifact_dir, threads=threads)
+    runner, _ = open_artifact(artifact_dir, threads=threads)
     try:
-        return profile_runner(runner, runner.spec, batches, cfg)
+        return profile_runner(runner, runner.spec, batches, cfg, real)
     finally:
         runner.close()
+
+
+def record_profile(rec: dict, prof: dict) -> None:
+    """Put a profile's figures into an artifact's manifest record."""
+    rec["latency"] = prof["rows"]
+    rec.update({k: prof[k] for k in ("load_s", "threads", "peak_rss_mb")})
