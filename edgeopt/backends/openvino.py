@@ -38,7 +38,8 @@ class OvRunner(Runner):
 
     def _activate(self):
         core = _core()
-        self.compiled = core.compile_model(core.read_model(str(self.xml)), self.device, self.config)
+        model = core.read_model(str(self.xml)) if isinstance(self.xml, (str, Path)) else self.xml  # or an ov.Model
+        self.compiled = core.compile_model(model, self.device, self.config)
         self.request = self.compiled.create_infer_request()
         wanted = set(self.spec.outputs)
         # An OpenVINO port can carry several tensor names; prefer the one the model spec uses.

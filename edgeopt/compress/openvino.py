@@ -14,29 +14,15 @@ from .common import (calibration_feeds, config_of, nncf_device, nncf_model_type,
 from .guard import quick_latency, score
 
 
-def _compiled(model, req):
-    import openvino as ov
-
-    from ..backends.openvino import BACKEND
-
-    core = ov.Core()
-    cfg = BACKEND.runtime_config(req.target, "int8", req.target.options)
-    return core.compile_model(model, req.target.device, cfg)
-
-
 def _measure(name, model, req, cfg, feed1) -> dict:
-    compiled = _compiled(model, req)
-    request = compiled.create_infer_request()
-    outs = [(o.get_any_name(), o) for o in compiled.outputs]
-    wanted = set(req.spec.outputs)
-    outs = [(next((n for n in sorted(o.get_names()) if n in wanted), n0), o) for n0, o in outs]
+    """Quick batch-1 timing and the guard's score of one quantized ov.Model, run as the artifact will be."""
+    from ..backends.openvino import BACKEND, OvRunner
 
-    def infer(feed):
-        res = request.infer(feed)
-        return {n: res[o].copy() for n, o in outs}
-
-    r = {"candidate": name, "latency_ms_b1": round(quick_latency(lambda: request.infer(feed1), cfg.timing_s), 4)}
-    r.update(score(infer, req))
+    runner = OvRunner(model, req.spec, req.target.device, BACKEND.runtime_config(req.target, "int8", req.target.options))
+    with runner:
+        r = {"candidate": name,
+             "latency_ms_b1": round(quick_latency(lambda: runner.infer(feed1, check=False), cfg.timing_s), 4)}
+        r.update(score(lambda feed: runner.infer(feed, check=False), req))
     return r
 
 
