@@ -111,23 +111,23 @@ def _onnx_validate(req):
     return validate
 
 
-def _session(path: Path, req):
-    import onnxruntime as ort
+def _runner(path: Path, req):
+    """An activated ONNX Runtime runner with the target's options: candidates run as the artifact will."""
+    from ..backends.onnxruntime import OrtRunner
 
-    from ..backends.onnxruntime import session_options
-
-    return ort.InferenceSession(str(path), session_options(ort, req.target.options), providers=["CPUExecutionProvider"])
+    runner = OrtRunner(Path(path), req.spec, req.target.options)
+    runner.activate()
+    return runner
 
 
 def _measure(name: str, path: Path, req, cfg, feed1) -> dict:
-    sess = _session(path, req)
-    names = [o.name for o in sess.get_outputs()]
-
-    def infer(feed):
-        return dict(zip(names, sess.run(names, feed)))
-
-    result = {"candidate": name, "latency_ms_b1": round(quick_latency(lambda: sess.run(names, feed1), cfg.timing_s), 4)}
-    result.update(score(infer, req))
+    runner = _runner(path, req)
+    try:
+        result = {"candidate": name,
+                  "latency_ms_b1": round(quick_latency(lambda: runner.infer(feed1, check=False), cfg.timing_s), 4)}
+        result.update(score(lambda feed: runner.infer(feed, check=False), req))
+    finally:
+        runner.close()
     return result
 
 
@@ -140,9 +140,10 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
     results, paths = [], {}
     with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp:
         work = Path(tmp)
-        fp32_session = _session(req.onnx_path, req)
+        fp32_runner = _runner(req.onnx_path, req)
         fp32 = {"candidate": "fp32",
-                "latency_ms_b1": round(quick_latency(lambda: fp32_session.run(None, feed1), cfg.timing_s), 4)}
+                "latency_ms_b1": round(quick_latency(lambda: fp32_runner.infer(feed1, check=False), cfg.timing_s), 4)}
+        fp32_runner.close()
         for name in candidates:
             path, cache = _candidate(name, req, cfg, feeds, work, onnx_sha)
             if path is None:
