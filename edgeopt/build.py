@@ -290,24 +290,18 @@ def fp32_metric(ctx: BuildContext) -> dict:
 def evaluate(runner_or_fn, ctx: BuildContext) -> dict:
     """Top-1 (and top-5) of the first output against the evaluation labels; without labels, agreement
     with the FP32 reference model on the same samples (top-1 agreement, cosine, max abs)."""
-    from .metrics import agreement, classification_accuracy
+    from .metrics import agreement, classification_accuracy, first_outputs
 
-    ds = ctx.evaluation
-    lo, hi = ctx.model.spec.batch_range()
-    bs = max(lo, min(hi, 32))
     infer = runner_or_fn.infer if hasattr(runner_or_fn, "infer") else runner_or_fn
-    outs, labels = [], []
-    for feed, lab in ds.batches(bs):
-        outs.append(next(iter(infer(feed).values())))
-        labels.append(lab)
-    if ds.labels is not None:
-        return classification_accuracy(np.concatenate(outs), np.concatenate(labels))
+    outs, labels = first_outputs(infer, ctx.evaluation, ctx.model.spec)
+    if labels is not None:
+        return classification_accuracy(outs, labels)
     if ctx.eval_reference is None:
         from .export import reference_outputs
 
-        ctx.eval_reference = np.concatenate([next(iter(o.values())) for o in
-                                             reference_outputs(ctx.model, [f for f, _ in ds.batches(bs)])])
-    return agreement(np.concatenate(outs), ctx.eval_reference)
+        ctx.eval_reference = first_outputs(lambda feed: reference_outputs(ctx.model, [feed])[0], ctx.evaluation,
+                                           ctx.model.spec)[0]
+    return agreement(outs, ctx.eval_reference)
 
 
 def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) -> None:

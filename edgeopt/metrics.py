@@ -7,6 +7,21 @@ import numpy as np
 from .errors import DataError
 
 
+def eval_batch_size(spec) -> int:
+    """Evaluation batch: 32, within the model's batch range."""
+    lo, hi = spec.batch_range()
+    return max(lo, min(hi, 32))
+
+
+def first_outputs(infer, dataset, spec) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first output of ``infer`` over every sample of ``dataset`` (batched), and its labels."""
+    outs, labels = [], []
+    for feed, lab in dataset.batches(eval_batch_size(spec)):
+        outs.append(next(iter(infer(feed).values())))
+        labels.append(lab)
+    return np.concatenate(outs), (np.concatenate(labels) if dataset.labels is not None else None)
+
+
 def classification_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
     logits = np.asarray(logits)
     labels = np.asarray(labels).reshape(-1)

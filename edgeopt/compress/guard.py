@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..metrics import classification_accuracy
+from ..metrics import classification_accuracy, first_outputs
 from ..parity import parity, tolerance_for
 
 
@@ -19,13 +19,7 @@ def score(infer: Callable[[dict], dict], req) -> dict:
         out["cosine"] = rep["cosine"]
         out["max_abs"] = rep["max_abs"]
     if req.evaluation is not None and req.evaluation.labels is not None:
-        lo, hi = req.spec.batch_range()
-        bs = max(lo, min(hi, 32))
-        preds, labels = [], []
-        for feed, lab in req.evaluation.batches(bs):
-            preds.append(next(iter(infer(feed).values())))
-            labels.append(lab)
-        out["accuracy"] = classification_accuracy(np.concatenate(preds), np.concatenate(labels))
+        out["accuracy"] = classification_accuracy(*first_outputs(infer, req.evaluation, req.spec))
     return judge(out, req)
 
 
