@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from .config import CompressionConfig
 
+# Bump when a backend's INT8 candidates or graph rewrites change what they produce: it is part of every INT8
+# artifact's key and of the rewriting recipe's calibration-cache key, so nothing made by older recipes is reused.
+INT8_RECIPES_VERSION = 2
+
 
 def quantize_for_onnxruntime(req, out_path):
     from .onnxruntime import quantize_for_onnxruntime as impl

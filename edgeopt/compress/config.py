@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 from ..errors import UserInputError
 
-ORT_CANDIDATES = ("ort-qdq-u8s8", "nncf-qdq", "ort-qdq-s8s8", "ort-dynamic")
+ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq", "ort-qdq-s8s8", "ort-dynamic")
 
 
 @dataclass(frozen=True)

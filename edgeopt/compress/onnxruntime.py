@@ -2,20 +2,23 @@
 fastest within the accuracy budget, and record why it won.
 
 Measured on a 2-core AVX-512-VNNI CPU: u8 activations + s8 per-channel weights is the fast recipe for CNNs;
-ORT's s8-activation default and NNCF's QDQ graph can be slower than FP32 (ORT fuses fewer nodes); dynamic
-weight-only quantization is often the right choice for transformers. Nothing is assumed: every candidate is
-timed and scored.
+ORT's s8-activation default and NNCF's QDQ graph can be slower than FP32 (ORT fuses fewer nodes); models with
+hard-swish and squeeze-excitation (MobileNetV3) need the same recipe on a rewritten graph ("-fused", see
+rewrite.py) to beat FP32; dynamic weight-only quantization is often the right choice for transformers.
+Nothing is assumed: every candidate is timed and scored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..errors import CompileError
 from ..fsutil import sha256_file, working_dir
+from . import INT8_RECIPES_VERSION
 from .cache import calibration_key, lookup, store
 from .common import (calibration_feeds, config_of, nncf_model_type, nncf_module, nncf_preset, quiet_logging,
                      quiet_nncf)
@@ -23,9 +26,9 @@ from .guard import quick_latency, score
 
 DEFAULTS = {
     "transformer": ("ort-dynamic", "ort-qdq-u8s8", "nncf-qdq"),
-    "cnn": ("ort-qdq-u8s8", "nncf-qdq"),
-    "detector": ("ort-qdq-u8s8", "nncf-qdq"),
-    "generic": ("ort-qdq-u8s8", "nncf-qdq", "ort-dynamic"),
+    "cnn": ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq"),
+    "detector": ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq"),
+    "generic": ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq", "ort-dynamic"),
 }
 
 
@@ -145,12 +148,14 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
                 "latency_ms_b1": round(quick_latency(lambda: fp32_runner.infer(feed1, check=False), cfg.timing_s), 4)}
         fp32_runner.close()
         for name in candidates:
-            path, cache = _candidate(name, req, cfg, feeds, work, onnx_sha)
+            path, cache, notes = _candidate(name, req, cfg, feeds, work, onnx_sha)
             if path is None:
-                results.append({"candidate": name, "error": cache, "within_budget": False, "why": cache})
+                outcome = "skipped" if cache.startswith("skipped") else "error"
+                results.append({"candidate": name, outcome: cache, "within_budget": False, "why": cache})
                 continue
             r = _measure(name, path, req, cfg, feed1)
             r["calibration_cache"] = cache
+            r.update(notes)
             req.log(f"int8 candidate {name}: {r['latency_ms_b1']:.3f} ms at batch 1 (fp32 {fp32['latency_ms_b1']:.3f}), "
                     + _fig(r) + ("" if r["within_budget"] else f" -- over budget: {r['why']}"))
             results.append(r)
@@ -207,19 +212,32 @@ def _fig(r: dict) -> str:
 
 
 def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
-    """(path, "hit"|"miss") or (None, error) for one recipe, through the calibration cache."""
+    """(path, "hit"|"miss", notes) or (None, why, {}) for one recipe, through the calibration cache.
+
+    ``notes`` holds what the recipe changed besides quantizing (the graph rewrites of the "-fused" recipe)."""
+    fused = name == "ort-qdq-u8s8-fused"
     params = {"subset": len(feeds), "kind": req.model_kind, "preset": cfg.preset}
+    if fused:
+        params["rewrites"] = INT8_RECIPES_VERSION
     key = calibration_key(onnx_sha, getattr(req.calibration, "sha256", None), name, params)
     hit = lookup(key)
     if hit is not None:
         req.log(f"int8 candidate {name}: reusing calibration from the cache ({key[:12]})")
-        return hit / "model.onnx", "hit"
+        notes = hit / "notes.json"
+        return hit / "model.onnx", "hit", json.loads(notes.read_text()) if notes.is_file() else {}
     dst = work / f"{name}.onnx"
     src = _preprocess(req.onnx_path, work)
+    notes = {}
+    if fused:
+        src, notes["rewrites"] = _prepared(src, work)
+        if not any(notes["rewrites"].values()):
+            return None, "skipped: nothing in this graph for its rewrites to change", {}
     try:
         with contextlib.redirect_stdout(None), quiet_logging():
-            if name == "ort-qdq-u8s8":
+            if name in ("ort-qdq-u8s8", "ort-qdq-u8s8-fused"):
                 _ort_static(src, dst, feeds, "u8", symmetric=False)
+                if fused:
+                    _int8_hard_swish(dst, notes["rewrites"])
             elif name == "ort-qdq-s8s8":
                 _ort_static(src, dst, feeds, "s8", symmetric=True)
             elif name == "ort-dynamic":
@@ -227,9 +245,33 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
             elif name == "nncf-qdq":
                 _nncf_qdq(src, dst, feeds, req, cfg)
     except Exception as exc:  # noqa: BLE001 - one failing recipe does not stop the others
-        return None, f"quantization failed: {type(exc).__name__}: {str(exc)[:200]}"
-    store(key, {"model.onnx": dst})
-    return dst, "miss"
+        return None, f"quantization failed: {type(exc).__name__}: {str(exc)[:200]}", {}
+    (work / f"{name}.notes.json").write_text(json.dumps(notes))
+    store(key, {"model.onnx": dst, "notes.json": work / f"{name}.notes.json"})
+    return dst, "miss", notes
+
+
+def _prepared(src: Path, work: Path) -> tuple[Path, dict]:
+    """The pre-processed model with the exact float rewrites of rewrite.prepare_for_int8, and their counts."""
+    import onnx
+
+    from .rewrite import prepare_for_int8
+
+    model = onnx.load(str(src))
+    counts = prepare_for_int8(model)
+    dst = work / "pre-fused.onnx"
+    onnx.save(model, str(dst))
+    return dst, counts
+
+
+def _int8_hard_swish(path: Path, rewrites: dict) -> None:
+    import onnx
+
+    from .rewrite import hard_swish_in_int8
+
+    model = onnx.load(str(path))
+    rewrites["HardSwish in int8 (QLinearAdd + QLinearMul)"] = hard_swish_in_int8(model)
+    onnx.save(model, str(path))
 
 
 def float_layers(path: Path) -> list[str]:

@@ -71,3 +71,27 @@ def ssdlite():
         for _ in range(2):
             m.head(list(m.backbone(torch.rand(4, 3, 320, 320)).values()))
     return m.eval()
+
+
+def hardswish_se():
+    """A small MobileNetV3-style network: hard-swish activations and a squeeze-excitation block (whose
+    ReduceMean and x * hard-sigmoid(x) ONNX Runtime leaves in float unless the graph is rewritten)."""
+    import torch
+    from torchvision.ops import SqueezeExcitation
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    m = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.Hardswish(),
+        nn.Conv2d(16, 48, 1), nn.BatchNorm2d(48), nn.Hardswish(),
+        nn.Conv2d(48, 48, 3, padding=1, groups=48), nn.BatchNorm2d(48), nn.Hardswish(),
+        SqueezeExcitation(48, 16, scale_activation=nn.Hardsigmoid),
+        nn.Conv2d(48, 24, 1), nn.BatchNorm2d(24),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 5))
+    with torch.no_grad():  # batch-norm statistics from random images: spread-out activations
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.momentum = None
+        m(torch.rand(16, 3, 32, 32))
+    return m.eval()
