@@ -13,6 +13,7 @@ import numpy as np
 from . import __version__
 from .artifact import ARTIFACT_JSON, artifact_id, open_artifact
 from .backends import CompileRequest, get_backend
+from .compress import INT8_RECIPES_VERSION
 from .errors import BackendMissingError, DiskFullError, EdgeoptError, ParityError, UserInputError
 from .fsutil import clean_stale_staging, file_record, file_records, sha256_file, sha256_json, staged_dir, write_json_atomic
 from .hostinfo import host_info, version_of
@@ -217,7 +218,8 @@ def artifact_key(ctx: BuildContext, plan: Plan) -> str:
     return sha256_json({"onnx": sha256_file(ctx.onnx_path), "target": plan.target.to_dict(),
                         "precision": plan.precision, "backend": backend.version(), "edgeopt": __version__,
                         "calibration": getattr(ctx.calibration, "sha256", None) if plan.precision == "int8" else None,
-                        "compression": ctx.recipe.compression.to_dict() if plan.precision == "int8" else None})
+                        "compression": ctx.recipe.compression.to_dict() if plan.precision == "int8" else None,
+                        "int8_recipes": INT8_RECIPES_VERSION if plan.precision == "int8" else None})
 
 
 def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
@@ -345,6 +347,8 @@ def flag_slow_int8(records: list[dict]) -> None:
     from .tables import latency_at
 
     by_id = {r["id"]: r for r in records}
+    for rec in records:
+        rec.pop("flags", None)  # a reused record's flags came from older timings: judge the new ones only
     for rec in records:
         if rec["precision"] != "int8" or rec["status"] != "ok":
             continue
