@@ -51,6 +51,13 @@ def test_slower_int8_is_flagged():
     flag_slow_int8(recs)
     assert "slower than fp32 sibling at batch 1" in recs[1]["flags"][0]
     assert "flags" not in recs[3]
+    # A rerun re-profiles a reused record: its flags follow the new timings, old ones are not kept.
+    recs[1]["latency"] = [{"batch": 1, "median_ms": 1.2}]
+    flag_slow_int8(recs)
+    assert recs[1]["flags"] == ["slower than fp32 sibling at batch 1 (1.200 vs 1.000 ms)"]
+    recs[1]["latency"] = [{"batch": 1, "median_ms": 0.7}]
+    flag_slow_int8(recs)
+    assert "flags" not in recs[1]
 
 
 def test_budget_that_cannot_be_met_is_reported_not_shipped(run_cli, tmp_path):
