@@ -228,11 +228,11 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
     dst = work / f"{name}.onnx"
     src = _preprocess(req.onnx_path, work)
     notes = {}
-    if fused:
-        src, notes["rewrites"] = _prepared(src, work)
-        if not any(notes["rewrites"].values()):
-            return None, "skipped: nothing in this graph for its rewrites to change", {}
     try:
+        if fused:
+            src, notes["rewrites"] = _prepared(src, work)
+            if not any(notes["rewrites"].values()):
+                return None, "skipped: nothing in this graph for its rewrites to change", {}
         with contextlib.redirect_stdout(None), quiet_logging():
             if name in ("ort-qdq-u8s8", "ort-qdq-u8s8-fused"):
                 _ort_static(src, dst, feeds, "u8", symmetric=False)
