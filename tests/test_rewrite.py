@@ -141,6 +141,10 @@ def test_fused_candidate_in_a_build_records_its_rewrites(tmp_path):
     assert fused["rewrites"] == {"ReduceMean->GlobalAveragePool": 2, "x*HardSigmoid(x)->HardSwish": 3,
                                  "HardSwish in int8 (QLinearAdd + QLinearMul)": 3}
     assert fused["within_budget"] and "latency_ms_b1" in fused and "rewrites" not in cands["ort-qdq-u8s8"]
+    # Built again elsewhere: the calibration cache serves the rewritten model and what was rewritten.
+    again = build(recipe, tmp_path / "again", reporter=Reporter(quiet=True))["artifacts"][0]["meta"]["int8"]
+    hit = next(c for c in again["candidates"] if c["candidate"] == "ort-qdq-u8s8-fused")
+    assert hit["calibration_cache"] == "hit" and hit["rewrites"] == fused["rewrites"]
 
 
 def test_fused_candidate_is_skipped_when_there_is_nothing_to_rewrite(tmp_path):
