@@ -349,7 +349,6 @@ def flag_slow_int8(records: list[dict]) -> None:
     by_id = {r["id"]: r for r in records}
     for rec in records:
         rec.pop("flags", None)  # a reused record's flags came from older timings: judge the new ones only
-    for rec in records:
         if rec["precision"] != "int8" or rec["status"] != "ok":
             continue
         sibling = by_id.get(artifact_id(rec["target"], "fp32"))
