@@ -38,8 +38,8 @@ MODELS = {
 
 def recipe_for(name: str, duration: float, prune: bool = False):
     from edgeopt.example import example_dict
-    from edgeopt.recipe import recipe_from_dict
-    from edgeopt.resources import data_dir
+    from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.core.resources import data_dir
 
     profile = {"batches": [1, 8], "duration_s": duration, "min_iterations": 10, "warmup": 3}
     if MODELS[name] is None:
@@ -105,9 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--update", help="an earlier results JSON: rerun only --models and keep its other rows")
     args = ap.parse_args(argv)
 
-    from edgeopt.build import build
-    from edgeopt.hostinfo import host_info
-    from edgeopt.reporting import Reporter
+    from edgeopt.pipeline.build import build
+    from edgeopt.core.hostinfo import host_info
+    from edgeopt.report.progress import Reporter
 
     out = Path(args.out)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .isolation import isolate as _isolate  # noqa: E402 - must run before any framework import
+from edgeopt.core.isolation import isolate as _isolate  # noqa: E402 - must run before any framework import
 
 _isolate()
 
 _LAZY = {
-    "build": "edgeopt.build",
-    "export": "edgeopt.api",
-    "compile": "edgeopt.api",
-    "profile": "edgeopt.api",
-    "targets": "edgeopt.targets",
-    "doctor": "edgeopt.doctor",
-    "load": "edgeopt.runtime",
-    "verify": "edgeopt.bundle",
+    "build": "edgeopt.pipeline.build",
+    "export": "edgeopt.pipeline.api",
+    "compile": "edgeopt.pipeline.api",
+    "profile": "edgeopt.pipeline.api",
+    "targets": "edgeopt.backends",
+    "doctor": "edgeopt.backends.doctor",
+    "load": "edgeopt.ship.runtime",
+    "verify": "edgeopt.ship.bundle",
 }
 
 

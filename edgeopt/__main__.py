@@ -1,3 +1,3 @@
-from edgeopt.cli import main
+from edgeopt.cli.main import main
 
 main()

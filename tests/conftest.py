@@ -23,8 +23,8 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def example_out(tmp_path_factory):
     """The built-in example, built once for the session: every runnable target, fp32 and bf16."""
-    from edgeopt.build import build
-    from edgeopt.reporting import Reporter
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
 
     out = tmp_path_factory.mktemp("example") / "out"
     manifest = build(None, out, reporter=Reporter(quiet=True))
@@ -35,7 +35,7 @@ def invoke_cli(*args):
     """Run the real CLI in-process (click's runner): returns (exit code, stdout, stderr)."""
     from click.testing import CliRunner
 
-    from edgeopt.cli import main
+    from edgeopt.cli.main import main
 
     res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     return res.exit_code, res.stdout, res.stderr

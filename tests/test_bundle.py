@@ -18,12 +18,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeopt.bundle import (IncompatibleError, Limits, bundle, bundle_summary, check_compatibility, open_bundle,
-                            tensorrt_mismatch, verify)
+from edgeopt.ship.bundle import (
+    IncompatibleError,
+    Limits,
+    bundle,
+    bundle_summary,
+    check_compatibility,
+    open_bundle,
+
+    verify,
+)
+from edgeopt.backends.tensorrt.backend import tensorrt_mismatch
 from edgeopt.errors import IntegrityError, ParityError, UserInputError
-from edgeopt.fsutil import sha256_file
-from edgeopt.reference import load_reference
-from edgeopt.runtime import load
+from edgeopt.core.fsutil import sha256_file
+from edgeopt.core.reference import load_reference
+from edgeopt.ship.runtime import load
 
 REPO = Path(__file__).resolve().parents[1]
 AID = "ort-cpu-fp32"
@@ -43,8 +52,8 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    from edgeopt.build import build
-    from edgeopt.reporting import Reporter
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
 
     d = tmp_path_factory.mktemp("bundle-out") / "OUT"
     build(None, d, targets=("ort-cpu",), precisions=("fp32",), reporter=Reporter(quiet=True))
@@ -58,7 +67,7 @@ def tarball(out, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keypair(tmp_path_factory):
-    from edgeopt.keys import generate_key
+    from edgeopt.ship.keys import generate_key
 
     return generate_key(tmp_path_factory.mktemp("keys") / "signing.key")
 
@@ -364,14 +373,14 @@ def test_key_files(keypair):
     private, public = keypair
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert b"PRIVATE KEY" in private.read_bytes() and b"PUBLIC KEY" in public.read_bytes()
-    from edgeopt.keys import generate_key
+    from edgeopt.ship.keys import generate_key
 
     with pytest.raises(UserInputError, match="already exists"):
         generate_key(private)
 
 
 def test_signed_bundle_verifies_with_the_right_key_only(out, tmp_path, keypair):
-    from edgeopt.keys import generate_key
+    from edgeopt.ship.keys import generate_key
 
     private, public = keypair
     signed = bundle(out, tmp_path / "signed", sign_key=private)
@@ -408,7 +417,7 @@ def test_signature_fails_when_tampered(out, tmp_path, keypair):
 # ---- this device ---------------------------------------------------------------------------------
 
 def test_missing_backend_is_refused_with_what_to_do(tarball, monkeypatch):
-    from edgeopt.backends.onnxruntime import OnnxRuntimeBackend
+    from edgeopt.backends.onnxruntime.backend import OnnxRuntimeBackend
 
     monkeypatch.setattr(OnnxRuntimeBackend, "installed", lambda self: False)
     with pytest.raises(IncompatibleError) as err:
@@ -439,8 +448,8 @@ def test_opset_this_runtime_cannot_load_is_refused(out, tmp_path):
 
 
 def test_load_prefers_the_fastest_batch1_artifact():
-    from edgeopt.bundle import Bundle
-    from edgeopt.runtime import candidates
+    from edgeopt.ship.bundle import Bundle
+    from edgeopt.ship.runtime import candidates
 
     arts = [{"id": "a", "target": "t1", "status": "ok", "latency": [{"batch": 1, "median_ms": 2.0}]},
             {"id": "b", "target": "t2", "status": "ok",
@@ -471,7 +480,7 @@ def test_tensorrt_engine_must_match_gpu_and_version():
 
 def test_tensorrt_engine_for_another_gpu_is_refused_with_what_to_rebuild(out, tmp_path, monkeypatch):
     """The wiring from verify() to the engine check, with TensorRT and the GPU stood in for (none here)."""
-    import edgeopt.backends.tensorrt as trt_backend
+    import edgeopt.backends.tensorrt.backend as trt_backend
 
     folder = folder_bundle(out, tmp_path / "b")
     art_path = folder / AID / "artifact.json"
@@ -501,7 +510,7 @@ def cli():
     import click
     from click.testing import CliRunner
 
-    from edgeopt.cli_ship import COMMANDS
+    from edgeopt.cli.ship import COMMANDS
 
     group = click.Group("edgeopt", commands=list(COMMANDS))
 
@@ -557,11 +566,11 @@ def test_cli_errors_exit_non_zero(cli, out, tarball, tmp_path):
 
 # ---- the runtime stays light ---------------------------------------------------------------------
 
-OWN_FILES = ("edgeopt/bundle.py", "edgeopt/keys.py", "edgeopt/runtime.py", "edgeopt/cli_ship.py")
+OWN_FILES = ("edgeopt/ship/bundle.py", "edgeopt/ship/keys.py", "edgeopt/ship/runtime.py", "edgeopt/cli/ship.py")
 
 
 def test_runtime_imports_nothing_heavy():
-    code = ("import sys, edgeopt.runtime, edgeopt.bundle, edgeopt.keys, edgeopt.artifact\n"
+    code = ("import sys, edgeopt.ship.runtime, edgeopt.ship.bundle, edgeopt.ship.keys, edgeopt.core.artifact\n"
             "heavy = [m for m in ('torch', 'openvino', 'nncf', 'onnx', 'onnxruntime', 'cryptography', 'click', "
             "'rich', 'tensorrt', 'PIL') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
@@ -584,9 +593,9 @@ def test_round_trip_in_a_venv_with_only_numpy_and_onnxruntime(tarball, out, tmp_
         import sys
         import numpy as np
         import edgeopt
-        from edgeopt.reference import load_reference
-        from edgeopt.runtime import load
-        from edgeopt.bundle import verify
+        from edgeopt.core.reference import load_reference
+        from edgeopt.ship.runtime import load
+        from edgeopt.ship.bundle import verify
 
         rep = verify({str(tarball)!r})
         assert rep["runs_here"] == ["{AID}"], rep

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 
-from edgeopt.build import build, flag_slow_int8
+from edgeopt.pipeline.build import build, flag_slow_int8
 from edgeopt.example import example_dict
-from edgeopt.recipe import recipe_from_dict
-from edgeopt.reporting import Reporter
-from edgeopt.resources import data_dir
+from edgeopt.config.recipe import recipe_from_dict
+from edgeopt.report.progress import Reporter
+from edgeopt.core.resources import data_dir
 
 FAST = {"batches": [1], "duration_s": 0.2, "min_iterations": 5, "warmup": 2}
 
@@ -121,12 +121,12 @@ def test_tensorrt_qdq_is_signed_int8_with_zero_points_0(example_out, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgeopt.compress import quantize_for_tensorrt
-    from edgeopt.compress.tensorrt import qdq_problems
-    from edgeopt.data import DataConfig, load_dataset
-    from edgeopt.lint import lint
-    from edgeopt.spec import IOSpec
-    from edgeopt.targets import get_target
+    from edgeopt.backends.tensorrt.quantize import quantize_for_tensorrt
+    from edgeopt.backends.tensorrt.quantize import qdq_problems
+    from edgeopt.data.dataset import DataConfig, load_dataset
+    from edgeopt.backends.tensorrt.lint import lint
+    from edgeopt.core.spec import IOSpec
+    from edgeopt.core.targets import get_target
 
     out, m = example_out
     spec = IOSpec.from_dict(m["model"])

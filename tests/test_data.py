@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeopt.data import DataConfig, Dataset, Preprocess, load_dataset
+from edgeopt.data.dataset import DataConfig, Dataset, Preprocess, load_dataset
 from edgeopt.errors import DataError, UserInputError
-from edgeopt.spec import Dim, IOSpec, TensorSpec
+from edgeopt.core.spec import Dim, IOSpec, TensorSpec
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -616,7 +616,7 @@ def test_dataset_batches_feeds_iter_and_save(tmp_path):
 
 def test_readme_examples_parse(tmp_path):
     """The TOML sections in calibration/README.md are accepted by DataConfig.from_dict."""
-    from edgeopt.resources import _tomllib
+    from edgeopt.core.resources import _tomllib
 
     tomllib = _tomllib()
 

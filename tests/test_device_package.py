@@ -13,11 +13,23 @@ import numpy as np
 import pytest
 
 from edgeopt import __version__
-from edgeopt.device_package import (INSTRUCTIONS, NOT_BUILT, PACKAGE_JSON, PACKAGE_ONNX, compile_package,
-                                    device_fingerprint, package_from_out, parse_jetson_clocks, parse_nvpmodel,
-                                    parse_tegra_release, read_package, verify_package_files, write_device_package)
+from edgeopt.device.package import (
+    INSTRUCTIONS,
+    NOT_BUILT,
+    PACKAGE_JSON,
+    PACKAGE_ONNX,
+    compile_package,
+    device_fingerprint,
+    package_from_out,
+    parse_jetson_clocks,
+    parse_nvpmodel,
+    parse_tegra_release,
+    read_package,
+    verify_package_files,
+    write_device_package,
+)
 from edgeopt.errors import BackendMissingError, IntegrityError
-from edgeopt.fsutil import sha256_file
+from edgeopt.core.fsutil import sha256_file
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 PRECISIONS = ("fp32", "fp16")
@@ -128,10 +140,10 @@ def test_a_damaged_package_is_refused(built, tmp_path):
 def test_tensorrt_11_package_carries_the_fp16_onnx(built, tmp_path):
     """TensorRT 11 has no FP16 flag: the package's ONNX is FP16 with FP32 inputs/outputs, and it still matches."""
     ort = pytest.importorskip("onnxruntime")
-    from edgeopt.lint import is_fp16_model
-    from edgeopt.parity import parity, tolerance_for
-    from edgeopt.reference import load_reference
-    from edgeopt.resources import data_dir
+    from edgeopt.backends.tensorrt.lint import is_fp16_model
+    from edgeopt.core.parity import parity, tolerance_for
+    from edgeopt.core.reference import load_reference
+    from edgeopt.core.resources import data_dir
 
     out, _ = built
     toml = (data_dir("targets") / "jetson-thor.toml").read_text()
@@ -157,9 +169,9 @@ def _tiny_ctx(tmp_path, opset: int = 17):
     from onnx import TensorProto, helper
 
     from edgeopt.example import example_recipe
-    from edgeopt.reference import REFERENCE_FILE, save_reference
-    from edgeopt.reporting import Reporter
-    from edgeopt.spec import Dim, IOSpec, TensorSpec
+    from edgeopt.core.reference import REFERENCE_FILE, save_reference
+    from edgeopt.report.progress import Reporter
+    from edgeopt.core.spec import Dim, IOSpec, TensorSpec
 
     out = tmp_path / "out"
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
@@ -178,8 +190,8 @@ def _tiny_ctx(tmp_path, opset: int = 17):
 
 
 def _plan(target: str, precision: str):
-    from edgeopt.build import Plan
-    from edgeopt.targets import get_target
+    from edgeopt.pipeline.build import Plan
+    from edgeopt.core.targets import get_target
 
     return Plan(get_target(target), precision, status=NOT_BUILT, reason="tensorrt is not installed")
 
@@ -248,12 +260,12 @@ def test_int8_package_carries_a_signed_qdq_onnx_that_passes_the_preflight(built,
     """With calibration data, the int8 package holds the compression stage's Q/DQ ONNX (signed INT8, zero point 0),
     checked by the TensorRT 10.3 preflight and, as an early warning, on ONNX Runtime here."""
     pytest.importorskip("onnxruntime")
-    from edgeopt.data import load_dataset
-    from edgeopt.device_package import PackageSource, write_package_files
+    from edgeopt.data.dataset import load_dataset
+    from edgeopt.device.package import PackageSource, write_package_files
     from edgeopt.example import example_recipe
-    from edgeopt.lint import qdq_nodes
-    from edgeopt.parity import tolerance_for
-    from edgeopt.targets import get_target
+    from edgeopt.backends.tensorrt.lint import qdq_nodes
+    from edgeopt.core.parity import tolerance_for
+    from edgeopt.core.targets import get_target
 
     try:
         import edgeopt.compress  # noqa: F401

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from edgeopt.fsutil import sha256_file
-from edgeopt.hostinfo import cpu_has
-from edgeopt.manifest import load_manifest
+from edgeopt.core.fsutil import sha256_file
+from edgeopt.core.hostinfo import cpu_has
+from edgeopt.core.manifest import load_manifest
 
 
 def test_manifest_has_the_stable_keys(example_out):
@@ -53,7 +53,7 @@ def test_fp32_openvino_artifact_executes_in_f32(example_out):
     out, m = example_out
     a = next(a for a in m["artifacts"] if a["id"] == "openvino-cpu-fp32")
     assert a["meta"]["runtime_config"]["INFERENCE_PRECISION_HINT"] == "f32"
-    from edgeopt.artifact import open_artifact
+    from edgeopt.backends.artifact import open_artifact
 
     runner, _ = open_artifact(out / "openvino-cpu-fp32")
     with runner:
@@ -68,8 +68,8 @@ def test_baseline_and_accuracy_of_the_torch_model(example_out):
 
 def test_rerun_reuses_valid_artifacts(example_out, tmp_path):
     """A second build into the same folder reuses the export and the compiled artifacts."""
-    from edgeopt.build import build
-    from edgeopt.reporting import Reporter
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
 
     out = tmp_path / "o"
     build(None, out, targets=("ort-cpu",), precisions=("fp32",), reporter=Reporter(quiet=True))
@@ -88,8 +88,8 @@ def test_rerun_reuses_valid_artifacts(example_out, tmp_path):
 
 def test_interrupted_compile_leaves_nothing_half_written(tmp_path, monkeypatch):
     from edgeopt.backends import get_backend
-    from edgeopt.build import build
-    from edgeopt.reporting import Reporter
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
 
     backend = get_backend("onnxruntime")
     real = type(backend).compile
@@ -131,11 +131,11 @@ def test_cli_build_json_and_table(run_cli, tmp_path):
 
 
 def test_unlabelled_evaluation_reports_agreement_with_fp32(tmp_path):
-    from edgeopt.build import build
+    from edgeopt.pipeline.build import build
     from edgeopt.example import example_dict
-    from edgeopt.recipe import recipe_from_dict
-    from edgeopt.reporting import Reporter
-    from edgeopt.resources import data_dir
+    from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.report.progress import Reporter
+    from edgeopt.core.resources import data_dir
 
     d = example_dict()
     d["evaluation"] = dict(d["calibration"])  # images without labels

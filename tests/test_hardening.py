@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.isolation import CACHE_VARS
+from edgeopt.core.isolation import CACHE_VARS
 
 FP32 = ("-t", "ort-cpu", "-t", "openvino-cpu", "-p", "fp32")
 BUILD_TIMEOUT = 150

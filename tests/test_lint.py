@@ -8,11 +8,11 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgeopt import lint as lint_mod  # noqa: E402
+from edgeopt.backends.tensorrt import lint as lint_mod  # noqa: E402
 from edgeopt.errors import CompileError, UserInputError  # noqa: E402
-from edgeopt.lint import lint, lint_or_raise  # noqa: E402
-from edgeopt.spec import Dim, IOSpec, TensorSpec  # noqa: E402
-from edgeopt.targets import Target, load_targets  # noqa: E402
+from edgeopt.backends.tensorrt.lint import lint, lint_or_raise  # noqa: E402
+from edgeopt.core.spec import Dim, IOSpec, TensorSpec  # noqa: E402
+from edgeopt.core.targets import Target, load_targets  # noqa: E402
 
 RNG = np.random.default_rng(0)
 

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 
-from edgeopt.build import build
-from edgeopt.recipe import recipe_from_dict
-from edgeopt.reporting import Reporter
+from edgeopt.pipeline.build import build
+from edgeopt.config.recipe import recipe_from_dict
+from edgeopt.report.progress import Reporter
 
 from conftest import MODELS
 
@@ -35,7 +35,7 @@ def test_transformer_encoder_two_int64_inputs_dynamic_batch_and_sequence(tmp_pat
         assert a["parity"]["max_abs"] < 1e-4
         assert [r["batch"] for r in a["latency"]] == [1, 2]
     # The artifact really takes other sequence lengths and batches than the ones exported with.
-    from edgeopt.artifact import open_artifact
+    from edgeopt.backends.artifact import open_artifact
 
     runner, _ = open_artifact(tmp_path / "out" / "ort-cpu-fp32")
     with runner:

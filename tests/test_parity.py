@@ -1,6 +1,6 @@
 import numpy as np
 
-from edgeopt.parity import align_detections, parity, tolerance_for
+from edgeopt.core.parity import align_detections, parity, tolerance_for
 
 
 def test_fp32_tolerance_passes_tiny_error_and_fails_large():
@@ -37,7 +37,7 @@ def test_detections_with_tied_scores_are_aligned_but_wrong_boxes_still_fail():
 
 
 def test_agreement_without_labels():
-    from edgeopt.metrics import agreement
+    from edgeopt.core.metrics import agreement
 
     ref = np.eye(4, dtype=np.float32)
     same = agreement(ref.copy(), ref)

@@ -2,10 +2,10 @@
 
 import pytest
 
-from edgeopt.api import compress
+from edgeopt.pipeline.api import compress
 from edgeopt.errors import UserInputError
-from edgeopt.compress.prune import PruningConfig
-from edgeopt.reporting import Reporter
+from edgeopt.config.pruning import PruningConfig
+from edgeopt.report.progress import Reporter
 
 
 def test_structured_pruning_loses_accuracy_and_fine_tuning_recovers_it(tmp_path):
@@ -23,7 +23,7 @@ def test_structured_pruning_loses_accuracy_and_fine_tuning_recovers_it(tmp_path)
     import numpy as np
     import torch
 
-    from edgeopt.artifact import open_artifact
+    from edgeopt.backends.artifact import open_artifact
 
     prog = torch.export.load(str(tmp_path / "o" / "pruned" / "model.pt2")).module()
     x = np.random.default_rng(0).uniform(size=(2, 1, 8, 8)).astype(np.float32)

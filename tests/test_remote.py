@@ -129,8 +129,8 @@ def opts(sshd, device_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory) -> Path:
-    from edgeopt.build import build
-    from edgeopt.reporting import Reporter
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
 
     out = tmp_path_factory.mktemp("remote-build") / "out"
     build(None, out, targets=("ort-cpu",), precisions=("fp32",), reporter=Reporter(quiet=True), profile=False)
@@ -147,10 +147,10 @@ def _no_jobs_left(device_dir: Path) -> bool:
 
 # ---- the complete round trip -------------------------------------------------------------------------
 def test_remote_compile_and_profile_with_a_failing_second_host(sshd, opts, out, device_dir):
-    from edgeopt.artifact import open_artifact
-    from edgeopt.parity import parity, tolerance_for
-    from edgeopt.reference import REFERENCE_FILE, load_reference
-    from edgeopt.remote import remote_compile, remote_profile
+    from edgeopt.backends.artifact import open_artifact
+    from edgeopt.core.parity import parity, tolerance_for
+    from edgeopt.core.reference import REFERENCE_FILE, load_reference
+    from edgeopt.device.remote import remote_compile, remote_profile
 
     res = remote_compile([DEVICE, DOWN], out, targets=("ort-cpu",), precisions=("fp32",), profile_batches=(1, 8),
                          duration_s=0.2, **opts)
@@ -218,7 +218,7 @@ def test_cli_device_compile_info_and_profile(sshd, opts, out, tmp_path):
 
 # ---- each failure, clearly, per host -------------------------------------------------------------------
 def test_host_without_edgeopt(sshd, opts, tmp_path):
-    from edgeopt.remote import RemoteError, info
+    from edgeopt.device.remote import RemoteError, info
 
     with pytest.raises(RemoteError) as e:
         info(DEVICE, **{**opts, "remote_python": str(tmp_path / "no-venv" / "bin" / "python")})
@@ -226,7 +226,7 @@ def test_host_without_edgeopt(sshd, opts, tmp_path):
 
 
 def test_host_with_another_edgeopt_version(sshd, opts, tmp_path):
-    from edgeopt.remote import RemoteError, RemoteOptions, hello
+    from edgeopt.device.remote import RemoteError, RemoteOptions, hello
 
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'EDGEOPT-RESULT {\"edgeopt_version\": \"0.0.1\", \"python\": \"3.10.12\", "
@@ -239,7 +239,7 @@ def test_host_with_another_edgeopt_version(sshd, opts, tmp_path):
 
 
 def test_build_killed_on_the_device(sshd, opts, out, tmp_path):
-    from edgeopt.remote import remote_compile
+    from edgeopt.device.remote import remote_compile
 
     wrapper = tmp_path / "python"
     wrapper.write_text(f'#!/bin/sh\ncase "$*" in *"agent compile"*) kill -9 $$ ;; esac\nexec {sys.executable} "$@"\n')
@@ -253,7 +253,7 @@ def test_build_killed_on_the_device(sshd, opts, out, tmp_path):
 
 
 def test_full_disk_is_caught_before_the_upload(sshd, opts, out):
-    from edgeopt.remote import RemoteError, RemoteOptions, push
+    from edgeopt.device.remote import RemoteError, RemoteOptions, push
 
     with pytest.raises(RemoteError) as e:
         push(DEVICE, [(out / "export" / "model.onnx", "model.onnx")], opts["remote_dir"] + "/jobs/x",
@@ -262,7 +262,7 @@ def test_full_disk_is_caught_before_the_upload(sshd, opts, out):
 
 
 def test_changed_host_key_is_refused(sshd, opts):
-    from edgeopt.remote import RemoteError, info
+    from edgeopt.device.remote import RemoteError, info
 
     with pytest.raises(RemoteError) as e:
         info("edgeopt-impostor", **opts)
@@ -270,7 +270,7 @@ def test_changed_host_key_is_refused(sshd, opts):
 
 
 def test_timeout_stops_a_remote_command(sshd, opts):
-    from edgeopt.remote import RemoteOptions, classify, run_ssh
+    from edgeopt.device.remote import RemoteOptions, classify, run_ssh
 
     t0 = time.time()
     res = run_ssh(DEVICE, "sleep 30", RemoteOptions(**opts), timeout=2)
@@ -282,14 +282,14 @@ def test_setup_installs_the_wheel_into_a_venv(sshd, opts, tmp_path):
     """setup builds the wheel here (pip wheel --no-deps), makes a --system-site-packages venv on the device and
     installs it without dependencies (no index needed); the device's Python is the base interpreter here."""
     from edgeopt import __version__
-    from edgeopt.remote import RemoteError, setup
+    from edgeopt.device.remote import RemoteError, setup
 
     base = getattr(sys, "_base_executable", sys.executable)
     has_numpy = subprocess.run([base, "-c", "import numpy"], capture_output=True).returncode == 0
     venv = tmp_path / "device-venv"
     kwargs = dict(python=base, venv=str(venv), no_deps=True, tensorrt=False,
                   **{k: v for k, v in opts.items() if k != "remote_python"})
-    from edgeopt.reporting import Reporter
+    from edgeopt.report.progress import Reporter
 
     if not has_numpy:
         with pytest.raises(RemoteError) as e:
@@ -305,7 +305,7 @@ def test_setup_installs_the_wheel_into_a_venv(sshd, opts, tmp_path):
 
 
 def test_classify_messages():
-    from edgeopt.remote import _Result, classify, check_host, host_slug, rpath
+    from edgeopt.device.remote import _Result, classify, check_host, host_slug, rpath
     from edgeopt.errors import UserInputError
 
     assert classify("h", _Result(1, b"", "tar: model.onnx: Cannot write: No space left on device", False), "x").kind == "disk-full"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeopt.report import report
+from edgeopt.report.html import report
 
 IDS = ("torch-eager-fp32", "ort-cpu-fp32", "openvino-cpu-fp32")
 PLOTS = ("latency", "throughput", "tradeoff", "parity")
@@ -23,8 +23,8 @@ PLOTS = ("latency", "throughput", "tradeoff", "parity")
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from edgeopt.build import build
-    from edgeopt.reporting import Reporter
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
 
     out = tmp_path_factory.mktemp("report") / "OUT"
     manifest = build(None, out, targets=("ort-cpu", "openvino-cpu"), precisions=("fp32",),

@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeopt.build import build
-from edgeopt.compress.rewrite import hard_swish_in_int8, prepare_for_int8
-from edgeopt.recipe import recipe_from_dict
-from edgeopt.reporting import Reporter
+from edgeopt.pipeline.build import build
+from edgeopt.backends.onnxruntime.rewrite import hard_swish_in_int8, prepare_for_int8
+from edgeopt.config.recipe import recipe_from_dict
+from edgeopt.report.progress import Reporter
 
 from conftest import MODELS
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from edgeopt.errors import UserInputError
-from edgeopt.manifest import SCHEMA, validate
-from edgeopt.select import Budgets, NoArtifactQualifiesError, select
+from edgeopt.core.manifest import SCHEMA, validate
+from edgeopt.config.budgets import Budgets
+from edgeopt.ship.select import NoArtifactQualifiesError, select
 
 
 def _lat(batch: int, median: float, p99: float) -> dict:
@@ -188,7 +189,7 @@ def test_budgets_from_recipe_table():
 # ---- CLI ---------------------------------------------------------------------------------------------
 
 def test_cli_select_is_registered():
-    from edgeopt.cli import main
+    from edgeopt.cli.main import main
 
     assert {"select", "report"} <= set(main.commands)
 

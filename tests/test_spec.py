@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edgeopt.errors import UserInputError
-from edgeopt.spec import Dim, IOSpec, TensorSpec, parse_dim_arg, parse_input_arg
+from edgeopt.core.spec import Dim, IOSpec, TensorSpec, parse_dim_arg, parse_input_arg
 
 
 def bert_spec():

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from edgeopt.backends import get_backend
-from edgeopt.backends import tensorrt as trtb
+from edgeopt.backends.tensorrt import backend as trtb
 from edgeopt.backends.base import CompileRequest
 from edgeopt.errors import BackendMissingError, CompileError, EdgeoptError, IntegrityError, UserInputError
-from edgeopt.fsutil import sha256_file, write_json_atomic
-from edgeopt.spec import Dim, IOSpec, TensorSpec
-from edgeopt.targets import Target, load_targets
+from edgeopt.core.fsutil import sha256_file, write_json_atomic
+from edgeopt.core.spec import Dim, IOSpec, TensorSpec
+from edgeopt.core.targets import Target, load_targets
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 JETSON = ("jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-thor")
@@ -288,7 +288,7 @@ def _conv_onnx(path):
 def test_fp16_conversion_keeps_fp32_io_and_runs(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
-    from edgeopt.lint import is_fp16_model
+    from edgeopt.backends.tensorrt.lint import is_fp16_model
 
     src = _conv_onnx(tmp_path / "model.onnx")
     dst = trtb.convert_to_fp16(src, tmp_path / "out" / "model_fp16.onnx")

@@ -1,11 +1,13 @@
-"""Backend registry. Adding a backend is one new module plus one line here."""
+"""Backend registry. Adding a backend is one folder (``backends/<name>/`` with a ``BACKEND``) plus one line here."""
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
-from ..errors import UserInputError
-from .base import Backend, CompileRequest, Runner
+from edgeopt.errors import UserInputError
+from edgeopt.backends.base import Backend, CompileRequest, Runner
+from edgeopt.core.targets import Target, load_targets
 
 REGISTRY: dict[str, str] = {
     "onnxruntime": "edgeopt.backends.onnxruntime",
@@ -20,4 +22,23 @@ def get_backend(name: str) -> Backend:
     return importlib.import_module(REGISTRY[name]).BACKEND
 
 
-__all__ = ["Backend", "CompileRequest", "Runner", "REGISTRY", "get_backend"]
+def target_status(target: Target) -> tuple[bool, str]:
+    """Can this target run here? (True, details) or (False, why not and what to install)."""
+    try:
+        backend = get_backend(target.backend)
+    except UserInputError as exc:
+        return False, exc.problem
+    reason = backend.unavailable_reason(target)
+    return (reason is None), (reason or f"{backend.name} {backend.version()}")
+
+
+def targets(folder: Path | None = None) -> list[dict]:
+    """Every known target, with whether it can run on this machine and why not."""
+    rows = []
+    for t in load_targets(folder).values():
+        ok, why = target_status(t)
+        rows.append({**t.to_dict(), "runnable": ok, "status": why})
+    return rows
+
+
+__all__ = ["Backend", "CompileRequest", "Runner", "REGISTRY", "get_backend", "target_status", "targets"]

@@ -14,10 +14,11 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import ArtifactLoadError, BackendMissingError, EdgeoptError, UserInputError
-from ..hostinfo import version_of
-from ..spec import IOSpec
-from ..targets import Target
+from edgeopt.errors import ArtifactLoadError, BackendMissingError, EdgeoptError, UserInputError
+from edgeopt.core.hostinfo import version_of
+from edgeopt.core.versions import version_tuple
+from edgeopt.core.spec import IOSpec
+from edgeopt.core.targets import Target
 
 
 @dataclass
@@ -147,6 +148,18 @@ class Backend(ABC):
     def precision_unavailable(self, target: Target, precision: str) -> str | None:
         return None if precision in self.precisions_here(target) else (
             f"{precision} is not available for {target.name} on this host")
+
+    rebuild_note = ""  # what a user should know when an artifact of this backend does not fit a device
+
+    def artifact_fits_here(self, aid: str, meta: dict, built_version: str | None,
+                           version: str | None) -> tuple[str | None, tuple[str, ...]]:
+        """(why the artifact ``aid``, built with ``built_version`` as recorded in ``meta``, cannot load with
+        ``version`` here, or None; warnings). Portable formats read what older versions wrote; an older runtime
+        than the builder's may not know the artifact's operators or opset (the self-test then says so)."""
+        if version and built_version and version_tuple(version) < version_tuple(built_version):
+            return None, (f"{self.distribution} {version} here is older than {built_version}, which built {aid}; "
+                          f"if it fails to load: pip install '{self.distribution}>={built_version}'",)
+        return None, ()
 
     @abstractmethod
     def compile(self, req: CompileRequest) -> dict:

@@ -10,29 +10,11 @@
 
 from __future__ import annotations
 
-from .config import CompressionConfig
+from edgeopt.config.compression import CompressionConfig
 
 # Bump when a backend's INT8 candidates or graph rewrites change what they produce: it is part of every INT8
 # artifact's key and of the rewriting recipe's calibration-cache key, so nothing made by older recipes is reused.
 INT8_RECIPES_VERSION = 2
 
 
-def quantize_for_onnxruntime(req, out_path):
-    from .onnxruntime import quantize_for_onnxruntime as impl
-
-    return impl(req, out_path)
-
-
-def quantize_for_openvino(req, model):
-    from .openvino import quantize_for_openvino as impl
-
-    return impl(req, model)
-
-
-def quantize_for_tensorrt(onnx_path, calibration, spec, out_path, model_kind="generic", log=print):
-    from .tensorrt import quantize_for_tensorrt as impl
-
-    return impl(onnx_path, calibration, spec, out_path, model_kind, log)
-
-
-__all__ = ["CompressionConfig", "quantize_for_onnxruntime", "quantize_for_openvino", "quantize_for_tensorrt"]
+__all__ = ["CompressionConfig", "INT8_RECIPES_VERSION"]

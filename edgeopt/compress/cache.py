@@ -8,9 +8,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..fsutil import sha256_json, staged_dir
-from ..hostinfo import version_of
-from ..isolation import cache_dir
+from edgeopt.core.fsutil import sha256_json, staged_dir
+from edgeopt.core.hostinfo import version_of
+from edgeopt.core.isolation import cache_dir
 
 LIBS = ("onnxruntime", "nncf", "openvino", "onnx")
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import CompileError, require
-from .config import CompressionConfig
+import contextlib
+
+from edgeopt.errors import CompileError, require
+from edgeopt.config.compression import CompressionConfig
 
 
 def config_of(req) -> CompressionConfig:
@@ -38,9 +40,6 @@ def nncf_device(nncf, device: str):
         device, nncf.TargetDevice.ANY)
 
 
-import contextlib
-
-
 @contextlib.contextmanager
 def quiet_logging(level: int = 40):
     """ONNX Runtime's quantizer logs on the root logger (one line per LayerNorm weight on a ViT): keep the
@@ -61,3 +60,16 @@ def quiet_nncf():
     import logging
 
     logging.getLogger("nncf").setLevel(logging.WARNING)
+
+
+class FeedReader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds (used by every ORT-quantized recipe)."""
+
+    def __init__(self, feeds):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - some calibrators call it
+        pass

@@ -6,8 +6,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..metrics import classification_accuracy, first_outputs
-from ..parity import parity, tolerance_for
+from edgeopt.core.metrics import classification_accuracy, first_outputs
+from edgeopt.core.parity import parity, tolerance_for
 
 
 def score(infer: Callable[[dict], dict], req) -> dict:

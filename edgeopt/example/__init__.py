@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..recipe import Recipe, recipe_from_dict
-from ..resources import data_dir
-from .model import WEIGHTS
+from edgeopt.config.recipe import Recipe, recipe_from_dict
+from edgeopt.core.resources import data_dir
+from edgeopt.example.model import WEIGHTS
 
 
 def example_dict() -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.example.model import WEIGHTS, build
-from edgeopt.fsutil import write_bytes_atomic
+from edgeopt.core.fsutil import write_bytes_atomic
 
 DATA = Path(__file__).resolve().parents[2] / "calibration" / "digits"
 HELDOUT = 360

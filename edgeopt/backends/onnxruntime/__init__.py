@@ -1,0 +1,3 @@
+from edgeopt.backends.onnxruntime.backend import BACKEND
+
+__all__ = ["BACKEND"]

@@ -1,0 +1,67 @@
+"""ONNX Runtime, CPU execution provider: any CPU, x86 or ARM."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+from edgeopt.errors import CompileError
+from edgeopt.core.spec import IOSpec
+from edgeopt.core.targets import Target
+from edgeopt.backends.base import Backend, CompileRequest, Runner
+
+from edgeopt.backends.onnxruntime.runner import MODEL_FILE, OrtRunner, session_options
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    module = "onnxruntime"
+    distribution = "onnxruntime"
+    extra = "onnxruntime"
+
+    def compile(self, req: CompileRequest) -> dict:
+        ort = self.require()
+        out = Path(req.out_dir) / MODEL_FILE
+        source = Path(req.onnx_path)
+        if req.precision == "int8":
+            from edgeopt.backends.onnxruntime.quantize import quantize_for_onnxruntime  # issue: compression stage
+
+            meta = quantize_for_onnxruntime(req, out)
+            source = out
+        elif req.precision != "fp32":
+            raise CompileError(f"ONNX Runtime CPU does not build {req.precision} artifacts.", "Use fp32 or int8.")
+        else:
+            meta = {}
+        # Offline optimisation at a portable level; the hardware-specific "all" level runs at load time.
+        offline = req.options.get("offline_optimization", "extended")
+        so = session_options(ort, {**req.options, "offline_optimization": offline}, "offline_optimization", "extended")
+        tmp = Path(req.out_dir) / "optimized.onnx"
+        so.optimized_model_filepath = str(tmp)
+        try:
+            ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            raise CompileError(f"ONNX Runtime could not load the model: {exc}",
+                               "Run `edgeopt export` again, or check the operator named above.") from exc
+        shutil.move(tmp, out)
+        for extra in Path(req.out_dir).glob("*.data"):
+            if extra.name != f"{MODEL_FILE}.data":
+                extra.unlink()
+        return {
+            **meta,
+            "model_file": MODEL_FILE,
+            "offline_optimization_level": offline,
+            "graph_optimization_level": req.options.get("graph_optimization_level", "all"),
+            "intra_op_threads": int(req.options.get("intra_op_threads", 0) or 0),
+            "execution_provider": "CPUExecutionProvider",
+        }
+
+    def open(self, artifact_dir: Path, meta: dict, spec: IOSpec, target: Target, threads: int | None = None) -> Runner:
+        self.require()
+        options = {**target.options, **meta.get("runtime_options", {})}
+        if threads:
+            options["intra_op_threads"] = threads
+        return OrtRunner(Path(artifact_dir) / meta.get("model_file", MODEL_FILE), spec, options)
+
+
+BACKEND = OnnxRuntimeBackend()

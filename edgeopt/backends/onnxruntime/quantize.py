@@ -1,0 +1,279 @@
+"""INT8 for ONNX Runtime: try the QDQ recipes that matter, measure speed and accuracy of each, keep the
+fastest within the accuracy budget, and record why it won.
+
+Measured on a 2-core AVX-512-VNNI CPU: u8 activations + s8 per-channel weights is the fast recipe for CNNs;
+ORT's s8-activation default and NNCF's QDQ graph can be slower than FP32 (ORT fuses fewer nodes); models with
+hard-swish and squeeze-excitation (MobileNetV3) need the same recipe on a rewritten graph ("-fused", see
+rewrite.py) to beat FP32; dynamic weight-only quantization is often the right choice for transformers.
+Nothing is assumed: every candidate is timed and scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgeopt.errors import CompileError
+from edgeopt.core.fsutil import sha256_file, working_dir
+from edgeopt.compress import INT8_RECIPES_VERSION
+from edgeopt.compress.cache import calibration_key, lookup, store
+from edgeopt.compress.common import (
+    FeedReader,
+    calibration_feeds,
+    config_of,
+    nncf_model_type,
+    nncf_module,
+    nncf_preset,
+    quiet_logging,
+    quiet_nncf,
+)
+from edgeopt.compress.guard import quick_latency, score
+
+DEFAULTS = {
+    "transformer": ("ort-dynamic", "ort-qdq-u8s8", "nncf-qdq"),
+    "cnn": ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq"),
+    "detector": ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq"),
+    "generic": ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq", "ort-dynamic"),
+}
+
+
+def _preprocess(src: Path, work: Path) -> Path:
+    """Shape inference + graph clean-up ONNX Runtime recommends before quantization; skipped if it fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    dst = work / "pre.onnx"
+    if dst.exists():
+        return dst
+    try:
+        # Symbolic shape inference saves temporary models into the working directory: keep them in ours.
+        with contextlib.redirect_stdout(None), working_dir(work):
+            quant_pre_process(str(Path(src).resolve()), str(dst.resolve()), skip_symbolic_shape=False)
+        return dst
+    except Exception:  # noqa: BLE001 - large or unusual graphs: quantize the model as exported
+        return src
+
+
+def _ort_static(src, dst, feeds, activation: str, symmetric: bool):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+
+
+def _ort_dynamic(src, dst):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
+                     op_types_to_quantize=["MatMul", "Gemm", "Attention", "LSTM", "GRU"])
+
+
+def _nncf_qdq(src, dst, feeds, req, cfg, accuracy_control=False):
+    import onnx
+
+    nncf = nncf_module()
+    quiet_nncf()
+    preset, _ = nncf_preset(nncf, cfg, req.model_kind)
+    model = onnx.load(str(src))
+    calib = nncf.Dataset(feeds)
+    kw = dict(preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=min(cfg.subset_size, len(feeds)),
+              model_type=nncf_model_type(nncf, req.model_kind))
+    if accuracy_control:
+        q = nncf.quantize_with_accuracy_control(
+            model, calib, nncf.Dataset(list(req.evaluation.batches(1)), lambda item: item[0]), _onnx_validate(req),
+            max_drop=cfg.allowed_drop((req.fp32_metric or {}).get("value", 0.0)), drop_type=nncf.DropType.ABSOLUTE, **kw)
+    else:
+        q = nncf.quantize(model, calib, **kw)
+    onnx.save(q, str(dst))
+
+
+def _onnx_validate(req):
+    """NNCF's validation function for ONNX models: top-1 on the labelled evaluation set."""
+    import numpy as np
+
+    def validate(model, data):
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        hits, n = 0, 0
+        for feed, lab in data:
+            pred = sess.run(None, feed)[0]
+            hits += int(np.sum(np.argmax(pred, axis=1) == lab))
+            n += len(lab)
+        return hits / max(n, 1)
+
+    return validate
+
+
+def _runner(path: Path, req):
+    """An activated ONNX Runtime runner with the target's options: candidates run as the artifact will."""
+    from edgeopt.backends.onnxruntime.runner import OrtRunner
+
+    runner = OrtRunner(Path(path), req.spec, req.target.options)
+    runner.activate()
+    return runner
+
+
+def _measure(name: str, path: Path, req, cfg, feed1) -> dict:
+    runner = _runner(path, req)
+    try:
+        result = {"candidate": name,
+                  "latency_ms_b1": round(quick_latency(lambda: runner.infer(feed1, check=False), cfg.timing_s), 4)}
+        result.update(score(lambda feed: runner.infer(feed, check=False), req))
+    finally:
+        runner.close()
+    return result
+
+
+def quantize_for_onnxruntime(req, out_path: Path) -> dict:
+    cfg = config_of(req)
+    feeds = calibration_feeds(req, cfg.subset_size)
+    candidates = cfg.candidates or DEFAULTS.get(req.model_kind, DEFAULTS["generic"])
+    onnx_sha = sha256_file(req.onnx_path)
+    feed1 = req.spec.random_feed(__import__("numpy").random.default_rng(0), batch=1 if req.spec.batch_dim else None)
+    results, paths = [], {}
+    with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp:
+        work = Path(tmp)
+        fp32_runner = _runner(req.onnx_path, req)
+        fp32 = {"candidate": "fp32",
+                "latency_ms_b1": round(quick_latency(lambda: fp32_runner.infer(feed1, check=False), cfg.timing_s), 4)}
+        fp32_runner.close()
+        for name in candidates:
+            path, cache, notes = _candidate(name, req, cfg, feeds, work, onnx_sha)
+            if path is None:
+                outcome = "skipped" if cache.startswith("skipped") else "error"
+                results.append({"candidate": name, outcome: cache, "within_budget": False, "why": cache})
+                continue
+            r = _measure(name, path, req, cfg, feed1)
+            r["calibration_cache"] = cache
+            r.update(notes)
+            req.log(f"int8 candidate {name}: {r['latency_ms_b1']:.3f} ms at batch 1 (fp32 {fp32['latency_ms_b1']:.3f}), "
+                    + _fig(r) + ("" if r["within_budget"] else f" -- over budget: {r['why']}"))
+            results.append(r)
+            paths[name] = path
+        within = [r for r in results if r.get("within_budget")]
+        has_labels = req.evaluation is not None and req.evaluation.labels is not None
+        if not within and cfg.accuracy_control and has_labels and req.fp32_metric:
+            req.log("no int8 candidate meets the budget: NNCF accuracy control keeps the most sensitive layers in float")
+            path = work / "nncf-qdq-ac.onnx"
+            try:
+                _nncf_qdq(_preprocess(req.onnx_path, work), path, feeds, req, cfg, accuracy_control=True)
+                r = _measure("nncf-qdq-ac", path, req, cfg, feed1)
+                r["float_layers"] = float_layers(path)
+                r["calibration_cache"] = "off"
+                results.append(r)
+                paths["nncf-qdq-ac"] = path
+                within = [r] if r["within_budget"] else []
+            except Exception as exc:  # noqa: BLE001 - accuracy control can give up; the numbers above stand
+                results.append({"candidate": "nncf-qdq-ac", "error": str(exc)[:300], "within_budget": False})
+        if not within:
+            raise CompileError(
+                "No INT8 recipe for ONNX Runtime meets the accuracy budget: "
+                + "; ".join(f"{r['candidate']}: {r.get('why') or r.get('error')}" for r in results),
+                "Raise [compression] max_drop (or lower min_cosine), give more or better calibration data, or ship fp32.")
+        win = pick(within)
+        shutil.copy(paths[win["candidate"]], out_path)
+    others = [r["candidate"] for r in within if r is not win]
+    why = (f"fastest at batch 1 of the candidates within budget ({', '.join([win['candidate'], *others])}; "
+           f"timings within {NOISE:.0%} count as a tie, won by the more accurate)")
+    if win["latency_ms_b1"] >= fp32["latency_ms_b1"]:
+        why += f"; note: not faster than fp32 here ({win['latency_ms_b1']:.3f} vs {fp32['latency_ms_b1']:.3f} ms)"
+    return {"int8": {"recipe": win["candidate"], "why": why, "candidates": results, "fp32_quick": fp32,
+                     "calibration_samples": len(feeds), "compression": cfg.to_dict()}}
+
+
+NOISE = 0.05  # quick timings closer than this are a tie: the more accurate candidate wins it
+
+
+def pick(within: list[dict]) -> dict:
+    """The fastest candidate, unless another is within timing noise of it and more accurate."""
+    fastest = min(r["latency_ms_b1"] for r in within)
+    close = [r for r in within if r["latency_ms_b1"] <= fastest * (1 + NOISE)]
+    return max(close, key=lambda r: ((r.get("accuracy") or {}).get("value", 0.0), r.get("cosine") or 0.0,
+                                     -r["latency_ms_b1"]))
+
+
+def _fig(r: dict) -> str:
+    parts = []
+    if "accuracy" in r:
+        parts.append(f"top-1 {r['accuracy']['value'] * 100:.2f}%")
+    if r.get("cosine") is not None:
+        parts.append(f"cosine {r['cosine']:.4f}")
+    return ", ".join(parts)
+
+
+def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
+    """(path, "hit"|"miss", notes) or (None, why, {}) for one recipe, through the calibration cache.
+
+    ``notes`` holds what the recipe changed besides quantizing (the graph rewrites of the "-fused" recipe)."""
+    fused = name == "ort-qdq-u8s8-fused"
+    params = {"subset": len(feeds), "kind": req.model_kind, "preset": cfg.preset}
+    if fused:
+        params["rewrites"] = INT8_RECIPES_VERSION
+    key = calibration_key(onnx_sha, getattr(req.calibration, "sha256", None), name, params)
+    hit = lookup(key)
+    if hit is not None:
+        req.log(f"int8 candidate {name}: reusing calibration from the cache ({key[:12]})")
+        notes = hit / "notes.json"
+        return hit / "model.onnx", "hit", json.loads(notes.read_text()) if notes.is_file() else {}
+    dst = work / f"{name}.onnx"
+    src = _preprocess(req.onnx_path, work)
+    notes = {}
+    try:
+        if fused:
+            src, notes["rewrites"] = _prepared(src, work)
+            if not any(notes["rewrites"].values()):
+                return None, "skipped: nothing in this graph for its rewrites to change", {}
+        with contextlib.redirect_stdout(None), quiet_logging():
+            if name in ("ort-qdq-u8s8", "ort-qdq-u8s8-fused"):
+                _ort_static(src, dst, feeds, "u8", symmetric=False)
+                if fused:
+                    _int8_hard_swish(dst, notes["rewrites"])
+            elif name == "ort-qdq-s8s8":
+                _ort_static(src, dst, feeds, "s8", symmetric=True)
+            elif name == "ort-dynamic":
+                _ort_dynamic(src, dst)
+            elif name == "nncf-qdq":
+                _nncf_qdq(src, dst, feeds, req, cfg)
+    except Exception as exc:  # noqa: BLE001 - one failing recipe does not stop the others
+        return None, f"quantization failed: {type(exc).__name__}: {str(exc)[:200]}", {}
+    (work / f"{name}.notes.json").write_text(json.dumps(notes))
+    store(key, {"model.onnx": dst, "notes.json": work / f"{name}.notes.json"})
+    return dst, "miss", notes
+
+
+def _prepared(src: Path, work: Path) -> tuple[Path, dict]:
+    """The pre-processed model with the exact float rewrites of rewrite.prepare_for_int8, and their counts."""
+    import onnx
+
+    from edgeopt.backends.onnxruntime.rewrite import prepare_for_int8
+
+    model = onnx.load(str(src))
+    counts = prepare_for_int8(model)
+    dst = work / "pre-fused.onnx"
+    onnx.save(model, str(dst))
+    return dst, counts
+
+
+def _int8_hard_swish(path: Path, rewrites: dict) -> None:
+    import onnx
+
+    from edgeopt.backends.onnxruntime.rewrite import hard_swish_in_int8
+
+    model = onnx.load(str(path))
+    rewrites["HardSwish in int8 (QLinearAdd + QLinearMul)"] = hard_swish_in_int8(model)
+    onnx.save(model, str(path))
+
+
+def float_layers(path: Path) -> list[str]:
+    """Conv/MatMul/Gemm nodes whose inputs are not dequantized: the layers kept in float."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    producers = {o: n.op_type for n in m.graph.node for o in n.output}
+    return [n.name for n in m.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+            and producers.get(n.input[0]) != "DequantizeLinear"]

@@ -1,0 +1,3 @@
+from edgeopt.backends.openvino.backend import BACKEND
+
+__all__ = ["BACKEND"]

@@ -1,0 +1,74 @@
+"""OpenVINO: Intel/AMD/ARM CPUs, Intel GPUs and NPUs. ONNX -> IR (xml + bin)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeopt.errors import CompileError
+from edgeopt.core.spec import IOSpec
+from edgeopt.core.targets import Target
+from edgeopt.backends.base import Backend, CompileRequest, Runner
+
+from edgeopt.backends.openvino.runner import IR_FILE, OvRunner, device_capabilities, ov_core, runtime_config
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    module = "openvino"
+    distribution = "openvino"
+    extra = "openvino"
+
+    def device_missing(self, target: Target) -> str | None:
+        devices = ov_core().available_devices
+        if not any(d.split(".")[0] == target.device for d in devices):
+            return f"no OpenVINO {target.device} device here (found: {', '.join(devices) or 'none'})"
+        return None
+
+    def precisions_here(self, target: Target) -> tuple[str, ...]:
+        caps = device_capabilities(target.device)
+        out = []
+        for p in target.precisions:
+            if p == "bf16" and "BF16" not in caps:
+                continue
+            if p == "fp16" and "FP16" not in caps:
+                continue
+            out.append(p)
+        return tuple(out)
+
+    def precision_unavailable(self, target: Target, precision: str) -> str | None:
+        if precision in self.precisions_here(target):
+            return None
+        caps = ", ".join(sorted(device_capabilities(target.device))) or "none reported"
+        return f"the {target.device} here cannot execute {precision} (capabilities: {caps})"
+
+    def runtime_config(self, target: Target, precision: str, options: dict) -> dict:
+        return runtime_config(precision, options)
+
+    def compile(self, req: CompileRequest) -> dict:
+        ov = self.require()
+        xml = Path(req.out_dir) / IR_FILE
+        try:
+            model = ov.convert_model(str(req.onnx_path))
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises generic errors
+            raise CompileError(f"OpenVINO could not convert the ONNX model: {exc}",
+                               "Check the operator named above against OpenVINO's supported ONNX operators.") from exc
+        meta = {}
+        if req.precision == "int8":
+            from edgeopt.backends.openvino.quantize import quantize_for_openvino
+
+            model, meta = quantize_for_openvino(req, model)
+        # save_model compresses weights to FP16 by default: only the fp16 artifact wants that.
+        ov.save_model(model, str(xml), compress_to_fp16=(req.precision == "fp16"))
+        config = self.runtime_config(req.target, req.precision, req.options)
+        return {**meta, "model_file": IR_FILE, "device": req.target.device, "runtime_config": config,
+                "weights": "fp16" if req.precision == "fp16" else ("int8" if req.precision == "int8" else "fp32")}
+
+    def open(self, artifact_dir: Path, meta: dict, spec: IOSpec, target: Target, threads: int | None = None) -> Runner:
+        self.require()
+        config = dict(meta.get("runtime_config", {}))
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        return OvRunner(Path(artifact_dir) / meta.get("model_file", IR_FILE), spec, target.device, config)
+
+
+BACKEND = OpenVinoBackend()

@@ -1,0 +1,98 @@
+"""INT8 for OpenVINO: NNCF post-training quantization on the IR, preset and model type by model kind,
+target device from the target file; NNCF accuracy control when the plain result is over budget."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgeopt.errors import CompileError
+from edgeopt.core.fsutil import sha256_file
+from edgeopt.compress.cache import calibration_key, lookup, store
+from edgeopt.compress.common import (
+    calibration_feeds,
+    config_of,
+    nncf_device,
+    nncf_model_type,
+    nncf_module,
+    nncf_preset,
+    quiet_nncf,
+)
+from edgeopt.compress.guard import quick_latency, score
+
+
+def _measure(name, model, req, cfg, feed1) -> dict:
+    """Quick batch-1 timing and the guard's score of one quantized ov.Model, run as the artifact will be."""
+    from edgeopt.backends.openvino.runner import OvRunner, runtime_config
+
+    runner = OvRunner(model, req.spec, req.target.device, runtime_config("int8", req.target.options))
+    with runner:
+        r = {"candidate": name,
+             "latency_ms_b1": round(quick_latency(lambda: runner.infer(feed1, check=False), cfg.timing_s), 4)}
+        r.update(score(lambda feed: runner.infer(feed, check=False), req))
+    return r
+
+
+def _ov_validate(req):
+    import numpy as np
+
+    def validate(compiled_model, data):
+        hits = n = 0
+        out = compiled_model.outputs[0]
+        for feed, lab in data:
+            pred = compiled_model(feed)[out]
+            hits += int(np.sum(np.argmax(pred, axis=1) == lab))
+            n += len(lab)
+        return hits / max(n, 1)
+
+    return validate
+
+
+def quantize_for_openvino(req, model):
+    """Returns (quantized ov.Model, metadata)."""
+    import openvino as ov
+
+    cfg = config_of(req)
+    feeds = calibration_feeds(req, cfg.subset_size)
+    nncf = nncf_module()
+    quiet_nncf()
+    preset, preset_name = nncf_preset(nncf, cfg, req.model_kind)
+    kw = dict(preset=preset, target_device=nncf_device(nncf, req.target.device),
+              subset_size=min(cfg.subset_size, len(feeds)), model_type=nncf_model_type(nncf, req.model_kind))
+    params = {"subset": kw["subset_size"], "preset": preset_name, "device": req.target.device, "kind": req.model_kind}
+    key = calibration_key(sha256_file(req.onnx_path), getattr(req.calibration, "sha256", None), "nncf-ov", params)
+    feed1 = req.spec.random_feed(__import__("numpy").random.default_rng(0), batch=1 if req.spec.batch_dim else None)
+    hit = lookup(key)
+    if hit is not None:
+        req.log(f"int8 nncf-ov: reusing calibration from the cache ({key[:12]})")
+        q, cache = ov.Core().read_model(str(hit / "model.xml")), "hit"
+    else:
+        q = nncf.quantize(model, nncf.Dataset(feeds), **kw)
+        cache = "miss"
+        with tempfile.TemporaryDirectory(prefix="edgeopt-ov-int8-") as tmp:
+            ov.save_model(q, f"{tmp}/model.xml", compress_to_fp16=False)
+            store(key, {"model.xml": Path(tmp) / "model.xml", "model.bin": Path(tmp) / "model.bin"})
+    results = [_measure("nncf-ov", q, req, cfg, feed1) | {"calibration_cache": cache}]
+    req.log(f"int8 nncf-ov: {results[0]['latency_ms_b1']:.3f} ms at batch 1" +
+            (f", top-1 {results[0]['accuracy']['value'] * 100:.2f}%" if "accuracy" in results[0] else "") +
+            (f", cosine {results[0]['cosine']:.4f}" if results[0].get("cosine") is not None else ""))
+    has_labels = req.evaluation is not None and req.evaluation.labels is not None
+    if not results[0]["within_budget"] and cfg.accuracy_control and has_labels and req.fp32_metric:
+        req.log(f"int8 over budget ({results[0]['why']}): NNCF accuracy control keeps the most sensitive layers in float")
+        try:
+            q = nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(feeds), nncf.Dataset(list(req.evaluation.batches(1)), lambda item: item[0]),
+                _ov_validate(req), max_drop=cfg.allowed_drop(req.fp32_metric["value"]),
+                drop_type=nncf.DropType.ABSOLUTE, **kw)
+            results.append(_measure("nncf-ov-ac", q, req, cfg, feed1) | {"calibration_cache": "off"})
+        except Exception as exc:  # noqa: BLE001 - accuracy control can give up; report the numbers
+            results.append({"candidate": "nncf-ov-ac", "error": str(exc)[:300], "within_budget": False})
+    win = results[-1]
+    if not win.get("within_budget"):
+        raise CompileError(
+            "No INT8 configuration for OpenVINO meets the accuracy budget: "
+            + "; ".join(f"{r['candidate']}: {r.get('why') or r.get('error')}" for r in results),
+            "Raise [compression] max_drop (or lower min_cosine), give more or better calibration data, or ship fp32.")
+    return q, {"int8": {"recipe": win["candidate"], "preset": preset_name, "model_type": req.model_kind,
+                        "target_device": req.target.device, "candidates": results,
+                        "calibration_samples": len(feeds), "compression": cfg.to_dict()}}

@@ -1,0 +1,79 @@
+"""OpenVINO runner: a compiled model on the target device with the runtime settings recorded in the artifact."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from edgeopt.core.spec import IOSpec
+from edgeopt.backends.base import Runner
+
+IR_FILE = "model.xml"
+
+
+EXEC_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
+
+
+@lru_cache(maxsize=1)
+def ov_core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+def device_capabilities(device: str) -> set[str]:
+    try:
+        return set(ov_core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # noqa: BLE001 - device absent
+        return set()
+
+
+class OvRunner(Runner):
+    def __init__(self, xml: Path, spec: IOSpec, device: str, config: dict):
+        super().__init__(spec)
+        self.xml, self.device, self.config = xml, device, config
+        self.compiled = self.request = None
+
+    def _activate(self):
+        core = ov_core()
+        model = core.read_model(str(self.xml)) if isinstance(self.xml, (str, Path)) else self.xml  # or an ov.Model
+        self.compiled = core.compile_model(model, self.device, self.config)
+        self.request = self.compiled.create_infer_request()
+        wanted = set(self.spec.outputs)
+        # An OpenVINO port can carry several tensor names; prefer the one the model spec uses.
+        self.outputs = [(next((n for n in sorted(o.get_names()) if n in wanted), o.get_any_name()), o)
+                        for o in self.compiled.outputs]
+
+    def _infer(self, feed):
+        res = self.request.infer(feed)
+        return {name: res[port].copy() for name, port in self.outputs}
+
+    def _close(self):
+        self.request = self.compiled = None
+
+    @property
+    def threads(self) -> int | None:
+        try:
+            return int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        except Exception:  # noqa: BLE001 - not every device reports threads
+            return None
+
+    def properties(self) -> dict:
+        out = {}
+        for key in ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS"):
+            try:
+                v = self.compiled.get_property(key)
+                out[key] = v.to_string() if hasattr(v, "to_string") else str(v)
+            except Exception:  # noqa: BLE001
+                pass
+        return out
+
+
+def runtime_config(precision: str, options: dict) -> dict:
+    """The OpenVINO compile settings an artifact of ``precision`` runs with, from the target's options."""
+    cfg = {"PERFORMANCE_HINT": options.get("performance_hint", "LATENCY")}
+    if EXEC_PRECISION.get(precision):
+        cfg["INFERENCE_PRECISION_HINT"] = EXEC_PRECISION[precision]
+    if options.get("threads"):
+        cfg["INFERENCE_NUM_THREADS"] = int(options["threads"])
+    return cfg

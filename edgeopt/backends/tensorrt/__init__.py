@@ -1,0 +1,3 @@
+from edgeopt.backends.tensorrt.backend import BACKEND
+
+__all__ = ["BACKEND"]

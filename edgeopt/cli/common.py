@@ -1,0 +1,76 @@
+"""What every ``edgeopt`` command shares: the error handler, the JSON printer, the progress reporter and the
+batch-list parser."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from edgeopt.errors import EdgeoptError, UserInputError
+
+
+def emit_json(obj) -> None:
+    from edgeopt.core.fsutil import _json_default
+
+    click.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def stdout_guard(json_out: bool):
+    """With --json, stdout carries the JSON alone: whatever a framework prints while we work goes to stderr."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
+
+
+def handle_errors(fn):
+    """User mistakes become one clear paragraph and an exit code; tracebacks only with --verbose."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except EdgeoptError as exc:
+            click.echo(f"error: {exc.problem}", err=True)
+            if exc.fix:
+                click.echo(f"fix: {exc.fix}", err=True)
+            if (ctx.obj or {}).get("verbose"):
+                traceback.print_exc()
+            sys.exit(exc.exit_code)
+        except OSError as exc:  # a write outside staged_dir/write_*_atomic hit a full disk
+            from edgeopt.core.fsutil import disk_full_error, enospc_in
+
+            if enospc_in(exc) is None:
+                raise
+            full = disk_full_error(exc, Path(exc.filename).parent if exc.filename else Path.cwd())
+            click.echo(f"error: {full.problem}", err=True)
+            click.echo(f"fix: {full.fix}", err=True)
+            sys.exit(full.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing half-written was kept; run the same command again to resume.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def reporter():
+    from edgeopt.report.progress import Reporter
+
+    o = click.get_current_context().find_root().obj or {}
+    return Reporter(quiet=o.get("quiet", False), verbose=o.get("verbose", False))
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """``--batch 1,8`` -> (1, 8); anything else is a clear error."""
+    try:
+        out = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        out = ()
+    if not out or any(b < 1 for b in out):
+        raise UserInputError(f"--batch {text!r} is not a list of batch sizes.", "Write --batch 1,8.")
+    return out

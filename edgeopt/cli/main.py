@@ -1,0 +1,311 @@
+"""The ``edgeopt`` command: each subcommand is a thin layer over the Python function of the same name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sys
+
+import click
+
+from edgeopt import __version__
+from edgeopt.cli.common import emit_json, handle_errors, parse_batches, reporter, stdout_guard
+
+
+def _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind=None):
+    """Merge CLI model/input options into a recipe (or build one from them alone)."""
+    from dataclasses import replace
+
+    from edgeopt.example import example_recipe
+    from edgeopt.config.recipe import ExportConfig, ModelConfig, load_recipe
+    from edgeopt.core.spec import IOSpec, parse_dim_arg, parse_input_arg
+
+    if model:
+        if not inputs:
+            from edgeopt.errors import UserInputError
+
+            raise UserInputError("--model needs --input (the model's inputs).",
+                                 "Add --input NAME:DTYPE[DIMS], for example --input image:float32[batch,3,224,224] --dim batch=1:1:32.")
+        base = None
+    else:
+        base = load_recipe(recipe) if recipe else example_recipe()
+    r = base
+    if model:
+        from edgeopt.config.recipe import Recipe
+
+        spec = IOSpec(tuple(parse_input_arg(i) for i in inputs), {d.name: d for d in map(parse_dim_arg, dims)})
+        r = Recipe(model=ModelConfig(source=model, checkpoint=checkpoint, allow_pickle=allow_pickle,
+                                     kind=kind or "generic"), spec=spec, base_dir=Path("."))
+    else:
+        if inputs or dims:
+            spec = IOSpec(tuple(parse_input_arg(i) for i in inputs) or r.spec.inputs,
+                          {**r.spec.dims, **{d.name: d for d in map(parse_dim_arg, dims)}}, r.spec.outputs)
+            r = replace(r, spec=spec)
+        if checkpoint or allow_pickle or kind:
+            r = replace(r, model=replace(r.model, checkpoint=checkpoint or r.model.checkpoint,
+                                         allow_pickle=allow_pickle or r.model.allow_pickle, kind=kind or r.model.kind))
+    if opset or exporter:
+        r = replace(r, export=ExportConfig(opset=opset or r.export.opset, exporter=exporter or r.export.exporter,
+                                           slim=r.export.slim))
+    return r
+
+
+def model_options(fn):
+    opts = [
+        click.option("--model", help="Model source instead of a recipe: file.py:factory, package.module:factory, "
+                                     "model.onnx, model.pt2, TorchScript .pt, or hf:FOLDER."),
+        click.option("--checkpoint", help="state_dict checkpoint for a factory model."),
+        click.option("--kind", type=click.Choice(["cnn", "transformer", "detector", "generic"]),
+                     help="Model kind: picks parity rules and compression recipes (default generic)."),
+        click.option("--allow-pickle", is_flag=True, help="Allow a checkpoint that needs full unpickling (runs code from the file)."),
+        click.option("--input", "inputs", multiple=True, help="NAME:DTYPE[DIM,...][@LOW,HIGH], e.g. image:float32[batch,3,224,224]."),
+        click.option("--dim", "dims", multiple=True, help="Dynamic axis range NAME=MIN:OPT:MAX, e.g. batch=1:1:32."),
+        click.option("--opset", type=int, help="ONNX opset (default 18)."),
+        click.option("--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), help="ONNX exporter (default auto)."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeopt")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and the final result.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+@click.pass_context
+def main(ctx, quiet, verbose):
+    """edgeopt: fine-tuned PyTorch model -> parity-checked, profiled artifacts for ONNX Runtime, OpenVINO and
+    TensorRT targets.
+
+    Start with `edgeopt build` (the built-in example), `edgeopt targets` and `edgeopt doctor`.
+    """
+    ctx.obj = {"quiet": quiet, "verbose": verbose}
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default="edgeopt-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("-t", "--target", "targets", multiple=True, help="Target name (repeatable); default: every target that runs here.")
+@click.option("-p", "--precision", "precisions", multiple=True, help="fp32, fp16, bf16, int8 (repeatable).")
+@click.option("--force", is_flag=True, help="Build into a non-empty folder that is not an edgeopt output.")
+@click.option("--json", "json_out", is_flag=True, help="Print the manifest as JSON on stdout.")
+@model_options
+@click.pass_context
+@handle_errors
+def build(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, kind, allow_pickle, inputs,
+          dims, opset, exporter):
+    """Export, compile, check and profile RECIPE (a TOML file); no RECIPE builds the built-in example."""
+    from edgeopt.pipeline import build as build_mod
+
+    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
+    with stdout_guard(json_out):
+        m = build_mod.build(r, output, targets, precisions, force=force, reporter=reporter())
+    _finish(m, json_out, output)
+
+
+def _finish(m: dict, json_out: bool, output) -> None:
+    from edgeopt.report.tables import print_summary
+
+    if json_out:
+        emit_json(m)
+    else:
+        print_summary(m)
+        click.echo(f"manifest: {Path(output) / 'manifest.json'}")
+    sel = m.get("selection")
+    if sel is not None and not json_out:
+        click.echo(f"selected: {sel['selected']}" if sel.get("selected") else f"selection: {sel.get('error')}")
+    failed = [a["id"] for a in m["artifacts"] if a["status"] == "failed"]
+    if sel is not None and not sel.get("selected"):
+        click.echo("error: no artifact meets the recipe's [select] budgets (see above).", err=True)
+        sys.exit(9)
+    if failed:
+        click.echo(f"error: {len(failed)} artifact(s) failed: {', '.join(failed)} (see the table and the manifest).", err=True)
+        sys.exit(5)
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default="edgeopt-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True)
+@click.option("--json", "json_out", is_flag=True)
+@model_options
+@click.pass_context
+@handle_errors
+def export(ctx, recipe, output, force, json_out, model, checkpoint, kind, allow_pickle, inputs, dims, opset,
+           exporter):
+    """Export RECIPE's model to OUT/export/model.onnx and check it against PyTorch."""
+    from edgeopt.pipeline import api
+
+    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
+    with stdout_guard(json_out):
+        m = api.export(r, output, force=force, reporter=reporter())
+    if json_out:
+        emit_json(m["export"])
+    else:
+        e = m["export"]
+        click.echo(f"{Path(output) / 'export' / 'model.onnx'}: exporter {e.get('exporter')}, opset {e.get('opset')}, "
+                   f"parity max abs {(e.get('parity') or {}).get('max_abs', float('nan')):.2e}")
+
+
+@main.command(name="compile")
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default="edgeopt-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("-t", "--target", "targets", multiple=True)
+@click.option("-p", "--precision", "precisions", multiple=True)
+@click.option("--force", is_flag=True)
+@click.option("--json", "json_out", is_flag=True)
+@model_options
+@click.pass_context
+@handle_errors
+def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, kind, allow_pickle,
+                inputs, dims, opset, exporter):
+    """Compile RECIPE for targets and precisions (parity-checked, not profiled)."""
+    from edgeopt.pipeline import api
+
+    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
+    with stdout_guard(json_out):
+        m = api.compile(r, output, targets, precisions, force=force, reporter=reporter())
+    _finish(m, json_out, output)
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default="edgeopt-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("-t", "--target", "targets", multiple=True)
+@click.option("-p", "--precision", "precisions", multiple=True, help="Default: fp32 and int8.")
+@click.option("--prune", type=click.Choice(["structured", "unstructured"]), help="Prune before export.")
+@click.option("--ratio", type=float, default=0.5, show_default=True, help="Pruning ratio (channels or weights).")
+@click.option("--macs-target", type=float, help="Structured: prune until MACs <= this share of the original.")
+@click.option("--finetune-epochs", type=int, default=0, help="Recovery fine-tune after pruning.")
+@click.option("--finetune-data", type=click.Path(exists=True), help="Training data with labels for the fine-tune.")
+@click.option("--max-drop", type=float, help="INT8 accuracy budget in points vs FP32 (default 1).")
+@click.option("--min-cosine", type=float, help="INT8 budget without labels: minimum output cosine (default 0.99).")
+@click.option("--force", is_flag=True)
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+@handle_errors
+def compress(ctx, recipe, output, targets, precisions, prune, ratio, macs_target, finetune_epochs, finetune_data,
+             max_drop, min_cosine, force, json_out):
+    """INT8 calibration with an accuracy guard, and pruning with recovery fine-tuning (no RECIPE: the example)."""
+    from edgeopt.pipeline import api
+
+    with stdout_guard(json_out):
+        m = api.compress(recipe, output, targets, precisions or ("fp32", "int8"), prune, ratio, macs_target,
+                         finetune_epochs, finetune_data, max_drop, min_cosine, force=force,
+                         reporter=reporter())
+    _finish(m, json_out, output)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, comma-separated: 1,8.")
+@click.option("--iterations", type=int, help="Fixed number of timed runs (default: run for --duration).")
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--duration", type=float, default=1.5, show_default=True, help="Seconds of timed runs.")
+@click.option("--threads", type=int, help="Threads for the backend (default: its own choice, recorded).")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+@handle_errors
+def profile(ctx, path, batch, iterations, warmup, duration, threads, json_out):
+    """Profile an artifact folder (OUT/<id>) or every artifact in OUT."""
+    from edgeopt.pipeline import api
+
+    batches = parse_batches(batch)
+    with stdout_guard(json_out):
+        res = api.profile(path, batches, iterations, warmup, duration, threads, reporter=reporter())
+    if json_out:
+        emit_json(res)
+        return
+    from rich.table import Table
+
+    from edgeopt.report.tables import wide_console
+
+    t = Table(title=f"latency ({res['host']['cpu']['model']})", title_justify="left")
+    for c in ("artifact", "batch", "median ms", "mean ms", "p90 ms", "p99 ms", "min ms", "max ms", "std ms", "cv",
+              "items/s", "iters", "threads", "peak RSS MB"):
+        t.add_column(c, justify="left" if c == "artifact" else "right")
+    for aid, r in res["artifacts"].items():
+        for row in r["rows"]:
+            t.add_row(aid, str(row["batch"]), *(f"{row[k]:.3f}" for k in ("median_ms", "mean_ms", "p90_ms", "p99_ms",
+                                                                         "min_ms", "max_ms", "std_ms", "cv")),
+                      f"{row['throughput_per_s']:.1f}", str(row["iterations"]), str(r["threads"]),
+                      f"{r['peak_rss_mb']:.0f}" + (" !" if row["unstable"] else ""))
+    wide_console().print(t)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("-t", "--target", required=True, help="A TensorRT target (jetson-orin-nano, ...) or a target TOML file.")
+@click.option("--input", "inputs", multiple=True, help="Declared inputs, to check dynamic axes have a profile range.")
+@click.option("--dim", "dims", multiple=True, help="Dynamic axis range NAME=MIN:OPT:MAX.")
+@click.option("--tensorrt", "tensorrt_version", help="Check against this TensorRT version instead of the target's.")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+@handle_errors
+def lint(ctx, model, target, inputs, dims, tensorrt_version, json_out):
+    """TensorRT preflight of an ONNX MODEL (runs anywhere, no GPU): exit 1 when TensorRT would reject it."""
+    from edgeopt.backends.tensorrt.lint import lint as run_lint
+    from edgeopt.core.spec import IOSpec, parse_dim_arg, parse_input_arg
+    from edgeopt.core.targets import get_target
+
+    spec = IOSpec(tuple(parse_input_arg(i) for i in inputs), {d.name: d for d in map(parse_dim_arg, dims)}) \
+        if inputs else None
+    report = run_lint(model, get_target(target), spec, tensorrt_version)
+    if json_out:
+        emit_json(report.to_dict())
+    else:
+        click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+@handle_errors
+def targets(ctx, json_out):
+    """List device targets and whether each can run on this machine."""
+    from edgeopt.backends import targets as list_targets
+
+    rows = list_targets()
+    if json_out:
+        emit_json(rows)
+        return
+    from rich.table import Table
+
+    from edgeopt.report.tables import wide_console
+
+    t = Table(title="edgeopt targets", title_justify="left")
+    for c in ("target", "backend", "device", "precisions", "runs here", "status / what to install"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["name"], r["backend"], r["device"], ",".join(r["precisions"]),
+                  "[green]yes[/green]" if r["runnable"] else "[red]no[/red]", r["status"])
+    wide_console().print(t)
+
+
+@main.command()
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+@handle_errors
+def doctor(ctx, json_out):
+    """Installed backends, versions, CPU features and devices."""
+    from edgeopt.backends.doctor import doctor as run_doctor
+
+    d = run_doctor()
+    if json_out:
+        emit_json(d)
+        return
+    cpu = d["host"]["cpu"]
+    click.echo(f"edgeopt {__version__} on {d['host']['os']}, Python {d['host']['python']}")
+    click.echo(f"CPU: {cpu['model']} ({cpu['usable_cores']} usable cores), features: {', '.join(cpu['flags']) or 'none'}")
+    for name, b in d["backends"].items():
+        state = f"{b['version']}" if b["installed"] else f"not installed ({b['install']})"
+        click.echo(f"  {name:12s} {state}")
+        for dev, full in (b.get("devices") or {}).items():
+            click.echo(f"  {'':12s} device {dev}: {full}")
+    click.echo("libraries: " + ", ".join(f"{k} {v}" for k, v in d["host"]["libraries"].items()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,54 @@
+"""The options of the compression stage: one small dataclass, parsed once from the recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from edgeopt.errors import UserInputError
+
+ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq", "ort-qdq-s8s8", "ort-dynamic")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    max_drop: float = 1.0  # allowed task-metric drop vs FP32, in points (absolute) or % (relative)
+    drop_type: str = "absolute"  # absolute | relative
+    min_cosine: float = 0.99  # without labels: minimum cosine similarity of outputs vs FP32
+    candidates: tuple[str, ...] = ()  # ONNX Runtime recipes to try (default: by model kind)
+    accuracy_control: bool = True  # when over budget, let NNCF keep the most sensitive layers in float
+    subset_size: int = 300  # calibration samples NNCF uses at most
+    preset: str | None = None  # NNCF preset: performance | mixed (default: by model kind)
+    timing_s: float = 0.4  # seconds of quick timing per candidate
+
+    def __post_init__(self):
+        if self.drop_type not in ("absolute", "relative"):
+            raise UserInputError(f"[compression] drop_type {self.drop_type!r} is unknown.", "Use absolute or relative.")
+        if self.max_drop < 0 or not 0 < self.min_cosine <= 1:
+            raise UserInputError("[compression] max_drop must be >= 0 and min_cosine in (0, 1].",
+                                 "For example max_drop = 1.0, min_cosine = 0.99.")
+        bad = [c for c in self.candidates if c not in ORT_CANDIDATES]
+        if bad:
+            raise UserInputError(f"[compression] candidates {bad} are unknown.", f"Use any of {list(ORT_CANDIDATES)}.")
+        if self.preset not in (None, "performance", "mixed"):
+            raise UserInputError(f"[compression] preset {self.preset!r} is unknown.", "Use performance or mixed.")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "CompressionConfig":
+        data = dict(data or {})
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise UserInputError(f"Recipe section [compression] has unknown keys {unknown}.",
+                                 f"Allowed keys: {', '.join(sorted(allowed))}.")
+        if "candidates" in data:
+            data["candidates"] = tuple(data["candidates"])
+        return cls(**data)
+
+    def allowed_drop(self, fp32_value: float) -> float:
+        """The budget in metric units (metric values are fractions: 1 point = 0.01)."""
+        if self.drop_type == "relative":
+            return fp32_value * self.max_drop / 100.0
+        return self.max_drop / 100.0
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

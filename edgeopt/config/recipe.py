@@ -1,0 +1,203 @@
+"""The build recipe: a TOML file parsed once into small typed objects. The core never sees raw dicts.
+
+```toml
+[model]
+name = "digits-cnn"
+source = "model.py:build"          # file.py:factory | package.module:factory | model.onnx | model.pt2
+checkpoint = "weights.pt"          # | torchscript.pt | hf:path/to/local/transformers/folder
+kind = "cnn"                       # cnn | transformer | detector | generic (picks compression recipes)
+
+[[inputs]]
+name = "image"
+shape = ["batch", 1, 8, 8]
+dtype = "float32"
+range = [0.0, 1.0]                 # values for random samples
+
+[dims.batch]
+min = 1
+opt = 1
+max = 32
+
+targets = ["ort-cpu", "openvino-cpu"]
+precisions = ["fp32", "bf16"]
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from edgeopt.config.compression import CompressionConfig
+from edgeopt.config.pruning import PruningConfig
+from edgeopt.config.budgets import Budgets
+from edgeopt.errors import UserInputError
+from edgeopt.core.parity import DEFAULT_TOLERANCES
+from edgeopt.core.profile import ProfileConfig
+from edgeopt.core.resources import load_toml
+from edgeopt.core.spec import Dim, IOSpec, tensor_from_dict
+from edgeopt.core.targets import PRECISIONS
+
+MODEL_KINDS = ("cnn", "transformer", "detector", "generic")
+
+
+def _reject_unknown(section: str, data: dict, allowed) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise UserInputError(f"Recipe section [{section}] has unknown keys {unknown}.",
+                             f"Allowed keys: {', '.join(sorted(allowed))}.")
+
+
+def _section(cls, name: str, data: dict | None):
+    data = dict(data or {})
+    _reject_unknown(name, data, [f.name for f in fields(cls)])
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str
+    checkpoint: str | None = None
+    name: str | None = None
+    kind: str = "generic"
+    allow_pickle: bool = False  # full unpickling of a checkpoint: only when the user opts in
+    outputs: tuple[str, ...] = ()  # rename the flattened outputs
+    labels: tuple[str, ...] = ()  # class names, shipped in bundles
+    call: str = "positional"  # positional | keywords | list (torchvision detectors take a list of images)
+
+    def __post_init__(self):
+        if self.kind not in MODEL_KINDS:
+            raise UserInputError(f"Unknown model kind {self.kind!r}.", f"Use one of: {', '.join(MODEL_KINDS)}.")
+        if self.call not in ("positional", "keywords", "list"):
+            raise UserInputError(f"Unknown call style {self.call!r}.", "Use positional, keywords or list.")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    exporter: str = "auto"  # auto (dynamo, legacy on failure) | dynamo | legacy
+    slim: bool = True
+
+    def __post_init__(self):
+        if self.exporter not in ("auto", "dynamo", "legacy"):
+            raise UserInputError(f"Unknown exporter {self.exporter!r}.", "Use auto, dynamo or legacy.")
+        if not 11 <= int(self.opset) <= 23:
+            raise UserInputError(f"Opset {self.opset} is out of range.", "Use an opset between 11 and 23 (default 18).")
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    samples: int = 3  # random samples at batch 1; one more at a batch > 1 when the batch is dynamic
+    seed: int = 0
+    tolerances: dict = field(default_factory=dict)  # {"fp32": {"atol": 1e-4, "min_cosine": ...}}
+
+    def __post_init__(self):
+        for p, t in self.tolerances.items():
+            if p not in DEFAULT_TOLERANCES:
+                raise UserInputError(f"[parity.tolerances] names unknown precision {p!r}.", f"Use {list(PRECISIONS)}.")
+            _reject_unknown(f"parity.tolerances.{p}", t, ("atol", "rtol", "min_cosine"))
+
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: ModelConfig
+    spec: IOSpec
+    targets: tuple[str, ...] = ()  # empty: every target that can run here
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    export: ExportConfig = field(default_factory=ExportConfig)
+    parity: ParityConfig = field(default_factory=ParityConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    calibration: object | None = None  # data.DataConfig
+    evaluation: object | None = None  # data.DataConfig
+    compression: object = None  # compress.CompressionConfig
+    pruning: object = None  # compress.prune.PruningConfig
+    preprocess: object = None  # data.Preprocess: how raw images become the model's input (shipped in bundles)
+    select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
+    base_dir: Path = Path(".")
+    path: str = ""
+
+    def resolve(self, rel: str | None) -> str | None:
+        """A path relative to the recipe's folder (module paths and ``hf:`` stay as they are)."""
+        if rel is None:
+            return None
+        head, sep, tail = rel.partition(":")
+        if head == "hf" and sep:
+            p = self.base_dir / tail
+            return f"hf:{p if p.exists() else tail}"
+        if sep and head.endswith(".py"):
+            return f"{self.base_dir / head}:{tail}"
+        p = self.base_dir / rel
+        return str(p) if p.exists() or not sep else rel
+
+    def shipped_preprocess(self) -> dict | None:
+        """The preprocessing recorded for the runtime: [preprocess], else that of the evaluation or
+        calibration data (None when none is declared)."""
+        for pre in (self.preprocess, getattr(self.evaluation, "preprocess", None),
+                    getattr(self.calibration, "preprocess", None)):
+            if pre is not None:
+                return pre.to_dict()
+        return None
+
+    def with_overrides(self, **kw) -> "Recipe":
+        kw = {k: v for k, v in kw.items() if v not in (None, (), [])}
+        return replace(self, **kw)
+
+
+TOP_KEYS = ("model", "inputs", "dims", "outputs", "targets", "precisions", "export", "parity", "profile",
+            "calibration", "evaluation", "compression", "pruning", "select", "preprocess")
+
+
+def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
+    _reject_unknown("top level", data, TOP_KEYS)
+    if "model" not in data or "source" not in data["model"]:
+        raise UserInputError("The recipe has no [model] source.", 'Add [model] source = "model.py:build".')
+    m = dict(data["model"])
+    m["outputs"] = tuple(m.get("outputs", ()))
+    m["labels"] = tuple(str(x) for x in m.get("labels", ()))
+    model = _section(ModelConfig, "model", m)
+    if not data.get("inputs"):
+        raise UserInputError("The recipe declares no [[inputs]].",
+                             'Add [[inputs]] name = "input" shape = ["batch", 3, 224, 224] dtype = "float32".')
+    dims = {}
+    for n, d in data.get("dims", {}).items():
+        _reject_unknown(f"dims.{n}", d, ("min", "opt", "max"))
+        if "min" not in d or "max" not in d:
+            raise UserInputError(f"[dims.{n}] needs min and max.", f"[dims.{n}] min = 1, opt = 1, max = 32")
+        dims[n] = Dim(n, int(d["min"]), int(d.get("opt", d["min"])), int(d["max"]))
+    for i in data["inputs"]:
+        _reject_unknown("inputs", i, ("name", "shape", "dtype", "range"))
+    spec = IOSpec(inputs=tuple(tensor_from_dict(i) for i in data["inputs"]), dims=dims,
+                  outputs=tuple(data.get("outputs", ())) or model.outputs)
+    precisions = tuple(data.get("precisions", Recipe.precisions))
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise UserInputError(f"Unknown precisions {bad}.", f"Use any of: {', '.join(PRECISIONS)}.")
+    prof = dict(data.get("profile", {}))
+    if "batches" in prof:
+        prof["batches"] = tuple(int(b) for b in prof["batches"])
+    recipe = Recipe(
+        model=model, spec=spec, targets=tuple(data.get("targets", ())), precisions=precisions,
+        export=_section(ExportConfig, "export", data.get("export")),
+        parity=_section(ParityConfig, "parity", data.get("parity")),
+        profile=_section(ProfileConfig, "profile", prof),
+        compression=CompressionConfig.from_dict(data.get("compression")),
+        pruning=PruningConfig.from_dict(data.get("pruning")),
+        select=Budgets.from_dict(data["select"]) if data.get("select") else None, base_dir=base_dir, path=path,
+    )
+    data_sections = {}
+    for key in ("calibration", "evaluation"):
+        if data.get(key):
+            from edgeopt.data.dataset import DataConfig
+
+            data_sections[key] = DataConfig.from_dict(data[key], base_dir)
+    if data.get("preprocess"):
+        from edgeopt.data.dataset import Preprocess
+
+        data_sections["preprocess"] = Preprocess.from_dict(data["preprocess"])
+    return replace(recipe, **data_sections)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    return recipe_from_dict(load_toml(path), path.resolve().parent, str(path))

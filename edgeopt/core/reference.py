@@ -1,0 +1,47 @@
+"""Reference samples and outputs (from PyTorch), stored once in OUT/reference/ for every parity check,
+on this host and later on a device without torch."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt.core.fsutil import write_bytes_atomic
+from edgeopt.core.spec import IOSpec
+
+REFERENCE_FILE = "reference/reference.npz"
+
+
+def parity_feeds(spec: IOSpec, samples: int, seed: int, real: list[dict] | None = None) -> list[dict]:
+    """Random feeds at batch 1 (``samples`` of them), one at a batch > 1 when the batch is dynamic,
+    then real samples (batch 1) when evaluation/calibration data is given."""
+    rng = np.random.default_rng(seed)
+    lo, hi = spec.batch_range()
+    first = lo if spec.batch_dim else None
+    feeds = [spec.random_feed(rng, batch=first) for _ in range(samples)]
+    if spec.batch_dim and hi > 1:
+        feeds.append(spec.random_feed(rng, batch=min(hi, max(4, spec.dims[spec.batch_dim].opt))))
+    return feeds + list(real or [])
+
+
+def save_reference(path: Path, feeds: list[dict], outputs: list[dict]) -> None:
+    arrays = {}
+    for i, (f, o) in enumerate(zip(feeds, outputs)):
+        arrays.update({f"input/{i}/{k}": v for k, v in f.items()})
+        arrays.update({f"output/{i}/{k}": v for k, v in o.items()})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_reference(path: Path) -> tuple[list[dict], list[dict]]:
+    feeds: dict[int, dict] = {}
+    outs: dict[int, dict] = {}
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            kind, i, name = key.split("/", 2)
+            (feeds if kind == "input" else outs).setdefault(int(i), {})[name] = z[key]
+    n = sorted(feeds)
+    return [feeds[i] for i in n], [outs[i] for i in n]

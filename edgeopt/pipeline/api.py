@@ -1,0 +1,127 @@
+"""The Python functions behind ``edgeopt export``, ``compile`` and ``profile`` (``build`` is in build.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeopt.pipeline.build import (
+    BuildContext,
+    check_output,
+    load_data,
+    prepare_output,
+    stage_export,
+    stage_intake,
+)
+from edgeopt.errors import UserInputError
+from edgeopt.core.hostinfo import host_info
+from edgeopt.core.manifest import Manifest, load_manifest
+from edgeopt.core.profile import ProfileConfig
+from edgeopt.config.recipe import Recipe, load_recipe
+from edgeopt.report.progress import Reporter
+
+
+def _recipe(recipe) -> Recipe:
+    from edgeopt.example import example_recipe
+
+    if recipe is None:
+        return example_recipe()
+    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+
+
+def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
+           reporter: Reporter | None = None) -> dict:
+    """Export the recipe's model to OUT/export/model.onnx with its parity record and reference outputs."""
+    r = _recipe(recipe)
+    out = Path(output)
+    reporter = reporter or Reporter()
+    check_output(out, force)
+    manifest = Manifest.new(r, host_info())
+    ctx = BuildContext(recipe=r, out=out, reporter=reporter)
+    load_data(ctx, manifest)
+    stage_intake(ctx)
+    prepare_output(out, force)
+    previous = load_manifest(out, missing_ok=True)
+    stage_export(ctx, manifest, previous)
+    if previous and (previous.data.get("export") or {}).get("sha256") == manifest.data["export"].get("sha256"):
+        manifest.data["artifacts"] = previous.data.get("artifacts", [])  # still valid for the same ONNX
+    manifest.write(out)
+    return manifest.data
+
+
+def compile(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisions=(), force: bool = False,
+            reporter: Reporter | None = None) -> dict:  # noqa: A001 - the command's name
+    """Export (reused when unchanged) and compile the given targets/precisions, without profiling."""
+    from edgeopt.pipeline.build import build
+
+    return build(recipe, output, targets, precisions, force=force, reporter=reporter, profile=False)
+
+
+def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmup: int = 10,
+            duration_s: float = 1.5, threads: int | None = None, reporter: Reporter | None = None) -> dict:
+    """Profile one artifact folder, or every artifact of an OUT folder (its manifest is updated)."""
+    from edgeopt.core.artifact import ARTIFACT_JSON, read_artifact_json
+    from edgeopt.core.fsutil import write_json_atomic
+    from edgeopt.core.manifest import MANIFEST
+    from edgeopt.backends.artifact import profile_artifact
+    from edgeopt.core.profile import record_profile
+
+    path = Path(path)
+    reporter = reporter or Reporter()
+    cfg = ProfileConfig(batches=tuple(batches), warmup=warmup, iterations=iterations, duration_s=duration_s,
+                        threads=threads)
+    if (path / ARTIFACT_JSON).is_file():
+        folders = [path]
+        manifest = None
+    elif (path / MANIFEST).is_file():
+        manifest = load_manifest(path)
+        folders = [path / a["id"] for a in manifest.data["artifacts"] if a["status"] == "ok"]
+    else:
+        raise UserInputError(f"{path} is neither an artifact folder nor an edgeopt output folder.",
+                             "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
+    results = {}
+    for folder in folders:
+        aid = read_artifact_json(folder)["id"]
+        reporter.step(f"{aid}: profiling batch {','.join(map(str, batches))}")
+        results[aid] = profile_artifact(folder, cfg.batches, cfg, threads)
+    if manifest is not None:
+        for a in manifest.data["artifacts"]:
+            if a["id"] in results:
+                record_profile(a, results[a["id"]])
+                a.pop("speedup_vs_torch", None)
+        write_json_atomic(path / MANIFEST, manifest.data)
+    return {"host": host_info(), "artifacts": results}
+
+
+def compress(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisions=("fp32", "int8"),
+             prune: str | None = None, ratio: float = 0.5, macs_target: float | None = None,
+             finetune_epochs: int = 0, finetune_data: str | None = None, max_drop: float | None = None,
+             min_cosine: float | None = None, force: bool = False, reporter: Reporter | None = None) -> dict:
+    """The compression stage on its own: INT8 (with the accuracy guard) and, with ``prune``, pruning plus an
+    optional recovery fine-tune. FP32 is built beside INT8 so every figure has its reference."""
+    from dataclasses import replace
+
+    from edgeopt.pipeline.build import build
+    from edgeopt.config.pruning import PruningConfig
+
+    r = _recipe(recipe)
+    if prune:
+        ft = None
+        if finetune_epochs:
+            data = finetune_data or (_example_train() if recipe is None else None)
+            if data is None:
+                raise UserInputError("--finetune-epochs needs training data with labels.",
+                                     "Add --finetune-data PATH (a .npz with labels, an image folder with class folders).")
+            ft = {"source": str(Path(data).resolve()), "epochs": finetune_epochs}
+        r = replace(r, pruning=PruningConfig.from_dict({"method": prune, "ratio": ratio, "macs_target": macs_target,
+                                                        "finetune": ft}))
+    if max_drop is not None or min_cosine is not None:
+        c = r.compression
+        r = replace(r, compression=replace(c, max_drop=c.max_drop if max_drop is None else max_drop,
+                                           min_cosine=c.min_cosine if min_cosine is None else min_cosine))
+    return build(r, output, targets, precisions, force=force, reporter=reporter)
+
+
+def _example_train() -> str:
+    from edgeopt.core.resources import data_dir
+
+    return str(data_dir("calibration") / "digits" / "train.npz")

@@ -1,0 +1,965 @@
+"""Bundles: the artifacts chosen for shipping, their manifest and the reference data, in one file; and the
+checks a device runs before it trusts one.
+
+Layout (a ``NAME.edgeopt.tar.gz`` holds one top folder ``NAME/``; the folder form is that folder)::
+
+    manifest.json            the OUT manifest cut to the chosen artifacts, plus a "bundle" section with
+                             the sha256 and size of every other file
+    manifest.sig             optional Ed25519 signature of manifest.json's exact bytes (see keys.py)
+    reference/reference.npz  reference inputs and outputs for the on-device self-test
+    <artifact-id>/...        each artifact folder (backend files + artifact.json)
+
+Writing is atomic and deterministic: the same OUT gives the same bytes (sorted entries, fixed mtime,
+uid/gid 0, no gzip timestamp). Reading never trusts the archive: members are checked one by one (no
+absolute paths, no ``..``, no links, no devices, size limits) and copied by hand into a staging folder
+that is renamed into place only when all of them passed; ``tarfile.extractall`` is never used.
+
+Numpy only at module level: this runs on devices without torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import errno
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+from edgeopt import __version__
+from edgeopt.errors import ArtifactLoadError, EdgeoptError, IntegrityError, ParityError, UserInputError
+from edgeopt.core.fsutil import _json_default, sha256_file, staged_dir
+from edgeopt.core.manifest import MANIFEST, load_manifest, validate
+
+BUNDLE_SCHEMA = "edgeopt.bundle/1"
+SIGNATURE = "manifest.sig"
+SUFFIXES = (".edgeopt.tar.gz", ".tar.gz", ".tgz")
+CONTROL_FILES = (MANIFEST, SIGNATURE)  # in the bundle but not in its file list
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+GET_AGAIN = "Do not use this copy: get the bundle again from its source and compare its sha256 with the sender's."
+
+
+class IncompatibleError(EdgeoptError):
+    """A bundle's artifact cannot run on this device (backend, version, GPU); the fix says what to rebuild."""
+
+    exit_code = 8
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What extraction accepts from an archive."""
+
+    max_member_bytes: int = 8 << 30  # one file
+    max_total_bytes: int = 32 << 30  # all files
+    max_members: int = 10_000
+    max_name_chars: int = 1024
+
+
+# ================================================================================================
+# writing
+# ================================================================================================
+
+@dataclass(frozen=True)
+class _Entry:
+    rel: str  # path inside the bundle
+    source: Path | None = None  # a file to copy, or
+    data: bytes | None = None  # bytes to write
+
+
+def bundle(out_dir: str | Path, output: str | Path, artifacts=None, folder: bool = False,
+           sign_key: str | Path | None = None) -> Path:
+    """Write a bundle of OUT's artifacts (ids in ``artifacts``; default every "ok" one) and return its path.
+
+    ``output`` is ``NAME.edgeopt.tar.gz`` (the suffix is added when missing) or, with ``folder``, a folder.
+    With ``sign_key`` (a private key from :func:`edgeopt.ship.keys.generate_key`) the manifest is signed.
+    Every file is checked against OUT's manifest first: only what was built and measured ships.
+    """
+    from edgeopt.ship.keys import load_private_key, sign_bytes, signature_record_bytes
+
+    out = Path(out_dir)
+    key = load_private_key(sign_key) if sign_key else None  # a bad key fails before anything is written
+    manifest = load_manifest(out).data
+    chosen = _choose(manifest, artifacts)
+    files = _source_files(out, manifest, chosen)
+    dest = _output_path(output, folder)
+    name = _bundle_name(dest, folder)
+    data = _bundle_manifest(out, manifest, chosen, files, name)
+    manifest_bytes = dumps(data)
+    entries = [_Entry(MANIFEST, data=manifest_bytes)]
+    if key is not None:
+        entries.append(_Entry(SIGNATURE, data=signature_record_bytes(sign_bytes(manifest_bytes, key))))
+    entries += [_Entry(f["path"], source=out / f["path"]) for f in files]
+    entries.sort(key=lambda e: e.rel)
+    if folder:
+        _write_folder(dest, entries)
+    else:
+        _write_tar(dest, name, entries, _epoch(manifest.get("created")))
+    return dest
+
+
+def dumps(obj) -> bytes:
+    return (json.dumps(obj, indent=2, default=_json_default) + "\n").encode()
+
+
+def _choose(manifest: dict, ids) -> list[dict]:
+    records = manifest["artifacts"]
+    by_id = {a["id"]: a for a in records}
+    if not ids:
+        chosen = [a for a in records if a["status"] == "ok"]
+        if not chosen:
+            raise UserInputError("The OUT folder has no artifact with status ok to bundle.",
+                                 "Build one first (`edgeopt build -o OUT`) and check the table it prints.")
+        return chosen
+    chosen = []
+    for i in dict.fromkeys(ids):
+        if i not in by_id:
+            raise UserInputError(f"No artifact {i!r} in the manifest.", f"Known: {', '.join(by_id) or 'none'}.")
+        rec = by_id[i]
+        if rec["status"] != "ok":
+            fix = ("Build it on the device (`edgeopt device-compile PACKAGE` there) and bundle from that OUT folder."
+                   if rec["status"] == "not built here" else "Rebuild it, or leave it out of --artifact.")
+            raise UserInputError(f"Artifact {i} has status {rec['status']!r}"
+                                 + (f" ({rec.get('reason')})" if rec.get("reason") else "")
+                                 + "; only artifacts with status ok are shipped.", fix)
+        chosen.append(rec)
+    return chosen
+
+
+def _source_files(out: Path, manifest: dict, chosen: list[dict]) -> list[dict]:
+    """The files to ship (artifact files and the reference), each checked against OUT's manifest."""
+    ref = manifest.get("reference") or {}
+    if not ref.get("path") or not ref.get("sha256"):
+        raise UserInputError(f"{out} has no reference inputs/outputs in its manifest; a bundle needs them for "
+                             "the on-device self-test.", f"Rebuild: edgeopt build -o {out}.")
+    wanted = [{"path": ref["path"], "sha256": ref["sha256"]}]
+    for rec in chosen:
+        if not rec.get("files"):
+            raise UserInputError(f"Artifact {rec['id']} lists no files in the manifest.", f"Rebuild it: edgeopt build -o {out}.")
+        wanted += rec["files"]
+    files: dict[str, dict] = {}
+    for f in wanted:
+        rel = safe_relpath(f["path"], "manifest")
+        path = out / rel
+        if not path.is_file() or path.is_symlink():
+            raise IntegrityError(f"{rel} is missing from {out}.", f"Rebuild: edgeopt build -o {out}.")
+        digest = sha256_file(path)
+        if digest != f["sha256"]:
+            raise IntegrityError(f"{rel} in {out} differs from the manifest (sha256 {digest[:12]}... instead of "
+                                 f"{f['sha256'][:12]}...): it is not the file that was built and measured.",
+                                 f"Rebuild: edgeopt build -o {out}.")
+        files[rel] = {"path": rel, "sha256": digest, "bytes": path.stat().st_size}
+    return [files[k] for k in sorted(files)]
+
+
+def _bundle_manifest(out: Path, manifest: dict, chosen: list[dict], files: list[dict], name: str) -> dict:
+    data = copy.deepcopy(manifest)
+    data["artifacts"] = copy.deepcopy(chosen)
+    data["bundle"] = {
+        "schema": BUNDLE_SCHEMA,
+        "name": name,
+        # The build time of the contents, not the time of bundling: the same OUT gives the same bytes.
+        "created": manifest.get("created"),
+        "edgeopt_version": __version__,
+        "artifacts": [a["id"] for a in chosen],
+        "source_manifest_sha256": sha256_file(out / MANIFEST),
+        "files": files,
+    }
+    return data
+
+
+def _output_path(output: str | Path, folder: bool) -> Path:
+    dest = Path(output)
+    if not folder and not dest.name.endswith(SUFFIXES):
+        dest = dest.with_name(dest.name + SUFFIXES[0])
+    if dest.exists() and not folder and dest.is_dir():
+        raise UserInputError(f"{dest} is a folder.", "Give a file name (NAME.edgeopt.tar.gz), or pass --folder.")
+    if folder and dest.exists() and not _is_bundle_folder(dest):
+        raise UserInputError(f"{dest} exists and is not an edgeopt bundle folder.",
+                             "Choose a new folder name; only an earlier bundle folder is replaced.")
+    return dest
+
+
+def _is_bundle_folder(path: Path) -> bool:
+    try:
+        return path.is_dir() and "bundle" in json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _bundle_name(dest: Path, folder: bool) -> str:
+    name = dest.name
+    if not folder:
+        for s in SUFFIXES:
+            if name.endswith(s):
+                name = name[: -len(s)]
+                break
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name).strip(".-")
+    return name or "bundle"
+
+
+def _epoch(created: str | None) -> int:
+    try:
+        return int(datetime.fromisoformat(str(created)).timestamp())
+    except (TypeError, ValueError):
+        return 0
+
+
+def _tarinfo(name: str, is_dir: bool, size: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
+    info.size = 0 if is_dir else size
+    info.mtime = mtime
+    info.mode = 0o755 if is_dir else 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _write_tar(dest: Path, name: str, entries: list[_Entry], mtime: int) -> None:
+    """Deterministic tar.gz, written to a temp file beside ``dest`` and renamed into place."""
+    import gzip
+
+    dirs = {name} | {f"{name}/{p}" for e in entries for p in map(str, PurePosixPath(e.rel).parents) if p != "."}
+    items = sorted([(d, None) for d in dirs] + [(f"{name}/{e.rel}", e) for e in entries], key=lambda x: x[0])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_file(dest) as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for arcname, e in items:
+                if e is None:
+                    tar.addfile(_tarinfo(arcname, True, 0, mtime))
+                elif e.data is not None:
+                    tar.addfile(_tarinfo(arcname, False, len(e.data), mtime), io.BytesIO(e.data))
+                else:
+                    with open(e.source, "rb") as f:
+                        tar.addfile(_tarinfo(arcname, False, os.fstat(f.fileno()).st_size, mtime), f)
+
+
+@contextlib.contextmanager
+def _atomic_file(dest: Path):
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_folder(dest: Path, entries: list[_Entry]) -> None:
+    with staged_dir(dest) as stage:
+        for e in entries:
+            path = stage / e.rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if e.data is not None:
+                path.write_bytes(e.data)
+            else:
+                shutil.copyfile(e.source, path)
+
+
+# ================================================================================================
+# reading: safe extraction
+# ================================================================================================
+
+def safe_relpath(name: str, where: str) -> str:
+    """``name`` as a relative POSIX path that stays inside its folder, or :class:`IntegrityError`."""
+    bad = None
+    if not isinstance(name, str) or not name:
+        bad = "an empty path"
+    elif "\x00" in name:
+        bad = "a NUL byte in the path"
+    elif "\\" in name:
+        bad = "a backslash in the path"
+    elif name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        bad = "an absolute path"
+    elif ".." in PurePosixPath(name).parts:
+        bad = "a '..' component that leads out of the folder"
+    if bad:
+        raise IntegrityError(f"Refused {where} entry {name!r}: {bad}.",
+                             "`edgeopt bundle` writes only relative paths inside one folder: this was not made by it "
+                             "or was altered. " + GET_AGAIN)
+    return PurePosixPath(name).as_posix()
+
+
+def _member_type_problem(m: tarfile.TarInfo) -> str | None:
+    if m.issym():
+        return f"a symbolic link (to {m.linkname!r})"
+    if m.islnk():
+        return f"a hard link (to {m.linkname!r})"
+    if m.ischr() or m.isblk():
+        return "a device file"
+    if m.isfifo():
+        return "a FIFO"
+    if m.issparse():
+        return "a sparse file"
+    if not (m.isreg() or m.isdir()):
+        return f"an entry of tar type {m.type!r}"
+    return None
+
+
+def _refuse(name: str, problem: str) -> IntegrityError:
+    return IntegrityError(f"Refused archive member {name!r}: {problem}.",
+                          "`edgeopt bundle` writes only plain files and folders under one top folder: this archive "
+                          "was not made by it or was altered. " + GET_AGAIN)
+
+
+def _no_space(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def safe_extract(archive: Path, dest: Path, limits: Limits = Limits()) -> None:
+    """Extract a bundle's one top folder into ``dest`` (an empty folder), member by member, refusing anything
+    that is not a plain file or folder inside it. On refusal ``dest`` may hold part of the files: the
+    caller extracts into a staging folder and discards it."""
+    top, seen, total, count = None, set(), 0, 0
+    try:
+        with tarfile.open(archive, mode="r|gz") as tar:
+            for m in tar:
+                count += 1
+                if count > limits.max_members:
+                    raise _refuse(m.name, f"more than {limits.max_members} members")
+                if len(m.name) > limits.max_name_chars:
+                    raise _refuse(m.name[:80] + "...", f"a name longer than {limits.max_name_chars} characters")
+                parts = PurePosixPath(safe_relpath(m.name, "archive")).parts
+                problem = _member_type_problem(m)
+                if problem:
+                    raise _refuse(m.name, problem)
+                top = top or parts[0]
+                if parts[0] != top:
+                    raise _refuse(m.name, f"outside the bundle's top folder {top!r}")
+                inner = "/".join(parts[1:])
+                if inner in seen:
+                    raise _refuse(m.name, "a second member with the same name")
+                seen.add(inner)
+                if m.isdir():
+                    _mkdirs(dest, inner, m.name)
+                    continue
+                if not inner:
+                    raise _refuse(m.name, "a file in place of the top folder")
+                if m.size > limits.max_member_bytes:
+                    raise _refuse(m.name, f"{m.size} bytes, over the limit of {limits.max_member_bytes}")
+                total += m.size
+                if total > limits.max_total_bytes:
+                    raise _refuse(m.name, f"the files add up to more than {limits.max_total_bytes} bytes")
+                _copy_member(tar, m, dest, inner)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise _corrupt(archive, exc) from None
+    except OSError as exc:
+        if _no_space(exc):
+            raise EdgeoptError(f"No space left while extracting {archive} to {dest.parent}.",
+                               "Free some space, or point EDGEOPT_CACHE_DIR at a larger disk.") from None
+        raise _corrupt(archive, exc) from None
+    if top is None:
+        raise IntegrityError(f"{archive} is an empty archive.", "Make bundles with `edgeopt bundle OUT -o NAME`.")
+
+
+def _corrupt(archive: Path, exc: Exception) -> IntegrityError:
+    return IntegrityError(f"{archive} is truncated or not a gzip-compressed tar ({type(exc).__name__}: {exc}).",
+                          "Copy the bundle again (an interrupted copy is the usual cause) and compare its sha256 "
+                          "with the sender's.")
+
+
+def _mkdirs(dest: Path, inner: str, name: str) -> None:
+    try:
+        (dest / inner).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise _refuse(name, "a folder where another member is a file") from None
+
+
+def _copy_member(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: Path, inner: str) -> None:
+    path = dest / inner
+    if "/" in inner:
+        _mkdirs(dest, inner.rsplit("/", 1)[0], m.name)
+    src = tar.extractfile(m)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError):
+        raise _refuse(m.name, "a file where another member is a folder") from None
+    with os.fdopen(fd, "wb") as f:
+        shutil.copyfileobj(src, f, 1 << 20)
+
+
+def default_cache_dir() -> Path:
+    from edgeopt.core.isolation import cache_dir
+
+    return cache_dir() / "bundles"
+
+
+def extract_cached(archive: Path, limits: Limits = Limits(), cache_dir: str | Path | None = None,
+                   fresh: bool = False) -> tuple[Path, bool, str]:
+    """(folder, reused, sha256 of the archive): the archive extracted into ``cache_dir/<sha256>`` (once; later calls reuse it).
+
+    Extraction goes into a staging folder renamed into place only when every member passed."""
+    base = Path(cache_dir) if cache_dir else default_cache_dir()
+    try:
+        digest = sha256_file(archive)
+    except OSError as exc:
+        raise UserInputError(f"Cannot read {archive}: {exc.strerror or exc}.", "Check the path.") from None
+    final = base / digest[:32]
+    if fresh and final.exists():
+        shutil.rmtree(final, ignore_errors=True)
+    if (final / MANIFEST).is_file():
+        return final, True, digest
+    base.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".extract-", dir=base))
+    try:
+        safe_extract(archive, stage, limits)
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover (no manifest)
+        try:
+            os.rename(stage, final)
+        except OSError:
+            if not (final / MANIFEST).is_file():
+                raise
+            shutil.rmtree(stage, ignore_errors=True)  # another process extracted it meanwhile
+            return final, True, digest
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return final, False, digest
+
+
+# ================================================================================================
+# reading: the bundle, its manifest and its files
+# ================================================================================================
+
+@dataclass
+class Bundle:
+    """An opened bundle (or bundle folder, or OUT folder): where its files are and what its manifest says."""
+
+    source: Path  # what was given
+    root: Path  # the folder holding manifest.json
+    manifest: dict
+    kind: str  # "archive" | "bundle folder" | "OUT folder"
+    signature: str = "not signed"
+    files_checked: int = 0
+    archive_sha256: str | None = None
+    _refs: tuple | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> dict:
+        return self.manifest.get("model") or {}
+
+    @property
+    def artifacts(self) -> list[dict]:
+        return self.manifest["artifacts"]
+
+    def artifact_dir(self, artifact_id: str) -> Path:
+        return self.root / artifact_id
+
+    def artifact_json(self, artifact_id: str) -> dict:
+        from edgeopt.core.artifact import read_artifact_json
+
+        return read_artifact_json(self.artifact_dir(artifact_id))
+
+    def reference(self) -> tuple[list[dict], list[dict]]:
+        """(feeds, outputs) stored for the self-test."""
+        if self._refs is None:
+            from edgeopt.core.reference import load_reference
+
+            ref = self.manifest.get("reference") or {}
+            path = self.root / safe_relpath(ref.get("path") or "", "manifest")
+            try:
+                self._refs = load_reference(path)
+            except (OSError, ValueError, KeyError) as exc:
+                raise IntegrityError(f"The reference data {ref.get('path')} cannot be read: {exc}.", GET_AGAIN) from None
+        return self._refs
+
+
+def open_bundle(path: str | Path, public_key=None, check: bool = True, limits: Limits = Limits(),
+                cache_dir: str | Path | None = None) -> Bundle:
+    """Open a ``.edgeopt.tar.gz`` (safely extracted into the cache), a bundle folder or an OUT folder.
+
+    With ``check``: manifest schema, the signature when ``public_key`` is given, every file's size and
+    sha256, no unlisted files or links, and that the manifest, the artifact folders and the reference
+    data belong together. Raises :class:`IntegrityError` naming what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"{path} does not exist.",
+                             "Give a NAME.edgeopt.tar.gz, a bundle folder or an OUT folder from `edgeopt build`.")
+    if path.is_dir():
+        return _open_root(path, path, None, public_key, check)
+    root, reused, digest = extract_cached(path, limits, cache_dir)
+    try:
+        b = _open_root(path, root, "archive", public_key, check)
+    except IntegrityError:
+        if not reused:
+            raise
+        root, _, digest = extract_cached(path, limits, cache_dir, fresh=True)  # a damaged cached copy: start over
+        b = _open_root(path, root, "archive", public_key, check)
+    b.archive_sha256 = digest
+    return b
+
+
+def _open_root(source: Path, root: Path, kind: str | None, public_key, check: bool) -> Bundle:
+    raw = _read_manifest_bytes(source, root)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"The manifest of {source} is not valid JSON: {exc}.", GET_AGAIN) from None
+    if not isinstance(data, dict):
+        raise IntegrityError(f"The manifest of {source} is not a JSON object.", GET_AGAIN)
+    if kind is None:
+        kind = "bundle folder" if "bundle" in data else "OUT folder"
+    elif "bundle" not in data:
+        raise IntegrityError(f"{source} holds a manifest without a 'bundle' section: not an edgeopt bundle.",
+                             "Make bundles with `edgeopt bundle OUT -o NAME.edgeopt.tar.gz`.")
+    b = Bundle(source=source, root=root, manifest=data, kind=kind)
+    b.signature = _check_signature(b, raw, public_key)
+    try:
+        _check_schema(b)
+        if check:
+            b.files_checked = _check_files(b)
+            _check_consistency(b)
+    except (KeyError, TypeError, AttributeError) as exc:  # a manifest with the right keys but wrong shapes
+        raise IntegrityError(f"The manifest of {source} is malformed ({type(exc).__name__}: {exc}).",
+                             GET_AGAIN) from None
+    return b
+
+
+def _read_manifest_bytes(source: Path, root: Path) -> bytes:
+    path = root / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        raise IntegrityError(f"{source} holds no {MANIFEST}: it is not an edgeopt bundle or OUT folder.",
+                             "Make bundles with `edgeopt bundle OUT -o NAME.edgeopt.tar.gz`.")
+    return path.read_bytes()
+
+
+def _check_signature(b: Bundle, raw: bytes, public_key) -> str:
+    from edgeopt.ship.keys import check_signature, parse_signature_record
+
+    sig = b.root / SIGNATURE
+    present = b.kind != "OUT folder" and sig.is_file() and not sig.is_symlink()
+    if public_key is None:
+        return "present, not checked (no public key given)" if present else "not signed"
+    if not present:
+        raise IntegrityError(f"{b.source} is not signed, and a public key was given to check its signature.",
+                             "Ask for a signed bundle (`edgeopt bundle OUT -o NAME --sign-key KEY`), or leave out "
+                             "--public-key to accept an unsigned one.")
+    rec = parse_signature_record(sig.read_bytes(), SIGNATURE)
+    return f"valid (Ed25519 key {check_signature(raw, rec, public_key)})"
+
+
+def _check_schema(b: Bundle) -> None:
+    data = b.manifest
+    try:
+        validate(data)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{b.source}: {exc.problem}", exc.fix) from None
+    if b.kind == "OUT folder":
+        return
+    sec = data.get("bundle")
+    if not isinstance(sec, dict) or sec.get("schema") != BUNDLE_SCHEMA:
+        have = sec.get("schema") if isinstance(sec, dict) else sec
+        raise IntegrityError(f"{b.source} has bundle schema {have!r}; this edgeopt reads {BUNDLE_SCHEMA}.",
+                             "Bundle it again with this edgeopt version, or install the edgeopt version that made "
+                             f"it ({data.get('edgeopt_version')}).")
+    files = sec.get("files")
+    if not isinstance(files, list) or not all(_file_record_ok(f) for f in files):
+        raise IntegrityError(f"{b.source}: the manifest's bundle.files is malformed.", GET_AGAIN)
+    ids = [a["id"] for a in data["artifacts"]]
+    if sec.get("artifacts") != ids or not ids:
+        raise IntegrityError(f"{b.source}: bundle.artifacts {sec.get('artifacts')} does not list the manifest's "
+                             f"artifacts {ids}.", GET_AGAIN)
+
+
+def _file_record_ok(f) -> bool:
+    return (isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
+            and bool(_SHA_RE.match(f["sha256"])) and isinstance(f.get("bytes"), int) and f["bytes"] >= 0)
+
+
+def expected_files(b: Bundle) -> dict[str, dict]:
+    """path -> {path, sha256, bytes?}: the bundle's file list, or for an OUT folder the files of its
+    "ok" artifacts and the reference."""
+    data = b.manifest
+    if b.kind != "OUT folder":
+        return {safe_relpath(f["path"], "manifest"): f for f in data["bundle"]["files"]}
+    out = {}
+    ref = data.get("reference") or {}
+    if ref.get("path"):
+        out[safe_relpath(ref["path"], "manifest")] = {"path": ref["path"], "sha256": ref.get("sha256")}
+    for a in data["artifacts"]:
+        if a.get("status") == "ok":
+            for f in a.get("files", []):
+                out[safe_relpath(f["path"], "manifest")] = f
+    return out
+
+
+def _check_files(b: Bundle) -> int:
+    files = expected_files(b)
+    for rel, f in files.items():
+        path = b.root / rel
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise IntegrityError(f"Bundle file {rel} is not a plain file.", GET_AGAIN)
+        if not path.is_file():
+            raise IntegrityError(f"Bundle file {rel} is missing (the manifest lists it).",
+                                 "The bundle is incomplete or foreign. " + GET_AGAIN)
+        size = path.stat().st_size
+        if f.get("bytes") is not None and size != f["bytes"]:
+            raise IntegrityError(f"Bundle file {rel} has {size} bytes; the manifest says {f['bytes']}: it was "
+                                 "changed or truncated.", GET_AGAIN)
+        if sha256_file(path) != f.get("sha256"):
+            raise IntegrityError(f"Bundle file {rel} does not match its sha256 in the manifest: it was changed "
+                                 "after bundling (tampered or damaged).", GET_AGAIN)
+    if b.kind != "OUT folder":
+        _check_no_extras(b, set(files))
+    return len(files)
+
+
+def _check_no_extras(b: Bundle, listed: set[str]) -> None:
+    for dirpath, dirnames, filenames in os.walk(b.root, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(b.root).as_posix()
+            if path.is_symlink():
+                raise IntegrityError(f"Bundle entry {rel} is a symbolic link; bundles hold plain files only.",
+                                     GET_AGAIN)
+            if name in filenames and rel not in listed and rel not in CONTROL_FILES:
+                raise IntegrityError(f"Bundle file {rel} is not listed in the manifest: the bundle was changed "
+                                     "or mixed with another one.", GET_AGAIN)
+
+
+def _model_spec(model: dict):
+    from edgeopt.core.spec import IOSpec
+
+    return IOSpec.from_dict({"inputs": model.get("inputs") or [], "dims": model.get("dims") or {},
+                             "outputs": model.get("outputs") or []})
+
+
+def _check_consistency(b: Bundle) -> None:
+    """The manifest, each artifact folder and the reference data describe the same model and build."""
+    files = expected_files(b)
+    ref = b.manifest.get("reference") or {}
+    where = b.source
+    if not ref.get("path") or safe_relpath(ref["path"], "manifest") not in files:
+        raise IntegrityError(f"{where}: the reference data is not in the bundle.", "Bundle it again with `edgeopt bundle`.")
+    if ref.get("sha256") != files[safe_relpath(ref["path"], "manifest")].get("sha256"):
+        raise IntegrityError(f"{where}: the reference data's sha256 differs between the manifest's reference and "
+                             "file sections (a manifest from another build).", GET_AGAIN)
+    try:
+        spec = _model_spec(b.model)
+    except UserInputError as exc:
+        raise IntegrityError(f"{where}: the manifest's model I/O spec is unusable: {exc.problem}", GET_AGAIN) from None
+    for rec in b.artifacts:
+        _check_artifact_record(b, rec, files, spec)
+    _check_reference_fits(b, spec)
+
+
+def _check_artifact_record(b: Bundle, rec: dict, files: dict, spec) -> None:
+    from edgeopt.core.spec import IOSpec
+
+    aid = rec["id"]
+    if not isinstance(aid, str) or not _ID_RE.match(aid):
+        raise IntegrityError(f"{b.source}: artifact id {aid!r} is not a plain folder name.", GET_AGAIN)
+    if b.kind == "OUT folder" and rec.get("status") != "ok":
+        return
+    if rec.get("status") != "ok":
+        raise IntegrityError(f"{b.source}: artifact {aid} has status {rec.get('status')!r}; bundles hold ok ones.", GET_AGAIN)
+    for f in rec.get("files", []):
+        rel = safe_relpath(f["path"], "manifest")
+        if not rel.startswith(aid + "/") or files.get(rel, {}).get("sha256") != f.get("sha256"):
+            raise IntegrityError(f"{b.source}: artifact {aid}'s file {rel} does not match the bundle's file list "
+                                 "(a manifest from another build).", GET_AGAIN)
+    art = b.artifact_json(aid)
+    for key in ("id", "backend", "precision"):
+        if art.get(key) != rec.get(key):
+            raise IntegrityError(f"{aid}/artifact.json says {key} {art.get(key)!r}; the manifest says {rec.get(key)!r}: "
+                                 "the artifact and the manifest come from different builds.", GET_AGAIN)
+    if rec.get("key") and art.get("key") and rec["key"] != art["key"]:
+        raise IntegrityError(f"{aid}/artifact.json has build key {art['key'][:12]}...; the manifest has "
+                             f"{rec['key'][:12]}...: the artifact and the manifest come from different builds.", GET_AGAIN)
+    try:
+        same = IOSpec.from_dict(art["spec"]).to_dict() == spec.to_dict()
+    except (KeyError, TypeError, UserInputError):
+        same = False
+    if not same:
+        raise IntegrityError(f"{aid}/artifact.json describes other inputs/outputs than the manifest's model "
+                             f"{b.model.get('name')!r}: the artifact is from another model.", GET_AGAIN)
+
+
+def _check_reference_fits(b: Bundle, spec) -> None:
+    feeds, outs = b.reference()
+    if not feeds or len(feeds) != len(outs):
+        raise IntegrityError(f"{b.source}: the reference data holds no complete samples.", GET_AGAIN)
+    for i, feed in enumerate(feeds):
+        try:
+            spec.check_feed(feed, where=f"reference sample {i}")
+        except UserInputError as exc:
+            raise IntegrityError(f"{b.source}: the reference inputs do not fit model {b.model.get('name')!r} "
+                                 f"({exc.problem}): they are from another model.", GET_AGAIN) from None
+    if spec.outputs and any(set(o) - set(spec.outputs) for o in outs):
+        raise IntegrityError(f"{b.source}: the reference outputs name outputs the model does not have.", GET_AGAIN)
+
+
+# ================================================================================================
+# this device: compatibility and the self-test
+# ================================================================================================
+
+@dataclass(frozen=True)
+class Compatibility:
+    artifact: str
+    ok: bool
+    reason: str | None = None
+    fix: str | None = None
+    backend_version: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"runs_here": self.ok, "reason": self.reason, "fix": self.fix,
+                "backend_version": self.backend_version, "warnings": list(self.warnings)}
+
+
+def installed_version(backend) -> str | None:
+    """The backend's installed version; falls back to the module's ``__version__`` (onnxruntime-gpu,
+    JetPack's tensorrt and other builds installed under another distribution name)."""
+    v = backend.version()
+    if v:
+        return v
+    with contextlib.suppress(Exception):
+        import importlib
+
+        return getattr(importlib.import_module(backend.module), "__version__", None)
+    return None
+
+
+def rebuild_fix(rec: dict, needs: str, verb: str = "Rebuild") -> str:
+    return (f"{verb} {rec['id']} for this device: `edgeopt build RECIPE --target {rec['target']} --precision "
+            f"{rec['precision']}` on {needs}, then `edgeopt bundle` again.")
+
+
+def _other_target_fix(rec: dict, verb: str = "Rebuild") -> str:
+    return (f"{verb} for a target this device has: `edgeopt targets` (run here) lists them; then `edgeopt build "
+            f"RECIPE --target TARGET --precision {rec['precision']}` and `edgeopt bundle` again.")
+
+
+def check_compatibility(b: Bundle, rec: dict) -> Compatibility:
+    """Can ``rec`` run here: backend known and installed, device present, versions that can load it."""
+    from edgeopt.backends import get_backend
+    from edgeopt.core.targets import Target
+
+    aid = rec["id"]
+    art = b.artifact_json(aid)
+    try:
+        backend = get_backend(art["backend"])
+    except UserInputError:
+        return Compatibility(aid, False, f"this edgeopt {__version__} does not know the backend {art['backend']!r}",
+                             "Upgrade edgeopt on this device (pip install -U edgeopt), or "
+                             + _other_target_fix(rec, "rebuild"))
+    target = Target.from_dict(art["target"])
+    why = backend.unavailable_reason(target)
+    if why and not backend.installed():
+        return Compatibility(aid, False, why, f"Install it here (pip install 'edgeopt[{backend.extra}]'), or "
+                             + _other_target_fix(rec, "rebuild"))
+    if why:
+        return Compatibility(aid, False, why, f"{aid} is for {target.description or target.name}. "
+                             + _other_target_fix(rec))
+    version = installed_version(backend)
+    reason, warnings = backend.artifact_fits_here(aid, art.get("meta") or {}, art.get("backend_version"), version)
+    fix = None
+    if reason:
+        fix = (f"Rebuild the artifact on this device: `edgeopt device-compile PACKAGE` here (or `edgeopt build RECIPE --target "
+               f"{rec['target']} --precision {rec['precision']}` on it), then `edgeopt bundle` again. "
+               f"{backend.rebuild_note}").rstrip()
+    return Compatibility(aid, reason is None, reason, fix, version, tuple(warnings))
+
+
+def _load_fix(b: Bundle, rec: dict) -> str:
+    from edgeopt.backends import get_backend
+
+    backend = get_backend(rec["backend"])
+    here, built = installed_version(backend), b.artifact_json(rec["id"]).get("backend_version")
+    if built and here and built != here:
+        return (f"Install the version that built it (pip install '{backend.distribution}=={built}'), or "
+                + rebuild_fix(rec, f"a machine with {backend.distribution} {here}, the version here", "rebuild"))
+    return ("It does not load even with the version that built it, so the build itself is at fault (an opset or "
+            "operator this runtime lacks, or a damaged file). " + rebuild_fix(rec, "the build host"))
+
+
+def _short(exc: Exception, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def tolerance_of(rec: dict):
+    """The tolerance the build checked this artifact with (recipe overrides included), else the default."""
+    from edgeopt.core.parity import Tolerance, tolerance_for
+
+    t = (rec.get("parity") or {}).get("tolerance")
+    if isinstance(t, dict) and {"atol", "rtol", "min_cosine"} <= set(t):
+        return Tolerance(atol=t["atol"], rtol=t["rtol"], min_cosine=t["min_cosine"])
+    return tolerance_for(rec["precision"])
+
+
+def open_runner(b: Bundle, rec: dict, threads: int | None = None):
+    """(activated runner, artifact.json) for ``rec``; :class:`IncompatibleError` when the backend installed
+    here cannot load it (an opset, operator or IR version it does not know, a corrupt engine ...)."""
+    from edgeopt.backends.artifact import open_artifact
+
+    runner = None
+    try:
+        runner, art = open_artifact(b.artifact_dir(rec["id"]), threads=threads)
+        runner.activate()
+        return runner, art
+    except ArtifactLoadError as exc:  # the backend's own error is the cause
+        cause = exc.__cause__ or exc
+        raise IncompatibleError(f"{rec['backend']} cannot load {rec['id']} on this device: {_short(cause)}",
+                                _load_fix(b, rec)) from cause
+    except EdgeoptError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each framework raises its own types
+        if runner is not None:
+            runner.close()
+        raise IncompatibleError(f"{rec['backend']} cannot load {rec['id']} on this device: {_short(exc)}",
+                                _load_fix(b, rec)) from exc
+
+
+def run_self_test(b: Bundle, rec: dict, runner=None) -> dict:
+    """Run the artifact on the stored reference inputs and compare with the stored reference outputs, with
+    the tolerance of its precision. Raises :class:`ParityError` on a mismatch, :class:`IncompatibleError`
+    when the backend cannot load or run it. ``runner``: an activated runner (left open), else one is opened
+    and closed here."""
+    from edgeopt.core.parity import parity
+
+    feeds, refs = b.reference()
+    own = runner is None
+    if own:
+        runner, _ = open_runner(b, rec)
+    try:
+        got = [runner.infer(f) for f in feeds]
+    except EdgeoptError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise IncompatibleError(f"{rec['backend']} cannot run {rec['id']} on this device: {_short(exc)}",
+                                _load_fix(b, rec)) from exc
+    finally:
+        if own:
+            runner.close()
+    rep = parity(refs, got, tolerance_of(rec), kind=b.model.get("kind", "generic"))
+    summary = {k: rep.get(k) for k in ("passed", "max_abs", "cosine", "samples", "reason")} | {
+        "tolerance": rep.get("tolerance")}
+    if not rep["passed"]:
+        raise ParityError(f"Self-test failed: {rec['id']} on this device differs from the reference outputs: "
+                          f"{rep['reason']} (max abs {rep['max_abs']:.3g}, cosine {rep['cosine']:.6f}).",
+                          rebuild_fix(rec, "this device (or a machine of the same kind)")
+                          + " If the device is right and the difference acceptable, loosen the recipe's "
+                          f"[parity.tolerances.{rec['precision']}].")
+    return summary
+
+
+# ================================================================================================
+# verify
+# ================================================================================================
+
+def select_records(b: Bundle, target: str | None) -> list[dict]:
+    """The bundle's "ok" artifacts, or those of ``target`` (a target name or an artifact id)."""
+    ok = [a for a in b.artifacts if a.get("status") == "ok"]
+    if target is None:
+        if not ok:
+            raise IntegrityError(f"{b.source} holds no artifact with status ok.", "Build and bundle one first.")
+        return ok
+    hits = [a for a in ok if target in (a["id"], a["target"])]
+    if not hits:
+        raise UserInputError(f"No artifact for {target!r} in {b.source}.",
+                             "It holds: " + ", ".join(f"{a['id']} (target {a['target']})" for a in ok) + ".")
+    return hits
+
+
+def refuse_incompatible(b: Bundle, why: list[tuple[str, str | None, str | None]]) -> IncompatibleError:
+    """The refusal when nothing can run here; ``why``: (artifact id, reason, fix) for each one tried."""
+    lines = "; ".join(f"{aid}: {reason}" for aid, reason, _ in why)
+    fixes = " ".join(dict.fromkeys(fix for _, _, fix in why if fix))
+    return IncompatibleError(f"No artifact in {b.source} can run on this device: {lines}.", fixes or None)
+
+
+def verify(bundle_path: str | Path, public_key=None, target: str | None = None, *, self_test: bool = True,
+           limits: Limits = Limits(), cache_dir: str | Path | None = None) -> dict:
+    """Check a bundle (or bundle/OUT folder) on this device and return a report.
+
+    Refuses (raises) on: unsafe archive members, a manifest that is not an edgeopt manifest, a file whose
+    sha256 differs (named), a foreign or incomplete bundle, a bad signature when ``public_key`` is given, no
+    artifact (of ``target``) that can load here, or a self-test whose outputs differ from the reference.
+    Artifacts for other devices are listed with why they cannot run here and what to rebuild.
+    """
+    b = open_bundle(bundle_path, public_key=public_key, check=True, limits=limits, cache_dir=cache_dir)
+    rows = [_verify_one(b, rec, self_test) for rec in select_records(b, target)]
+    if not any(r["runs_here"] for r in rows):
+        raise refuse_incompatible(b, [(r["id"], r["reason"], r["fix"]) for r in rows])
+    return report(b, rows)
+
+
+def _verify_one(b: Bundle, rec: dict, self_test: bool) -> dict:
+    c = check_compatibility(b, rec)
+    row = {"id": rec["id"], "target": rec["target"], "backend": rec["backend"], "precision": rec["precision"],
+           **c.to_dict(), "self_test": None}
+    if not c.ok:
+        return row
+    try:
+        runner, _ = open_runner(b, rec)
+    except IncompatibleError as exc:
+        return {**row, "runs_here": False, "reason": exc.problem, "fix": exc.fix}
+    try:
+        if self_test:
+            row["self_test"] = run_self_test(b, rec, runner)
+    finally:
+        runner.close()
+    return row
+
+
+def report(b: Bundle, rows: list[dict]) -> dict:
+    sec = b.manifest.get("bundle") or {}
+    return {
+        "ok": True,
+        "bundle": str(b.source),
+        "kind": b.kind,
+        "archive_sha256": b.archive_sha256,
+        "root": str(b.root),
+        "name": sec.get("name"),
+        "model": b.model.get("name"),
+        "model_sha256": b.model.get("sha256"),
+        "built": b.manifest.get("created"),
+        "built_with": b.manifest.get("edgeopt_version"),
+        "files_checked": b.files_checked,
+        "signature": b.signature,
+        "artifacts": rows,
+        "runs_here": [r["id"] for r in rows if r["runs_here"]],
+    }
+
+
+def bundle_summary(path: str | Path) -> dict:
+    """What :func:`bundle` wrote: form, size, sha256 (a folder: its manifest's), artifacts, signed."""
+    path = Path(path)
+    if path.is_dir():
+        data = json.loads((path / MANIFEST).read_text())
+        return {"path": str(path), "form": "folder", "bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
+                "manifest_sha256": sha256_file(path / MANIFEST), "artifacts": data["bundle"]["artifacts"],
+                "signed": (path / SIGNATURE).is_file()}
+    data, signed = None, False
+    with tarfile.open(path, mode="r|gz") as tar:  # a bundle this process just wrote: read its manifest only
+        for m in tar:
+            parts = PurePosixPath(m.name).parts
+            if len(parts) == 2 and m.isreg() and parts[1] == MANIFEST:
+                data = json.loads(tar.extractfile(m).read())
+            signed = signed or (len(parts) == 2 and parts[1] == SIGNATURE)
+    return {"path": str(path), "form": "tar.gz", "bytes": path.stat().st_size, "sha256": sha256_file(path),
+            "artifacts": (data or {}).get("bundle", {}).get("artifacts", []), "signed": signed}
+
+
+__all__ = ["BUNDLE_SCHEMA", "Bundle", "Compatibility", "IncompatibleError", "Limits", "bundle", "check_compatibility",
+           "extract_cached", "open_bundle", "open_runner", "run_self_test", "safe_extract", "select_records", 
+           "verify"]

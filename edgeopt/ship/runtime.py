@@ -1,0 +1,194 @@
+"""The on-device runtime: ``edgeopt.load(bundle)`` -> a model that runs named numpy arrays.
+
+Needs numpy and the one backend the chosen artifact runs on (no torch, no ONNX tooling), on Python 3.10+.
+Nothing heavy is imported at module level here or in anything this module imports.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt.ship.bundle import (
+    Bundle,
+    IncompatibleError,
+    Limits,
+    check_compatibility,
+    open_bundle,
+    open_runner,
+    refuse_incompatible,
+    run_self_test,
+    select_records,
+)
+from edgeopt.errors import UserInputError
+
+
+def batch1_median_ms(rec: dict) -> float:
+    """The manifest's batch-1 median latency of an artifact (inf when it was not profiled)."""
+    for row in rec.get("latency") or []:
+        if row.get("batch") == 1 and isinstance(row.get("median_ms"), (int, float)):
+            return float(row["median_ms"])
+    return math.inf
+
+
+def candidates(b: Bundle, target: str | None = None) -> list[dict]:
+    """The "ok" artifacts (of ``target``: a target name or an artifact id), fastest first by the manifest's
+    batch-1 median latency; manifest order breaks ties."""
+    return sorted(select_records(b, target), key=batch1_median_ms)
+
+
+def load(bundle_or_folder: str | Path, target: str | None = None, verify: bool = True, *, public_key=None,
+         threads: int | None = None, cache_dir: str | Path | None = None, limits: Limits = Limits()) -> "Model":
+    """Open a bundle (``.edgeopt.tar.gz``, bundle folder or OUT folder), pick the artifact for this device
+    (or ``target``), and return a ready :class:`Model`.
+
+    The pick: the fastest (batch-1 median in the manifest) "ok" artifact whose backend is installed, whose
+    device is present and which loads here. With ``verify`` (the default): every file's sha256, the
+    manifest's consistency, the signature when ``public_key`` is given, and the self-test (the reference
+    inputs through the chosen artifact must give the reference outputs within the tolerance of its
+    precision). An archive is always extracted safely.
+    """
+    b = open_bundle(bundle_or_folder, public_key=public_key, check=verify, limits=limits, cache_dir=cache_dir)
+    tried = []
+    for rec in candidates(b, target):
+        c = check_compatibility(b, rec)
+        if not c.ok:
+            tried.append((rec["id"], c.reason, c.fix))
+            continue
+        try:
+            runner, art = open_runner(b, rec, threads=threads)
+        except IncompatibleError as exc:
+            tried.append((rec["id"], exc.problem, exc.fix))
+            continue
+        try:
+            verification = None
+            if verify:
+                verification = {"files_checked": b.files_checked, "signature": b.signature,
+                                "self_test": run_self_test(b, rec, runner=runner), "warnings": list(c.warnings)}
+        except BaseException:
+            runner.close()
+            raise
+        return Model(b, rec, art, runner, verification)
+    raise refuse_incompatible(b, tried)
+
+
+def _follows_batch(name: str, feeds: list[dict], outs: list[dict]) -> bool:
+    """Whether axis 0 of output ``name`` has the batch size of the inputs in every reference sample."""
+    return all(name in o and o[name].ndim > 0 and o[name].shape[0] == next(iter(f.values())).shape[0]
+               for f, o in zip(feeds, outs))
+
+
+class Model:
+    """A loaded artifact. ``infer`` takes a dict of named arrays (or one array for a one-input model) and
+    returns a dict of named numpy outputs. Close it (or use ``with``) to free the backend's memory."""
+
+    def __init__(self, b: Bundle, record: dict, art: dict, runner, verification: dict | None):
+        self.bundle = b
+        self.record = record
+        self.runner = runner
+        self.verification = verification
+        self.spec = runner.spec
+        self.id: str = record["id"]
+        self.target: str = record["target"]
+        self.backend: str = record["backend"]
+        self.precision: str = record["precision"]
+        self.backend_version: str | None = art.get("backend_version")
+
+    # ---- metadata ---------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict:
+        return self.bundle.manifest
+
+    @property
+    def root(self) -> Path:
+        return self.bundle.root
+
+    @property
+    def name(self) -> str | None:
+        return self.bundle.model.get("name")
+
+    @property
+    def inputs(self) -> list[dict]:
+        """[{name, shape (ints and dynamic axis names), dtype, dims: {axis name: [min, max]}}]."""
+        out = []
+        for t in self.spec.inputs:
+            dims = {d: [self.spec.dims[d].min, self.spec.dims[d].max] for d in t.shape if isinstance(d, str)}
+            out.append({"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "dims": dims})
+        return out
+
+    @property
+    def outputs(self) -> list[dict]:
+        """[{name, dtype, shape}], from the reference outputs; axis 0 is named after the batch axis when it
+        follows the batch."""
+        feeds, outs = self.bundle.reference()
+        rows = []
+        for name in self.spec.outputs or list(outs[0]):
+            ref = outs[0].get(name)
+            shape = list(ref.shape) if ref is not None else None
+            if shape and self.spec.batch_dim and _follows_batch(name, feeds, outs):
+                shape[0] = self.spec.batch_dim
+            rows.append({"name": name, "dtype": str(ref.dtype) if ref is not None else None, "shape": shape})
+        return rows
+
+    @property
+    def labels(self) -> list | None:
+        pre = self.bundle.model.get("preprocess") or {}
+        return self.bundle.model.get("labels") or (pre.get("labels") if isinstance(pre, dict) else None)
+
+    # ---- running ----------------------------------------------------------------------------
+    def infer(self, feed: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        if not self.runner.active:
+            raise UserInputError(f"The model {self.id} is closed.", "Load it again: edgeopt.load(BUNDLE).")
+        return self.runner.infer(feed)
+
+    __call__ = infer
+
+    def preprocess(self, image, input: str | None = None) -> np.ndarray:
+        """An image (path, PIL image, HxWxC uint8 array) or a list of them -> the model's input array with a
+        batch axis, through the preprocessing spec stored in the manifest (resize, crop, mean/std, layout)."""
+        pre, name = self._preprocess_spec(input)
+        items = image if isinstance(image, (list, tuple)) else [image]
+        if not items:
+            raise UserInputError("preprocess() got an empty list.", "Pass one image or a list of images.")
+        return np.stack([pre.apply(im) for im in items])
+
+    def _preprocess_spec(self, input: str | None):
+        from edgeopt.data.dataset import Preprocess
+
+        spec = self.bundle.model.get("preprocess")
+        names = [t.name for t in self.spec.inputs]
+        if not spec:
+            raise UserInputError(f"The bundle of {self.name!r} records no preprocessing spec.",
+                                 f"Pass arrays to infer() shaped as the model takes them ({self._describe_inputs()}), "
+                                 "or rebuild with a [preprocess] section in the recipe and bundle again.")
+        if isinstance(spec, dict) and set(spec) and set(spec) <= set(names):  # one spec per input name
+            name = input or (names[0] if len(spec) == 1 and names[0] in spec else None)
+            if name not in spec:
+                raise UserInputError(f"Preprocessing is recorded for inputs {sorted(spec)}.",
+                                     "Name one of them: model.preprocess(image, input=NAME).")
+            return Preprocess.from_dict(spec[name], where=f"preprocess.{name}"), name
+        if input is not None and input not in names:
+            raise UserInputError(f"The model has no input {input!r}.", f"Its inputs: {names}.")
+        return Preprocess.from_dict(spec), input or names[0]
+
+    def _describe_inputs(self) -> str:
+        return ", ".join(f"{t['name']}: {t['dtype']}[{','.join(map(str, t['shape']))}]" for t in self.inputs)
+
+    # ---- life cycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "open" if self.runner.active else "closed"
+        return f"<edgeopt.Model {self.name} artifact={self.id} backend={self.backend} {state}>"
+
+
+__all__ = ["IncompatibleError", "Model", "batch1_median_ms", "candidates", "load"]
