@@ -44,6 +44,7 @@ class TaskConfig:
     score_threshold: float = 0.001  # detections kept for mAP
     iou_threshold: float = 0.7  # NMS for raw heads
     max_detections: int = 300
+    label_threshold: float = 0.25  # without annotations: FP32's detections scoring this or more are the labels
     annotations: str | None = None  # COCO JSON or a folder of YOLO txt files; default: FP32's detections
 
     def __post_init__(self):
@@ -53,7 +54,7 @@ class TaskConfig:
             raise UserInputError(f"[task] pooling {self.pooling!r} is unknown.", f"Use one of: {', '.join(POOLINGS)}.")
         if self.format not in ("torchvision", "yolo"):
             raise UserInputError(f"[task] format {self.format!r} is unknown.", "Use torchvision or yolo.")
-        for name in ("score_threshold", "iou_threshold"):
+        for name in ("score_threshold", "iou_threshold", "label_threshold"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
                 raise UserInputError(f"[task] {name} = {v!r} is not a number in [0, 1].", f"For example {name} = 0.5.")
