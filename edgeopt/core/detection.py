@@ -55,13 +55,13 @@ class Detections:
     labels: np.ndarray
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def keep(self, mask_or_index) -> "Detections":
+    def keep(self, mask_or_index) -> Detections:
         return Detections(self.boxes[mask_or_index], self.scores[mask_or_index], self.labels[mask_or_index])
 
     def to_dict(self) -> dict:
