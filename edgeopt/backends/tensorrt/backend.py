@@ -26,6 +26,7 @@ import numpy as np
 from edgeopt.errors import BackendMissingError, CompileError, EdgeoptError, IntegrityError, UserInputError
 from edgeopt.core.fsutil import onnx_digest, sha256_file, sha256_json, write_bytes_atomic, write_json_atomic
 from edgeopt.core.spec import IOSpec
+from edgeopt.core.untrusted import confined, load_json
 from edgeopt.core.targets import PRECISIONS, Target
 from edgeopt.backends.tensorrt.operators import dla_available, parse_version
 from edgeopt.backends.base import Backend, CompileRequest, Runner
@@ -513,12 +514,15 @@ def _stats(values: list[float]) -> dict:
 
 
 class TrtRunner(Runner):
-    """Deserialize, allocate, set shapes and addresses, ``execute_async_v3`` on a stream."""
+    """Deserialize, allocate, set shapes and addresses, ``execute_async_v3`` on a stream. One execution
+    context and one set of buffers: concurrent calls take turns (``concurrent = False``)."""
+
+    concurrent = False
 
     def __init__(self, artifact_dir: Path, meta: dict, spec: IOSpec):
         super().__init__(spec)
         self.dir, self.meta = Path(artifact_dir), meta
-        self.engine_path = self.dir / meta.get("model_file", ENGINE_FILE)
+        self.engine_path = confined(self.dir, meta.get("model_file", ENGINE_FILE), "TensorRT engine file")
         self.dla_core = (meta.get("plan") or {}).get("dla_core")
         self.engine = self.context = self.mem = None
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
@@ -526,11 +530,12 @@ class TrtRunner(Runner):
     def _activate(self):
         trt = import_tensorrt()
         gpu = _require_gpu()
-        record_path = self.dir / self.meta.get("record_file", RECORD_FILE)
+        record_path = confined(self.dir, self.meta.get("record_file", RECORD_FILE), "TensorRT engine record")
         if not record_path.is_file():
             raise IntegrityError(f"{record_path.name} is missing beside the engine; its origin cannot be checked.",
                                  REBUILD_FIX)
-        check_engine_record(json.loads(record_path.read_text()), trt.__version__, gpu, self.engine_path)
+        check_engine_record(load_json(record_path, record_path.name, fix=REBUILD_FIX), trt.__version__, gpu,
+                            self.engine_path)
         self.mem = cuda_memory(gpu.get("via", "cuda-python"))
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         if self.dla_core is not None:
