@@ -167,9 +167,9 @@ def test_timing_cache_is_kept_checked_and_reused(trt, tmp_path):
     cache_files[0].write_bytes(b"garbage")
     _, third, _ = compile_to(trt, tmp_path, src, "fp32", name="third", builder_optimization_level=2)
     assert third["timing_cache"] == "unreadable: started afresh"
-    body = json.loads(cache_files[0].read_bytes()[len(trt.CACHE_MAGIC):])
+    body = json.loads(cache_files[0].read_bytes()[len(trt._CACHE_MAGIC):])
     body["device"] = ["NVIDIA GeForce RTX 4090", "8.9"]
-    cache_files[0].write_bytes(trt.CACHE_MAGIC + json.dumps(body).encode())
+    cache_files[0].write_bytes(trt._CACHE_MAGIC + json.dumps(body).encode())
     _, fourth, _ = compile_to(trt, tmp_path, src, "fp32", name="fourth", builder_optimization_level=1)
     assert fourth["timing_cache"] == "from another device or TensorRT: started afresh"
     # No timing cache set: get_timing_cache() is None and nothing is written.
@@ -278,7 +278,7 @@ def test_engines_load_only_where_they_were_built(trt, tmp_path):
         trtb.BACKEND.open(out, meta, req.spec, req.target).__enter__()
     (tmp_path / "record.json").rename(out / trtb.RECORD_FILE)
     # An engine whose bytes TensorRT refuses (here: another TensorRT's plan under a valid record).
-    other = trt.ENGINE_MAGIC + (out / trtb.ENGINE_FILE).read_bytes()[len(trt.ENGINE_MAGIC):].replace(
+    other = trt._ENGINE_MAGIC + (out / trtb.ENGINE_FILE).read_bytes()[len(trt._ENGINE_MAGIC):].replace(
         trt.__version__.encode(), (trt.__version__[:-2] + "99").encode(), 1)
     (out / trtb.ENGINE_FILE).write_bytes(other)
     record = json.loads((out / trtb.RECORD_FILE).read_text())

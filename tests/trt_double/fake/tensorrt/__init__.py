@@ -31,8 +31,8 @@ _API = api.trt_surface(_SURFACE)
 _V11 = _SURFACE.startswith("11")
 __version__ = state.TRT_SURFACES[_SURFACE]
 
-ENGINE_MAGIC = b"TRTDOUBLE-ENGINE\x00"
-CACHE_MAGIC = b"TRTDOUBLE-TIMING\x00"
+_ENGINE_MAGIC = b"TRTDOUBLE-ENGINE\x00"
+_CACHE_MAGIC = b"TRTDOUBLE-TIMING\x00"
 
 
 def _enum(name: str) -> type[enum.IntEnum]:
@@ -360,7 +360,7 @@ class ITimingCache:
 
     def serialize(self):
         body = json.dumps({"device": self._device, "tensorrt": self._version, "entries": sorted(self._entries)})
-        return IHostMemory(CACHE_MAGIC + body.encode())
+        return IHostMemory(_CACHE_MAGIC + body.encode())
 
     def reset(self):
         self._entries = set()
@@ -432,10 +432,10 @@ class IBuilderConfig:
         data = bytes(serialized_timing_cache)
         if not data:
             return ITimingCache(_here(), __version__, ())
-        if not data.startswith(CACHE_MAGIC):
+        if not data.startswith(_CACHE_MAGIC):
             _log(self._builder._logger, "ERROR", "Failed to deserialize the timing cache: invalid magic tag")
             return None
-        body = json.loads(data[len(CACHE_MAGIC):])
+        body = json.loads(data[len(_CACHE_MAGIC):])
         return ITimingCache(body["device"], body["tensorrt"], body["entries"])
 
     def set_timing_cache(self, cache, ignore_mismatch):
@@ -532,7 +532,7 @@ class Builder:
                   "inputs": [[t.name, t._dtype.name, t._shape] for t in network._inputs],
                   "outputs": [[t.name, t._dtype.name, t._shape] for t in network._outputs]}
         head = json.dumps(header).encode()
-        return IHostMemory(ENGINE_MAGIC + struct.pack("<Q", len(head)) + head + model)
+        return IHostMemory(_ENGINE_MAGIC + struct.pack("<Q", len(head)) + head + model)
 
 
 def _to_fp16(model: bytes) -> bytes:
@@ -543,7 +543,7 @@ def _to_fp16(model: bytes) -> bytes:
     return m.SerializeToString()
 
 
-def tf32_round(a: np.ndarray) -> np.ndarray:
+def _tf32_round(a: np.ndarray) -> np.ndarray:
     """FP32 rounded to nearest even at TF32's 10-bit mantissa."""
     bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
     bits = (bits + np.uint32(0x0FFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
@@ -557,7 +557,7 @@ def _round_weights_tf32(model: bytes) -> bytes:
     m = onnx.load_from_string(model)
     for i, t in enumerate(m.graph.initializer):
         if t.data_type == onnx.TensorProto.FLOAT:
-            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(tf32_round(numpy_helper.to_array(t)), t.name))
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(_tf32_round(numpy_helper.to_array(t)), t.name))
     return m.SerializeToString()
 
 
@@ -573,10 +573,10 @@ class Runtime:
     def deserialize_cuda_engine(self, serialized_engine):
         data = bytes(serialized_engine)
         err = lambda msg: (_log(self._logger, "ERROR", msg), None)[1]
-        if not data.startswith(ENGINE_MAGIC):
+        if not data.startswith(_ENGINE_MAGIC):
             return err("IRuntime::deserializeCudaEngine: Error Code 1: Serialization (Magic tag does not match)")
-        n = struct.unpack("<Q", data[len(ENGINE_MAGIC):len(ENGINE_MAGIC) + 8])[0]
-        start = len(ENGINE_MAGIC) + 8
+        n = struct.unpack("<Q", data[len(_ENGINE_MAGIC):len(_ENGINE_MAGIC) + 8])[0]
+        start = len(_ENGINE_MAGIC) + 8
         header = json.loads(data[start:start + n])
         if header["tensorrt"] != __version__:
             return err(f"The engine plan file is not compatible with this version of TensorRT, expecting library "
@@ -638,7 +638,7 @@ class ICudaEngine:
             so.log_severity_level = 3
             self._session = ort.InferenceSession(self._model, so, providers=["CPUExecutionProvider"])
         if self._h["tf32"]:
-            feeds = {k: tf32_round(v) if v.dtype == np.float32 else v for k, v in feeds.items()}
+            feeds = {k: _tf32_round(v) if v.dtype == np.float32 else v for k, v in feeds.items()}
         names = [o.name for o in self._session.get_outputs()]
         return dict(zip(names, self._session.run(names, feeds)))
 
