@@ -28,7 +28,7 @@ from edgeopt.core.fsutil import onnx_digest, sha256_file, sha256_json, write_byt
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.untrusted import confined, load_json
 from edgeopt.core.targets import PRECISIONS, Target
-from edgeopt.backends.tensorrt.operators import dla_available, parse_version
+from edgeopt.backends.tensorrt.operators import parse_version
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 
 ENGINE_FILE = "model.engine"
@@ -193,9 +193,6 @@ def _dla_choice(target: Target, version: str, precision: str, opts: dict) -> tup
     if core >= cores:
         raise UserInputError(f"DLA core {core} was asked for, but {target.name} has {cores} DLA core(s).",
                              "Set dla_core = -1 (GPU only)" + (f" or 0..{cores - 1}." if cores else "."))
-    if not dla_available(parse_version(version)):
-        raise UserInputError(f"TensorRT {version} has no DLA support (10.0-10.7 and 11.4+ on AGX Orin have).",
-                             "Set dla_core = -1 to build for the GPU.")
     if precision not in ("fp16", "int8"):
         return None, (f"DLA runs fp16 and int8 only: the {precision} engine is built for the GPU",)
     return core, (f"DLA core {core}" + (" with GPU fallback" if opts.get("gpu_fallback", True) else ""),)
