@@ -62,6 +62,23 @@ def float_head(model) -> list[str]:
             if n.get_type_name() not in ("Parameter", "Constant", "Result", "ShapeOf")]
 
 
+def untangled(model):
+    """``model`` with If/Loop bodies that own their constants. The ONNX frontend shares Constant nodes between
+    the main graph and the bodies, where NNCF cannot build their graphs ("Could not find a node ... in
+    NNCFGraph"); an IR written and read back holds separate copies."""
+    import openvino as ov
+
+    if not any(op.get_type_name() in ("If", "Loop", "TensorIterator") for op in model.get_ordered_ops()):
+        return model
+    with tempfile.TemporaryDirectory(prefix="edgeopt-ov-") as tmp:
+        ov.save_model(model, f"{tmp}/model.xml", compress_to_fp16=False)
+        import numpy as np
+
+        xml = Path(tmp, "model.xml").read_text()
+        weights = np.fromfile(Path(tmp, "model.bin"), dtype=np.uint8)  # in memory: the folder goes
+        return ov.Core().read_model(xml, ov.Tensor(weights))
+
+
 def _ov_validate(req):
     import numpy as np
 
@@ -83,6 +100,7 @@ def quantize_for_openvino(req, model):
 
     cfg = config_of(req)
     feeds = calibration_feeds(req, cfg.subset_size)
+    model = untangled(model)
     nncf = nncf_module()
     quiet_nncf()
     preset, preset_name = nncf_preset(nncf, cfg, req.model_kind)
