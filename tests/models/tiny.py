@@ -95,3 +95,62 @@ def hardswish_se():
                 mod.momentum = None
         m(torch.rand(16, 3, 32, 32))
     return m.eval()
+
+
+def yolo_head(classes: int = 3):
+    """A tiny YOLO-like detector at 640x640: conv features, then a raw head [B, 4 + C, N] that concatenates
+    boxes in input pixels (cx, cy, w, h in 0..640) with sigmoid class scores (0..1), as Ultralytics' eval
+    output does. One u8 per-tensor scale over that concatenation rounds every score to 0."""
+    import torch
+
+    nn = torch.nn
+
+    class TinyYolo(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(  # 640 -> 20 x 20 cells, stride 32
+                nn.Conv2d(3, 8, 4, stride=4), nn.BatchNorm2d(8), nn.ReLU(),
+                nn.Conv2d(8, 16, 4, stride=4), nn.BatchNorm2d(16), nn.ReLU(),
+                nn.Conv2d(16, 32, 2, stride=2), nn.BatchNorm2d(32), nn.ReLU())
+            self.box = nn.Conv2d(32, 4, 1)
+            self.cls = nn.Conv2d(32, classes, 1)
+            gy, gx = torch.meshgrid(torch.arange(20.0), torch.arange(20.0), indexing="ij")
+            self.register_buffer("grid", torch.stack([gx, gy]).reshape(1, 2, 400))
+
+        def forward(self, images):
+            f = self.features(images)
+            b = self.box(f).flatten(2).sigmoid()  # [B, 4, N]
+            xy = (self.grid + b[:, :2] * 2 - 0.5) * 32.0
+            wh = (b[:, 2:] * 2) ** 2 * 24.0  # up to 96 px
+            scores = self.cls(f).flatten(2).sigmoid()
+            return torch.cat([xy, wh, scores], 1)
+
+    torch.manual_seed(0)
+    m = TinyYolo()
+    images = torch.from_numpy(rect_images(8, seed=99))
+    with torch.no_grad():  # batch-norm statistics from object-like images: features that vary
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.momentum = None
+        m.features(images)
+        m.eval()
+        # class logits spread to mean -4, std 1.5: a few confident cells per image
+        z = m.cls(m.features(images)).transpose(0, 1).reshape(classes, -1)
+        mu, sd = z.mean(1), z.std(1)
+        m.cls.weight.mul_((1.5 / sd).reshape(-1, 1, 1, 1))
+        m.cls.bias.copy_((m.cls.bias - mu) * 1.5 / sd - 4)
+    return m
+
+
+def rect_images(n: int, size: int = 640, seed: int = 0):
+    """``n`` images [n, 3, size, size] in 0..1: a dark background with 1..4 bright rectangles (objects)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 0.1, (n, 3, size, size)).astype(np.float32)
+    for i in range(n):
+        for _ in range(rng.integers(1, 5)):
+            h, w = rng.integers(size // 10, size // 3, 2)
+            y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
+            x[i, :, y0:y0 + h, x0:x0 + w] = rng.uniform(0.3, 1.0, (3, 1, 1))
+    return x
