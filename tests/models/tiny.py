@@ -154,3 +154,22 @@ def rect_images(n: int, size: int = 640, seed: int = 0):
             y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
             x[i, :, y0:y0 + h, x0:x0 + w] = rng.uniform(0.3, 1.0, (3, 1, 1))
     return x
+
+
+def frcnn():
+    """Faster R-CNN MobileNetV3-Large-320-FPN with random weights (batch-norm statistics calibrated on
+    object-like images, as ssdlite), 5 classes, at most 10 detections per image."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    m = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=5, box_score_thresh=0.2, box_detections_per_img=10,
+        min_size=320, max_size=320)
+    with torch.no_grad():
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.momentum = None
+        m.backbone(torch.from_numpy(rect_images(4, 320, seed=98)))
+    return m.eval()
