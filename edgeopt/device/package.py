@@ -615,7 +615,8 @@ def compile_package(package_dir: Path, threads: int | None = None, profile_batch
     from edgeopt.core.targets import Target
 
     reporter = reporter or Reporter()
-    folder = Path(package_dir)
+    # Resolved: `device-compile .` run inside the package would otherwise swap "." itself (EBUSY at the rename).
+    folder = Path(package_dir).resolve()
     pkg = read_package(folder)
     art = read_artifact_json(folder)
     target, spec = Target.from_dict(art["target"]), IOSpec.from_dict(art["spec"])
