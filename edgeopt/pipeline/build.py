@@ -598,6 +598,10 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     manifest = Manifest.new(recipe, host_info())
     ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force,
                        int8=any(p.precision == "int8" and p.status in ("planned", "not built here") for p in plans))
+    if ctx.int8 and recipe.calibration is None:
+        raise UserInputError("INT8 needs calibration data, and none is given.",
+                             "Add --calib PATH (an image folder, .npz or .npy; see calibration/README.md) or a "
+                             "[calibration] section to the recipe, or drop -p int8.")
     load_data(ctx, manifest)  # bad targets, data and models fail here, before anything is written
     stage_intake(ctx)
     prepare_output(out, force)
