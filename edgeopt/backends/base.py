@@ -136,6 +136,10 @@ class Backend(ABC):
     def version(self) -> str | None:
         return version_of(self.distribution)
 
+    def install_hint(self) -> str:
+        """How to install what this backend needs (``doctor`` and the error texts say it)."""
+        return f"pip install 'edgeopt[{self.extra}]'"
+
     def require(self):
         """Import the framework, or raise an error naming the pip extra to install."""
         if not self.installed():
