@@ -31,6 +31,7 @@ from edgeopt.core.manifest import MANIFEST, Manifest, load_manifest, mark_incomp
 from edgeopt.core.parity import figures, parity, tolerance_for
 from edgeopt.core.profile import time_callable
 from edgeopt.config.recipe import Recipe, load_recipe
+from edgeopt.config.schema import check_inputs_fit
 from edgeopt.core.reference import REFERENCE_FILE, parity_feeds, save_reference
 from edgeopt.report.progress import Reporter
 from edgeopt.core.targets import Target, check_precision, get_target, load_targets
@@ -595,6 +596,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
         recipe = example_recipe()
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    check_inputs_fit(recipe.spec)  # a spec made in Python or from CLI arguments: before any allocation
     out = Path(output)
     reporter = reporter or Reporter()
     plans = plan_artifacts(recipe, tuple(targets), tuple(precisions))
