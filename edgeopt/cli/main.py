@@ -9,7 +9,7 @@ import sys
 import click
 
 from edgeopt import __version__
-from edgeopt.cli.common import emit_json, handle_errors, parse_batches, reporter, stdout_guard
+from edgeopt.cli.common import chatter_to_log, emit_json, handle_errors, parse_batches, reporter, stdout_guard
 
 
 def _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind=None, calib=None,
@@ -86,6 +86,9 @@ def _model_recipe(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, 
     return r
 
 
+WIDE = click.option("--wide", is_flag=True, help="Every column of the table (parity, p99), however wide.")
+
+
 def model_options(fn):
     opts = [
         click.option("--model", help="Model source instead of a recipe: file.py:factory, package.module:factory, "
@@ -136,28 +139,29 @@ def main(ctx, quiet, verbose):
 @click.option("-p", "--precision", "precisions", multiple=True, help="fp32, fp16, bf16, int8 (repeatable).")
 @click.option("--force", is_flag=True, help="Build into a non-empty folder that is not an edgeopt output.")
 @click.option("--json", "json_out", is_flag=True, help="Print the manifest as JSON on stdout.")
+@WIDE
 @model_options
 @click.pass_context
 @handle_errors
-def build(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, kind, allow_pickle, inputs,
+def build(ctx, recipe, output, targets, precisions, force, json_out, wide, model, checkpoint, kind, allow_pickle, inputs,
           dims, opset, exporter, outputs, calib, evaluation, preprocess, task):
     """Export, compile, check and profile RECIPE (a TOML file); no RECIPE builds the built-in example."""
     from edgeopt.pipeline import build as build_mod
 
     r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind, calib,
                          evaluation, preprocess, task, outputs)
-    with stdout_guard(json_out):
+    with stdout_guard(json_out), chatter_to_log(output):
         m = build_mod.build(r, output, targets, precisions, force=force, reporter=reporter())
-    _finish(m, json_out, output)
+    _finish(m, json_out, output, wide)
 
 
-def _finish(m: dict, json_out: bool, output) -> None:
+def _finish(m: dict, json_out: bool, output, wide: bool = False) -> None:
     from edgeopt.report.tables import print_summary
 
     if json_out:
         emit_json(m)
     else:
-        print_summary(m)
+        print_summary(m, wide=wide)
         click.echo(f"manifest: {Path(output) / 'manifest.json'}")
     sel = m.get("selection")
     if sel is not None and not json_out:
@@ -186,7 +190,7 @@ def export(ctx, recipe, output, force, json_out, model, checkpoint, kind, allow_
 
     r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind, calib,
                          evaluation, preprocess, task, outputs)
-    with stdout_guard(json_out):
+    with stdout_guard(json_out), chatter_to_log(output):
         m = api.export(r, output, force=force, reporter=reporter())
     if json_out:
         emit_json(m["export"])
@@ -203,19 +207,20 @@ def export(ctx, recipe, output, force, json_out, model, checkpoint, kind, allow_
 @click.option("-p", "--precision", "precisions", multiple=True)
 @click.option("--force", is_flag=True)
 @click.option("--json", "json_out", is_flag=True)
+@WIDE
 @model_options
 @click.pass_context
 @handle_errors
-def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, kind, allow_pickle,
+def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, wide, model, checkpoint, kind, allow_pickle,
                 inputs, dims, opset, exporter, outputs, calib, evaluation, preprocess, task):
     """Compile RECIPE for targets and precisions (parity-checked, not profiled)."""
     from edgeopt.pipeline import api
 
     r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind, calib,
                          evaluation, preprocess, task, outputs)
-    with stdout_guard(json_out):
+    with stdout_guard(json_out), chatter_to_log(output):
         m = api.compile(r, output, targets, precisions, force=force, reporter=reporter())
-    _finish(m, json_out, output)
+    _finish(m, json_out, output, wide)
 
 
 @main.command()
@@ -232,18 +237,19 @@ def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, model
 @click.option("--min-cosine", type=float, help="INT8 budget without labels: minimum output cosine (default 0.99).")
 @click.option("--force", is_flag=True)
 @click.option("--json", "json_out", is_flag=True)
+@WIDE
 @click.pass_context
 @handle_errors
 def compress(ctx, recipe, output, targets, precisions, prune, ratio, macs_target, finetune_epochs, finetune_data,
-             max_drop, min_cosine, force, json_out):
+             max_drop, min_cosine, force, json_out, wide):
     """INT8 calibration with an accuracy guard, and pruning with recovery fine-tuning (no RECIPE: the example)."""
     from edgeopt.pipeline import api
 
-    with stdout_guard(json_out):
+    with stdout_guard(json_out), chatter_to_log(output):
         m = api.compress(recipe, output, targets, precisions or ("fp32", "int8"), prune, ratio, macs_target,
                          finetune_epochs, finetune_data, max_drop, min_cosine, force=force,
                          reporter=reporter())
-    _finish(m, json_out, output)
+    _finish(m, json_out, output, wide)
 
 
 @main.command()

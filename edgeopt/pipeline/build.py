@@ -291,7 +291,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
         ctx.reporter.error(f"{plan.id}: {exc}")
         return {**rec, "status": "failed", "reason": exc.problem, "files": [], "key": key}
     ctx.reporter.info(f"{plan.id}: parity max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
-                      + (f", top-1 {accuracy['value']:.4f}" if accuracy else ""))
+                      + (f", top-1 {accuracy['value'] * 100:.2f}%" if accuracy else ""))
     return {**rec, "status": "ok", "reason": None, "key": key, "compile_s": round(compile_s, 3),
             "files": file_records(folder, ctx.out), "parity": _parity_summary(rep), "accuracy": accuracy,
             "meta": meta, "runtime": runtime}
