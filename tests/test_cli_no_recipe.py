@@ -55,3 +55,31 @@ def test_int8_without_a_recipe_and_without_calibration_data_is_a_clear_error(tmp
                                 "--dim", "batch=1:1:8", "-t", "ort-cpu", "-p", "int8", "-o", tmp_path / "out")
     assert "Traceback" not in err and "AttributeError" not in err
     assert code != 0 and "--calib" in err
+
+
+def test_init_writes_a_commented_recipe_that_build_accepts(tmp_path, run_cli):
+    """`edgeopt init MODEL --data DIR`: input shape and layout read from the images, train/val found."""
+    import tomllib
+
+    from edgeopt.config.recipe import load_recipe
+
+    _digit_images(tmp_path / "data" / "train", "train", 30, classes=True)
+    _digit_images(tmp_path / "data" / "val", "heldout", 30, classes=True)
+    recipe = tmp_path / "recipe.toml"
+    code, out, err = run_cli("init", "net.py:make", "--checkpoint", "ft.pt", "--data", tmp_path / "data",
+                             "-o", recipe)
+    assert code == 0, err
+    text = recipe.read_text()
+    assert text.count("\n#") > 5  # commented
+    d = tomllib.loads(text)
+    assert d["inputs"][0]["shape"] == ["batch", 1, 16, 16]
+    assert d["calibration"]["source"] == "data/train" and d["evaluation"]["source"] == "data/val"
+    r = load_recipe(recipe)
+    assert r.evaluation.preprocess.channel_order == "L" and r.precisions == ("fp32", "int8")
+    code, out, err = run_cli("init", "net.py:make", "--data", tmp_path / "data", "-o", recipe)
+    assert code == 2 and "exists" in err  # never overwritten silently
+    code, out, err = run_cli("init", "net.py:make", "--data", tmp_path / "data", "--preprocess", "imagenet",
+                             "--input", "image:float32[batch,3,224,224]", "-o", recipe, "--force")
+    assert code == 0, err
+    r = load_recipe(recipe)
+    assert r.calibration.preprocess.center_crop == (224, 224) and r.calibration.preprocess.resize == 256

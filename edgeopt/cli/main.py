@@ -253,6 +253,33 @@ def compress(ctx, recipe, output, targets, precisions, prune, ratio, macs_target
 
 
 @main.command()
+@click.argument("model")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Image folder: one subfolder per class, or train/, val/ (and calib/) subfolders.")
+@click.option("--checkpoint", help="state_dict checkpoint for a factory model.")
+@click.option("--input", "input_spec", help="The model's input, NAME:DTYPE[DIMS] (default: from the images).")
+@click.option("--preprocess", type=click.Choice(["none", "resize", "imagenet"]),
+              help="How images become inputs (default: none when every image has one size, else imagenet).")
+@click.option("--kind", type=click.Choice(["cnn", "transformer", "detector", "generic"]), default="cnn",
+              show_default=True)
+@click.option("-o", "--output", default="recipe.toml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing recipe file.")
+@handle_errors
+def init(model, data, checkpoint, input_spec, preprocess, kind, output, force):
+    """Write a commented starter recipe for MODEL (file.py:factory, model.onnx, ...) and a data folder."""
+    from edgeopt.config.starter import starter_recipe
+    from edgeopt.core.fsutil import write_text_atomic
+    from edgeopt.errors import UserInputError
+
+    out = Path(output)
+    if out.exists() and not force:
+        raise UserInputError(f"{out} exists.", "Choose another -o/--output, or pass --force to replace it.")
+    text = starter_recipe(model, data, checkpoint, input_spec, preprocess, kind, base=out.resolve().parent)
+    write_text_atomic(out, text)
+    click.echo(f"wrote {out}; check the [[inputs]] shape and the preprocessing, then: edgeopt build {out} -o out")
+
+
+@main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, comma-separated: 1,8.")
 @click.option("--iterations", type=int, help="Fixed number of timed runs (default: run for --duration).")
