@@ -78,6 +78,12 @@ class ArtifactLoadError(IntegrityError):
     """The backend could not load an artifact (corrupt, truncated, or made for another runtime version)."""
 
 
+class BusyError(EdgeoptError):
+    """Another edgeopt process holds the lock on this output folder (or cached bundle)."""
+
+    exit_code = 11
+
+
 class DiskFullError(EdgeoptError):
     """The disk holding the output (or the cache) is full."""
 

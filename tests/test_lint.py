@@ -471,3 +471,18 @@ def test_summary_prints_each_fix_once(tmp_path, nano):
     fix = lint_mod.operator_support("Unique", (10, 3))[1]
     assert text.count(fix) == 1 and text.count("fix: as for uniq0 above") == 2
     assert all(f"[uniq{i}]" in text for i in range(3))
+
+
+def test_topk_with_a_run_time_k_and_if_branches_of_different_ranks(tmp_path, nano):
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("TopK", ["x", "s"], ["v", "i"], name="topk")]
+    outs = [_f("v", [1, 10]), helper.make_tensor_value_info("i", TensorProto.INT64, [1, 10])]
+    report = lint(_save(tmp_path, nodes, [_f("x", [10])], outs), nano)
+    assert report.ok and [(f.code, f.node) for f in report.warnings] == [("topk-runtime-k", "topk")]
+    then = helper.make_graph([helper.make_node("Identity", ["a"], ["t"])], "then", [], [_f("t", [2, 4])])
+    other = helper.make_graph([helper.make_node("Identity", ["c"], ["e"])], "else", [], [_f("e", [4])])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other, name="branch")
+    ins = [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), _f("a", [2, 4]), _f("c", [4])]
+    path = _save(tmp_path, [node], ins, [_f("y", None)], name="if.onnx", check=False)
+    (f,) = lint(path, nano).errors
+    assert (f.code, f.node) == ("operator-restriction", "branch") and "same rank" in f.message

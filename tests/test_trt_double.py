@@ -484,3 +484,132 @@ def test_device_compile_dot_inside_the_package(trt, tmp_path, monkeypatch):
     assert code == 0, stderr
     assert read_package(folder)["status"] == "ok" and (folder / trtb.ENGINE_FILE).is_file()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".staging")]
+
+
+# ---- a YOLO-style detector with NMS as TensorRT's EfficientNMS_TRT plugin -----------------------------------
+def yolo_onnx(path: Path, classes: int = 3) -> Path:
+    """image [1,3,16,16] -> 16 anchors: boxes [1,16,4] (centre, size in pixels), scores [1,16,classes] (sigmoid)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal((4 + classes, 3, 4, 4)) * 0.8).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array([1, 4 + classes, 16], np.int64), "flat"),
+             numpy_helper.from_array(np.array([4, classes], np.int64), "split"),
+             numpy_helper.from_array(np.array([16.0], np.float32), "px")]
+    nodes = [helper.make_node("Conv", ["image", "W"], ["c"], strides=[4, 4], name="head"),
+             helper.make_node("Reshape", ["c", "flat"], ["r"], name="flatten"),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1], name="anchors"),
+             helper.make_node("Split", ["t", "split"], ["raw_boxes", "logits"], axis=2, name="split"),
+             helper.make_node("Sigmoid", ["raw_boxes"], ["unit_boxes"], name="box_act"),
+             helper.make_node("Mul", ["unit_boxes", "px"], ["boxes"], name="box_px"),
+             helper.make_node("Sigmoid", ["logits"], ["scores"], name="score_act")]
+    graph = helper.make_graph(nodes, "yolo", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 16, 4]),
+                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 16, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def _torchvision_nms(boxes, scores, score_thr, iou_thr, max_out):
+    torch = pytest.importorskip("torch")
+    tv = pytest.importorskip("torchvision")
+    b = torch.from_numpy(boxes[0])
+    corners = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1)
+    idx, cls = np.nonzero(scores[0] >= score_thr)
+    s = torch.from_numpy(scores[0][idx, cls])
+    keep = tv.ops.batched_nms(corners[idx], s, torch.from_numpy(cls), iou_thr)[:max_out].numpy()
+    return idx[keep], cls[keep], scores[0][idx[keep], cls[keep]]
+
+
+def test_a_detector_with_the_nms_plugin_builds_and_runs(trt, tmp_path):
+    from edgeopt.backends.tensorrt.lint import lint
+    from edgeopt.backends.tensorrt.nms import OUTPUTS, append_efficient_nms
+    from edgeopt.core.targets import get_target
+
+    raw = yolo_onnx(tmp_path / "raw.onnx")
+    src = append_efficient_nms(raw, tmp_path / "nms.onnx", max_output_boxes=5, score_threshold=0.3,
+                               iou_threshold=0.5, center_size_boxes=True)
+    report = lint(src, get_target("jetson-orin-nano"), tensorrt_version=trt.__version__)
+    assert report.ok and [f.code for f in report.findings] == ["plugin-operator"]
+    x = np.random.default_rng(3).random((1, 3, 16, 16), dtype=np.float32)
+    import onnxruntime as ort
+
+    boxes, scores = ort.InferenceSession(str(raw), providers=["CPUExecutionProvider"]).run(["boxes", "scores"],
+                                                                                          {"image": x})
+    want_idx, want_cls, want_scores = _torchvision_nms(boxes, scores, 0.3, 0.5, 5)
+    sp = IOSpec((TensorSpec("image", (1, 3, 16, 16)),))
+    out = tmp_path / "engine"
+    out.mkdir()
+    req = CompileRequest(onnx_path=src, target=target(trt), precision="fp32", spec=sp, out_dir=out,
+                         cache_dir=tmp_path / "cache")
+    meta = trtb.BACKEND.compile(req)
+    with trtb.BACKEND.open(out, meta, sp, req.target) as runner:
+        got = runner.infer({"image": x})
+    num, det_boxes, det_scores, det_classes = (got[k] for k in OUTPUTS)
+    assert num.dtype == np.int32 and det_boxes.shape == (1, 5, 4) and det_classes.shape == (1, 5)
+    n = int(num[0, 0])
+    assert n == len(want_idx) and n > 1  # the same detections as torchvision's batched_nms
+    np.testing.assert_allclose(det_scores[0, :n], want_scores, rtol=1e-5)
+    np.testing.assert_array_equal(det_classes[0, :n], want_cls)
+    np.testing.assert_allclose(det_boxes[0, :n], boxes[0][want_idx], rtol=1e-5)
+    assert not det_boxes[0, n:].any() and not det_scores[0, n:].any()  # fixed size, zero-padded
+
+
+def test_append_efficient_nms_checks_its_input(tmp_path):
+    from edgeopt.backends.tensorrt.nms import append_efficient_nms
+
+    raw = yolo_onnx(tmp_path / "raw.onnx")
+    with pytest.raises(UserInputError, match="no output 'bbox'"):
+        append_efficient_nms(raw, tmp_path / "x.onnx", boxes="bbox")
+    with pytest.raises(UserInputError, match="max_output_boxes"):
+        append_efficient_nms(raw, tmp_path / "x.onnx", max_output_boxes=0)
+    with pytest.raises(UserInputError, match="Thresholds"):
+        append_efficient_nms(raw, tmp_path / "x.onnx", iou_threshold=0)
+    with pytest.raises(UserInputError, match=r"\[batch, anchors, 4\]"):
+        append_efficient_nms(raw, tmp_path / "x.onnx", boxes="scores", scores="boxes")
+
+
+def test_the_double_catches_what_a_gpu_would_punish(trt, tmp_path):
+    """The double is strict where TensorRT and CUDA are: each misuse below fails here as it would on a device."""
+    from cuda.bindings import runtime as rt
+    from trt_double import DoubleViolation
+
+    src = conv_onnx(tmp_path / "model.onnx")
+    out, meta, req = compile_to(trt, tmp_path, src, "fp32")
+    with trtb.BACKEND.open(out, meta, req.spec, req.target) as runner:
+        ctx = runner.engine.create_execution_context()
+        host = np.zeros(3 * 3 * 16 * 16, np.float32)
+        with pytest.raises(DoubleViolation, match="not a device pointer"):
+            ctx.set_tensor_address("image", host.ctypes.data)
+        err, ptr = rt.cudaMalloc(16)
+        rt.cudaFree(ptr)
+        with pytest.raises(DoubleViolation, match="not device memory"):
+            ctx.set_tensor_address("image", ptr)  # freed: allocate before setting the address
+        assert ctx.set_input_shape("image", (9, 3, 16, 16)) is False  # outside the profile
+        assert ctx.execute_async_v3(runner.mem.stream_handle) is False  # no shapes, no addresses
+        # Work queued on a stream is done only once the stream is synchronized.
+        err, dev = rt.cudaMalloc(16)
+        back = np.zeros(4, np.float32)
+        rt.cudaMemcpyAsync(dev, np.arange(4, dtype=np.float32).ctypes.data, 16,
+                           rt.cudaMemcpyKind.cudaMemcpyHostToDevice, runner.mem.stream)
+        rt.cudaMemcpyAsync(back.ctypes.data, dev, 16, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, runner.mem.stream)
+        assert not back.any()
+        rt.cudaStreamSynchronize(runner.mem.stream)
+        np.testing.assert_array_equal(back, np.arange(4))
+        assert rt.cudaMemcpyAsync(dev, back.ctypes.data, 32, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                  runner.mem.stream)[0] == rt.cudaError_t.cudaErrorInvalidValue  # past the end
+        rt.cudaFree(dev)
+    with pytest.raises(TypeError, match="ILogger.__init__"):
+        class Bad(trt.ILogger):
+            def __init__(self):  # forgets trt.ILogger.__init__(self)
+                pass
+
+            def log(self, severity, msg):
+                pass
+
+        trt.Builder(Bad())
+    empty = trt.Builder(trt.Logger())
+    assert empty.build_serialized_network(empty.create_network(0), empty.create_builder_config()) is None

@@ -166,10 +166,10 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
                              'Add [[inputs]] name = "input" shape = ["batch", 3, 224, 224] dtype = "float32".')
     dims = {}
     for n, d in data.get("dims", {}).items():
-        _reject_unknown(f"dims.{n}", d, ("min", "opt", "max"))
+        _reject_unknown(f"dims.{n}", d, ("min", "opt", "max", "multiple_of"))
         if "min" not in d or "max" not in d:
             raise UserInputError(f"[dims.{n}] needs min and max.", f"[dims.{n}] min = 1, opt = 1, max = 32")
-        dims[n] = Dim(n, int(d["min"]), int(d.get("opt", d["min"])), int(d["max"]))
+        dims[n] = Dim(n, int(d["min"]), int(d.get("opt", d["min"])), int(d["max"]), d.get("multiple_of", 1))
     for i in data["inputs"]:
         _reject_unknown("inputs", i, ("name", "shape", "dtype", "range"))
     spec = IOSpec(inputs=tuple(tensor_from_dict(i) for i in data["inputs"]), dims=dims,

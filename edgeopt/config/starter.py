@@ -60,7 +60,7 @@ def starter_recipe(model: str, data: str | Path, checkpoint: str | None = None, 
                    preprocess: str | None = None, kind: str = "cnn", name: str | None = None,
                    base: Path | None = None) -> str:
     """The recipe text. Paths are written relative to ``base`` (the recipe's folder) where possible."""
-    from edgeopt.core.spec import IOSpec, parse_input_arg
+    from edgeopt.core.spec import parse_input_arg
     from edgeopt.data.presets import IMAGENET_MEAN, IMAGENET_STD
 
     base = (base or Path.cwd()).resolve()

@@ -14,7 +14,8 @@ from edgeopt.pipeline.build import (
 )
 from edgeopt.errors import UserInputError
 from edgeopt.core.hostinfo import host_info
-from edgeopt.core.manifest import Manifest, load_manifest
+from edgeopt.core.lock import out_lock
+from edgeopt.core.manifest import Manifest, load_consistent, load_manifest, mark_incomplete
 from edgeopt.core.profile import ProfileConfig
 from edgeopt.config.recipe import Recipe, load_recipe
 from edgeopt.report.progress import Reporter
@@ -39,12 +40,14 @@ def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
     ctx = BuildContext(recipe=r, out=out, reporter=reporter)
     load_data(ctx, manifest)
     stage_intake(ctx)
-    prepare_output(out, force)
-    previous = load_manifest(out, missing_ok=True)
-    stage_export(ctx, manifest, previous)
-    if previous and (previous.data.get("export") or {}).get("sha256") == manifest.data["export"].get("sha256"):
-        manifest.data["artifacts"] = previous.data.get("artifacts", [])  # still valid for the same ONNX
-    manifest.write(out)
+    with out_lock(out, "export"):
+        prepare_output(out, force)
+        previous = load_manifest(out, missing_ok=True)
+        mark_incomplete(out)
+        stage_export(ctx, manifest, previous)
+        if previous and (previous.data.get("export") or {}).get("sha256") == manifest.data["export"].get("sha256"):
+            manifest.data["artifacts"] = previous.data.get("artifacts", [])  # still valid for the same ONNX
+        manifest.write(out)
     return manifest.data
 
 
@@ -74,16 +77,22 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
         manifest = None
     elif (path / MANIFEST).is_file():
         manifest = load_manifest(path)
-        folders = [path / a["id"] for a in manifest.data["artifacts"] if a["status"] == "ok"]
     else:
         raise UserInputError(f"{path} is neither an artifact folder nor an edgeopt output folder.",
                              "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
     results = {}
-    for folder in folders:
-        aid = read_artifact_json(folder)["id"]
-        reporter.step(f"{aid}: profiling batch {','.join(map(str, batches))}")
-        results[aid] = profile_artifact(folder, cfg.batches, cfg, threads)
-    if manifest is not None:
+    if manifest is None:
+        for folder in folders:
+            aid = read_artifact_json(folder)["id"]
+            reporter.step(f"{aid}: profiling batch {','.join(map(str, batches))}")
+            results[aid] = profile_artifact(folder, cfg.batches, cfg, threads)
+        return {"host": host_info(), "artifacts": results}
+    with out_lock(path, "profile"):  # it rewrites the manifest: not while a build writes OUT
+        manifest = load_consistent(path)  # read again under the lock: a build may have just finished
+        for a in manifest.data["artifacts"]:
+            if a["status"] == "ok":
+                reporter.step(f"{a['id']}: profiling batch {','.join(map(str, batches))}")
+                results[a["id"]] = profile_artifact(path / a["id"], cfg.batches, cfg, threads)
         for a in manifest.data["artifacts"]:
             if a["id"] in results:
                 record_profile(a, results[a["id"]])

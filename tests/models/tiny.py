@@ -154,3 +154,36 @@ def rect_images(n: int, size: int = 640, seed: int = 0):
             y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
             x[i, :, y0:y0 + h, x0:x0 + w] = rng.uniform(0.3, 1.0, (3, 1, 1))
     return x
+
+
+def frcnn():
+    """Faster R-CNN MobileNetV3-Large-320-FPN with random weights (batch-norm statistics calibrated on
+    object-like images, as ssdlite), 5 classes, at most 10 detections per image."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    m = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=5, box_score_thresh=0.2, box_detections_per_img=10,
+        min_size=320, max_size=320)
+    with torch.no_grad():
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.momentum = None
+        m.backbone(torch.from_numpy(rect_images(4, 320, seed=98)))
+        m.eval()
+        # Random heads give logits and box deltas in the hundreds: saturated scores and boxes clipped to the
+        # border, all ties. Scale each prediction layer to a moderate spread (std: scores 1.5, deltas 0.3).
+        layers = {m.roi_heads.box_predictor.cls_score: 1.5, m.roi_heads.box_predictor.bbox_pred: 0.3,
+                  m.rpn.head.cls_logits: 1.5, m.rpn.head.bbox_pred: 0.3}
+        seen = {}
+        hooks = [layer.register_forward_hook(lambda mod, i, o: seen.setdefault(mod, o.std().item()) and None)
+                 for layer in layers]
+        m(list(torch.from_numpy(rect_images(2, 320, seed=97))))
+        for h in hooks:
+            h.remove()
+        for layer, want in layers.items():
+            layer.weight.mul_(want / seen[layer])
+            layer.bias.mul_(want / seen[layer])
+    return m

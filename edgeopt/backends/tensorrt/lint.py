@@ -286,6 +286,21 @@ def _check_restrictions(g: _Graph, node, name: str, version=BASELINE) -> list[Fi
         return [Finding("error", "operator-restriction", name,
                         "TopK with sorted=0 is not supported by TensorRT (it returns sorted results only).",
                         "Export with sorted=True (torch.topk's default).")]
+    if node.op_type == "TopK" and len(node.input) > 1 and node.input[1] not in g.constants:
+        return [Finding("warning", "topk-runtime-k", name,
+                        f"TopK's K ({node.input[1]!r}) is computed at run time: TensorRT takes it as a shape tensor "
+                        "(computed from shapes, not from data) and at most 3840.",
+                        "Make K a constant (for example min(K, anchors) computed at export), or keep it a shape "
+                        "computation under 3840.")]
+    if node.op_type == "If":
+        ranks = [[len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else None
+                  for o in attrs[b].g.output] for b in ("then_branch", "else_branch") if b in attrs]
+        if len(ranks) == 2 and any(a is not None and b is not None and a != b for a, b in zip(*ranks)):
+            return [Finding("error", "operator-restriction", name,
+                            f"If's branches give outputs of different ranks ({ranks[0]} vs {ranks[1]}); TensorRT "
+                            "needs the same rank from both.",
+                            "Return tensors of the same rank from both branches (for example an empty [0, 4] box "
+                            "tensor, not a scalar), or remove the branch at export.")]
     if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1] and node.output[1] in g.consumers:
         return [Finding("error", "operator-restriction", name,
                         "MaxPool's Indices output is used; TensorRT does not produce it.",

@@ -632,7 +632,7 @@ class ICudaEngine:
         import onnxruntime as ort
 
         if self._h["plugins"]:
-            raise NotImplementedError("the double does not execute plugin layers")
+            return _run_with_plugins(self._model, feeds, self._h["tf32"])
         if self._session is None:
             so = ort.SessionOptions()
             so.log_severity_level = 3
@@ -699,6 +699,7 @@ class IExecutionContext:
             return False
         if not state.device.is_device_pointer(int(memory)):
             raise DoubleViolation(f"set_tensor_address({name!r}, 0x{int(memory):x}): not a device pointer")
+        state.device.view(int(memory), 1)  # inside a live allocation: buffers are allocated before addresses are set
         self._addresses[name] = int(memory)
         return True
 
@@ -748,3 +749,86 @@ def _data_dependent_outputs(model: bytes) -> set[str]:
         if node.op_type in _DATA_DEPENDENT or any(i in tainted for i in node.input):
             tainted.update(node.output)
     return {o.name for o in g.output if o.name in tainted}
+
+
+# ---- plugins the double executes (numpy), after ONNX Runtime has run the graph up to their inputs -------------
+def _efficient_nms(attrs: dict, boxes: np.ndarray, scores: np.ndarray) -> list[np.ndarray]:
+    """EfficientNMS_TRT as TensorRT documents it: per-class NMS over (box, class) pairs scoring at least
+    score_threshold, best max_output_boxes kept, outputs zero-padded to that size."""
+    n_max = int(attrs["max_output_boxes"])
+    thr, iou_thr = float(attrs.get("score_threshold", 0.0)), float(attrs.get("iou_threshold", 0.5))
+    bg = int(attrs.get("background_class", -1))
+    scores = scores.astype(np.float32)
+    if attrs.get("score_activation", 0):
+        scores = 1.0 / (1.0 + np.exp(-scores))
+    corners = boxes.astype(np.float32)
+    if attrs.get("box_coding", 0):
+        c, wh = corners[..., :2], corners[..., 2:]
+        corners = np.concatenate([c - wh / 2, c + wh / 2], axis=-1)
+    batch = boxes.shape[0]
+    num = np.zeros((batch, 1), np.int32)
+    out_boxes = np.zeros((batch, n_max, 4), np.float32)
+    out_scores = np.zeros((batch, n_max), np.float32)
+    out_classes = np.zeros((batch, n_max), np.int32)
+    for b in range(batch):
+        idx, cls = np.nonzero(scores[b] >= thr)
+        keep_mask = cls != bg
+        idx, cls = idx[keep_mask], cls[keep_mask]
+        order = np.argsort(-scores[b, idx, cls], kind="stable")
+        kept: list[tuple[int, int]] = []
+        for i, k in zip(idx[order], cls[order]):
+            if all(kc != k or _iou(corners[b, i], corners[b, ki]) <= iou_thr for ki, kc in kept):
+                kept.append((i, k))
+                if len(kept) == n_max:
+                    break
+        num[b, 0] = len(kept)
+        for j, (i, k) in enumerate(kept):
+            out_boxes[b, j], out_scores[b, j], out_classes[b, j] = boxes[b, i], scores[b, i, k], k
+    return [num, out_boxes, out_scores, out_classes]
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+_PLUGIN_IMPLS = {"EfficientNMS_TRT": _efficient_nms}
+
+
+def _run_with_plugins(model: bytes, feeds: dict, tf32: bool) -> dict:
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    m = onnx.load_from_string(model)
+    plugins = [n for n in m.graph.node if n.op_type in _STANDARD_PLUGINS]
+    unknown = {n.op_type for n in plugins} - set(_PLUGIN_IMPLS)
+    produced = {o for n in plugins for o in n.output}
+    if unknown or any(i in produced for n in m.graph.node if n not in plugins for i in n.input):
+        raise NotImplementedError(f"the double runs {sorted(_PLUGIN_IMPLS)} at the end of a graph only")
+    sub = onnx.ModelProto()
+    sub.CopyFrom(m)
+    del sub.graph.node[:]
+    sub.graph.node.extend(n for n in m.graph.node if n not in plugins)
+    keep = [o for o in m.graph.output if o.name not in produced]
+    del sub.graph.output[:]
+    sub.graph.output.extend(keep)
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(sub).graph.value_info}
+    inferred.update({o.name: o for o in m.graph.output})
+    for n in plugins:
+        for i in n.input:
+            sub.graph.output.append(inferred.get(i) or helper.make_empty_tensor_value_info(i))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if tf32:
+        feeds = {k: _tf32_round(v) if v.dtype == np.float32 else v for k, v in feeds.items()}
+    sess = ort.InferenceSession(sub.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = dict(zip(names, sess.run(names, feeds)))
+    for n in plugins:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        values.update(zip(n.output, _PLUGIN_IMPLS[n.op_type](attrs, *(values[i] for i in n.input))))
+    return {o.name: values[o.name] for o in m.graph.output}
