@@ -83,3 +83,35 @@ def test_init_writes_a_commented_recipe_that_build_accepts(tmp_path, run_cli):
     assert code == 0, err
     r = load_recipe(recipe)
     assert r.calibration.preprocess.center_crop == (224, 224) and r.calibration.preprocess.resize == 256
+
+
+def test_a_target_asked_for_by_name_and_skipped_is_not_a_success(tmp_path, run_cli):
+    """Issue 14.7: `-t openvino-gpu -p fp16` on a machine without an Intel GPU said "skipped" and exited 0."""
+    from edgeopt.backends import get_backend
+    from edgeopt.core.targets import get_target
+
+    if get_backend("openvino").unavailable_reason(get_target("openvino-gpu")) is None:
+        import pytest
+
+        pytest.skip("this machine has an OpenVINO GPU device")
+    code, out, err = run_cli("build", "-t", "openvino-gpu", "-p", "fp16", "-o", tmp_path / "o")
+    assert code == 3
+    assert "openvino-gpu-fp16 was skipped: no OpenVINO GPU device here" in err
+
+
+def test_targets_and_doctor_fit_80_columns_and_say_one_install_hint(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    from edgeopt.backends import REGISTRY, get_backend
+
+    code, targets_out, _ = run_cli("targets")
+    assert code == 0
+    code, doctor_out, _ = run_cli("doctor")
+    assert code == 0
+    for text in (targets_out, doctor_out):
+        assert max(len(line) for line in text.splitlines()) <= 80
+    flat_t, flat_d = " ".join(targets_out.split()), " ".join(doctor_out.split())
+    for name in REGISTRY:
+        b = get_backend(name)
+        if not b.installed():
+            hint = " ".join(b.install_hint().split())
+            assert hint in flat_t and hint in flat_d  # the same words in both, from Backend.install_hint()

@@ -152,10 +152,10 @@ def build(ctx, recipe, output, targets, precisions, force, json_out, wide, model
                          evaluation, preprocess, task, outputs)
     with stdout_guard(json_out), chatter_to_log(output):
         m = build_mod.build(r, output, targets, precisions, force=force, reporter=reporter())
-    _finish(m, json_out, output, wide)
+    _finish(m, json_out, output, wide, targets or r.targets)
 
 
-def _finish(m: dict, json_out: bool, output, wide: bool = False) -> None:
+def _finish(m: dict, json_out: bool, output, wide: bool = False, asked=()) -> None:
     from edgeopt.report.tables import print_summary
 
     if json_out:
@@ -173,6 +173,13 @@ def _finish(m: dict, json_out: bool, output, wide: bool = False) -> None:
     if failed:
         click.echo(f"error: {len(failed)} artifact(s) failed: {', '.join(failed)} (see the table and the manifest).", err=True)
         sys.exit(5)
+    skipped = [a for a in m["artifacts"] if a["status"] == "skipped" and a["target"] in asked]
+    if skipped:  # a target asked for by name that could not be built is not a success
+        for a in skipped:
+            click.echo(f"error: {a['id']} was skipped: {a.get('reason')}", err=True)
+        click.echo("fix: build it on a machine that has what it needs (`edgeopt targets` says what runs here), or "
+                   "drop it from -t/--target.", err=True)
+        sys.exit(3)
 
 
 @main.command()
@@ -220,7 +227,7 @@ def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, wide,
                          evaluation, preprocess, task, outputs)
     with stdout_guard(json_out), chatter_to_log(output):
         m = api.compile(r, output, targets, precisions, force=force, reporter=reporter())
-    _finish(m, json_out, output, wide)
+    _finish(m, json_out, output, wide, targets or r.targets)
 
 
 @main.command()
@@ -249,7 +256,7 @@ def compress(ctx, recipe, output, targets, precisions, prune, ratio, macs_target
         m = api.compress(recipe, output, targets, precisions or ("fp32", "int8"), prune, ratio, macs_target,
                          finetune_epochs, finetune_data, max_drop, min_cosine, force=force,
                          reporter=reporter())
-    _finish(m, json_out, output, wide)
+    _finish(m, json_out, output, wide, targets)
 
 
 @main.command()
@@ -354,17 +361,23 @@ def targets(ctx, json_out):
     if json_out:
         emit_json(rows)
         return
-    from rich.table import Table
+    from edgeopt.report.tables import fit_table, terminal_width, wrap
 
-    from edgeopt.report.tables import wide_console
-
-    t = Table(title="edgeopt targets", title_justify="left")
-    for c in ("target", "backend", "device", "precisions", "runs here", "status / what to install"):
-        t.add_column(c)
+    width = terminal_width()
+    notes: list[str] = []  # one note per distinct reason: the same install hint is said once
+    table = []
     for r in rows:
-        t.add_row(r["name"], r["backend"], r["device"], ",".join(r["precisions"]),
-                  "[green]yes[/green]" if r["runnable"] else "[red]no[/red]", r["status"])
-    wide_console().print(t)
+        cell = "yes"
+        if not r["runnable"]:
+            if r["status"] not in notes:
+                notes.append(r["status"])
+            cell = f"no [{notes.index(r['status']) + 1}]"
+        table.append([r["name"], r["backend"], r["device"], ",".join(r["precisions"]), cell])
+    for line in fit_table(["target", "backend", "device", "precisions", "runs here"], table, width):
+        click.echo(line)
+    for n, text in enumerate(notes, 1):
+        for line in wrap(f"[{n}] {text}", width, indent="    "):
+            click.echo(line)
 
 
 @main.command()
@@ -379,15 +392,23 @@ def doctor(ctx, json_out):
     if json_out:
         emit_json(d)
         return
+    from edgeopt.report.tables import terminal_width, wrap
+
+    width = terminal_width()
+
+    def say(text: str, indent: str = "    ") -> None:
+        for line in wrap(text, width, indent=indent):
+            click.echo(line)
+
     cpu = d["host"]["cpu"]
-    click.echo(f"edgeopt {__version__} on {d['host']['os']}, Python {d['host']['python']}")
-    click.echo(f"CPU: {cpu['model']} ({cpu['usable_cores']} usable cores), features: {', '.join(cpu['flags']) or 'none'}")
+    say(f"edgeopt {__version__} on {d['host']['os']}, Python {d['host']['python']}")
+    say(f"CPU: {cpu['model']} ({cpu['usable_cores']} usable cores), features: {', '.join(cpu['flags']) or 'none'}")
     for name, b in d["backends"].items():
-        state = f"{b['version']}" if b["installed"] else f"not installed ({b['install']})"
-        click.echo(f"  {name:12s} {state}")
+        state = f"{b['version']}" if b["installed"] else f"not installed: {b['install']}"
+        say(f"  {name:12s} {state}", indent=" " * 15)
         for dev, full in (b.get("devices") or {}).items():
-            click.echo(f"  {'':12s} device {dev}: {full}")
-    click.echo("libraries: " + ", ".join(f"{k} {v}" for k, v in d["host"]["libraries"].items()))
+            say(f"  {'':12s} device {dev}: {full}", indent=" " * 15)
+    say("libraries: " + ", ".join(f"{k} {v}" for k, v in d["host"]["libraries"].items()))
 
 
 if __name__ == "__main__":  # pragma: no cover

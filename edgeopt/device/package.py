@@ -555,7 +555,8 @@ def check_device(target, backend, package_id: str = "", force: bool = False) -> 
     what = package_id or target.name
     if backend.name != "tensorrt":
         if not backend.installed():
-            raise BackendMissingError(backend.distribution, backend.extra, f"compile {what}")
+            raise BackendMissingError(backend.distribution, backend.extra, f"compile {what}",
+                                      fix=backend.install_hint())
         why = backend.unavailable_reason(target)
         if why:
             raise CompileError(f"{what} cannot be compiled here: {why}.", f"Run it on a machine that has {target.device} "

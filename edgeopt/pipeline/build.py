@@ -113,7 +113,8 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
             if not explicit:
                 continue
             if not backend.builds_on_device:
-                raise BackendMissingError(backend.distribution, backend.extra, f"build for target {t.name}")
+                raise BackendMissingError(backend.distribution, backend.extra, f"build for target {t.name}",
+                                          fix=backend.install_hint())
         ok, why = target_status(t)
         if not ok and not explicit:
             continue  # the default build makes what can run here
