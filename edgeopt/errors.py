@@ -36,12 +36,12 @@ class BackendMissingError(EdgeoptError):
 
     exit_code = 3
 
-    def __init__(self, what: str, extra: str, purpose: str = ""):
+    def __init__(self, what: str, extra: str, purpose: str = "", fix: str | None = None):
         needed = f" to {purpose}" if purpose else ""
         verb, pronoun = ("are", "them") if " and " in what else ("is", "it")
         super().__init__(
             f"{what} {verb} not installed; edgeopt needs {pronoun}{needed}.",
-            f"pip install 'edgeopt[{extra}]'",
+            fix or f"pip install 'edgeopt[{extra}]'",  # a backend's own: Backend.install_hint()
         )
         self.extra = extra
 

@@ -570,3 +570,46 @@ def test_append_efficient_nms_checks_its_input(tmp_path):
         append_efficient_nms(raw, tmp_path / "x.onnx", iou_threshold=0)
     with pytest.raises(UserInputError, match=r"\[batch, anchors, 4\]"):
         append_efficient_nms(raw, tmp_path / "x.onnx", boxes="scores", scores="boxes")
+
+
+def test_the_double_catches_what_a_gpu_would_punish(trt, tmp_path):
+    """The double is strict where TensorRT and CUDA are: each misuse below fails here as it would on a device."""
+    from cuda.bindings import runtime as rt
+    from trt_double import DoubleViolation
+
+    src = conv_onnx(tmp_path / "model.onnx")
+    out, meta, req = compile_to(trt, tmp_path, src, "fp32")
+    with trtb.BACKEND.open(out, meta, req.spec, req.target) as runner:
+        ctx = runner.engine.create_execution_context()
+        host = np.zeros(3 * 3 * 16 * 16, np.float32)
+        with pytest.raises(DoubleViolation, match="not a device pointer"):
+            ctx.set_tensor_address("image", host.ctypes.data)
+        err, ptr = rt.cudaMalloc(16)
+        rt.cudaFree(ptr)
+        with pytest.raises(DoubleViolation, match="not device memory"):
+            ctx.set_tensor_address("image", ptr)  # freed: allocate before setting the address
+        assert ctx.set_input_shape("image", (9, 3, 16, 16)) is False  # outside the profile
+        assert ctx.execute_async_v3(runner.mem.stream_handle) is False  # no shapes, no addresses
+        # Work queued on a stream is done only once the stream is synchronized.
+        err, dev = rt.cudaMalloc(16)
+        back = np.zeros(4, np.float32)
+        rt.cudaMemcpyAsync(dev, np.arange(4, dtype=np.float32).ctypes.data, 16,
+                           rt.cudaMemcpyKind.cudaMemcpyHostToDevice, runner.mem.stream)
+        rt.cudaMemcpyAsync(back.ctypes.data, dev, 16, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, runner.mem.stream)
+        assert not back.any()
+        rt.cudaStreamSynchronize(runner.mem.stream)
+        np.testing.assert_array_equal(back, np.arange(4))
+        assert rt.cudaMemcpyAsync(dev, back.ctypes.data, 32, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                  runner.mem.stream)[0] == rt.cudaError_t.cudaErrorInvalidValue  # past the end
+        rt.cudaFree(dev)
+    with pytest.raises(TypeError, match="ILogger.__init__"):
+        class Bad(trt.ILogger):
+            def __init__(self):  # forgets trt.ILogger.__init__(self)
+                pass
+
+            def log(self, severity, msg):
+                pass
+
+        trt.Builder(Bad())
+    empty = trt.Builder(trt.Logger())
+    assert empty.build_serialized_network(empty.create_network(0), empty.create_builder_config()) is None

@@ -114,7 +114,8 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
             if not explicit:
                 continue
             if not backend.builds_on_device:
-                raise BackendMissingError(backend.distribution, backend.extra, f"build for target {t.name}")
+                raise BackendMissingError(backend.distribution, backend.extra, f"build for target {t.name}",
+                                          fix=backend.install_hint())
         ok, why = target_status(t)
         if not ok and not explicit:
             continue  # the default build makes what can run here
@@ -295,7 +296,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
         ctx.reporter.error(f"{plan.id}: {exc}")
         return {**rec, "status": "failed", "reason": exc.problem, "files": [], "key": key}
     ctx.reporter.info(f"{plan.id}: parity max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
-                      + (f", top-1 {accuracy['value']:.4f}" if accuracy else ""))
+                      + (f", top-1 {accuracy['value'] * 100:.2f}%" if accuracy else ""))
     return {**rec, "status": "ok", "reason": None, "key": key, "generation": ctx.generation,
             "compile_s": round(compile_s, 3),
             "files": file_records(folder, ctx.out), "parity": _parity_summary(rep), "accuracy": accuracy,

@@ -699,6 +699,7 @@ class IExecutionContext:
             return False
         if not state.device.is_device_pointer(int(memory)):
             raise DoubleViolation(f"set_tensor_address({name!r}, 0x{int(memory):x}): not a device pointer")
+        state.device.view(int(memory), 1)  # inside a live allocation: buffers are allocated before addresses are set
         self._addresses[name] = int(memory)
         return True
 
