@@ -41,6 +41,12 @@ class CompileRequest:
     reference: tuple | None = None  # (feeds, fp32 reference outputs) for cosine checks
     fp32_metric: dict | None = None  # the FP32 model's task metric on the evaluation data
     log: object = print
+    onnx_sha256: str | None = None  # the ONNX with its external data files (caches key on it); None: hash the file
+
+    def onnx_key(self) -> str:
+        from edgeopt.core.fsutil import onnx_digest
+
+        return self.onnx_sha256 or onnx_digest(self.onnx_path)
 
 
 class Runner(ABC):

@@ -71,6 +71,8 @@ class BuildContext:
     fp32_metric: dict | None = None  # the exported FP32 model's task metric (the int8 accuracy budget's base)
     int8: bool = False  # some planned artifact is int8
     generation: str | None = None  # this build's id, recorded in each artifact it compiles
+    onnx_sha256: str | None = None  # the ONNX with its external data files: what artifacts are keyed on
+    export_sha256: str | None = None  # the export record's sha256 (carry-over compares it across runs)
     pruning_failure: str | None = None  # the pruned model failed its accuracy guard: nothing built from it is ok
 
 
@@ -175,7 +177,7 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
     prev = (previous.data.get("export") if previous else None) or _read_json(out / EXPORT_RECORD) or {}
     if model.onnx_path is not None:
         ctx.onnx_path = model.onnx_path
-        record = {"exporter": "none (ONNX given)", "sha256": sha256_file(model.onnx_path)}
+        record = {"exporter": "none (ONNX given)", "sha256": model.sha256}  # covers its external data files
     elif prev.get("key") == export_key and _files_intact(ctx.out, prev.get("files", [])):
         ctx.reporter.info("Reusing the exported ONNX (model and settings unchanged)")
         record = prev
@@ -192,6 +194,10 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
             write_json_atomic(stage / EXPORT_RECORD, record)
         ctx.onnx_path = out / "model.onnx"
     record["key"] = export_key
+    from edgeopt.pipeline.intake import onnx_source_digest
+
+    ctx.onnx_sha256 = model.sha256 if model.onnx_path is not None else onnx_source_digest(ctx.onnx_path)
+    ctx.export_sha256 = record.get("sha256")
     # Reference samples: random within the declared ranges, plus real ones from the evaluation data.
     real = ctx.evaluation.feeds(2) if ctx.evaluation is not None else []
     ctx.feeds = parity_feeds(model.spec, r.parity.samples, r.parity.seed, real)
@@ -231,7 +237,7 @@ def _parity_summary(rep: dict) -> dict:
 
 def artifact_key(ctx: BuildContext, plan: Plan) -> str:
     backend = get_backend(plan.target.backend)
-    return sha256_json({"onnx": sha256_file(ctx.onnx_path), "target": plan.target.to_dict(),
+    return sha256_json({"onnx": ctx.onnx_sha256 or sha256_file(ctx.onnx_path), "target": plan.target.to_dict(),
                         "precision": plan.precision, "backend": backend.version(), "edgeopt": __version__,
                         "calibration": getattr(ctx.calibration, "sha256", None) if plan.precision == "int8" else None,
                         "compression": ctx.recipe.compression.to_dict() if plan.precision == "int8" else None,
@@ -263,7 +269,8 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     t0 = time.perf_counter()
     try:
         with staged_dir(folder) as stage:
-            req = CompileRequest(onnx_path=ctx.onnx_path, target=plan.target, precision=plan.precision,
+            req = CompileRequest(onnx_path=ctx.onnx_path, onnx_sha256=ctx.onnx_sha256, target=plan.target,
+                                 precision=plan.precision,
                                  spec=ctx.model.spec, out_dir=stage, model_kind=ctx.model.kind,
                                  calibration=ctx.calibration, options=dict(plan.target.options),
                                  compression=r.compression, evaluation=ctx.evaluation,
@@ -388,7 +395,7 @@ def carry_over(ctx: BuildContext, previous: Manifest | None, planned: set[str]) 
     removed otherwise (a stale artifact is never left next to a new manifest)."""
     if previous is None:
         return []
-    same_onnx = (previous.data.get("export") or {}).get("sha256") == sha256_file(ctx.onnx_path)
+    same_onnx = (previous.data.get("export") or {}).get("sha256") == (ctx.export_sha256 or sha256_file(ctx.onnx_path))
     kept = []
     for rec in previous.data.get("artifacts", []):
         if rec["id"] in planned:

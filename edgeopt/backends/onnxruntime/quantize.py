@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from edgeopt.errors import CompileError
-from edgeopt.core.fsutil import sha256_file, working_dir
+from edgeopt.core.fsutil import working_dir
 from edgeopt.compress import INT8_RECIPES_VERSION, head
 from edgeopt.compress.cache import calibration_key, lookup, store
 from edgeopt.compress.common import (
@@ -142,7 +142,7 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
     cfg = config_of(req)
     feeds = calibration_feeds(req, cfg.subset_size)
     candidates = cfg.candidates or DEFAULTS.get(req.model_kind, DEFAULTS["generic"])
-    onnx_sha = sha256_file(req.onnx_path)
+    onnx_sha = req.onnx_key()  # with its external data files
     feed1 = req.spec.random_feed(__import__("numpy").random.default_rng(0), batch=1 if req.spec.batch_dim else None)
     results, paths = [], {}
     with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp:

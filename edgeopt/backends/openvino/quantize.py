@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 from edgeopt.errors import CompileError
-from edgeopt.core.fsutil import sha256_file
 from edgeopt.compress import head
 from edgeopt.compress.cache import calibration_key, lookup, store
 from edgeopt.compress.common import (
@@ -113,7 +112,7 @@ def quantize_for_openvino(req, model):
         kw["ignored_scope"] = nncf.IgnoredScope(names=exclude, validate=False)
         params["float_head"] = head.VERSION
         notes["float_head"] = head.summary(exclude)
-    key = calibration_key(sha256_file(req.onnx_path), getattr(req.calibration, "sha256", None), "nncf-ov", params)
+    key = calibration_key(req.onnx_key(), getattr(req.calibration, "sha256", None), "nncf-ov", params)
     feed1 = req.spec.random_feed(__import__("numpy").random.default_rng(0), batch=1 if req.spec.batch_dim else None)
     hit = lookup(key)
     if hit is not None:
