@@ -34,6 +34,7 @@ from edgeopt.config.budgets import Budgets
 from edgeopt.errors import UserInputError
 from edgeopt.core.parity import DEFAULT_TOLERANCES
 from edgeopt.core.profile import ProfileConfig
+from edgeopt.core.tasks import TaskConfig
 from edgeopt.core.resources import load_toml
 from edgeopt.core.spec import Dim, IOSpec, tensor_from_dict
 from edgeopt.core.targets import PRECISIONS
@@ -114,6 +115,7 @@ class Recipe:
     pruning: object = None  # compress.prune.PruningConfig
     preprocess: object = None  # data.Preprocess: how raw images become the model's input (shipped in bundles)
     select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
+    task: TaskConfig = field(default_factory=TaskConfig)  # what the model is for: how every artifact is judged
     base_dir: Path = Path(".")
     path: str = ""
 
@@ -145,7 +147,7 @@ class Recipe:
 
 
 TOP_KEYS = ("model", "inputs", "dims", "outputs", "targets", "precisions", "export", "parity", "profile",
-            "calibration", "evaluation", "compression", "pruning", "select", "preprocess")
+            "calibration", "evaluation", "compression", "pruning", "select", "preprocess", "task")
 
 
 def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
@@ -183,6 +185,7 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         profile=_section(ProfileConfig, "profile", prof),
         compression=CompressionConfig.from_dict(data.get("compression")),
         pruning=PruningConfig.from_dict(data.get("pruning")),
+        task=TaskConfig.from_dict(data.get("task")),
         select=Budgets.from_dict(data["select"]) if data.get("select") else None, base_dir=base_dir, path=path,
     )
     data_sections = {}

@@ -11,22 +11,42 @@ def latency_at(rec: dict, batch: int) -> dict | None:
     return next((r for r in rec.get("latency") or [] if r["batch"] == batch), None)
 
 
+def metric_label(manifest: dict) -> str:
+    """The task metric's column name ("top-1", "agree", "emb cos", "mAP50", "cos"); "top-1" when none was measured."""
+    for rec in [manifest.get("baseline") or {}, *manifest.get("artifacts", [])]:
+        if (rec.get("accuracy") or {}).get("label"):
+            return rec["accuracy"]["label"]
+    return "top-1"
+
+
+def quality_cell(acc: dict | None) -> str:
+    """A task metric as the table shows it: percent for accuracy-like metrics, the value for cosines."""
+    if not acc or acc.get("value") is None:
+        return "-"
+    return f"{acc['value']:.4f}" if acc.get("budget") == "cosine" else f"{acc['value'] * 100:.2f}"
+
+
 def artifact_rows(manifest: dict) -> list[dict]:
-    """One row per artifact (and the torch baseline) with the figures the final table shows."""
+    """One row per artifact (and the torch baseline) with the figures the final table shows. ``drop`` (points
+    below the baseline) only for accuracy-like metrics; cosine-like ones (embeddings) are shown as they are."""
     base = manifest.get("baseline")
     rows = []
     ref_acc = (base or {}).get("accuracy") or {}
     if base:
         rows.append({"id": base["name"], "precision": "fp32", "status": "baseline", "size_mb": None,
-                     "accuracy": ref_acc.get("value"), "drop": None, "latency": base["latency"],
+                     "accuracy": ref_acc.get("value"), "quality": quality_cell(ref_acc), "drop": None,
+                     "latency": base["latency"],
                      "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "parity": None,
                      "parity_cell": None, "note": ""})
     for a in manifest.get("artifacts", []):
-        acc = (a.get("accuracy") or {}).get("value")
+        rec = a.get("accuracy") or {}
+        acc = rec.get("value")
         size = sum(f["bytes"] for f in a.get("files", []) if not f["path"].endswith(".json")) / 1e6
+        points = rec.get("budget", "points") == "points" and ref_acc.get("budget", "points") == "points"
         rows.append({
             "id": a["id"], "precision": a["precision"], "status": a["status"], "size_mb": size if a.get("files") else None,
-            "accuracy": acc, "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
+            "accuracy": acc, "quality": quality_cell(rec),
+            "drop": (ref_acc.get("value") - acc) * 100 if points and acc is not None and ref_acc.get("value") is not None else None,
             "latency": a.get("latency") or [], "speedup": a.get("speedup_vs_torch") or {},
             "parity": (a.get("parity") or {}).get("max_abs"), "parity_cell": _parity_cell(a), "note": a.get("reason") or "; ".join(a.get("flags", [])),
         })
@@ -58,7 +78,7 @@ def print_summary(manifest: dict, console=None) -> None:
                      {r["batch"] for r in (manifest.get("baseline") or {}).get("latency", [])})
     model = manifest.get("model", {})
     t = Table(title=f"edgeopt: {model.get('name', '?')}  ({manifest['host']['cpu']['model']})", title_justify="left")
-    for col in ("artifact", "status", "size MB", "top-1", "drop pt", "parity"):
+    for col in ("artifact", "status", "size MB", metric_label(manifest), "drop pt", "parity"):
         t.add_column(col, justify="left" if col in ("artifact", "status") else "right")
     for b in batches:
         t.add_column(f"b{b} median ms", justify="right")
@@ -67,7 +87,7 @@ def print_summary(manifest: dict, console=None) -> None:
     t.add_column("note")
     for row in artifact_rows(manifest):
         cells = [row["id"], row["status"], "-" if row["size_mb"] is None else f"{row['size_mb']:.2f}",
-                 "-" if row["accuracy"] is None else f"{row['accuracy'] * 100:.2f}",
+                 row["quality"],
                  "-" if row["drop"] is None else f"{row['drop']:+.2f}",
                  row["parity_cell"] or "-"]
         for b in batches:

@@ -30,7 +30,8 @@ from edgeopt.compress.common import (
     quiet_logging,
     quiet_nncf,
 )
-from edgeopt.compress.guard import quick_latency, score
+from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, quick_latency, score, task_validator
+from edgeopt.core.tasks import describe
 
 DEFAULTS = {
     "transformer": ("ort-dynamic", "ort-qdq-u8s8", "nncf-qdq"),
@@ -84,29 +85,20 @@ def _nncf_qdq(src, dst, feeds, req, cfg, accuracy_control=False):
               model_type=nncf_model_type(nncf, req.model_kind))
     if accuracy_control:
         q = nncf.quantize_with_accuracy_control(
-            model, calib, nncf.Dataset(list(req.evaluation.batches(1)), lambda item: item[0]), _onnx_validate(req),
-            max_drop=cfg.allowed_drop((req.fp32_metric or {}).get("value", 0.0)), drop_type=nncf.DropType.ABSOLUTE, **kw)
+            model, calib, nncf.Dataset(req.judge_set.feeds), task_validator(req, _onnx_infer),
+            max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw)
     else:
         q = nncf.quantize(model, calib, **kw)
     onnx.save(q, str(dst))
 
 
-def _onnx_validate(req):
-    """NNCF's validation function for ONNX models: top-1 on the labelled evaluation set."""
-    import numpy as np
+def _onnx_infer(model):
+    """A feed -> outputs function over an in-memory ONNX model (NNCF's accuracy control hands us those)."""
+    import onnxruntime as ort
 
-    def validate(model, data):
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        hits, n = 0, 0
-        for feed, lab in data:
-            pred = sess.run(None, feed)[0]
-            hits += int(np.sum(np.argmax(pred, axis=1) == lab))
-            n += len(lab)
-        return hits / max(n, 1)
-
-    return validate
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return lambda feed: dict(zip(names, sess.run(names, feed)))
 
 
 def _runner(path: Path, req):
@@ -156,8 +148,7 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
             results.append(r)
             paths[name] = path
         within = [r for r in results if r.get("within_budget")]
-        has_labels = req.evaluation is not None and req.evaluation.labels is not None
-        if not within and cfg.accuracy_control and has_labels and req.fp32_metric:
+        if not within and cfg.accuracy_control and can_control_accuracy(req):
             req.log("no int8 candidate meets the budget: NNCF accuracy control keeps the most sensitive layers in float")
             path = work / "nncf-qdq-ac.onnx"
             try:
@@ -200,7 +191,7 @@ def pick(within: list[dict]) -> dict:
 def _fig(r: dict) -> str:
     parts = []
     if "accuracy" in r:
-        parts.append(f"top-1 {r['accuracy']['value'] * 100:.2f}%")
+        parts.append(describe(r["accuracy"]))
     if r.get("cosine") is not None:
         parts.append(f"cosine {r['cosine']:.4f}")
     return ", ".join(parts)
