@@ -130,6 +130,7 @@ def test_fused_candidate_in_a_build_records_its_rewrites(tmp_path):
         "targets": ["ort-cpu"], "precisions": ["int8"],
         "calibration": {"source": "calib.npz", "size": 32},
         "compression": {"candidates": ["ort-qdq-u8s8", "ort-qdq-u8s8-fused"], "min_cosine": 0.95},
+        "task": {"type": "generic"},  # random weights, 6 held-out samples: judged by the output cosine
         "profile": {"batches": [1], "duration_s": 0.2, "min_iterations": 5, "warmup": 2},
     }, tmp_path)
     m = build(recipe, tmp_path / "out", reporter=Reporter(quiet=True))
@@ -153,6 +154,7 @@ def test_fused_candidate_is_skipped_when_there_is_nothing_to_rewrite(tmp_path):
         "model": {"source": f"{MODELS / 'tiny.py'}:mlp"}, "inputs": [{"name": "x", "shape": [1, 16]}],
         "targets": ["ort-cpu"], "precisions": ["int8"], "calibration": {"source": "calib.npz", "size": 16},
         "compression": {"candidates": ["ort-qdq-u8s8-fused", "ort-qdq-u8s8"], "min_cosine": 0.9},
+        "task": {"type": "generic"},
         "profile": {"batches": [1], "duration_s": 0.2, "min_iterations": 5, "warmup": 2},
     }, tmp_path)
     a = build(recipe, tmp_path / "out", reporter=Reporter(quiet=True))["artifacts"][0]

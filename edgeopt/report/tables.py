@@ -27,8 +27,8 @@ def quality_cell(acc: dict | None) -> str:
 
 
 def artifact_rows(manifest: dict) -> list[dict]:
-    """One row per artifact (and the torch baseline) with the figures the final table shows. ``drop`` (points
-    below the baseline) only for accuracy-like metrics; cosine-like ones (embeddings) are shown as they are."""
+    """One row per artifact (and the torch baseline) with the figures the final table shows. ``drop``: points of
+    the task metric below the baseline's (for cosine metrics, hundredths of cosine)."""
     base = manifest.get("baseline")
     rows = []
     ref_acc = (base or {}).get("accuracy") or {}
@@ -42,11 +42,10 @@ def artifact_rows(manifest: dict) -> list[dict]:
         rec = a.get("accuracy") or {}
         acc = rec.get("value")
         size = sum(f["bytes"] for f in a.get("files", []) if not f["path"].endswith(".json")) / 1e6
-        points = rec.get("budget", "points") == "points" and ref_acc.get("budget", "points") == "points"
         rows.append({
             "id": a["id"], "precision": a["precision"], "status": a["status"], "size_mb": size if a.get("files") else None,
             "accuracy": acc, "quality": quality_cell(rec),
-            "drop": (ref_acc.get("value") - acc) * 100 if points and acc is not None and ref_acc.get("value") is not None else None,
+            "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
             "latency": a.get("latency") or [], "speedup": a.get("speedup_vs_torch") or {},
             "parity": (a.get("parity") or {}).get("max_abs"), "parity_cell": _parity_cell(a), "note": a.get("reason") or "; ".join(a.get("flags", [])),
         })

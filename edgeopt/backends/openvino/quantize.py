@@ -79,7 +79,10 @@ def quantize_for_openvino(req, model):
             q = nncf.quantize_with_accuracy_control(
                 model, nncf.Dataset(feeds), nncf.Dataset(req.judge_set.feeds), task_validator(req, _ov_infer),
                 max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw)
-            results.append(_measure("nncf-ov-ac", q, req, cfg, feed1) | {"calibration_cache": "off"})
+            r = _measure("nncf-ov-ac", q, req, cfg, feed1) | {"calibration_cache": "off"}
+            if not any(op.get_type_name() == "FakeQuantize" for op in q.get_ops()):
+                r.update(within_budget=False, why="accuracy control kept every layer in float: no INT8 left")
+            results.append(r)
         except Exception as exc:  # noqa: BLE001 - accuracy control can give up; report the numbers
             results.append({"candidate": "nncf-ov-ac", "error": str(exc)[:300], "within_budget": False})
     win = results[-1]
