@@ -188,3 +188,53 @@ def test_without_evaluation_data_artifacts_are_judged_on_held_out_calibration_sa
     assert "held out" not in m["calibration"]["source"]
     (a,) = m["artifacts"]
     assert a["accuracy"]["samples"] == held and a["accuracy"]["metric"] in ("top1", "top1_agreement")
+
+
+def test_a_text_bundle_goes_from_a_sentence_to_an_embedding_without_torch(tmp_path):
+    """The build ships the model's tokenizer.json; the torch-free runtime tokenizes, runs and pools."""
+    import subprocess
+    import sys
+
+    tokenizers = pytest.importorskip("tokenizers")
+    from tiny import tiny_bert_folder
+
+    from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
+    from edgeopt.ship.bundle import bundle
+
+    folder = tiny_bert_folder(tmp_path / "bert")
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate("the cat sat on a mat dog ran".split())}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    _bert_data(tmp_path / "eval.npz", 8, 12, 2)
+    m = build(recipe_from_dict({
+        "model": {"source": f"hf:{folder}", "kind": "transformer"},
+        "inputs": [{"name": "input_ids", "shape": ["batch", 12], "dtype": "int64", "range": [0, 10]},
+                   {"name": "attention_mask", "shape": ["batch", 12], "dtype": "int64", "range": [1, 2]}],
+        "dims": {"batch": {"min": 1, "opt": 1, "max": 4}},
+        "targets": ["ort-cpu"], "precisions": ["fp32"],
+        "profile": {"batches": [1], "duration_s": 0.05, "min_iterations": 3, "warmup": 1},
+        "evaluation": {"source": str(tmp_path / "eval.npz")},
+    }, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
+    assert m["model"]["tokenizer"]["max_length"] == 12 and (tmp_path / "out" / "tokenizer.json").is_file()
+    path = bundle(tmp_path / "out", tmp_path / "text")
+    code = f"""
+import sys, json
+import edgeopt
+m = edgeopt.load({str(path)!r}, cache_dir={str(tmp_path / "cache")!r})
+feed = m.preprocess("the cat sat on the mat")
+e = m.embed(["the cat sat", "a dog ran", "the cat sat"])
+print(json.dumps({{"ids": feed["input_ids"].tolist(), "mask": feed["attention_mask"].tolist(),
+                  "shape": list(e.shape), "norms": [float((r * r).sum()) for r in e],
+                  "same": float((e[0] * e[2]).sum()), "torch": "torch" in sys.modules}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    import json
+
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["ids"] == [[2, 3, 4, 5, 2, 7, 0, 0, 0, 0, 0, 0]] and got["mask"] == [[1] * 6 + [0] * 6]
+    assert got["shape"] == [3, 32] and all(abs(n - 1) < 1e-5 for n in got["norms"])
+    assert got["same"] == pytest.approx(1.0, abs=1e-5) and got["torch"] is False

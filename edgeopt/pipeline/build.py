@@ -23,6 +23,7 @@ from edgeopt.core.fsutil import (
     sha256_file,
     sha256_json,
     staged_dir,
+    write_bytes_atomic,
     write_json_atomic,
 )
 from edgeopt.core.hostinfo import host_info, version_of
@@ -205,7 +206,7 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
                           f"cosine {record['parity']['cosine']:.6f}")
     manifest.data["export"] = record
     manifest.data["model"] = {**model.describe(), "preprocess": r.shipped_preprocess(),
-                              "labels": list(r.model.labels) or None}
+                              "labels": list(r.model.labels) or None, "tokenizer": ship_tokenizer(ctx)}
     manifest.data["reference"] = {"real_from": ctx.real_from, "path": REFERENCE_FILE, "sha256": sha256_file(ctx.out / REFERENCE_FILE),
                                   "samples": len(ctx.feeds), "source": "pytorch" if model.module is not None else "onnx"}
 
@@ -222,6 +223,39 @@ def _read_json(path: Path) -> dict | None:
 def _files_intact(root: Path, files: list[dict]) -> bool:
     return bool(files) and all((root / f["path"]).is_file() and sha256_file(root / f["path"]) == f["sha256"]
                                for f in files)
+
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def tokenizer_folder(r: Recipe) -> Path | None:
+    """The Hugging Face folder holding the model's ``tokenizer.json``: the text data's tokenizer, else the
+    ``hf:`` model folder (the same folder when saved with save_pretrained)."""
+    cands = [getattr(d, "tokenizer", None) for d in (r.evaluation, r.calibration)]
+    src = r.resolve(r.model.source) or ""
+    if src.startswith("hf:"):
+        cands.append(src[3:])
+    for c in cands:
+        if c and (Path(c) / TOKENIZER_FILE).is_file():
+            return Path(c)
+    return None
+
+
+def ship_tokenizer(ctx: BuildContext) -> dict | None:
+    """Copy the model's fast-tokenizer file into OUT (bundles carry it, so the torch-free runtime goes from
+    text to the model's inputs), with the sequence length the inputs take."""
+    folder = tokenizer_folder(ctx.recipe)
+    if folder is None:
+        return None
+    spec = ctx.model.spec
+    ints = [t for t in spec.inputs if np.issubdtype(np.dtype(t.dtype), np.integer) and len(t.shape) == 2]
+    if not ints:
+        return None
+    seq = ints[0].shape[1]
+    length = seq if isinstance(seq, int) else spec.dims[seq].opt
+    write_bytes_atomic(ctx.out / TOKENIZER_FILE, (folder / TOKENIZER_FILE).read_bytes())
+    return {"path": TOKENIZER_FILE, "sha256": sha256_file(ctx.out / TOKENIZER_FILE), "max_length": int(length),
+            "fixed_length": isinstance(seq, int), "inputs": [t.name for t in ints]}
 
 
 def _parity_summary(rep: dict) -> dict:

@@ -134,13 +134,21 @@ def _choose(manifest: dict, ids) -> list[dict]:
     return chosen
 
 
+def _model_files(manifest: dict) -> list[dict]:
+    """Files the model record ships besides the artifacts (the text tokenizer)."""
+    tok = (manifest.get("model") or {}).get("tokenizer")
+    if isinstance(tok, dict) and isinstance(tok.get("path"), str) and isinstance(tok.get("sha256"), str):
+        return [{"path": tok["path"], "sha256": tok["sha256"]}]
+    return []
+
+
 def _source_files(out: Path, manifest: dict, chosen: list[dict]) -> list[dict]:
     """The files to ship (artifact files and the reference), each checked against OUT's manifest."""
     ref = manifest.get("reference") or {}
     if not ref.get("path") or not ref.get("sha256"):
         raise UserInputError(f"{out} has no reference inputs/outputs in its manifest; a bundle needs them for "
                              "the on-device self-test.", f"Rebuild: edgeopt build -o {out}.")
-    wanted = [{"path": ref["path"], "sha256": ref["sha256"]}]
+    wanted = [{"path": ref["path"], "sha256": ref["sha256"]}, *_model_files(manifest)]
     for rec in chosen:
         if not rec.get("files"):
             raise UserInputError(f"Artifact {rec['id']} lists no files in the manifest.", f"Rebuild it: edgeopt build -o {out}.")
@@ -594,6 +602,8 @@ def expected_files(b: Bundle) -> dict[str, dict]:
     ref = data.get("reference") or {}
     if ref.get("path"):
         out[safe_relpath(ref["path"], "manifest")] = {"path": ref["path"], "sha256": ref.get("sha256")}
+    for f in _model_files(data):
+        out[safe_relpath(f["path"], "manifest")] = f
     for a in data["artifacts"]:
         if a.get("status") == "ok":
             for f in a.get("files", []):
