@@ -170,7 +170,9 @@ def test_bert_encoder_int8_on_both_backends(tmp_path, monkeypatch):
     }, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
     for a in m["artifacts"]:
         assert a["status"] == "ok", a
-        assert a["parity"]["cosine"] >= 0.99, a["parity"]
+        # judged on the pooled embeddings of held-out calibration sentences; the parity cosine is reported
+        assert a["accuracy"]["metric"] == "embedding_cosine" and a["accuracy"]["value"] >= 0.99, a["accuracy"]
+        assert a["parity"]["cosine"] >= 0.98, a["parity"]
     ort = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-int8")["meta"]["int8"]
     assert ort["candidates"][0]["candidate"] == "ort-dynamic"  # transformers try weight-only first
     assert list(cwd.iterdir()) == []
