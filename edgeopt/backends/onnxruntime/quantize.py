@@ -175,9 +175,12 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
             path = work / "nncf-qdq-ac.onnx"
             try:
                 src = _preprocess(req.onnx_path, work)
-                _nncf_qdq(src, path, feeds, req, cfg, accuracy_control=True, exclude=_float_head(req, src))
+                exclude = _float_head(req, src)
+                _nncf_qdq(src, path, feeds, req, cfg, accuracy_control=True, exclude=exclude)
                 r = _measure("nncf-qdq-ac", path, req, cfg, feed1)
                 r["float_layers"] = float_layers(path)
+                if exclude:
+                    r["float_head"] = head.summary(exclude)
                 if len(r["float_layers"]) >= compute_layer_count(path):
                     r.update(within_budget=False, why="accuracy control kept every layer in float: no INT8 left")
                 r["calibration_cache"] = "off"
@@ -253,10 +256,10 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
         with contextlib.redirect_stdout(None), quiet_logging():
             if name in ("ort-qdq-u8s8", "ort-qdq-u8s8-fused"):
                 _ort_static(src, dst, feeds, "u8", symmetric=False, exclude=exclude)
-            elif name in ("ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy"):
-                _ort_static(src, dst, feeds, "u8", symmetric=False, method=name.rsplit("-", 1)[1], exclude=exclude)
                 if fused:
                     _int8_hard_swish(dst, notes["rewrites"])
+            elif name in ("ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy"):
+                _ort_static(src, dst, feeds, "u8", symmetric=False, method=name.rsplit("-", 1)[1], exclude=exclude)
             elif name == "ort-qdq-s8s8":
                 _ort_static(src, dst, feeds, "s8", symmetric=True, exclude=exclude)
             elif name == "ort-dynamic":
