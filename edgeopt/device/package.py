@@ -829,9 +829,9 @@ def _tensorrt_version() -> str | None:
 
 def _gpu() -> dict | None:
     try:
-        from edgeopt.backends.tensorrt.backend import _probe_cuda_python  # cuda-python only: no torch here
+        from edgeopt.backends.tensorrt.backend import probe_cuda_python  # cuda-python only: no torch here
 
-        gpu, _ = _probe_cuda_python(0)
+        gpu, _ = probe_cuda_python(0)
         if gpu:
             return gpu
     except Exception:  # noqa: BLE001

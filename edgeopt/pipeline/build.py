@@ -662,7 +662,7 @@ def save_pruned(ctx: BuildContext) -> list[dict]:
     from the export stage."""
     import torch
 
-    from edgeopt.pipeline.export import _dynamic_shapes, example_args
+    from edgeopt.pipeline.export import example_args, torch_dynamic_shapes
 
     folder = ctx.out / "pruned"
     spec = ctx.model.spec
@@ -670,7 +670,7 @@ def save_pruned(ctx: BuildContext) -> list[dict]:
     with staged_dir(folder) as stage:
         try:
             ep = torch.export.export(ctx.model.module, args,
-                                     dynamic_shapes=_dynamic_shapes(torch, spec) if spec.dims else None)
+                                     dynamic_shapes=torch_dynamic_shapes(torch, spec) if spec.dims else None)
             torch.export.save(ep, str(stage / "model.pt2"))
         except Exception as exc:  # noqa: BLE001 - the ONNX stays the shipped form; say why the .pt2 is missing
             (stage / "NOTE.txt").write_text(f"torch.export could not save the pruned model: {exc}\n")

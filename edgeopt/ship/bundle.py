@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from edgeopt import __version__
 from edgeopt.errors import ArtifactLoadError, EdgeoptError, IntegrityError, ParityError, UserInputError
-from edgeopt.core.fsutil import _json_default, sha256_file, staged_dir
+from edgeopt.core.fsutil import json_default, sha256_file, staged_dir
 from edgeopt.core.manifest import MANIFEST, load_consistent, validate
 from edgeopt.core.untrusted import check_id, load_json, printable, relpath_problem
 
@@ -122,7 +122,7 @@ def bundle(out_dir: str | Path, output: str | Path, artifacts=None, folder: bool
 
 
 def dumps(obj) -> bytes:
-    return (json.dumps(obj, indent=2, default=_json_default) + "\n").encode()
+    return (json.dumps(obj, indent=2, default=json_default) + "\n").encode()
 
 
 def _choose(manifest: dict, ids) -> list[dict]:
