@@ -29,7 +29,7 @@ from edgeopt.core.fsutil import (
 from edgeopt.core.hostinfo import host_info, version_of
 from edgeopt.core.lock import OUT_LOCK, out_lock
 from edgeopt.core.manifest import MANIFEST, Manifest, load_manifest, mark_incomplete
-from edgeopt.core.parity import figures, parity, tolerance_for
+from edgeopt.core.parity import figures, parity, parity_summary, tolerance_for
 from edgeopt.core.profile import time_callable
 from edgeopt.config.recipe import Recipe, load_recipe
 from edgeopt.config.schema import check_inputs_fit
@@ -212,7 +212,7 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
     ctx.refs = reference_outputs(model, ctx.feeds)
     save_reference(ctx.out / REFERENCE_FILE, ctx.feeds, ctx.refs)
     if model.module is not None:
-        record["parity"] = _parity_summary(check_export_parity(model, ctx.onnx_path, ctx.feeds, ctx.refs,
+        record["parity"] = parity_summary(check_export_parity(model, ctx.onnx_path, ctx.feeds, ctx.refs,
                                                                r.parity.tolerances))
         ctx.reporter.info(f"Exported ONNX matches PyTorch: max abs {record['parity']['max_abs']:.2e}, "
                           f"cosine {record['parity']['cosine']:.6f}")
@@ -268,12 +268,6 @@ def ship_tokenizer(ctx: BuildContext) -> dict | None:
     write_bytes_atomic(ctx.out / TOKENIZER_FILE, (folder / TOKENIZER_FILE).read_bytes())
     return {"path": TOKENIZER_FILE, "sha256": sha256_file(ctx.out / TOKENIZER_FILE), "max_length": int(length),
             "fixed_length": isinstance(seq, int), "inputs": [t.name for t in ints]}
-
-
-def _parity_summary(rep: dict) -> dict:
-    return {k: rep[k] for k in ("max_abs", "max_rel", "cosine", "passed", "samples", "tolerance", "reason")} | {
-        "outputs": {n: {k: v for k, v in o.items()} for n, o in rep["outputs"].items()}} | {
-        k: rep[k] for k in ("gate", "task_metric") if k in rep}
 
 
 REAL_REFERENCE_SAMPLES = 16  # real samples in the reference data: what a bundle's self-test scores the task on
@@ -355,7 +349,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     except ParityError as exc:
         ctx.reporter.error(str(exc))
         return {**rec, "status": "failed", "reason": exc.problem, "files": [],
-                "parity": _parity_summary(rep), "key": key}
+                "parity": parity_summary(rep), "key": key}
     except EdgeoptError as exc:
         ctx.reporter.error(f"{plan.id}: {exc}")
         return {**rec, "status": "failed", "reason": exc.problem, "files": [], "key": key}
@@ -363,7 +357,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
                       + (f", {describe(accuracy)}" if accuracy else ""))
     return {**rec, "status": "ok", "reason": None, "key": key, "generation": ctx.generation,
             "compile_s": round(compile_s, 3),
-            "files": file_records(folder, ctx.out), "parity": _parity_summary(rep), "accuracy": accuracy,
+            "files": file_records(folder, ctx.out), "parity": parity_summary(rep), "accuracy": accuracy,
             "meta": meta, "runtime": runtime}
 
 

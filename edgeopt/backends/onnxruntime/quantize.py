@@ -30,7 +30,13 @@ from edgeopt.compress.common import (
     quiet_logging,
     quiet_nncf,
 )
-from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, quick_latency, score, task_validator
+from edgeopt.compress.guard import (
+    accuracy_control_drop,
+    can_control_accuracy,
+    measure_candidate,
+    quick_latency,
+    task_validator,
+)
 from edgeopt.core.tasks import describe
 
 DEFAULTS = {
@@ -128,14 +134,7 @@ def _runner(path: Path, req):
 
 
 def _measure(name: str, path: Path, req, cfg, feed1) -> dict:
-    runner = _runner(path, req)
-    try:
-        result = {"candidate": name,
-                  "latency_ms_b1": round(quick_latency(lambda: runner.infer(feed1, check=False), cfg.timing_s), 4)}
-        result.update(score(lambda feed: runner.infer(feed, check=False), req))
-    finally:
-        runner.close()
-    return result
+    return measure_candidate(name, _runner(path, req), req, cfg, feed1)
 
 
 def quantize_for_onnxruntime(req, out_path: Path) -> dict:
