@@ -151,23 +151,26 @@ def remote_group():
 @remote_group.command(name="setup")
 @click.argument("host")
 @click.option("--wheel", type=click.Path(exists=True, dir_okay=False),
-              help="The edgeopt wheel to install (default: built here with pip wheel --no-deps).")
+              help="The edgeopt wheel to install (default: this edgeopt's own, built from a source checkout or "
+                   "repacked from the installed files).")
 @click.option("--python", "python", default="python3", show_default=True, help="Python on the device to make the venv with.")
 @click.option("--venv", help="Where the venv goes on the device (default <remote-dir>/venv).")
 @click.option("--no-deps", is_flag=True, help="Install only edgeopt (the device has no access to PyPI).")
 @click.option("--tensorrt/--no-tensorrt", default=None, help="Install onnx and cuda-python for TensorRT "
               "(default: when the device's Python sees tensorrt).")
 @click.option("--pip", "extra", multiple=True, help="Another requirement to install there (repeatable).")
+@click.option("-t", "--target", "targets", multiple=True,
+              help="Target the device runs (repeatable): its backend is installed there too, e.g. -t ort-cpu.")
 @remote_options
 @click.option("--json", "json_out", is_flag=True)
 @handle_errors
-def setup_cmd(host, wheel, python, venv, no_deps, tensorrt, extra, ssh_config, remote_dir, remote_python, timeout,
-              keep_remote, json_out):
+def setup_cmd(host, wheel, python, venv, no_deps, tensorrt, extra, targets, ssh_config, remote_dir, remote_python,
+              timeout, keep_remote, json_out):
     """Install this edgeopt on HOST: a venv with --system-site-packages (JetPack's TensorRT stays visible)."""
     from edgeopt.device.remote import setup
 
     res = setup(host, wheel=wheel, python=python, venv=venv, no_deps=no_deps, tensorrt=tensorrt,
-                extra_requirements=extra, reporter=reporter(),
+                extra_requirements=extra, reporter=reporter(), targets=targets,
                 options=_remote_opts(ssh_config, remote_dir, remote_python, timeout, keep_remote))
     if json_out:
         emit_json(res)
@@ -202,6 +205,9 @@ def info_cmd(hosts, ssh_config, remote_dir, remote_python, timeout, keep_remote,
             for k in ("model", "jetpack", "l4t", "tensorrt", "cuda", "nvpmodel", "temperatures_c"):
                 if fp.get(k) is not None:
                     echo(f"  {k}: {fp[k]}")
+            mods = r.get("modules") or {}
+            found = [m for m in ("onnxruntime", "openvino", "tensorrt") if mods.get(m)]
+            echo(f"  backends: {', '.join(found) or 'none (edgeopt remote setup HOST -t TARGET installs one)'}")
             if fp.get("gpu"):
                 echo(f"  gpu: {fp['gpu'].get('name')} (sm {fp['gpu'].get('compute_capability')})")
             if fp.get("jetson_clocks"):
