@@ -83,6 +83,10 @@ def _model_recipe(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, 
     if opset or exporter:
         r = replace(r, export=ExportConfig(opset=opset or r.export.opset, exporter=exporter or r.export.exporter,
                                            slim=r.export.slim))
+    if inputs or dims:
+        from edgeopt.config.schema import check_inputs_fit
+
+        check_inputs_fit(r.spec)  # before the model is loaded or anything allocated
     return r
 
 

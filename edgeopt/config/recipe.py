@@ -31,9 +31,11 @@ from pathlib import Path
 from edgeopt.config.compression import CompressionConfig
 from edgeopt.config.pruning import PruningConfig
 from edgeopt.config.budgets import Budgets
+from edgeopt.config.schema import check_inputs_fit, check_recipe
 from edgeopt.errors import UserInputError
 from edgeopt.core.parity import DEFAULT_TOLERANCES
 from edgeopt.core.profile import ProfileConfig
+from edgeopt.core.tasks import TaskConfig
 from edgeopt.core.resources import load_toml
 from edgeopt.core.spec import Dim, IOSpec, tensor_from_dict
 from edgeopt.core.targets import PRECISIONS
@@ -119,6 +121,7 @@ class Recipe:
     pruning: object = None  # compress.prune.PruningConfig
     preprocess: object = None  # data.Preprocess: how raw images become the model's input (shipped in bundles)
     select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
+    task: TaskConfig = field(default_factory=TaskConfig)  # what the model is for: how every artifact is judged
     base_dir: Path = Path(".")
     path: str = ""
 
@@ -150,10 +153,11 @@ class Recipe:
 
 
 TOP_KEYS = ("model", "inputs", "dims", "outputs", "targets", "precisions", "export", "parity", "profile",
-            "calibration", "evaluation", "compression", "pruning", "select", "preprocess")
+            "calibration", "evaluation", "compression", "pruning", "select", "preprocess", "task")
 
 
 def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
+    check_recipe(data)  # types, ranges and lengths of every known key: a clear error, never a traceback
     _reject_unknown("top level", data, TOP_KEYS)
     if "model" not in data or "source" not in data["model"]:
         raise UserInputError("The recipe has no [model] source.", 'Add [model] source = "model.py:build".')
@@ -169,11 +173,12 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         _reject_unknown(f"dims.{n}", d, ("min", "opt", "max", "multiple_of"))
         if "min" not in d or "max" not in d:
             raise UserInputError(f"[dims.{n}] needs min and max.", f"[dims.{n}] min = 1, opt = 1, max = 32")
-        dims[n] = Dim(n, int(d["min"]), int(d.get("opt", d["min"])), int(d["max"]), d.get("multiple_of", 1))
+        dims[n] = Dim(n, d["min"], d.get("opt", d["min"]), d["max"], d.get("multiple_of", 1))
     for i in data["inputs"]:
         _reject_unknown("inputs", i, ("name", "shape", "dtype", "range"))
     spec = IOSpec(inputs=tuple(tensor_from_dict(i) for i in data["inputs"]), dims=dims,
                   outputs=tuple(data.get("outputs", ())) or model.outputs)
+    check_inputs_fit(spec)
     precisions = tuple(data.get("precisions", Recipe.precisions))
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
@@ -188,6 +193,7 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         profile=_section(ProfileConfig, "profile", prof),
         compression=CompressionConfig.from_dict(data.get("compression")),
         pruning=PruningConfig.from_dict(data.get("pruning")),
+        task=TaskConfig.from_dict(data.get("task")),
         select=Budgets.from_dict(data["select"]) if data.get("select") else None, base_dir=base_dir, path=path,
     )
     data_sections = {}

@@ -303,6 +303,21 @@ def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
     return meta
 
 
+def _run_unfused(onnx_path: Path, feeds: list) -> list[dict]:
+    """Run the ONNX on ONNX Runtime CPU with its graph optimizations off: Q/DQ pairs stay float quantize-dequantize
+    steps, which is what TensorRT's explicit quantization computes (int8 products, int32 sums). ORT's fused int8
+    kernels are not: on x86 CPUs without VNNI its s8s8 kernels saturate (the example's INT8 Q/DQ: cosine 0.19
+    fused, 0.9999 unfused), which is ORT's limit, not the model's."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return [dict(zip(names, sess.run(names, f))) for f in feeds]
+
+
 def _host_check(onnx_path: Path, src: PackageSource, log) -> dict | None:
     """The converted ONNX run on ONNX Runtime CPU here against the reference outputs: an early warning (the
     device's TensorRT decides), so a model that is already off does not wait for a long upload and build."""
@@ -310,19 +325,19 @@ def _host_check(onnx_path: Path, src: PackageSource, log) -> dict | None:
 
     if importlib.util.find_spec("onnxruntime") is None:
         return None
-    from edgeopt.backends.onnxruntime.runner import run_onnx
-    from edgeopt.core.parity import Tolerance, parity
+    from edgeopt.core.parity import Tolerance, parity, parity_summary
     from edgeopt.core.reference import load_reference
 
     try:
         feeds, refs = load_reference(src.reference_path)
-        rep = parity(refs, run_onnx(onnx_path, feeds, src.spec), Tolerance(**src.tolerance), src.model_kind)
+        rep = parity(refs, _run_unfused(onnx_path, feeds), Tolerance(**src.tolerance), src.model_kind)
     except Exception as exc:  # noqa: BLE001 - ORT may lack a kernel TensorRT has: only a warning
         log(f"{src.id}: the {onnx_path.name} could not be checked on ONNX Runtime here ({type(exc).__name__}: {exc})")
         return {"runtime": "onnxruntime-cpu", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     log(f"{src.id}: on ONNX Runtime CPU here: max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
         + ("" if rep["passed"] else f" (outside the tolerance: {rep['reason']}; the device's build decides)"))
-    return {"runtime": "onnxruntime-cpu", **_parity_summary(rep)}
+    return {"runtime": "onnxruntime-cpu", "graph_optimizations": "off (Q/DQ in float, as TensorRT computes)",
+            **parity_summary(rep)}
 
 
 def _external_files(onnx_path: Path) -> list[str]:
@@ -630,7 +645,7 @@ def compile_package(package_dir: Path, threads: int | None = None, profile_batch
     from edgeopt.backends.artifact import open_artifact
     from edgeopt.backends import CompileRequest, get_backend
     from edgeopt.core.isolation import cache_dir as default_cache_dir
-    from edgeopt.core.parity import Tolerance, figures, parity
+    from edgeopt.core.parity import Tolerance, figures, parity, parity_summary
     from edgeopt.core.profile import profile_runner
     from edgeopt.core.profile import ProfileConfig
     from edgeopt.core.reference import load_reference
@@ -681,7 +696,7 @@ def compile_package(package_dir: Path, threads: int | None = None, profile_batch
             prof = profile_runner(runner, spec, batches, cfg)
             gpu_timing = _gpu_timing(runner, spec, batches)
             runtime = runner.properties()
-        result = {"status": "ok", "compile_s": round(compile_s, 3), "parity": _parity_summary(rep),
+        result = {"status": "ok", "compile_s": round(compile_s, 3), "parity": parity_summary(rep),
                   "latency": prof["rows"], "load_s": prof["load_s"], "threads": prof["threads"],
                   "peak_rss_mb": prof["peak_rss_mb"], "gpu_timing": gpu_timing, "runtime": runtime, "meta": meta,
                   "compiled": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -710,11 +725,6 @@ def _gpu_timing(runner, spec, batches) -> dict | None:
     from edgeopt.core.profile import feed_for_batch
 
     return {str(b): runner.time_inference(feed_for_batch(spec, b), iterations=50, warmup=5)["summary"] for b in batches}
-
-
-def _parity_summary(rep: dict) -> dict:
-    keep = ("max_abs", "max_rel", "cosine", "passed", "samples", "tolerance", "reason")
-    return {**{k: rep.get(k) for k in keep}, "outputs": dict(rep.get("outputs") or {})}
 
 
 # =============================================================================================
@@ -812,22 +822,9 @@ def _dpkg_version(package: str) -> str | None:
 
 
 def _tensorrt_version() -> str | None:
-    import importlib.metadata as md
-    import importlib.util
+    from edgeopt.backends.tensorrt.backend import installed_tensorrt_version
 
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt_cu12", "tensorrt-cu13"):
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    if importlib.util.find_spec("tensorrt") is not None:
-        try:
-            import tensorrt
-
-            return str(tensorrt.__version__)
-        except Exception:  # noqa: BLE001 - present but its libraries do not load
-            pass
-    return _dpkg_version("tensorrt") or _dpkg_version("libnvinfer10")
+    return installed_tensorrt_version(deb_version=_dpkg_version)
 
 
 def _gpu() -> dict | None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-def _ms(v) -> str:
+def ms(v) -> str:
+    """Milliseconds for a table cell: 3 decimals below 1 ms, 2 above; "-" when not measured."""
     return "-" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.2f}")
 
 
@@ -11,22 +12,41 @@ def latency_at(rec: dict, batch: int) -> dict | None:
     return next((r for r in rec.get("latency") or [] if r["batch"] == batch), None)
 
 
+def metric_label(manifest: dict) -> str:
+    """The task metric's column name ("top-1", "agree", "emb cos", "mAP50", "cos"); "top-1" when none was measured."""
+    for rec in [manifest.get("baseline") or {}, *manifest.get("artifacts", [])]:
+        if (rec.get("accuracy") or {}).get("label"):
+            return rec["accuracy"]["label"]
+    return "top-1"
+
+
+def quality_cell(acc: dict | None) -> str:
+    """A task metric as the table shows it: percent for accuracy-like metrics, the value for cosines."""
+    if not acc or acc.get("value") is None:
+        return "-"
+    return f"{acc['value']:.4f}" if acc.get("budget") == "cosine" else f"{acc['value'] * 100:.2f}"
+
+
 def artifact_rows(manifest: dict) -> list[dict]:
-    """One row per artifact (and the torch baseline) with the figures the final table shows."""
+    """One row per artifact (and the torch baseline) with the figures the final table shows. ``drop``: points of
+    the task metric below the baseline's (for cosine metrics, hundredths of cosine)."""
     base = manifest.get("baseline")
     rows = []
     ref_acc = (base or {}).get("accuracy") or {}
     if base:
         rows.append({"id": base["name"], "precision": "fp32", "status": "baseline", "size_mb": None,
-                     "accuracy": ref_acc.get("value"), "drop": None, "latency": base["latency"],
+                     "accuracy": ref_acc.get("value"), "quality": quality_cell(ref_acc), "drop": None,
+                     "latency": base["latency"],
                      "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "parity": None,
                      "parity_cell": None, "note": ""})
     for a in manifest.get("artifacts", []):
-        acc = (a.get("accuracy") or {}).get("value")
+        rec = a.get("accuracy") or {}
+        acc = rec.get("value")
         size = sum(f["bytes"] for f in a.get("files", []) if not f["path"].endswith(".json")) / 1e6
         rows.append({
             "id": a["id"], "precision": a["precision"], "status": a["status"], "size_mb": size if a.get("files") else None,
-            "accuracy": acc, "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
+            "accuracy": acc, "quality": quality_cell(rec),
+            "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
             "latency": a.get("latency") or [], "speedup": a.get("speedup_vs_torch") or {},
             "parity": (a.get("parity") or {}).get("max_abs"), "parity_cell": _parity_cell(a), "note": a.get("reason") or "; ".join(a.get("flags", [])),
         })
@@ -93,11 +113,6 @@ def fit_table(headers: list[str], rows: list[list[str]], width: int | None = Non
     return [line(headers), "  ".join("-" * w[c] for c in keep)] + [line(r) for r in rows]
 
 
-def _metric_name(manifest: dict) -> str:
-    label = globals().get("metric_label")  # the task's metric name, where the manifest records one
-    return label(manifest) if callable(label) else "top-1"
-
-
 def _quality(row: dict) -> str:
     if row.get("quality") is not None:
         return row["quality"]
@@ -124,8 +139,8 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
                      {r["batch"] for r in (manifest.get("baseline") or {}).get("latency", [])})
     model = manifest.get("model", {})
     cpu = (manifest.get("host") or {}).get("cpu", {})
-    metric = _metric_name(manifest)
-    headers = ["artifact", "status", "MB", f"{metric} %", "drop"] + (["parity"] if wide else [])
+    metric = metric_label(manifest)
+    headers = ["artifact", "status", "MB", metric if metric in ("emb cos", "cos") else f"{metric} %", "drop"] + (["parity"] if wide else [])
     for b in batches:
         headers += [f"b{b} ms"] + ([f"b{b} p99"] if wide else []) + [f"b{b} x"]
     headers.append("note")
@@ -137,7 +152,7 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
             sp = row["speedup"].get(str(b))
-            cells += [_ms(lat and lat["median_ms"])] + ([_ms(lat and lat["p99_ms"])] if wide else []) + \
+            cells += [ms(lat and lat["median_ms"])] + ([ms(lat and lat["p99_ms"])] if wide else []) + \
                      ["-" if sp is None else f"{sp:.2f}x"]
         if row["note"]:
             notes.append(f"[{len(notes) + 1}] {row['id']}: {row['note']}")
