@@ -80,6 +80,16 @@ def task_validator(req, infer_for: Callable[[object], Callable[[dict], dict]]):
     return validate
 
 
+def measure_candidate(name: str, runner, req, cfg, feed1: dict) -> dict:
+    """Quick batch-1 timing and the guard's score of one candidate, run by ``runner`` (a backend's Runner, opened
+    as the artifact will be; closed here)."""
+    with runner:
+        result = {"candidate": name,
+                  "latency_ms_b1": round(quick_latency(lambda: runner.infer(feed1, check=False), cfg.timing_s), 4)}
+        result.update(score(lambda feed: runner.infer(feed, check=False), req))
+    return result
+
+
 def quick_latency(run: Callable[[], object], seconds: float) -> float:
     """Median batch-1 latency (ms) over ``seconds`` after a short warm-up: enough to rank candidates."""
     import time

@@ -29,7 +29,7 @@ from edgeopt.core.fsutil import (
 from edgeopt.core.hostinfo import host_info, version_of
 from edgeopt.core.lock import OUT_LOCK, out_lock
 from edgeopt.core.manifest import MANIFEST, Manifest, load_manifest, mark_incomplete
-from edgeopt.core.parity import figures, parity, tolerance_for
+from edgeopt.core.parity import figures, parity, parity_summary, tolerance_for
 from edgeopt.core.profile import time_callable
 from edgeopt.config.recipe import Recipe, load_recipe
 from edgeopt.config.schema import check_inputs_fit
@@ -212,7 +212,7 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
     ctx.refs = reference_outputs(model, ctx.feeds)
     save_reference(ctx.out / REFERENCE_FILE, ctx.feeds, ctx.refs)
     if model.module is not None:
-        record["parity"] = _parity_summary(check_export_parity(model, ctx.onnx_path, ctx.feeds, ctx.refs,
+        record["parity"] = parity_summary(check_export_parity(model, ctx.onnx_path, ctx.feeds, ctx.refs,
                                                                r.parity.tolerances))
         ctx.reporter.info(f"Exported ONNX matches PyTorch: max abs {record['parity']['max_abs']:.2e}, "
                           f"cosine {record['parity']['cosine']:.6f}")
@@ -270,12 +270,6 @@ def ship_tokenizer(ctx: BuildContext) -> dict | None:
             "fixed_length": isinstance(seq, int), "inputs": [t.name for t in ints]}
 
 
-def _parity_summary(rep: dict) -> dict:
-    return {k: rep[k] for k in ("max_abs", "max_rel", "cosine", "passed", "samples", "tolerance", "reason")} | {
-        "outputs": {n: {k: v for k, v in o.items()} for n, o in rep["outputs"].items()}} | {
-        k: rep[k] for k in ("gate", "task_metric") if k in rep}
-
-
 REAL_REFERENCE_SAMPLES = 16  # real samples in the reference data: what a bundle's self-test scores the task on
 
 
@@ -313,7 +307,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     if plan.status == "not built here":
         from edgeopt.device.package import write_device_package
 
-        return write_device_package(ctx, plan, ctx.out / plan.id, rec)
+        return score_package(ctx, plan, write_device_package(ctx, plan, ctx.out / plan.id, rec))
     if plan.status != "planned":
         return {**rec, "status": plan.status, "reason": plan.reason, "files": []}
     key = artifact_key(ctx, plan)
@@ -355,7 +349,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     except ParityError as exc:
         ctx.reporter.error(str(exc))
         return {**rec, "status": "failed", "reason": exc.problem, "files": [],
-                "parity": _parity_summary(rep), "key": key}
+                "parity": parity_summary(rep), "key": key}
     except EdgeoptError as exc:
         ctx.reporter.error(f"{plan.id}: {exc}")
         return {**rec, "status": "failed", "reason": exc.problem, "files": [], "key": key}
@@ -363,8 +357,38 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
                       + (f", {describe(accuracy)}" if accuracy else ""))
     return {**rec, "status": "ok", "reason": None, "key": key, "generation": ctx.generation,
             "compile_s": round(compile_s, 3),
-            "files": file_records(folder, ctx.out), "parity": _parity_summary(rep), "accuracy": accuracy,
+            "files": file_records(folder, ctx.out), "parity": parity_summary(rep), "accuracy": accuracy,
             "meta": meta, "runtime": runtime}
+
+
+def score_package(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
+    """An INT8 device package's Q/DQ ONNX scored on the evaluation data with ONNX Runtime here, before it
+    ships: the accuracy figure the device's engine is then compared with, and the INT8 budget applied to it
+    (over budget: failed with the numbers, no package)."""
+    import importlib.util
+
+    from edgeopt.device.package import NOT_BUILT, PACKAGE_ONNX
+
+    onnx_path = ctx.out / plan.id / PACKAGE_ONNX
+    if (rec.get("status") != NOT_BUILT or plan.precision != "int8" or ctx.judge is None
+            or not onnx_path.is_file() or importlib.util.find_spec("onnxruntime") is None):
+        return rec
+    from edgeopt.backends.onnxruntime.runner import run_onnx
+
+    try:
+        acc = evaluate(lambda feed: run_onnx(onnx_path, [feed], ctx.model.spec)[0], ctx)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime may lack a kernel TensorRT has: say so, keep the package
+        ctx.reporter.warn(f"{plan.id}: the Q/DQ ONNX could not be scored on ONNX Runtime here ({type(exc).__name__})")
+        return rec
+    acc["measured_on"] = "onnxruntime-cpu on the build host (the package's Q/DQ ONNX; the device confirms)"
+    rec = {**rec, "accuracy": acc}
+    ctx.reporter.info(f"{plan.id}: Q/DQ ONNX on ONNX Runtime here: {describe(acc)}")
+    if acc.get("within_budget") is False:
+        reason = f"{plan.id}: the INT8 Q/DQ ONNX on ONNX Runtime here: {describe(acc)}: {acc.get('why')}"
+        ctx.reporter.error(reason)
+        shutil.rmtree(ctx.out / plan.id, ignore_errors=True)
+        return {**rec, "status": "failed", "reason": reason, "files": []}
+    return rec
 
 
 def _torch_judge_set(ctx: BuildContext, module) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-def _ms(v) -> str:
+def ms(v) -> str:
+    """Milliseconds for a table cell: 3 decimals below 1 ms, 2 above; "-" when not measured."""
     return "-" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.2f}")
 
 
@@ -151,7 +152,7 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
             sp = row["speedup"].get(str(b))
-            cells += [_ms(lat and lat["median_ms"])] + ([_ms(lat and lat["p99_ms"])] if wide else []) + \
+            cells += [ms(lat and lat["median_ms"])] + ([ms(lat and lat["p99_ms"])] if wide else []) + \
                      ["-" if sp is None else f"{sp:.2f}x"]
         if row["note"]:
             notes.append(f"[{len(notes) + 1}] {row['id']}: {row['note']}")

@@ -30,7 +30,13 @@ from edgeopt.compress.common import (
     quiet_logging,
     quiet_nncf,
 )
-from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, quick_latency, score, task_validator
+from edgeopt.compress.guard import (
+    accuracy_control_drop,
+    can_control_accuracy,
+    measure_candidate,
+    quick_latency,
+    task_validator,
+)
 from edgeopt.core.tasks import describe
 
 DEFAULTS = {
@@ -128,14 +134,7 @@ def _runner(path: Path, req):
 
 
 def _measure(name: str, path: Path, req, cfg, feed1) -> dict:
-    runner = _runner(path, req)
-    try:
-        result = {"candidate": name,
-                  "latency_ms_b1": round(quick_latency(lambda: runner.infer(feed1, check=False), cfg.timing_s), 4)}
-        result.update(score(lambda feed: runner.infer(feed, check=False), req))
-    finally:
-        runner.close()
-    return result
+    return measure_candidate(name, _runner(path, req), req, cfg, feed1)
 
 
 def quantize_for_onnxruntime(req, out_path: Path) -> dict:
@@ -175,9 +174,12 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
             path = work / "nncf-qdq-ac.onnx"
             try:
                 src = _preprocess(req.onnx_path, work)
-                _nncf_qdq(src, path, feeds, req, cfg, accuracy_control=True, exclude=_float_head(req, src))
+                exclude = _float_head(req, src)
+                _nncf_qdq(src, path, feeds, req, cfg, accuracy_control=True, exclude=exclude)
                 r = _measure("nncf-qdq-ac", path, req, cfg, feed1)
                 r["float_layers"] = float_layers(path)
+                if exclude:
+                    r["float_head"] = head.summary(exclude)
                 if len(r["float_layers"]) >= compute_layer_count(path):
                     r.update(within_budget=False, why="accuracy control kept every layer in float: no INT8 left")
                 r["calibration_cache"] = "off"
@@ -253,10 +255,10 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
         with contextlib.redirect_stdout(None), quiet_logging():
             if name in ("ort-qdq-u8s8", "ort-qdq-u8s8-fused"):
                 _ort_static(src, dst, feeds, "u8", symmetric=False, exclude=exclude)
-            elif name in ("ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy"):
-                _ort_static(src, dst, feeds, "u8", symmetric=False, method=name.rsplit("-", 1)[1], exclude=exclude)
                 if fused:
                     _int8_hard_swish(dst, notes["rewrites"])
+            elif name in ("ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy"):
+                _ort_static(src, dst, feeds, "u8", symmetric=False, method=name.rsplit("-", 1)[1], exclude=exclude)
             elif name == "ort-qdq-s8s8":
                 _ort_static(src, dst, feeds, "s8", symmetric=True, exclude=exclude)
             elif name == "ort-dynamic":

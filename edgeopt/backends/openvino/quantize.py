@@ -18,7 +18,7 @@ from edgeopt.compress.common import (
     nncf_preset,
     quiet_nncf,
 )
-from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, quick_latency, score, task_validator
+from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, measure_candidate, task_validator
 from edgeopt.core.tasks import describe
 
 
@@ -27,11 +27,7 @@ def _measure(name, model, req, cfg, feed1) -> dict:
     from edgeopt.backends.openvino.runner import OvRunner, runtime_config
 
     runner = OvRunner(model, req.spec, req.target.device, runtime_config("int8", req.target.options))
-    with runner:
-        r = {"candidate": name,
-             "latency_ms_b1": round(quick_latency(lambda: runner.infer(feed1, check=False), cfg.timing_s), 4)}
-        r.update(score(lambda feed: runner.infer(feed, check=False), req))
-    return r
+    return measure_candidate(name, runner, req, cfg, feed1)
 
 
 OV_HEAVY = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul",
