@@ -15,6 +15,18 @@ from edgeopt.errors import EdgeoptError, UserInputError
 from edgeopt.core.untrusted import printable_lines
 
 
+def echo(text="", err: bool = False, indent: str = "    ") -> None:
+    """click.echo, word-wrapped to the terminal's width (80 when piped): a value is never split, and a
+    continuation line is indented below its first."""
+    from edgeopt.report.tables import terminal_width, wrap
+
+    width = terminal_width()
+    for part in str(text).split("\n"):
+        lead = part[:len(part) - len(part.lstrip())]
+        for line in (wrap(part, width, lead + indent) if len(part) > width else [part]):
+            click.echo(line, err=err)
+
+
 def emit_json(obj) -> None:
     from edgeopt.core.fsutil import json_default
 

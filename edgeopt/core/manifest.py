@@ -116,6 +116,13 @@ def check_consistent(out: Path, data: dict) -> None:
 
     out = Path(out)
     if data.get("complete") is False:
+        from edgeopt.core.lock import OUT_LOCK, describe_holder, held_by
+        from edgeopt.errors import BusyError
+
+        holder = held_by(out / OUT_LOCK)
+        if holder is not None:
+            raise BusyError(f"{out} is being written now by another edgeopt process ({describe_holder(holder)}).",
+                            "Wait for it to finish, then run this command again.")
         raise IntegrityError(f"{out} is incomplete: a build into it stopped before it finished (its manifest "
                              "still describes the previous build while artifacts may already be new).", rerun_fix(out))
 

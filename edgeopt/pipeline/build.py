@@ -308,7 +308,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     if plan.status == Status.NOT_BUILT_HERE:
         from edgeopt.device.package import write_device_package
 
-        return write_device_package(ctx, plan, ctx.out / plan.id, rec)
+        return score_package(ctx, plan, write_device_package(ctx, plan, ctx.out / plan.id, rec))
     if plan.status != Status.PLANNED:
         return {**rec, "status": plan.status, "reason": plan.reason, "files": []}
     key = artifact_key(ctx, plan)
@@ -360,6 +360,36 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
             "compile_s": round(compile_s, 3),
             "files": file_records(folder, ctx.out), "parity": parity_summary(rep), "accuracy": accuracy,
             "meta": meta, "runtime": runtime}
+
+
+def score_package(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
+    """An INT8 device package's Q/DQ ONNX scored on the evaluation data with ONNX Runtime here, before it
+    ships: the accuracy figure the device's engine is then compared with, and the INT8 budget applied to it
+    (over budget: failed with the numbers, no package)."""
+    import importlib.util
+
+    from edgeopt.device.package import NOT_BUILT, PACKAGE_ONNX
+
+    onnx_path = ctx.out / plan.id / PACKAGE_ONNX
+    if (rec.get("status") != NOT_BUILT or plan.precision != "int8" or ctx.judge is None
+            or not onnx_path.is_file() or importlib.util.find_spec("onnxruntime") is None):
+        return rec
+    from edgeopt.backends.onnxruntime.runner import run_onnx
+
+    try:
+        acc = evaluate(lambda feed: run_onnx(onnx_path, [feed], ctx.model.spec)[0], ctx)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime may lack a kernel TensorRT has: say so, keep the package
+        ctx.reporter.warn(f"{plan.id}: the Q/DQ ONNX could not be scored on ONNX Runtime here ({type(exc).__name__})")
+        return rec
+    acc["measured_on"] = "onnxruntime-cpu on the build host (the package's Q/DQ ONNX; the device confirms)"
+    rec = {**rec, "accuracy": acc}
+    ctx.reporter.info(f"{plan.id}: Q/DQ ONNX on ONNX Runtime here: {describe(acc)}")
+    if acc.get("within_budget") is False:
+        reason = f"{plan.id}: the INT8 Q/DQ ONNX on ONNX Runtime here: {describe(acc)}: {acc.get('why')}"
+        ctx.reporter.error(reason)
+        shutil.rmtree(ctx.out / plan.id, ignore_errors=True)
+        return {**rec, "status": Status.FAILED, "reason": reason, "files": []}
+    return rec
 
 
 def _torch_judge_set(ctx: BuildContext, module) -> None:
