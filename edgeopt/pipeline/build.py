@@ -368,10 +368,10 @@ def score_package(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
     (over budget: failed with the numbers, no package)."""
     import importlib.util
 
-    from edgeopt.device.package import NOT_BUILT, PACKAGE_ONNX
+    from edgeopt.device.package import PACKAGE_ONNX
 
     onnx_path = ctx.out / plan.id / PACKAGE_ONNX
-    if (rec.get("status") != NOT_BUILT or plan.precision != "int8" or ctx.judge is None
+    if (rec.get("status") != Status.NOT_BUILT_HERE or plan.precision != "int8" or ctx.judge is None
             or not onnx_path.is_file() or importlib.util.find_spec("onnxruntime") is None):
         return rec
     from edgeopt.backends.onnxruntime.runner import run_onnx
