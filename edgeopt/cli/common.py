@@ -35,9 +35,9 @@ def echo(text="", err: bool = False, indent: str = "    ") -> None:
 
 
 def emit_json(obj) -> None:
-    from edgeopt.core.fsutil import _json_default
+    from edgeopt.core.fsutil import json_default
 
-    click.echo(json.dumps(obj, indent=2, default=_json_default))
+    click.echo(json.dumps(obj, indent=2, default=json_default))
 
 
 def stdout_guard(json_out: bool):

@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 
 from edgeopt import __version__
 from edgeopt.errors import EdgeoptError, UserInputError
+from edgeopt.core.records import Status
 
 DEFAULT_REMOTE_DIR = "~/.cache/edgeopt/remote"
 REMOTE_DIR_ENV = "EDGEOPT_REMOTE_DIR"
@@ -762,11 +763,11 @@ def _compile_on(host: str, packages, args: dict, out_root: Path, opts: RemoteOpt
         for i, r in res["results"].items():
             if "error" in r:
                 reporter.error(f"{host}: {i}: {r['error']['problem']}")
-                artifacts[i] = {"status": "failed", "error": r["error"]}
+                artifacts[i] = {"status": Status.FAILED, "error": r["error"]}
         write_json_atomic(host_dir / "device.json", {"host": host, "fingerprint": res.get("fingerprint"),
                                                      "edgeopt_version": h.get("edgeopt_version"),
                                                      "python": h.get("python")})
-    return {"ok": all(a["status"] == "ok" for a in artifacts.values()), "artifacts": artifacts,
+    return {"ok": all(a["status"] == Status.OK for a in artifacts.values()), "artifacts": artifacts,
             "fingerprint": res.get("fingerprint"), "edgeopt_version": h.get("edgeopt_version"),
             "python": h.get("python"), "path": str(host_dir)}
 
@@ -801,7 +802,7 @@ def _artifact_folders(path: Path, host_dir: Path | None) -> list[tuple[str, Path
         return [(read_artifact_json(path)["id"], path)]
     if (path / "package.json").is_file():
         pkg = json.loads((path / "package.json").read_text())
-        if pkg.get("status") != "ok":
+        if pkg.get("status") != Status.OK:
             raise UserInputError(f"{path} is a device package that was not compiled yet.",
                                  f"Compile it on the device first: edgeopt device-compile {path} --remote HOST.")
         return [(pkg["id"], path)]
@@ -809,7 +810,7 @@ def _artifact_folders(path: Path, host_dir: Path | None) -> list[tuple[str, Path
         raise UserInputError(f"{path} is neither an artifact folder nor an edgeopt output folder.",
                              "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
     m = load_manifest(path).data
-    found = {a["id"]: path / a["id"] for a in m["artifacts"] if a["status"] == "ok"}
+    found = {a["id"]: path / a["id"] for a in m["artifacts"] if a["status"] == Status.OK}
     if host_dir is not None and host_dir.is_dir():  # what was compiled on this host earlier
         for p in sorted(host_dir.iterdir()):
             if p.is_dir() and (p / ARTIFACT_JSON).is_file() and not p.name.startswith("."):
@@ -878,7 +879,7 @@ def _record_in_manifest(base: Path, result: dict, what: str) -> None:
                 continue
             entry = by_id[aid].setdefault("devices", {}).setdefault(host, {})
             if "error" in a:
-                entry[what] = {"status": "failed", "error": a["error"]}
+                entry[what] = {"status": Status.FAILED, "error": a["error"]}
             else:
                 entry[what] = {k: a.get(k) for k in ("status", "parity", "latency", "rows", "path") if a.get(k) is not None}
                 entry["device"] = {**brief, "gpu": (fp.get("gpu") or {}).get("name")} if fp else None
