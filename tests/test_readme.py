@@ -112,7 +112,9 @@ def test_readme_shell_blocks_run_as_written(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     _fixtures(work)
+    # A fresh cache: calibration runs here (a cache hit from another test would skip NNCF, and its output).
     env = {**os.environ, "PATH": f"{_bin(tmp_path)}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "80",
+           "EDGEOPT_CACHE_DIR": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     ran = 0
     for b in ALL:
