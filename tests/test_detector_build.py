@@ -1,4 +1,4 @@
-"""torchvision's SSDlite and Faster R-CNN (random weights, 160x160 inside the model) through `edgeopt build`
+"""torchvision's SSDlite (160x160 inside the model) and Faster R-CNN (320x320), random weights, through `edgeopt build`
 with ONNX Runtime and OpenVINO, FP32 and INT8: every INT8 candidate is judged by mAP or fails with its
 reason; no traceback; the manifest is written."""
 
@@ -12,17 +12,17 @@ from conftest import MODELS
 FAST = {"batches": [1], "duration_s": 0.1, "min_iterations": 3, "warmup": 1}
 
 
-def _build(tmp_path, factory, **extra):
+def _build(tmp_path, factory, size=160, **extra):
     from tiny import rect_images
 
     from edgeopt.config.recipe import recipe_from_dict
     from edgeopt.pipeline.build import build
     from edgeopt.report.progress import Reporter
 
-    np.savez(tmp_path / "cal.npz", images=rect_images(8, 160, seed=100))
-    np.savez(tmp_path / "ev.npz", images=rect_images(4, 160, seed=200))
+    np.savez(tmp_path / "cal.npz", images=rect_images(10, size, seed=100))
+    np.savez(tmp_path / "ev.npz", images=rect_images(4, size, seed=200))
     data = {"model": {"source": f"{MODELS / 'tiny.py'}:{factory}", "kind": "detector", "call": "list"},
-            "inputs": [{"name": "images", "shape": [1, 3, 160, 160]}],
+            "inputs": [{"name": "images", "shape": [1, 3, size, size]}],
             "task": {"type": "detection"},
             "calibration": {"source": str(tmp_path / "cal.npz")}, "evaluation": {"source": str(tmp_path / "ev.npz")},
             "compression": {"max_drop": 30.0, "accuracy_control": False, "candidates": ["ort-qdq-u8s8"]},
@@ -62,4 +62,4 @@ def test_ssdlite_fp32_and_int8_on_both_backends(tmp_path):
 @pytest.mark.slow
 def test_faster_rcnn_fp32_and_int8_on_both_backends(tmp_path):
     # The exported boxes differ from PyTorch's by a few hundredths of a pixel (RoIAlign, resize).
-    _check(_build(tmp_path, "frcnn", parity={"tolerances": {"fp32": {"atol": 0.1}}}))
+    _check(_build(tmp_path, "frcnn", size=320, parity={"tolerances": {"fp32": {"atol": 0.1}}}))
