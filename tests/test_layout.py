@@ -102,3 +102,27 @@ def test_no_private_name_is_imported_across_modules():
                 found += [f"{rel}:{node.lineno} {node.module}.{a.name}" for a in node.names
                           if a.name.startswith("_") and not a.name.startswith("__")]
     assert not found, found
+
+
+def test_no_module_outside_a_backend_folder_branches_on_a_backend_name():
+    """Adding a backend is one folder plus one registry line: nothing else compares with a backend's name
+    (``target.backend == "tensorrt"``); modules ask the backend (``builds_on_device``, ``device_requirements()``,
+    ``check_device()``, ``details()``...). Data keys (``fp["tensorrt"]``) are not branches and are allowed."""
+    import ast
+
+    from edgeopt.backends import REGISTRY
+
+    names = set(REGISTRY)
+    found = []
+    for rel, p in _modules().items():
+        parts = Path(rel).parts
+        if parts[:2] == ("edgeopt", "backends") and len(parts) > 3 and parts[2] in names:
+            continue  # inside edgeopt/backends/<name>/
+        for node in ast.walk(ast.parse(p.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            for side in (node.left, *node.comparators):
+                consts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                found += [f"{rel}:{node.lineno} compares with {c.value!r}" for c in consts
+                          if isinstance(c, ast.Constant) and c.value in names]
+    assert not found, found

@@ -39,7 +39,7 @@ def find_splits(data: Path) -> dict[str, Path]:
 
 def image_shape(folder: Path) -> tuple[int, int, int, bool]:
     """(channels, height, width, all the same size) of the images in ``folder``."""
-    from edgeopt.data.dataset import import_pil
+    from edgeopt.data.preprocess import import_pil
 
     Image = import_pil("read the data's image sizes")
     sizes, modes = set(), set()

@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 from datetime import datetime, timezone
@@ -198,26 +199,20 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
     log = log or (lambda msg: None)
     stage = Path(stage)
     target, precision = src.target, src.precision
-    tensorrt = target.backend == "tensorrt"
-    plan = None
-    if tensorrt:
-        from edgeopt.backends.tensorrt.backend import build_plan
+    from edgeopt.backends import get_backend
 
-        plan = build_plan(src.spec, target, precision, dict(target.options), _declared_tensorrt(target))
-        form = plan.onnx
-    else:
-        form = _cpu_onnx_form(target, precision)
+    backend = get_backend(target.backend)
+    form, plan = backend.package_plan(src.spec, target, precision)
     onnx_meta = _write_onnx(stage, src, form, log)
     lint_summary = None
-    if tensorrt:
-        from edgeopt.backends.tensorrt.lint import lint
-
-        report = lint(stage / PACKAGE_ONNX, target, src.spec, tensorrt_version=plan.tensorrt)
+    report = backend.package_preflight(stage / PACKAGE_ONNX, target, src.spec, plan)
+    if report is not None:
         if not report.ok:
             raise PackageLintError(report)
         lint_summary = report.to_dict()
         lint_summary["onnx"] = PACKAGE_ONNX  # relative: the package moves to the device
         write_json_atomic(stage / LINT_JSON, lint_summary)
+    if plan is not None:
         write_json_atomic(stage / PLAN_JSON, plan.to_dict())
     shutil.copyfile(src.reference_path, stage / REFERENCE_NPZ)
     reason = _reason(src, plan)
@@ -250,23 +245,6 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
     }
     write_json_atomic(stage / PACKAGE_JSON, pkg)
     return pkg
-
-
-def _declared_tensorrt(target) -> str:
-    version = str(target.hardware.get("tensorrt") or "")
-    if not version:
-        raise UserInputError(f"Target {target.name!r} does not say which TensorRT version it runs.",
-                             'Add tensorrt = "10.3" (for example) under [hardware] in its target file.')
-    return version
-
-
-def _cpu_onnx_form(target, precision: str) -> str:
-    if precision == "int8":
-        raise UserInputError(
-            f"A device package for {target.name} int8 cannot be made: INT8 for {target.backend} is quantized on "
-            "the host with the calibration data.",
-            f"Build {target.name} int8 with `edgeopt build` on the host (the artifact is portable), or package fp32.")
-    return "fp32"
 
 
 def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
@@ -380,8 +358,11 @@ def _where(target) -> str:
 
 
 def _reason(src: PackageSource, plan) -> str:
-    if src.target.backend == "tensorrt":
-        why = src.why_not_here or "TensorRT engines are built on the device that runs them"
+    from edgeopt.backends import get_backend
+
+    backend = get_backend(src.target.backend)
+    if backend.builds_on_device:
+        why = src.why_not_here or backend.device_build_why
         return (f"{why}. Device package written: finish on the {_where(src.target)} with `edgeopt device-compile "
                 f"{src.id}` there, or from here with `edgeopt device-compile OUT/{src.id} --remote user@device` "
                 f"(see {src.id}/{INSTRUCTIONS}).")
@@ -393,22 +374,16 @@ def instructions(src: PackageSource, plan, lint_summary: dict | None) -> str:
     t, hw = src.target, src.target.hardware
     pyver = hw.get("python") or "3.10"
     wheel = f"edgeopt-{__version__}-py3-none-any.whl"
-    extra_pkgs = ""
-    if t.backend == "tensorrt":
-        cuda = str(hw.get("cuda") or "")
-        cuda_py = f"'cuda-python=={cuda}.*'" if re.fullmatch(r"\d+\.\d+", cuda) else "cuda-python"
-        extra_pkgs = f" onnx {cuda_py}"
-    elif t.backend == "onnxruntime":
-        extra_pkgs = " onnxruntime"
-    elif t.backend == "openvino":
-        extra_pkgs = " openvino"
+    from edgeopt.backends import get_backend
+
+    backend = get_backend(t.backend)
+    extra_pkgs = "".join(f" {shlex.quote(r)}" for r in backend.device_requirements(hw.get("cuda")))
     lines = [
         f"# Finish `{src.id}` on the device",
         "",
         f"This folder is an edgeopt device package for **{t.name}** ({t.description or t.backend}), precision "
         f"**{src.precision}**. It was made by edgeopt {__version__} on a host that cannot build it: "
-        + ("TensorRT engines only load on the GPU model and TensorRT version that built them, so the engine is "
-           "built on the device." if t.backend == "tensorrt" else "the artifact is compiled on the device."),
+        + backend.device_build_note,
         "",
         f"Device: {_where(t)}" + (f", Python {pyver}" if hw.get("python") else "") + ".",
         "",
@@ -567,56 +542,10 @@ def find_packages(out: Path) -> list[Path]:
 
 def check_device(target, backend, package_id: str = "", force: bool = False) -> dict:
     """Raise a clear error unless this machine can build ``target``'s artifact; return what was found."""
-    what = package_id or target.name
-    if backend.name != "tensorrt":
-        if not backend.installed():
-            raise BackendMissingError(backend.distribution, backend.extra, f"compile {what}",
-                                      fix=backend.install_hint())
-        why = backend.unavailable_reason(target)
-        if why:
-            raise CompileError(f"{what} cannot be compiled here: {why}.", f"Run it on a machine that has {target.device} "
-                               f"for {target.backend} (`edgeopt targets` lists what runs here).")
-        return {"backend": backend.name, "version": backend.version()}
-    from edgeopt.backends.tensorrt.backend import INSTALL_FIX, import_tensorrt, probe_gpu, target_mismatch
-    from edgeopt.backends.tensorrt.operators import parse_version
-
     where = _where(target)
     run_there = (f"Run `edgeopt device-compile PACKAGE` on the {where}, or from this host: `edgeopt device-compile "
                  "PACKAGE --remote user@device`.")
-    try:
-        trt = import_tensorrt()
-    except BackendMissingError as exc:
-        err = BackendMissingError("tensorrt", "tensorrt", f"build {what}")
-        err.problem = f"{what} needs TensorRT and an NVIDIA GPU to build its engine: tensorrt is not installed here."
-        err.fix = f"{run_there} {INSTALL_FIX}"
-        err.args = (err.problem,)
-        raise err from exc
-    except EdgeoptError as exc:
-        raise EdgeoptError(f"{what} needs TensorRT and an NVIDIA GPU: {exc.problem}", f"{run_there} {exc.fix or ''}".strip()) from exc
-    gpu, why = probe_gpu()
-    if gpu is None:
-        raise EdgeoptError(f"{what} needs an NVIDIA GPU to build its TensorRT engine; none is usable here ({why}).",
-                           run_there)
-    version = str(trt.__version__)
-    declared = str(target.hardware.get("tensorrt") or "")
-    problems = []
-    mismatch = target_mismatch(target, gpu)
-    if mismatch:
-        problems.append(mismatch)
-    if declared and parse_version(declared)[0] != parse_version(version)[0]:
-        problems.append(f"the target declares TensorRT {declared} (JetPack {target.hardware.get('jetpack', '?')}); this "
-                        f"device has TensorRT {version}")
-    if problems and not force:
-        raise UserInputError(f"This device is not the {target.name} device: " + "; ".join(problems) + ".",
-                             "Compile a package made for this device's target (`edgeopt targets`; jetson-thor for "
-                             "JetPack 7), or pass --force to build here anyway (the engine runs only on this device).")
-    dla = target.options.get("dla_core")
-    if dla is not None and int(dla) >= 0:
-        cores = int(trt.Builder(trt.Logger(trt.Logger.WARNING)).num_DLA_cores)
-        if int(dla) >= cores:
-            raise UserInputError(f"{what} asks for DLA core {dla}; this device has {cores} DLA core(s).",
-                                 "Set dla_core = -1 in the target (GPU only), or compile on a device with DLA (AGX Orin, Orin NX).")
-    return {"backend": "tensorrt", "version": version, "gpu": gpu, "mismatch_forced": problems or None}
+    return backend.check_device(target, package_id or target.name, run_there, force=force)
 
 
 def _link_package(src: Path, stage: Path, pkg: dict) -> None:

@@ -542,9 +542,19 @@ def wheel_from_installed(dest: Path) -> Path:
     return wheel
 
 
-BASE_PROBE = ("import sys, json, importlib.util as u; "
-              "print(json.dumps({'version': list(sys.version_info[:3]), 'executable': sys.executable, "
-              "'tensorrt': u.find_spec('tensorrt') is not None}))")
+def _device_built_backends() -> list:
+    """The backends whose artifacts are compiled on the device (their framework comes with the device's system)."""
+    from edgeopt.backends import REGISTRY, get_backend
+
+    return [b for b in map(get_backend, REGISTRY) if b.builds_on_device]
+
+
+def _base_probe() -> str:
+    """Python code printing the device Python's version, path and which device-side frameworks it can import."""
+    modules = sorted(b.module for b in _device_built_backends())
+    return ("import sys, json, importlib.util as u; "
+            "print(json.dumps({'version': list(sys.version_info[:3]), 'executable': sys.executable, "
+            f"'modules': {{m: u.find_spec(m) is not None for m in {modules!r}}}}}))")
 
 
 def setup(host: str, wheel: str | Path | None = None, python: str = "python3", venv: str | None = None,
@@ -571,7 +581,7 @@ def setup(host: str, wheel: str | Path | None = None, python: str = "python3", v
                 raise UserInputError(f"{wheel_path.name} is not edgeopt {__version__} (this machine's version).",
                                      "Use the wheel of this edgeopt version, so host and device agree.")
         reporter.step(f"{host}: checking {python} on the device")
-        res = run_ssh(host, f"{rpath(python)} -c {shlex.quote(BASE_PROBE)}", opts, 120)
+        res = run_ssh(host, f"{rpath(python)} -c {shlex.quote(_base_probe())}", opts, 120)
         if res.rc != 0:
             if res.rc == 127:
                 raise RemoteError(host, f"{python} was not found on the device.",
@@ -599,12 +609,15 @@ def setup(host: str, wheel: str | Path | None = None, python: str = "python3", v
     from edgeopt.backends import get_backend
 
     backends = _target_backends(targets)
-    want_trt = (base.get("tensorrt") or "tensorrt" in backends) if tensorrt is None else tensorrt
+    present = base.get("modules") or {}
+    on_device = [b for b in _device_built_backends() if b.name in backends or present.get(b.module)]
+    if tensorrt is not None:  # --tensorrt / --no-tensorrt: the device-built backends' requirements or none
+        on_device = _device_built_backends() if tensorrt else []
     extras = list(extra_requirements)
-    wheel_extras = sorted({get_backend(b).extra for b in backends if b != "tensorrt"})
-    if want_trt and not no_deps:
+    wheel_extras = sorted({e for b in backends if (e := get_backend(b).device_wheel_extra())})
+    if on_device and not no_deps:
         cuda = _remote_cuda(host, opts)
-        extras += ["onnx", f"cuda-python=={cuda}.*" if cuda else "cuda-python"]
+        extras += [r for b in on_device for r in b.device_requirements(cuda) if r not in extras]
     pip = f"{_env(opts)} {rpath(vpy)} -m pip install --no-cache-dir --disable-pip-version-check"
     steps = []
     if not no_deps:
@@ -651,6 +664,7 @@ def _remote_cuda(host: str, opts: RemoteOptions) -> str | None:
 # ---- compile -------------------------------------------------------------------------------------
 def _resolve_packages(path: Path, targets, precisions, tmp: Path) -> tuple[list[tuple[str, Path]], Path]:
     """[(artifact id, local package folder)] and the folder results go under (OUT, or the package's parent)."""
+    from edgeopt.backends import get_backend
     from edgeopt.device.package import find_packages, is_package, package_from_out, read_package
 
     path = Path(path).resolve()  # "." inside a package: results go beside it, not into it
@@ -685,7 +699,7 @@ def _resolve_packages(path: Path, targets, precisions, tmp: Path) -> tuple[list[
             aid = artifact_id(target.name, p)
             if aid in found:
                 out.append((aid, found[aid]))
-            elif target.backend == "tensorrt" and p == "int8":
+            elif p == "int8" and get_backend(target.backend).builds_on_device:  # calibrated on the host
                 raise UserInputError(f"{path} has no device package {aid}.",
                                      f"Build it first: edgeopt build RECIPE --target {target.name} --precision int8.")
             else:
