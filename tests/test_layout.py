@@ -84,3 +84,45 @@ def test_a_backend_from_outside_the_package_builds_the_example(tmp_path, monkeyp
     assert a["accuracy"]["value"] > 0.95
     assert a["latency"] and a["latency"][0]["median_ms"] > 0
     assert (tmp_path / "out" / "toy-cpu-fp32" / "toy.onnx").is_file()
+
+
+def _modules() -> dict[str, Path]:
+    pkg = Path(edgeopt.__file__).resolve().parent
+    return {str(p.relative_to(pkg.parent)): p for p in sorted(pkg.rglob("*.py"))}
+
+
+def test_no_private_name_is_imported_across_modules():
+    """``from edgeopt.x import _name`` couples a module to another's internals: what is shared is public."""
+    import ast
+
+    found = []
+    for rel, p in _modules().items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgeopt"):
+                found += [f"{rel}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found
+
+
+def test_no_module_outside_a_backend_folder_branches_on_a_backend_name():
+    """Adding a backend is one folder plus one registry line: nothing else compares with a backend's name
+    (``target.backend == "tensorrt"``); modules ask the backend (``builds_on_device``, ``device_requirements()``,
+    ``check_device()``, ``details()``...). Data keys (``fp["tensorrt"]``) are not branches and are allowed."""
+    import ast
+
+    from edgeopt.backends import REGISTRY
+
+    names = set(REGISTRY)
+    found = []
+    for rel, p in _modules().items():
+        parts = Path(rel).parts
+        if parts[:2] == ("edgeopt", "backends") and len(parts) > 3 and parts[2] in names:
+            continue  # inside edgeopt/backends/<name>/
+        for node in ast.walk(ast.parse(p.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            for side in (node.left, *node.comparators):
+                consts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                found += [f"{rel}:{node.lineno} compares with {c.value!r}" for c in consts
+                          if isinstance(c, ast.Constant) and c.value in names]
+    assert not found, found

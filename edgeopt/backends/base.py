@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from edgeopt.errors import ArtifactLoadError, BackendMissingError, EdgeoptError, UserInputError
+from edgeopt.errors import ArtifactLoadError, BackendMissingError, CompileError, EdgeoptError, UserInputError
 from edgeopt.core.hostinfo import version_of
 from edgeopt.core.versions import version_tuple
 from edgeopt.core.spec import IOSpec
@@ -184,6 +184,48 @@ class Backend(ABC):
             return None, (f"{self.distribution} {version} here is older than {built_version}, which built {aid}; "
                           f"if it fails to load: pip install '{self.distribution}>={built_version}'",)
         return None, ()
+
+    def details(self) -> dict:
+        """What ``edgeopt doctor`` shows beside the version (devices, execution providers); the backend is
+        installed. Never raises: a failure is reported in the dict."""
+        return {}
+
+    # -- device packages: an artifact compiled on the device that runs it (``edgeopt device-compile``) --------
+    device_build_why = ""  # a record's reason, when the backend builds on the device (builds_on_device)
+    device_build_note = "the artifact is compiled on the device."  # INSTRUCTIONS.md: why the host did not build it
+
+    def package_plan(self, spec: IOSpec, target: Target, precision: str) -> tuple[str, object | None]:
+        """(the form of the ONNX a device package carries, the backend's build plan with ``to_dict()`` or None)."""
+        if precision == "int8":
+            raise UserInputError(
+                f"A device package for {target.name} int8 cannot be made: INT8 for {target.backend} is quantized on "
+                "the host with the calibration data.",
+                f"Build {target.name} int8 with `edgeopt build` on the host (the artifact is portable), or package fp32.")
+        return "fp32", None
+
+    def package_preflight(self, onnx_path: Path, target: Target, spec: IOSpec, plan) -> object | None:
+        """A preflight report of a package's ONNX (``ok``, ``errors``, ``to_dict()``), or None when there is none."""
+        return None
+
+    def device_requirements(self, cuda: str | None = None) -> list[str]:
+        """pip requirements a device needs, beside edgeopt's wheel, to compile and run this backend's packages
+        (``cuda``: the device's CUDA version, when known)."""
+        return [self.distribution]
+
+    def device_wheel_extra(self) -> str:
+        """edgeopt's pip extra to install on a device, or "" when the device's system provides the framework."""
+        return self.extra
+
+    def check_device(self, target: Target, what: str, run_there: str, force: bool = False) -> dict:
+        """Raise a clear error unless this machine can compile ``what`` for ``target``; return what was found
+        (``run_there``: how to run it on the right device instead)."""
+        if not self.installed():
+            raise BackendMissingError(self.distribution, self.extra, f"compile {what}", fix=self.install_hint())
+        why = self.unavailable_reason(target)
+        if why:
+            raise CompileError(f"{what} cannot be compiled here: {why}.", f"Run it on a machine that has {target.device} "
+                               f"for {target.backend} (`edgeopt targets` lists what runs here).")
+        return {"backend": self.name, "version": self.version()}
 
     @abstractmethod
     def compile(self, req: CompileRequest) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from edgeopt.cli.common import echo, emit_json, handle_errors, parse_batches, reporter
+from edgeopt.core.records import Status
 
 
 def remote_options(fn):
@@ -126,13 +127,13 @@ def device_compile_cmd(package, hosts, targets, precisions, batch, threads, dura
             if len(folders) == 1:
                 raise
             echo(f"error: {folder.name}: {exc.problem}", err=True)
-            results[folder.name] = {"status": "failed", "reason": exc.problem, "fix": exc.fix}
+            results[folder.name] = {"status": Status.FAILED, "reason": exc.problem, "fix": exc.fix}
             failed.append(folder.name)
     if json_out:
         emit_json(results)
     else:
         for aid, r in results.items():
-            if r["status"] != "ok":
+            if r["status"] != Status.OK:
                 continue
             lat = ", ".join(f"batch {row['batch']} {row['median_ms']:.3f} ms" for row in r["latency"])
             echo(f"{aid}: ok, parity max abs {r['parity']['max_abs']:.2e}; median {lat}")

@@ -143,7 +143,7 @@ def run_cmd(bundle_path, input_path, target, public_key, require_signature, no_v
 def read_input(path: Path, model):
     """A feed from .npy / .npz / an image. A sample without its batch axis gets one; floats are cast to the
     input's float type."""
-    from edgeopt.data.dataset import IMAGE_SUFFIXES
+    from edgeopt.data.sources import IMAGE_SUFFIXES
     from edgeopt.errors import UserInputError
 
     suffix = path.suffix.lower()

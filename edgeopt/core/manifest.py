@@ -11,6 +11,7 @@ from edgeopt import __version__
 from edgeopt.errors import IntegrityError, UserInputError
 from edgeopt.core.fsutil import write_json_atomic
 from edgeopt.core.untrusted import load_json, printable
+from edgeopt.core.records import Status
 
 MANIFEST = "manifest.json"
 SCHEMA = "edgeopt.manifest/1"
@@ -130,7 +131,7 @@ def check_consistent(out: Path, data: dict) -> None:
                               "interrupted or files were changed by hand.", rerun_fix(out))
 
     for rec in data["artifacts"]:
-        if rec.get("status") != "ok":
+        if rec.get("status") != Status.OK:
             continue
         aid = check_id(rec["id"], "artifact id", rerun_fix(out))
         art_path = out / aid / ARTIFACT_JSON

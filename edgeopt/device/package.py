@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 from datetime import datetime, timezone
@@ -50,6 +51,7 @@ from edgeopt.core.fsutil import (
     write_json_atomic,
     write_text_atomic,
 )
+from edgeopt.core.records import Status
 
 PACKAGE_JSON = "package.json"
 PACKAGE_SCHEMA = "edgeopt.device-package/1"
@@ -60,7 +62,6 @@ LINT_JSON = "lint.json"
 REFERENCE_NPZ = "reference.npz"
 INSTRUCTIONS = "INSTRUCTIONS.md"
 REPORT_JSON = "device_report.json"
-NOT_BUILT = "not built here"
 
 
 class PackageLintError(CompileError):
@@ -112,12 +113,12 @@ def write_device_package(ctx, plan, folder: Path, rec: dict) -> dict:
     except PackageLintError as exc:
         reporter.error(f"{plan.id}: {exc}")
         _remove_package(folder)
-        return {**rec, "status": "failed", "reason": exc.problem, "fix": exc.fix, "files": [],
+        return {**rec, "status": Status.FAILED, "reason": exc.problem, "fix": exc.fix, "files": [],
                 "lint": exc.report.to_dict()}
     except EdgeoptError as exc:
         reporter.error(f"{plan.id}: {exc}")
         _remove_package(folder)
-        return {**rec, "status": "failed", "reason": exc.problem, "fix": exc.fix, "files": []}
+        return {**rec, "status": Status.FAILED, "reason": exc.problem, "fix": exc.fix, "files": []}
     lint = pkg.get("lint")
     for w in (lint or {}).get("findings", []):
         reporter.warn(f"{plan.id}: preflight {w['code']}" + (f" [{w['node']}]" if w["node"] else "") + f": {w['message']}")
@@ -126,14 +127,14 @@ def write_device_package(ctx, plan, folder: Path, rec: dict) -> dict:
         if str(plan.target.options.get("host_check", "fail")) != "warn":
             reporter.error(f"{plan.id}: {failed}")
             _remove_package(folder)
-            return {**rec, "status": "failed", "reason": failed, "files": [],
+            return {**rec, "status": Status.FAILED, "reason": failed, "files": [],
                     "fix": "Use another precision (or fix the quantization); if the device's TensorRT may do better "
                            "than ONNX Runtime here, keep the package: host_check = \"warn\" in the target's "
                            "[options], then build again.",
                     "host_check": pkg["onnx"]["host_check"]}
         reporter.warn(f"{plan.id}: {failed}; the package is kept (host_check = \"warn\"): the device's build decides")
     reporter.info(f"{plan.id}: device package {folder} (finish on the device: see {folder.name}/{INSTRUCTIONS})")
-    return {**rec, "status": NOT_BUILT, "reason": pkg["reason"], "key": key,
+    return {**rec, "status": Status.NOT_BUILT_HERE, "reason": pkg["reason"], "key": key,
             "files": file_records(folder, Path(ctx.out)),
             "package": {k: pkg.get(k) for k in ("schema", "onnx", "build_plan", "lint", "reference", "instructions")},
             **({"reused": True} if previous is not None else {})}
@@ -198,30 +199,24 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
     log = log or (lambda msg: None)
     stage = Path(stage)
     target, precision = src.target, src.precision
-    tensorrt = target.backend == "tensorrt"
-    plan = None
-    if tensorrt:
-        from edgeopt.backends.tensorrt.backend import build_plan
+    from edgeopt.backends import get_backend
 
-        plan = build_plan(src.spec, target, precision, dict(target.options), _declared_tensorrt(target))
-        form = plan.onnx
-    else:
-        form = _cpu_onnx_form(target, precision)
+    backend = get_backend(target.backend)
+    form, plan = backend.package_plan(src.spec, target, precision)
     onnx_meta = _write_onnx(stage, src, form, log)
     lint_summary = None
-    if tensorrt:
-        from edgeopt.backends.tensorrt.lint import lint
-
-        report = lint(stage / PACKAGE_ONNX, target, src.spec, tensorrt_version=plan.tensorrt)
+    report = backend.package_preflight(stage / PACKAGE_ONNX, target, src.spec, plan)
+    if report is not None:
         if not report.ok:
             raise PackageLintError(report)
         lint_summary = report.to_dict()
         lint_summary["onnx"] = PACKAGE_ONNX  # relative: the package moves to the device
         write_json_atomic(stage / LINT_JSON, lint_summary)
+    if plan is not None:
         write_json_atomic(stage / PLAN_JSON, plan.to_dict())
     shutil.copyfile(src.reference_path, stage / REFERENCE_NPZ)
     reason = _reason(src, plan)
-    meta = {"package": True, "status": NOT_BUILT, "onnx": PACKAGE_ONNX, "onnx_form": form,
+    meta = {"package": True, "status": Status.NOT_BUILT_HERE, "onnx": PACKAGE_ONNX, "onnx_form": form,
             **({"plan": plan.to_dict()} if plan else {})}
     write_json_atomic(stage / "artifact.json", {
         "id": src.id, "backend": target.backend, "precision": precision, "target": target.to_dict(),
@@ -233,7 +228,7 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
     feeds, _ = load_reference(stage / REFERENCE_NPZ)
     pkg = {
         "schema": PACKAGE_SCHEMA, "id": src.id, "target": target.name, "backend": target.backend,
-        "device_type": target.device, "precision": precision, "status": NOT_BUILT, "reason": reason,
+        "device_type": target.device, "precision": precision, "status": Status.NOT_BUILT_HERE, "reason": reason,
         "key": key, "edgeopt_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": src.model, "model_kind": src.model_kind,
@@ -250,23 +245,6 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
     }
     write_json_atomic(stage / PACKAGE_JSON, pkg)
     return pkg
-
-
-def _declared_tensorrt(target) -> str:
-    version = str(target.hardware.get("tensorrt") or "")
-    if not version:
-        raise UserInputError(f"Target {target.name!r} does not say which TensorRT version it runs.",
-                             'Add tensorrt = "10.3" (for example) under [hardware] in its target file.')
-    return version
-
-
-def _cpu_onnx_form(target, precision: str) -> str:
-    if precision == "int8":
-        raise UserInputError(
-            f"A device package for {target.name} int8 cannot be made: INT8 for {target.backend} is quantized on "
-            "the host with the calibration data.",
-            f"Build {target.name} int8 with `edgeopt build` on the host (the artifact is portable), or package fp32.")
-    return "fp32"
 
 
 def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
@@ -380,8 +358,11 @@ def _where(target) -> str:
 
 
 def _reason(src: PackageSource, plan) -> str:
-    if src.target.backend == "tensorrt":
-        why = src.why_not_here or "TensorRT engines are built on the device that runs them"
+    from edgeopt.backends import get_backend
+
+    backend = get_backend(src.target.backend)
+    if backend.builds_on_device:
+        why = src.why_not_here or backend.device_build_why
         return (f"{why}. Device package written: finish on the {_where(src.target)} with `edgeopt device-compile "
                 f"{src.id}` there, or from here with `edgeopt device-compile OUT/{src.id} --remote user@device` "
                 f"(see {src.id}/{INSTRUCTIONS}).")
@@ -393,22 +374,16 @@ def instructions(src: PackageSource, plan, lint_summary: dict | None) -> str:
     t, hw = src.target, src.target.hardware
     pyver = hw.get("python") or "3.10"
     wheel = f"edgeopt-{__version__}-py3-none-any.whl"
-    extra_pkgs = ""
-    if t.backend == "tensorrt":
-        cuda = str(hw.get("cuda") or "")
-        cuda_py = f"'cuda-python=={cuda}.*'" if re.fullmatch(r"\d+\.\d+", cuda) else "cuda-python"
-        extra_pkgs = f" onnx {cuda_py}"
-    elif t.backend == "onnxruntime":
-        extra_pkgs = " onnxruntime"
-    elif t.backend == "openvino":
-        extra_pkgs = " openvino"
+    from edgeopt.backends import get_backend
+
+    backend = get_backend(t.backend)
+    extra_pkgs = "".join(f" {shlex.quote(r)}" for r in backend.device_requirements(hw.get("cuda")))
     lines = [
         f"# Finish `{src.id}` on the device",
         "",
         f"This folder is an edgeopt device package for **{t.name}** ({t.description or t.backend}), precision "
         f"**{src.precision}**. It was made by edgeopt {__version__} on a host that cannot build it: "
-        + ("TensorRT engines only load on the GPU model and TensorRT version that built them, so the engine is "
-           "built on the device." if t.backend == "tensorrt" else "the artifact is compiled on the device."),
+        + backend.device_build_note,
         "",
         f"Device: {_where(t)}" + (f", Python {pyver}" if hw.get("python") else "") + ".",
         "",
@@ -466,7 +441,7 @@ def _reusable(folder: Path, key: str) -> dict | None:
     """The package.json of an intact, uncompiled package made from the same inputs, else None."""
     try:
         pkg = read_package(folder)
-        if pkg.get("key") != key or pkg.get("status") != NOT_BUILT:
+        if pkg.get("key") != key or pkg.get("status") != Status.NOT_BUILT_HERE:
             return None
         verify_package_files(folder, pkg)
         return pkg
@@ -567,56 +542,10 @@ def find_packages(out: Path) -> list[Path]:
 
 def check_device(target, backend, package_id: str = "", force: bool = False) -> dict:
     """Raise a clear error unless this machine can build ``target``'s artifact; return what was found."""
-    what = package_id or target.name
-    if backend.name != "tensorrt":
-        if not backend.installed():
-            raise BackendMissingError(backend.distribution, backend.extra, f"compile {what}",
-                                      fix=backend.install_hint())
-        why = backend.unavailable_reason(target)
-        if why:
-            raise CompileError(f"{what} cannot be compiled here: {why}.", f"Run it on a machine that has {target.device} "
-                               f"for {target.backend} (`edgeopt targets` lists what runs here).")
-        return {"backend": backend.name, "version": backend.version()}
-    from edgeopt.backends.tensorrt.backend import INSTALL_FIX, import_tensorrt, probe_gpu, target_mismatch
-    from edgeopt.backends.tensorrt.operators import parse_version
-
     where = _where(target)
     run_there = (f"Run `edgeopt device-compile PACKAGE` on the {where}, or from this host: `edgeopt device-compile "
                  "PACKAGE --remote user@device`.")
-    try:
-        trt = import_tensorrt()
-    except BackendMissingError as exc:
-        err = BackendMissingError("tensorrt", "tensorrt", f"build {what}")
-        err.problem = f"{what} needs TensorRT and an NVIDIA GPU to build its engine: tensorrt is not installed here."
-        err.fix = f"{run_there} {INSTALL_FIX}"
-        err.args = (err.problem,)
-        raise err from exc
-    except EdgeoptError as exc:
-        raise EdgeoptError(f"{what} needs TensorRT and an NVIDIA GPU: {exc.problem}", f"{run_there} {exc.fix or ''}".strip()) from exc
-    gpu, why = probe_gpu()
-    if gpu is None:
-        raise EdgeoptError(f"{what} needs an NVIDIA GPU to build its TensorRT engine; none is usable here ({why}).",
-                           run_there)
-    version = str(trt.__version__)
-    declared = str(target.hardware.get("tensorrt") or "")
-    problems = []
-    mismatch = target_mismatch(target, gpu)
-    if mismatch:
-        problems.append(mismatch)
-    if declared and parse_version(declared)[0] != parse_version(version)[0]:
-        problems.append(f"the target declares TensorRT {declared} (JetPack {target.hardware.get('jetpack', '?')}); this "
-                        f"device has TensorRT {version}")
-    if problems and not force:
-        raise UserInputError(f"This device is not the {target.name} device: " + "; ".join(problems) + ".",
-                             "Compile a package made for this device's target (`edgeopt targets`; jetson-thor for "
-                             "JetPack 7), or pass --force to build here anyway (the engine runs only on this device).")
-    dla = target.options.get("dla_core")
-    if dla is not None and int(dla) >= 0:
-        cores = int(trt.Builder(trt.Logger(trt.Logger.WARNING)).num_DLA_cores)
-        if int(dla) >= cores:
-            raise UserInputError(f"{what} asks for DLA core {dla}; this device has {cores} DLA core(s).",
-                                 "Set dla_core = -1 in the target (GPU only), or compile on a device with DLA (AGX Orin, Orin NX).")
-    return {"backend": "tensorrt", "version": version, "gpu": gpu, "mismatch_forced": problems or None}
+    return backend.check_device(target, package_id or target.name, run_there, force=force)
 
 
 def _link_package(src: Path, stage: Path, pkg: dict) -> None:
@@ -696,13 +625,13 @@ def compile_package(package_dir: Path, threads: int | None = None, profile_batch
             prof = profile_runner(runner, spec, batches, cfg)
             gpu_timing = _gpu_timing(runner, spec, batches)
             runtime = runner.properties()
-        result = {"status": "ok", "compile_s": round(compile_s, 3), "parity": parity_summary(rep),
+        result = {"status": Status.OK, "compile_s": round(compile_s, 3), "parity": parity_summary(rep),
                   "latency": prof["rows"], "load_s": prof["load_s"], "threads": prof["threads"],
                   "peak_rss_mb": prof["peak_rss_mb"], "gpu_timing": gpu_timing, "runtime": runtime, "meta": meta,
                   "compiled": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "edgeopt_version": __version__, "python": platform.python_version()}
         write_json_atomic(stage / REPORT_JSON, {"id": pid, **result, "device": fingerprint})
-        done = {**pkg, "status": "ok", "reason": None, "device": fingerprint,
+        done = {**pkg, "status": Status.OK, "reason": None, "device": fingerprint,
                 "result": {k: v for k, v in result.items() if k != "meta"}}
         write_json_atomic(stage / PACKAGE_JSON, done)
         files = file_records(stage, stage)
@@ -829,9 +758,9 @@ def _tensorrt_version() -> str | None:
 
 def _gpu() -> dict | None:
     try:
-        from edgeopt.backends.tensorrt.backend import _probe_cuda_python  # cuda-python only: no torch here
+        from edgeopt.backends.tensorrt.backend import probe_cuda_python  # cuda-python only: no torch here
 
-        gpu, _ = _probe_cuda_python(0)
+        gpu, _ = probe_cuda_python(0)
         if gpu:
             return gpu
     except Exception:  # noqa: BLE001

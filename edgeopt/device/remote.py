@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 
 from edgeopt import __version__
 from edgeopt.errors import EdgeoptError, UserInputError
+from edgeopt.core.records import Status
 
 DEFAULT_REMOTE_DIR = "~/.cache/edgeopt/remote"
 REMOTE_DIR_ENV = "EDGEOPT_REMOTE_DIR"
@@ -541,9 +542,19 @@ def wheel_from_installed(dest: Path) -> Path:
     return wheel
 
 
-BASE_PROBE = ("import sys, json, importlib.util as u; "
-              "print(json.dumps({'version': list(sys.version_info[:3]), 'executable': sys.executable, "
-              "'tensorrt': u.find_spec('tensorrt') is not None}))")
+def _device_built_backends() -> list:
+    """The backends whose artifacts are compiled on the device (their framework comes with the device's system)."""
+    from edgeopt.backends import REGISTRY, get_backend
+
+    return [b for b in map(get_backend, REGISTRY) if b.builds_on_device]
+
+
+def _base_probe() -> str:
+    """Python code printing the device Python's version, path and which device-side frameworks it can import."""
+    modules = sorted(b.module for b in _device_built_backends())
+    return ("import sys, json, importlib.util as u; "
+            "print(json.dumps({'version': list(sys.version_info[:3]), 'executable': sys.executable, "
+            f"'modules': {{m: u.find_spec(m) is not None for m in {modules!r}}}}}))")
 
 
 def setup(host: str, wheel: str | Path | None = None, python: str = "python3", venv: str | None = None,
@@ -570,7 +581,7 @@ def setup(host: str, wheel: str | Path | None = None, python: str = "python3", v
                 raise UserInputError(f"{wheel_path.name} is not edgeopt {__version__} (this machine's version).",
                                      "Use the wheel of this edgeopt version, so host and device agree.")
         reporter.step(f"{host}: checking {python} on the device")
-        res = run_ssh(host, f"{rpath(python)} -c {shlex.quote(BASE_PROBE)}", opts, 120)
+        res = run_ssh(host, f"{rpath(python)} -c {shlex.quote(_base_probe())}", opts, 120)
         if res.rc != 0:
             if res.rc == 127:
                 raise RemoteError(host, f"{python} was not found on the device.",
@@ -598,12 +609,15 @@ def setup(host: str, wheel: str | Path | None = None, python: str = "python3", v
     from edgeopt.backends import get_backend
 
     backends = _target_backends(targets)
-    want_trt = (base.get("tensorrt") or "tensorrt" in backends) if tensorrt is None else tensorrt
+    present = base.get("modules") or {}
+    on_device = [b for b in _device_built_backends() if b.name in backends or present.get(b.module)]
+    if tensorrt is not None:  # --tensorrt / --no-tensorrt: the device-built backends' requirements or none
+        on_device = _device_built_backends() if tensorrt else []
     extras = list(extra_requirements)
-    wheel_extras = sorted({get_backend(b).extra for b in backends if b != "tensorrt"})
-    if want_trt and not no_deps:
+    wheel_extras = sorted({e for b in backends if (e := get_backend(b).device_wheel_extra())})
+    if on_device and not no_deps:
         cuda = _remote_cuda(host, opts)
-        extras += ["onnx", f"cuda-python=={cuda}.*" if cuda else "cuda-python"]
+        extras += [r for b in on_device for r in b.device_requirements(cuda) if r not in extras]
     pip = f"{_env(opts)} {rpath(vpy)} -m pip install --no-cache-dir --disable-pip-version-check"
     steps = []
     if not no_deps:
@@ -650,6 +664,7 @@ def _remote_cuda(host: str, opts: RemoteOptions) -> str | None:
 # ---- compile -------------------------------------------------------------------------------------
 def _resolve_packages(path: Path, targets, precisions, tmp: Path) -> tuple[list[tuple[str, Path]], Path]:
     """[(artifact id, local package folder)] and the folder results go under (OUT, or the package's parent)."""
+    from edgeopt.backends import get_backend
     from edgeopt.device.package import find_packages, is_package, package_from_out, read_package
 
     path = Path(path).resolve()  # "." inside a package: results go beside it, not into it
@@ -684,7 +699,7 @@ def _resolve_packages(path: Path, targets, precisions, tmp: Path) -> tuple[list[
             aid = artifact_id(target.name, p)
             if aid in found:
                 out.append((aid, found[aid]))
-            elif target.backend == "tensorrt" and p == "int8":
+            elif p == "int8" and get_backend(target.backend).builds_on_device:  # calibrated on the host
                 raise UserInputError(f"{path} has no device package {aid}.",
                                      f"Build it first: edgeopt build RECIPE --target {target.name} --precision int8.")
             else:
@@ -762,11 +777,11 @@ def _compile_on(host: str, packages, args: dict, out_root: Path, opts: RemoteOpt
         for i, r in res["results"].items():
             if "error" in r:
                 reporter.error(f"{host}: {i}: {r['error']['problem']}")
-                artifacts[i] = {"status": "failed", "error": r["error"]}
+                artifacts[i] = {"status": Status.FAILED, "error": r["error"]}
         write_json_atomic(host_dir / "device.json", {"host": host, "fingerprint": res.get("fingerprint"),
                                                      "edgeopt_version": h.get("edgeopt_version"),
                                                      "python": h.get("python")})
-    return {"ok": all(a["status"] == "ok" for a in artifacts.values()), "artifacts": artifacts,
+    return {"ok": all(a["status"] == Status.OK for a in artifacts.values()), "artifacts": artifacts,
             "fingerprint": res.get("fingerprint"), "edgeopt_version": h.get("edgeopt_version"),
             "python": h.get("python"), "path": str(host_dir)}
 
@@ -801,7 +816,7 @@ def _artifact_folders(path: Path, host_dir: Path | None) -> list[tuple[str, Path
         return [(read_artifact_json(path)["id"], path)]
     if (path / "package.json").is_file():
         pkg = json.loads((path / "package.json").read_text())
-        if pkg.get("status") != "ok":
+        if pkg.get("status") != Status.OK:
             raise UserInputError(f"{path} is a device package that was not compiled yet.",
                                  f"Compile it on the device first: edgeopt device-compile {path} --remote HOST.")
         return [(pkg["id"], path)]
@@ -809,7 +824,7 @@ def _artifact_folders(path: Path, host_dir: Path | None) -> list[tuple[str, Path
         raise UserInputError(f"{path} is neither an artifact folder nor an edgeopt output folder.",
                              "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
     m = load_manifest(path).data
-    found = {a["id"]: path / a["id"] for a in m["artifacts"] if a["status"] == "ok"}
+    found = {a["id"]: path / a["id"] for a in m["artifacts"] if a["status"] == Status.OK}
     if host_dir is not None and host_dir.is_dir():  # what was compiled on this host earlier
         for p in sorted(host_dir.iterdir()):
             if p.is_dir() and (p / ARTIFACT_JSON).is_file() and not p.name.startswith("."):
@@ -878,7 +893,7 @@ def _record_in_manifest(base: Path, result: dict, what: str) -> None:
                 continue
             entry = by_id[aid].setdefault("devices", {}).setdefault(host, {})
             if "error" in a:
-                entry[what] = {"status": "failed", "error": a["error"]}
+                entry[what] = {"status": Status.FAILED, "error": a["error"]}
             else:
                 entry[what] = {k: a.get(k) for k in ("status", "parity", "latency", "rows", "path") if a.get(k) is not None}
                 entry["device"] = {**brief, "gpu": (fp.get("gpu") or {}).get("name")} if fp else None

@@ -19,6 +19,7 @@ from edgeopt.core.manifest import Manifest, load_consistent, load_manifest, mark
 from edgeopt.core.profile import ProfileConfig
 from edgeopt.config.recipe import Recipe, load_recipe
 from edgeopt.report.progress import Reporter
+from edgeopt.core.records import Status
 
 
 def _recipe(recipe) -> Recipe:
@@ -90,7 +91,7 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
     with out_lock(path, "profile"):  # it rewrites the manifest: not while a build writes OUT
         manifest = load_consistent(path)  # read again under the lock: a build may have just finished
         for a in manifest.data["artifacts"]:
-            if a["status"] == "ok":
+            if a["status"] == Status.OK:
                 reporter.step(f"{a['id']}: profiling batch {','.join(map(str, batches))}")
                 results[a["id"]] = profile_artifact(path / a["id"], cfg.batches, cfg, threads)
         for a in manifest.data["artifacts"]:

@@ -38,6 +38,7 @@ from edgeopt.core.tasks import describe
 from edgeopt.report.progress import Reporter
 from edgeopt.core.targets import Target, check_precision, get_target, load_targets
 from edgeopt.backends import target_status
+from edgeopt.core.records import Status
 
 EXPORT_DIR = "export"
 EXPORT_RECORD = "export.json"
@@ -48,7 +49,7 @@ MARKER = ".edgeopt"
 class Plan:
     target: Target
     precision: str
-    status: str = "planned"  # planned | skipped | not built here
+    status: Status = Status.PLANNED  # planned | skipped | not built here
     reason: str | None = None
 
     @property
@@ -136,10 +137,10 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
             if unavailable:
                 if not explicit and ok:
                     continue
-                plan.status, plan.reason = "skipped", unavailable
+                plan.status, plan.reason = Status.SKIPPED, unavailable
                 if getattr(backend, "builds_on_device", False):
                     # Engines are built on the device that runs them: ship a device package instead.
-                    plan.status = "not built here"
+                    plan.status = Status.NOT_BUILT_HERE
             plans.append(plan)
     if not plans:
         missing = sorted({get_backend(t.backend).extra for t in chosen if not get_backend(t.backend).installed()
@@ -300,19 +301,19 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     r = ctx.recipe
     rec = {"id": plan.id, "target": plan.target.name, "backend": plan.target.backend,
            "device": plan.target.device, "precision": plan.precision}
-    if ctx.pruning_failure and plan.status != "skipped":
+    if ctx.pruning_failure and plan.status != Status.SKIPPED:
         if (ctx.out / plan.id).is_dir():
             shutil.rmtree(ctx.out / plan.id)  # an earlier run's artifact must not stand beside a failed record
-        return {**rec, "status": "failed", "reason": ctx.pruning_failure, "files": []}
-    if plan.status == "not built here":
+        return {**rec, "status": Status.FAILED, "reason": ctx.pruning_failure, "files": []}
+    if plan.status == Status.NOT_BUILT_HERE:
         from edgeopt.device.package import write_device_package
 
         return score_package(ctx, plan, write_device_package(ctx, plan, ctx.out / plan.id, rec))
-    if plan.status != "planned":
+    if plan.status != Status.PLANNED:
         return {**rec, "status": plan.status, "reason": plan.reason, "files": []}
     key = artifact_key(ctx, plan)
     folder = ctx.out / plan.id
-    if previous and previous.get("key") == key and previous.get("status") == "ok" and _files_intact(ctx.out, previous["files"]):
+    if previous and previous.get("key") == key and previous.get("status") == Status.OK and _files_intact(ctx.out, previous["files"]):
         ctx.reporter.info(f"{plan.id}: reusing the compiled artifact (inputs unchanged)")
         return {**previous, "reused": True}
     backend = get_backend(plan.target.backend)
@@ -348,14 +349,14 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
         raise  # stop the build: every later artifact would fail the same way
     except ParityError as exc:
         ctx.reporter.error(str(exc))
-        return {**rec, "status": "failed", "reason": exc.problem, "files": [],
+        return {**rec, "status": Status.FAILED, "reason": exc.problem, "files": [],
                 "parity": parity_summary(rep), "key": key}
     except EdgeoptError as exc:
         ctx.reporter.error(f"{plan.id}: {exc}")
-        return {**rec, "status": "failed", "reason": exc.problem, "files": [], "key": key}
+        return {**rec, "status": Status.FAILED, "reason": exc.problem, "files": [], "key": key}
     ctx.reporter.info(f"{plan.id}: parity max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
                       + (f", {describe(accuracy)}" if accuracy else ""))
-    return {**rec, "status": "ok", "reason": None, "key": key, "generation": ctx.generation,
+    return {**rec, "status": Status.OK, "reason": None, "key": key, "generation": ctx.generation,
             "compile_s": round(compile_s, 3),
             "files": file_records(folder, ctx.out), "parity": parity_summary(rep), "accuracy": accuracy,
             "meta": meta, "runtime": runtime}
@@ -367,10 +368,10 @@ def score_package(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
     (over budget: failed with the numbers, no package)."""
     import importlib.util
 
-    from edgeopt.device.package import NOT_BUILT, PACKAGE_ONNX
+    from edgeopt.device.package import PACKAGE_ONNX
 
     onnx_path = ctx.out / plan.id / PACKAGE_ONNX
-    if (rec.get("status") != NOT_BUILT or plan.precision != "int8" or ctx.judge is None
+    if (rec.get("status") != Status.NOT_BUILT_HERE or plan.precision != "int8" or ctx.judge is None
             or not onnx_path.is_file() or importlib.util.find_spec("onnxruntime") is None):
         return rec
     from edgeopt.backends.onnxruntime.runner import run_onnx
@@ -387,7 +388,7 @@ def score_package(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
         reason = f"{plan.id}: the INT8 Q/DQ ONNX on ONNX Runtime here: {describe(acc)}: {acc.get('why')}"
         ctx.reporter.error(reason)
         shutil.rmtree(ctx.out / plan.id, ignore_errors=True)
-        return {**rec, "status": "failed", "reason": reason, "files": []}
+        return {**rec, "status": Status.FAILED, "reason": reason, "files": []}
     return rec
 
 
@@ -504,7 +505,7 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
         baseline = profile_torch(ctx, batches, real)
         manifest.data["baseline"] = baseline
     for rec in records:
-        if rec["status"] != "ok":
+        if rec["status"] != Status.OK:
             continue
         ctx.reporter.step(f"{rec['id']}: profiling batch {','.join(map(str, batches))}")
         prof = profile_artifact(ctx.out / rec["id"], batches, cfg, cfg.threads, real)
@@ -535,10 +536,10 @@ def flag_slow_int8(records: list[dict]) -> None:
     by_id = {r["id"]: r for r in records}
     for rec in records:
         rec.pop("flags", None)  # a reused record's flags came from older timings: judge the new ones only
-        if rec["precision"] != "int8" or rec["status"] != "ok":
+        if rec["precision"] != "int8" or rec["status"] != Status.OK:
             continue
         sibling = by_id.get(artifact_id(rec["target"], "fp32"))
-        if not sibling or sibling["status"] != "ok":
+        if not sibling or sibling["status"] != Status.OK:
             continue
         for b in sorted({row["batch"] for row in rec.get("latency") or []}):
             mine, theirs = latency_at(rec, b), latency_at(sibling, b)
@@ -558,7 +559,7 @@ def carry_over(ctx: BuildContext, previous: Manifest | None, planned: set[str]) 
         if rec["id"] in planned:
             continue
         folder = ctx.out / rec["id"]
-        if same_onnx and rec.get("status") in ("ok", "not built here") and _files_intact(ctx.out, rec.get("files", [])):
+        if same_onnx and rec.get("status") in (Status.OK, Status.NOT_BUILT_HERE) and _files_intact(ctx.out, rec.get("files", [])):
             kept.append({**rec, "reused": True})
         elif folder.is_dir():
             shutil.rmtree(folder)
@@ -692,7 +693,7 @@ def save_pruned(ctx: BuildContext) -> list[dict]:
     from the export stage."""
     import torch
 
-    from edgeopt.pipeline.export import _dynamic_shapes, example_args
+    from edgeopt.pipeline.export import example_args, torch_dynamic_shapes
 
     folder = ctx.out / "pruned"
     spec = ctx.model.spec
@@ -700,7 +701,7 @@ def save_pruned(ctx: BuildContext) -> list[dict]:
     with staged_dir(folder) as stage:
         try:
             ep = torch.export.export(ctx.model.module, args,
-                                     dynamic_shapes=_dynamic_shapes(torch, spec) if spec.dims else None)
+                                     dynamic_shapes=torch_dynamic_shapes(torch, spec) if spec.dims else None)
             torch.export.save(ep, str(stage / "model.pt2"))
         except Exception as exc:  # noqa: BLE001 - the ONNX stays the shipped form; say why the .pt2 is missing
             (stage / "NOTE.txt").write_text(f"torch.export could not save the pruned model: {exc}\n")
@@ -793,7 +794,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     check_output(out, force)
     manifest = Manifest.new(recipe, host_info())
     ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force,
-                       int8=any(p.precision == "int8" and p.status in ("planned", "not built here") for p in plans))
+                       int8=any(p.precision == "int8" and p.status in (Status.PLANNED, Status.NOT_BUILT_HERE) for p in plans))
     if ctx.int8 and recipe.calibration is None:
         raise UserInputError("INT8 needs calibration data, and none is given.",
                              "Add --calib PATH (an image folder, .npz or .npy; see calibration/README.md) or a "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edgeopt.core.records import Status
+
 
 def ms(v) -> str:
     """Milliseconds for a table cell: 3 decimals below 1 ms, 2 above; "-" when not measured."""
@@ -34,7 +36,7 @@ def artifact_rows(manifest: dict) -> list[dict]:
     rows = []
     ref_acc = (base or {}).get("accuracy") or {}
     if base:
-        rows.append({"id": base["name"], "precision": "fp32", "status": "baseline", "size_mb": None,
+        rows.append({"id": base["name"], "precision": "fp32", "status": Status.BASELINE, "size_mb": None,
                      "accuracy": ref_acc.get("value"), "quality": quality_cell(ref_acc), "drop": None,
                      "latency": base["latency"],
                      "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "parity": None,
@@ -119,7 +121,8 @@ def _quality(row: dict) -> str:
     return "-" if row["accuracy"] is None else f"{row['accuracy'] * 100:.2f}"
 
 
-SHORT_STATUS = {"baseline": "base", "not built here": "device", "failed": "FAILED", "skipped": "skipped", "ok": "ok"}
+SHORT_STATUS = {Status.BASELINE: "base", Status.NOT_BUILT_HERE: "device", Status.FAILED: "FAILED",
+                Status.SKIPPED: "skipped", Status.OK: "ok"}
 
 
 def _parity_cell(a: dict) -> str | None:

@@ -216,7 +216,7 @@ class Model:
         return self._tok
 
     def _preprocess_spec(self, input: str | None):
-        from edgeopt.data.dataset import Preprocess
+        from edgeopt.data.preprocess import Preprocess
 
         spec = self.bundle.model.get("preprocess")
         names = [t.name for t in self.spec.inputs]

@@ -36,6 +36,11 @@ class OnnxRuntimeBackend(Backend):
     distribution = "onnxruntime"
     extra = "onnxruntime"
 
+    def details(self) -> dict:
+        import onnxruntime as ort
+
+        return {"providers": ort.get_available_providers()}
+
     def compile(self, req: CompileRequest) -> dict:
         ort = self.require()
         out = Path(req.out_dir) / MODEL_FILE

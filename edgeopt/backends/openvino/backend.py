@@ -31,6 +31,15 @@ class OpenVinoBackend(Backend):
     distribution = "openvino"
     extra = "openvino"
 
+    def details(self) -> dict:
+        try:
+            import openvino as ov
+
+            core = ov.Core()
+            return {"devices": {d: core.get_property(d, "FULL_DEVICE_NAME") for d in core.available_devices}}
+        except Exception as exc:  # noqa: BLE001
+            return {"devices_error": str(exc)}
+
     def device_missing(self, target: Target) -> str | None:
         devices = ov_core().available_devices
         if not any(d.split(".")[0] == target.device for d in devices):

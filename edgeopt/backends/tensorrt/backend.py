@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -401,11 +402,11 @@ def _cudart():
 def probe_gpu(device: int = 0) -> tuple[dict | None, str]:
     """({'name', 'compute_capability', 'memory_bytes', 'integrated', 'via'}, '') or (None, why not), through
     cuda-python's runtime API, which also holds the engine's device memory (``edgeopt[tensorrt]`` installs it)."""
-    gpu, why = _probe_cuda_python(device)
+    gpu, why = probe_cuda_python(device)
     return gpu, why or ("" if gpu else f"cuda-python is not installed to reach the GPU ({INSTALL_HINT})")
 
 
-def _probe_cuda_python(device: int) -> tuple[dict | None, str]:
+def probe_cuda_python(device: int) -> tuple[dict | None, str]:
     rt = _cudart()
     if rt is None:
         return None, ""
@@ -875,6 +876,69 @@ class TensorRTBackend(Backend):
 
     def install_hint(self) -> str:
         return INSTALL_HINT + "; TensorRT itself comes with JetPack (on a PC: pip install tensorrt)"
+
+    device_build_why = "TensorRT engines are built on the device that runs them"
+    device_build_note = ("TensorRT engines only load on the GPU model and TensorRT version that built them, so the "
+                         "engine is built on the device.")
+
+    def package_plan(self, spec: IOSpec, target: Target, precision: str) -> tuple[str, object | None]:
+        version = str(target.hardware.get("tensorrt") or "")
+        if not version:
+            raise UserInputError(f"Target {target.name!r} does not say which TensorRT version it runs.",
+                                 'Add tensorrt = "10.3" (for example) under [hardware] in its target file.')
+        plan = build_plan(spec, target, precision, dict(target.options), version)
+        return plan.onnx, plan
+
+    def package_preflight(self, onnx_path: Path, target: Target, spec: IOSpec, plan):
+        from edgeopt.backends.tensorrt.lint import lint
+
+        return lint(onnx_path, target, spec, tensorrt_version=plan.tensorrt)
+
+    def device_requirements(self, cuda: str | None = None) -> list[str]:
+        """TensorRT itself comes with JetPack; its Python side needs onnx and cuda-python of the device's CUDA."""
+        cuda = str(cuda or "")
+        return ["onnx", f"cuda-python=={cuda}.*" if re.fullmatch(r"\d+\.\d+", cuda) else "cuda-python"]
+
+    def device_wheel_extra(self) -> str:
+        return ""  # JetPack provides TensorRT (a venv with --system-site-packages sees it)
+
+    def check_device(self, target: Target, what: str, run_there: str, force: bool = False) -> dict:
+        try:
+            trt = import_tensorrt()
+        except BackendMissingError as exc:
+            err = BackendMissingError("tensorrt", "tensorrt", f"build {what}")
+            err.problem = f"{what} needs TensorRT and an NVIDIA GPU to build its engine: tensorrt is not installed here."
+            err.fix = f"{run_there} {INSTALL_FIX}"
+            err.args = (err.problem,)
+            raise err from exc
+        except EdgeoptError as exc:
+            raise EdgeoptError(f"{what} needs TensorRT and an NVIDIA GPU: {exc.problem}",
+                               f"{run_there} {exc.fix or ''}".strip()) from exc
+        gpu, why = probe_gpu()
+        if gpu is None:
+            raise EdgeoptError(f"{what} needs an NVIDIA GPU to build its TensorRT engine; none is usable here ({why}).",
+                               run_there)
+        version = str(trt.__version__)
+        declared = str(target.hardware.get("tensorrt") or "")
+        problems = []
+        mismatch = target_mismatch(target, gpu)
+        if mismatch:
+            problems.append(mismatch)
+        if declared and parse_version(declared)[0] != parse_version(version)[0]:
+            problems.append(f"the target declares TensorRT {declared} (JetPack {target.hardware.get('jetpack', '?')}); "
+                            f"this device has TensorRT {version}")
+        if problems and not force:
+            raise UserInputError(f"This device is not the {target.name} device: " + "; ".join(problems) + ".",
+                                 "Compile a package made for this device's target (`edgeopt targets`; jetson-thor for "
+                                 "JetPack 7), or pass --force to build here anyway (the engine runs only on this device).")
+        dla = target.options.get("dla_core")
+        if dla is not None and int(dla) >= 0:
+            cores = int(trt.Builder(trt.Logger(trt.Logger.WARNING)).num_DLA_cores)
+            if int(dla) >= cores:
+                raise UserInputError(f"{what} asks for DLA core {dla}; this device has {cores} DLA core(s).",
+                                     "Set dla_core = -1 in the target (GPU only), or compile on a device with DLA (AGX "
+                                     "Orin, Orin NX).")
+        return {"backend": self.name, "version": version, "gpu": gpu, "mismatch_forced": problems or None}
 
     def unavailable_reason(self, target: Target) -> str | None:
         if not self.installed():
