@@ -120,3 +120,27 @@ def test_the_float_head_keeps_the_scores(tmp_path):
         y = runner.infer({"images": rect_images(1, seed=5)})[out]
     assert y[0, 4:].max() > 0.5 and np.mean(y[0, 4:] == 0) < 0.01
     json.dumps(m)  # the manifest is plain JSON
+
+
+def test_the_tensorrt_qdq_package_leaves_the_head_in_float(yolo_onnx, tmp_path):
+    """TensorRT's signed symmetric Q/DQ over the concatenation would zero the scores the same way."""
+    import onnx
+    import onnxruntime as ort
+    from tiny import rect_images
+
+    from edgeopt.backends.tensorrt.quantize import qdq_problems, quantize_for_tensorrt
+    from edgeopt.core.spec import IOSpec, TensorSpec
+
+    spec = IOSpec((TensorSpec("images", (1, 3, 640, 640)),), outputs=("output0",))
+    feeds = [{"images": rect_images(1, seed=300 + i)} for i in range(8)]
+    meta = quantize_for_tensorrt(yolo_onnx, feeds, spec, tmp_path / "q.onnx", model_kind="detector", log=lambda *a: None)
+    assert meta["int8"]["float_head"]["count"] > 10 and not qdq_problems(tmp_path / "q.onnx")
+    m = onnx.load(str(tmp_path / "q.onnx"))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    final = producers["output0"]
+    assert final.op_type == "Concat" and all(producers[i].op_type != "DequantizeLinear" for i in final.input)
+    assert sum(n.op_type == "QuantizeLinear" for n in m.graph.node) > 3  # the layers are quantized
+    y = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
+    ref = ort.InferenceSession(str(yolo_onnx), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
+    assert np.mean(y[0, 4:] == 0) < 0.01  # scores survive
+    assert np.mean(np.abs(y[0, 4:] - ref[0, 4:])) < 0.05 * max(float(ref[0, 4:].max()), 0.1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import shutil
 import signal
 import tempfile
@@ -21,8 +22,11 @@ from hypothesis import strategies as st
 
 from edgeopt.errors import EdgeoptError
 
-RECIPE_CASES = 250
-MANIFEST_CASES = 120
+# EDGEOPT_FUZZ_SCALE=10 runs ten times as many cases; EDGEOPT_FUZZ_RANDOM=1 draws new ones each run (CI: the
+# same cases every run, so a failure is reproducible).
+SCALE = max(1, int(os.environ.get("EDGEOPT_FUZZ_SCALE", "1") or 1))
+RECIPE_CASES = 250 * SCALE
+MANIFEST_CASES = 120 * SCALE
 CASE_SECONDS = 5  # a case that runs longer is a hang
 
 RECIPE = {
@@ -125,7 +129,8 @@ def refused_or_ok(fn) -> str:
 
 
 def fuzz(cases: int) -> settings:
-    return settings(max_examples=cases, deadline=None, database=None, derandomize=True,
+    return settings(max_examples=cases, deadline=None, database=None,
+                    derandomize=os.environ.get("EDGEOPT_FUZZ_RANDOM") != "1",
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])
 

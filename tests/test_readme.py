@@ -139,3 +139,16 @@ def test_readme_shell_blocks_run_as_written(tmp_path):
     assert (work / "out" / "manifest.json").is_file() and (work / "signing.pub").is_file()
     log = (work / "out" / "logs" / "build.log").read_text()
     assert "third-party" in log  # captured, not lost
+
+
+def test_keys_after_a_section_header_are_named_as_top_level(tmp_path):
+    """Issue 14.2: the old README put targets/precisions after [dims.batch], where TOML files them under it."""
+    from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.errors import UserInputError
+
+    text = ('[model]\nsource = "m.py:f"\n[[inputs]]\nname = "x"\nshape = ["batch", 3]\n[dims.batch]\nmin = 1\n'
+            'max = 8\n\ntargets = ["ort-cpu"]\nprecisions = ["fp32"]\n')
+    with pytest.raises(UserInputError) as e:
+        recipe_from_dict(tomllib.loads(text), tmp_path)
+    assert "['precisions', 'targets'] that belong at the top level" in e.value.problem
+    assert "above the first [section]" in e.value.fix

@@ -22,9 +22,21 @@ def read_artifact_json(folder: Path) -> dict:
     if not path.is_file():
         raise UserInputError(f"{folder} is not an edgeopt artifact folder (no {ARTIFACT_JSON}).",
                              "Point at OUT/<artifact-id> written by `edgeopt build` or `edgeopt compile`.")
-    data = load_json(path, str(path), fix="Rebuild the artifact (or get the bundle again from its source).")
+    fix = "Rebuild the artifact (or get the bundle again from its source)."
+    data = load_json(path, str(path), fix=fix)
     if not isinstance(data, dict):
-        raise IntegrityError(f"{path} is not a JSON object.", "Rebuild the artifact.")
+        raise IntegrityError(f"{path} is not a JSON object.", fix)
+    bad = [k for k in ("id", "backend", "precision") if not _plain(data.get(k))]
+    bad += [k for k in ("target", "spec") if not isinstance(data.get(k), dict)]
+    bad += [k for k in ("meta",) if not isinstance(data.get(k, {}), dict)]
+    bad += [k for k in ("key", "generation", "backend_version", "edgeopt_version")
+            if data.get(k) is not None and not _plain(data[k])]
+    if bad:
+        raise IntegrityError(f"{path} is malformed: {', '.join(bad)} missing or of the wrong type.", fix)
     return data
+
+
+def _plain(value) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
 
 

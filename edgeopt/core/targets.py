@@ -29,11 +29,23 @@ class Target:
 
     @classmethod
     def from_dict(cls, data: dict, path: str = "") -> "Target":
-        where = path or data.get("name", "target")
+        if not isinstance(data, dict):
+            raise UserInputError(f"Target {path or ''} is a {type(data).__name__}, not a table.",
+                                 "Every target names name, backend, device and precisions.")
+        where = path or str(data.get("name", "target"))[:80]
         for key in ("name", "backend", "device", "precisions"):
             if key not in data:
                 raise UserInputError(f"Target file {where} lacks the key {key!r}.",
                                      "Every target names name, backend, device and precisions.")
+        wrong = [k for k in ("name", "backend", "device") if not isinstance(data[k], str) or not data[k]]
+        wrong += [k for k in ("description",) if not isinstance(data.get(k, ""), str)]
+        wrong += [k for k in ("options", "hardware") if not isinstance(data.get(k, {}), dict)]
+        if not isinstance(data["precisions"], list) or not all(isinstance(p, str) for p in data["precisions"]):
+            wrong.append("precisions")
+        if wrong:
+            raise UserInputError(f"Target {where}: {', '.join(wrong)} of the wrong type.",
+                                 "name, backend and device are strings, precisions a list of strings, options and "
+                                 "hardware tables.")
         bad = [p for p in data["precisions"] if p not in PRECISIONS]
         if bad:
             raise UserInputError(f"Target {where}: unknown precisions {bad}.", f"Use any of {list(PRECISIONS)}.")

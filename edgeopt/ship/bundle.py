@@ -1053,9 +1053,22 @@ def tolerance_of(rec: dict):
     """The tolerance the build checked this artifact with (recipe overrides included), else the default."""
     from edgeopt.core.parity import Tolerance, tolerance_for
 
-    t = (rec.get("parity") or {}).get("tolerance")
+    import math
+
+    parity = rec.get("parity")
+    t = parity.get("tolerance") if isinstance(parity, dict) else None
     if isinstance(t, dict) and {"atol", "rtol", "min_cosine"} <= set(t):
+        values = [t["atol"], t["rtol"], t["min_cosine"]]
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+                   for v in values):
+            raise IntegrityError(f"Artifact {rec['id']}: the manifest's parity tolerance {printable(repr(t), 120)} "
+                                 "is not made of finite numbers.", GET_AGAIN)
         return Tolerance(atol=t["atol"], rtol=t["rtol"], min_cosine=t["min_cosine"])
+    from edgeopt.core.parity import DEFAULT_TOLERANCES
+
+    if rec["precision"] not in DEFAULT_TOLERANCES:
+        raise IntegrityError(f"Artifact {rec['id']} has precision {printable(repr(rec['precision']), 40)}, which "
+                             "this edgeopt does not know.", GET_AGAIN)
     return tolerance_for(rec["precision"])
 
 
@@ -1103,7 +1116,8 @@ def run_self_test(b: Bundle, rec: dict, runner=None) -> dict:
     finally:
         if own:
             runner.close()
-    rep = parity(refs, got, tolerance_of(rec), kind=b.model.get("kind", "generic"))
+    kind = b.model.get("kind")
+    rep = parity(refs, got, tolerance_of(rec), kind=kind if isinstance(kind, str) else "generic")
     summary = {k: rep.get(k) for k in ("passed", "max_abs", "cosine", "samples", "reason")} | {
         "tolerance": rep.get("tolerance")}
     judged = _task_self_test(b, rec, feeds, refs, got, rep)
@@ -1118,6 +1132,11 @@ def run_self_test(b: Bundle, rec: dict, runner=None) -> dict:
     return summary
 
 
+def _table(value) -> dict:
+    """A manifest section that should be a table: itself, or {} when it is anything else."""
+    return value if isinstance(value, dict) else {}
+
+
 def _task_self_test(b: Bundle, rec: dict, feeds, refs, got, rep) -> dict | None:
     """For artifacts the build judged by the task metric (int8, bf16: their tolerance has no absolute bound),
     recompute that metric on the real reference samples and hold it to the figure the build measured on the
@@ -1125,9 +1144,9 @@ def _task_self_test(b: Bundle, rec: dict, feeds, refs, got, rep) -> dict | None:
     artifact was not judged so (the parity tolerance applies). Missing or non-finite outputs always fail."""
     from edgeopt.core.tasks import Outputs, TaskConfig, describe, evaluate
 
-    built = (rec.get("parity") or {}).get("task_metric")
-    start = (b.manifest.get("reference") or {}).get("real_from")
-    task = (b.manifest.get("task") or {}).get("config")
+    built = _table(rec.get("parity")).get("task_metric")
+    start = _table(b.manifest.get("reference")).get("real_from")
+    task = _table(b.manifest.get("task")).get("config")
     if not isinstance(built, dict) or not isinstance(task, dict) or tolerance_of(rec).atol is not None:
         return None
     if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < len(feeds) \
@@ -1138,7 +1157,12 @@ def _task_self_test(b: Bundle, rec: dict, feeds, refs, got, rep) -> dict | None:
         raise ParityError(f"Self-test failed: {rec['id']} on this device is broken: {reason}.",
                           rebuild_fix(rec, "this device (or a machine of the same kind)"))
     sel = slice(start, None)
-    here = evaluate(TaskConfig.from_dict(task), Outputs(feeds[sel], got[sel]), Outputs(feeds[sel], refs[sel]))
+    try:
+        config = TaskConfig.from_dict(task)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a manifest's task section is untrusted
+        raise IntegrityError(f"{b.source}: the manifest's task config is malformed ({type(exc).__name__}).",
+                             GET_AGAIN) from None
+    here = evaluate(config, Outputs(feeds[sel], got[sel]), Outputs(feeds[sel], refs[sel]))
     n = max(int(here.get("samples") or 1), 1)
     slack = 0.005 if here.get("budget") == "cosine" else 1.0 / n
     result = {"metric": here["metric"], "here": here["value"], "built": built["value"], "samples": n}
