@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from edgeopt.pipeline.build import build, flag_slow_int8
+from edgeopt.pipeline.build import build, flag_slow
 from edgeopt.example import example_dict
 from edgeopt.config.recipe import recipe_from_dict
 from edgeopt.report.progress import Reporter
@@ -48,16 +48,20 @@ def test_slower_int8_is_flagged():
         {"id": "openvino-cpu-int8", "target": "openvino-cpu", "precision": "int8", "status": "ok",
          "latency": [{"batch": 1, "median_ms": 0.4}]},
     ]
-    flag_slow_int8(recs)
+    flag_slow(recs)
     assert "slower than fp32 sibling at batch 1" in recs[1]["flags"][0]
     assert "flags" not in recs[3]
     # A rerun re-profiles a reused record: its flags follow the new timings, old ones are not kept.
     recs[1]["latency"] = [{"batch": 1, "median_ms": 1.2}]
-    flag_slow_int8(recs)
+    flag_slow(recs)
     assert recs[1]["flags"] == ["slower than fp32 sibling at batch 1 (1.200 vs 1.000 ms)"]
     recs[1]["latency"] = [{"batch": 1, "median_ms": 0.7}]
-    flag_slow_int8(recs)
+    flag_slow(recs)
     assert "flags" not in recs[1]
+    # Slower than PyTorch eager (a ratio of the same timing run) is flagged too, with its interval.
+    recs[0]["speedup_vs_torch"], recs[0]["speedup_interval"] = {"1": 0.36, "8": 1.4}, {"1": [0.31, 0.4]}
+    flag_slow(recs)
+    assert recs[0]["flags"] == ["slower than torch eager at batch 1 (0.36x, 0.31-0.40)"]
 
 
 def test_budget_that_cannot_be_met_is_reported_not_shipped(run_cli, tmp_path):

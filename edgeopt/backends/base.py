@@ -10,7 +10,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -86,6 +86,13 @@ class Runner(ABC):
         if check:
             self.spec.check_feed(feed)
         return self._infer(feed)
+
+    def timed_call(self, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+        """A no-argument call that runs ``feed`` the way the framework's own benchmark tool would: inputs
+        bound once, outputs left where the framework put them. What the profiler times; not for results."""
+        if not self.active:
+            raise RuntimeError("Runner.timed_call called before activate(); use `with runner:`")
+        return lambda: self._infer(feed)
 
     def close(self) -> None:
         if self.active:

@@ -41,16 +41,26 @@ def judge(result: dict, req) -> dict:
     return result
 
 
-def quick_latency(run: Callable[[], object], seconds: float) -> float:
-    """Median batch-1 latency (ms) over ``seconds`` after a short warm-up: enough to rank candidates."""
-    import time
+def race(calls: dict[str, Callable[[], object]], seconds: float, baseline: str | None = None) -> dict[str, dict]:
+    """Quick batch-1 timing of candidates, interleaved in rounds in this process (the build's profiler's
+    method, shorter: ``seconds`` per candidate over 5 rounds). Returns name -> {latency_ms_b1, unstable,
+    and with ``baseline`` the speed-up over it with its interval (``vs_<baseline>``)}: enough to rank them."""
+    from edgeopt.core.profile import ProfileConfig, speedup, time_interleaved
 
-    for _ in range(5):
-        run()
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 10:
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
+    cfg = ProfileConfig(batches=(1,), warmup=5, duration_s=seconds, rounds=5, min_iterations=10)
+    rows = time_interleaved(calls, cfg, batch=1)
+    out = {}
+    for name, row in rows.items():
+        r = {"latency_ms_b1": round(row["median_ms"], 4), "unstable": row["unstable"]}
+        if baseline and name != baseline:
+            r[f"vs_{baseline}"] = speedup(rows[baseline], row)
+        out[name] = r
+    return out
+
+
+def vs_text(r: dict, baseline: str = "fp32") -> str:
+    """``1.31x fp32 (1.20-1.45)``, or "" without a figure."""
+    s = r.get(f"vs_{baseline}")
+    if not s:
+        return ""
+    return f"{s['value']:.2f}x {baseline}" + (f" ({s['low']:.2f}-{s['high']:.2f})" if s.get("low") is not None else "")

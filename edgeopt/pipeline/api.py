@@ -62,7 +62,6 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
     from edgeopt.core.artifact import ARTIFACT_JSON, read_artifact_json
     from edgeopt.core.fsutil import write_json_atomic
     from edgeopt.core.manifest import MANIFEST
-    from edgeopt.backends.artifact import profile_artifact
     from edgeopt.core.profile import record_profile
 
     path = Path(path)
@@ -78,18 +77,31 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
     else:
         raise UserInputError(f"{path} is neither an artifact folder nor an edgeopt output folder.",
                              "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
-    results = {}
-    for folder in folders:
-        aid = read_artifact_json(folder)["id"]
-        reporter.step(f"{aid}: profiling batch {','.join(map(str, batches))}")
-        results[aid] = profile_artifact(folder, cfg.batches, cfg, threads)
+    from edgeopt.backends.artifact import profile_together
+    from edgeopt.core.profile import describe_load, machine_load, timing_run
+
+    named = {read_artifact_json(folder)["id"]: folder for folder in folders}
+    load = machine_load()
+    if load["busy"]:
+        reporter.warn(f"The machine is busy: {describe_load(load)}. Timings will be noisy.")
+    run = timing_run(cfg, list(named), load)
+    reporter.step(f"Timing {', '.join(named)} in {cfg.rounds} interleaved rounds at batch "
+                  f"{','.join(map(str, batches))}")
+    results, failed = profile_together(named, cfg.batches, cfg, threads, log=reporter.info)
+    for aid, why in failed.items():
+        reporter.warn(f"{aid}: not timed: {why}")
+    for aid, prof in results.items():
+        bad = [str(r["batch"]) for r in prof["rows"] if r["unstable"]]
+        if bad:
+            reporter.warn(f"{aid}: timings unstable at batch {','.join(bad)}; is the machine busy?")
     if manifest is not None:
         for a in manifest.data["artifacts"]:
             if a["id"] in results:
-                record_profile(a, results[a["id"]])
-                a.pop("speedup_vs_torch", None)
+                # The baseline is not re-timed here: the speed-ups of the build's run no longer apply.
+                record_profile(a, results[a["id"]], run)
+        manifest.data["timing"] = run
         write_json_atomic(path / MANIFEST, manifest.data)
-    return {"host": host_info(), "artifacts": results}
+    return {"host": host_info(), "timing": run, "artifacts": results, "failed": failed}
 
 
 def compress(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisions=("fp32", "int8"),

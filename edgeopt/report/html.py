@@ -24,7 +24,7 @@ from pathlib import Path
 from edgeopt.errors import BackendMissingError
 from edgeopt.core.fsutil import write_bytes_atomic, write_text_atomic
 from edgeopt.core.manifest import load_manifest
-from edgeopt.report.tables import artifact_rows, latency_at
+from edgeopt.report.tables import artifact_rows, latency_at, median_cell, speedup_cell, timing_notes
 
 REPORT_DIR = "report"
 MARKDOWN = "report.md"
@@ -111,9 +111,7 @@ def table_rows(m: dict) -> dict:
                  _num(parity.get("max_abs"), ".2e"), _num(parity.get("cosine"), ".6f")]
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
-            sp = (row["speedup"] or {}).get(str(b))
-            cells += [_ms(lat and lat.get("median_ms")), _ms(lat and lat.get("p99_ms")),
-                      "-" if sp is None else f"{sp:.2f}x"]
+            cells += [median_cell(lat), _ms(lat and lat.get("p99_ms")), speedup_cell(row, b)]
         cells.append(row["note"] or "")
         rows.append({"id": row["id"], "status": row["status"], "cells": cells})
     return {"header": header, "rows": rows, "batches": batches}
@@ -413,7 +411,7 @@ def render_markdown(m: dict, table: dict, plots: list[Plot]) -> str:
              "## Artifacts", ""]
     lines += _md_table(table["header"], [r["cells"] for r in table["rows"]])
     lines += ["", "Drop: accuracy points below the PyTorch baseline. vs torch: speed-up of the median over "
-                  "PyTorch eager at that batch.", ""]
+                  "PyTorch eager at that batch.", *timing_notes(m), ""]
     for p in plots:
         lines += [f"## {p.title}", "", f"![{p.title}]({p.name}.png)", "", p.caption, ""]
     detail = parity_detail(m)
@@ -486,7 +484,7 @@ def render_html(m: dict, table: dict, plots: list[Plot]) -> str:
              _html_table(table["header"], [r["cells"] for r in table["rows"]], left=3, cls="artifacts",
                          row_classes=[r["status"].replace(" ", "-") for r in table["rows"]], note_last=True),
              '<p class="sub">Drop: accuracy points below the PyTorch baseline. vs torch: speed-up of the median over '
-             "PyTorch eager at that batch.</p>"]
+             "PyTorch eager at that batch.</p>", *(f'<p class="sub">{_e(line)}</p>' for line in timing_notes(m))]
     for p in plots:
         data = base64.b64encode(p.png).decode("ascii")
         parts += [f'<h2 id="{_e(p.name)}">{_e(p.title)}</h2>',

@@ -11,6 +11,39 @@ def latency_at(rec: dict, batch: int) -> dict | None:
     return next((r for r in rec.get("latency") or [] if r["batch"] == batch), None)
 
 
+def same_run(manifest: dict, rec: dict) -> bool:
+    """Whether ``rec``'s timings and the baseline's come from one interleaved run: only then is a ratio shown.
+    (Manifests written before timing runs were recorded carry no run ids and are shown as they were.)"""
+    base = manifest.get("baseline") or {}
+    if "timing" not in manifest and "timing_run" not in rec and "timing_run" not in base:
+        return True
+    return rec.get("timing_run") is not None and rec.get("timing_run") == base.get("timing_run")
+
+
+def speedup_cell(row: dict, batch: int) -> str:
+    """``2.38x (2.10-2.61)``: the speed-up over torch eager and its interval, "-" when none was measured in
+    the same run."""
+    sp = (row.get("speedup") or {}).get(str(batch))
+    if sp is None:
+        return "-"
+    ci = (row.get("interval") or {}).get(str(batch))
+    return f"{sp:.2f}x" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+
+def median_cell(lat: dict | None) -> str:
+    """The median in ms, with "!" when the row's timings were unstable (a busy machine)."""
+    return _ms(lat and lat.get("median_ms")) + (" !" if lat and lat.get("unstable") else "")
+
+
+def _unstable_note(latency: list) -> str:
+    bad = [str(r["batch"]) for r in latency or [] if r.get("unstable")]
+    return f"unstable timings at batch {','.join(bad)}" if bad else ""
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
 def artifact_rows(manifest: dict) -> list[dict]:
     """One row per artifact (and the torch baseline) with the figures the final table shows."""
     base = manifest.get("baseline")
@@ -19,16 +52,19 @@ def artifact_rows(manifest: dict) -> list[dict]:
     if base:
         rows.append({"id": base["name"], "precision": "fp32", "status": "baseline", "size_mb": None,
                      "accuracy": ref_acc.get("value"), "drop": None, "latency": base["latency"],
-                     "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "parity": None,
-                     "parity_cell": None, "note": ""})
+                     "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "interval": {}, "parity": None,
+                     "parity_cell": None, "note": _unstable_note(base["latency"])})
     for a in manifest.get("artifacts", []):
         acc = (a.get("accuracy") or {}).get("value")
         size = sum(f["bytes"] for f in a.get("files", []) if not f["path"].endswith(".json")) / 1e6
         rows.append({
             "id": a["id"], "precision": a["precision"], "status": a["status"], "size_mb": size if a.get("files") else None,
             "accuracy": acc, "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
-            "latency": a.get("latency") or [], "speedup": a.get("speedup_vs_torch") or {},
-            "parity": (a.get("parity") or {}).get("max_abs"), "parity_cell": _parity_cell(a), "note": a.get("reason") or "; ".join(a.get("flags", [])),
+            "latency": a.get("latency") or [],
+            "speedup": (a.get("speedup_vs_torch") or {}) if same_run(manifest, a) else {},
+            "interval": (a.get("speedup_interval") or {}) if same_run(manifest, a) else {},
+            "parity": (a.get("parity") or {}).get("max_abs"), "parity_cell": _parity_cell(a),
+            "note": a.get("reason") or _join("; ".join(a.get("flags", [])), _unstable_note(a.get("latency"))),
         })
     return rows
 
@@ -72,11 +108,12 @@ def print_summary(manifest: dict, console=None) -> None:
                  row["parity_cell"] or "-"]
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
-            sp = row["speedup"].get(str(b))
-            cells += [_ms(lat and lat["median_ms"]), _ms(lat and lat["p99_ms"]), "-" if sp is None else f"{sp:.2f}x"]
+            cells += [median_cell(lat), _ms(lat and lat["p99_ms"]), speedup_cell(row, b)]
         cells.append(row["note"] or "")
         t.add_row(*cells)
     console.print(t)
+    for line in timing_notes(manifest):
+        console.print(line)
     pr = manifest.get("pruning")
     if pr:
         line = (f"pruning ({pr['config']['method']}, ratio {pr['config']['ratio']}): MACs {pr['macs_before'] / 1e6:.2f}M -> "
@@ -89,3 +126,18 @@ def print_summary(manifest: dict, console=None) -> None:
         console.print(line)
         if pr.get("note"):
             console.print(pr["note"])
+
+
+def timing_notes(manifest: dict) -> list[str]:
+    """What the latency columns mean for this manifest: the run, the machine's load, the marks."""
+    run = manifest.get("timing")
+    if not run:
+        return []
+    lines = [f"Latency: {run['method']} ({run['rounds']} rounds); (a-b) after a speed-up is its "
+             f"{run['confidence'] * 100:.0f}% interval, {run['interval']}; ! = unstable timings."]
+    machine = run.get("machine") or {}
+    if machine.get("busy"):
+        from edgeopt.core.profile import describe_load
+
+        lines.append(f"The machine was busy while timing: {describe_load(machine)}.")
+    return lines

@@ -30,7 +30,7 @@ from edgeopt.compress.common import (
     quiet_logging,
     quiet_nncf,
 )
-from edgeopt.compress.guard import quick_latency, score
+from edgeopt.compress.guard import race, score, vs_text
 
 DEFAULTS = {
     "transformer": ("ort-dynamic", "ort-qdq-u8s8", "nncf-qdq"),
@@ -118,15 +118,23 @@ def _runner(path: Path, req):
     return runner
 
 
-def _measure(name: str, path: Path, req, cfg, feed1) -> dict:
-    runner = _runner(path, req)
+def _measure(paths: dict[str, Path], req, cfg, feed1) -> dict[str, dict]:
+    """Every candidate of ``paths`` (and "fp32", the unquantized model) timed together in interleaved rounds,
+    then scored by the guard. Returns name -> result (fp32: its timing only)."""
+    runners = {}
     try:
-        result = {"candidate": name,
-                  "latency_ms_b1": round(quick_latency(lambda: runner.infer(feed1, check=False), cfg.timing_s), 4)}
-        result.update(score(lambda feed: runner.infer(feed, check=False), req))
+        for name, path in {"fp32": req.onnx_path, **paths}.items():
+            runners[name] = _runner(path, req)
+        timed = race({n: r.timed_call(feed1) for n, r in runners.items()}, cfg.timing_s, baseline="fp32")
+        results = {}
+        for name, runner in runners.items():
+            results[name] = {"candidate": name, **timed[name]}
+            if name != "fp32":
+                results[name].update(score(lambda feed, r=runner: r.infer(feed, check=False), req))
+        return results
     finally:
-        runner.close()
-    return result
+        for r in runners.values():
+            r.close()
 
 
 def quantize_for_onnxruntime(req, out_path: Path) -> dict:
@@ -138,23 +146,23 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
     results, paths = [], {}
     with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp:
         work = Path(tmp)
-        fp32_runner = _runner(req.onnx_path, req)
-        fp32 = {"candidate": "fp32",
-                "latency_ms_b1": round(quick_latency(lambda: fp32_runner.infer(feed1, check=False), cfg.timing_s), 4)}
-        fp32_runner.close()
+        notes_of = {}
         for name in candidates:
             path, cache, notes = _candidate(name, req, cfg, feeds, work, onnx_sha)
             if path is None:
                 outcome = "skipped" if cache.startswith("skipped") else "error"
                 results.append({"candidate": name, outcome: cache, "within_budget": False, "why": cache})
                 continue
-            r = _measure(name, path, req, cfg, feed1)
-            r["calibration_cache"] = cache
-            r.update(notes)
-            req.log(f"int8 candidate {name}: {r['latency_ms_b1']:.3f} ms at batch 1 (fp32 {fp32['latency_ms_b1']:.3f}), "
-                    + _fig(r) + ("" if r["within_budget"] else f" -- over budget: {r['why']}"))
-            results.append(r)
             paths[name] = path
+            notes_of[name] = {"calibration_cache": cache, **notes}
+        measured = _measure(paths, req, cfg, feed1)
+        fp32 = measured.pop("fp32")
+        for name, r in measured.items():
+            r.update(notes_of[name])
+            req.log(f"int8 candidate {name}: {r['latency_ms_b1']:.3f} ms at batch 1 (fp32 {fp32['latency_ms_b1']:.3f}; "
+                    f"{vs_text(r)}), " + _fig(r) + ("" if r["within_budget"] else f" -- over budget: {r['why']}"))
+            results.append(r)
+        results.sort(key=lambda r: candidates.index(r["candidate"]))
         within = [r for r in results if r.get("within_budget")]
         has_labels = req.evaluation is not None and req.evaluation.labels is not None
         if not within and cfg.accuracy_control and has_labels and req.fp32_metric:
@@ -162,7 +170,7 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
             path = work / "nncf-qdq-ac.onnx"
             try:
                 _nncf_qdq(_preprocess(req.onnx_path, work), path, feeds, req, cfg, accuracy_control=True)
-                r = _measure("nncf-qdq-ac", path, req, cfg, feed1)
+                r = _measure({"nncf-qdq-ac": path}, req, cfg, feed1)["nncf-qdq-ac"]
                 r["float_layers"] = float_layers(path)
                 r["calibration_cache"] = "off"
                 results.append(r)
