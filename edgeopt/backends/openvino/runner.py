@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,27 +30,53 @@ def device_capabilities(device: str) -> set[str]:
 
 
 class OvRunner(Runner):
+    """An OpenVINO compiled model. Thread-safe: an infer request holds one call's inputs and outputs, so
+    each concurrent ``infer`` takes its own request from a pool (created on demand, kept for reuse); the
+    compiled model itself is shared."""
+
     def __init__(self, xml: Path, spec: IOSpec, device: str, config: dict):
         super().__init__(spec)
         self.xml, self.device, self.config = xml, device, config
-        self.compiled = self.request = None
+        self.compiled = None
+        self._idle: list = []  # infer requests no call is using
+        self._pool_lock = threading.Lock()
 
     def _activate(self):
         core = ov_core()
         model = core.read_model(str(self.xml)) if isinstance(self.xml, (str, Path)) else self.xml  # or an ov.Model
         self.compiled = core.compile_model(model, self.device, self.config)
-        self.request = self.compiled.create_infer_request()
+        self._idle = [self.compiled.create_infer_request()]
         wanted = set(self.spec.outputs)
         # An OpenVINO port can carry several tensor names; prefer the one the model spec uses.
         self.outputs = [(next((n for n in sorted(o.get_names()) if n in wanted), o.get_any_name()), o)
                         for o in self.compiled.outputs]
 
+    def _take_request(self):
+        with self._pool_lock:
+            if self._idle:
+                return self._idle.pop()
+            compiled = self.compiled
+        if compiled is None:
+            raise RuntimeError("OvRunner.infer called after close()")
+        return compiled.create_infer_request()
+
+    def _give_back(self, request) -> None:
+        with self._pool_lock:
+            if self.compiled is not None:
+                self._idle.append(request)
+
     def _infer(self, feed):
-        res = self.request.infer(feed)
-        return {name: res[port].copy() for name, port in self.outputs}
+        request = self._take_request()
+        try:
+            res = request.infer(feed)
+            return {name: res[port].copy() for name, port in self.outputs}  # copied before the request is reused
+        finally:
+            self._give_back(request)
 
     def _close(self):
-        self.request = self.compiled = None
+        with self._pool_lock:
+            self._idle = []
+            self.compiled = None
 
     @property
     def threads(self) -> int | None:
