@@ -35,6 +35,34 @@ def test_example_int8_within_one_point_with_recorded_candidates(example_out):
     assert {c["candidate"] for c in ort["candidates"]} >= {"ort-qdq-u8s8", "nncf-qdq"}
     assert all("latency_ms_b1" in c and "accuracy" in c for c in ort["candidates"])
     assert "fastest" in ort["why"]
+    # Candidates were raced against FP32 in the same rounds: each has its speed-up with an interval.
+    for c in ort["candidates"]:
+        s = c["vs_fp32"]
+        assert s["rounds"] == 5 and s["low"] <= s["value"] <= s["high"]
+    assert ort["fp32_quick"]["latency_ms_b1"] > 0
+
+
+def test_openvino_int8_float_precision_is_chosen_by_measurement(example_out):
+    """Where the CPU's default inference precision is not f32, INT8's float remainder is timed both ways and
+    the artifact runs with the recorded choice."""
+    from edgeopt.backends.artifact import open_artifact
+
+    out, m = example_out
+    a = next(a for a in m["artifacts"] if a["id"] == "openvino-cpu-int8")
+    int8 = a["meta"]["int8"]
+    assert int8["candidates"][0]["vs_fp32"]["low"] is not None
+    runner, _ = open_artifact(out / a["id"])
+    with runner:
+        hint = runner.properties()["INFERENCE_PRECISION_HINT"]
+    choice = int8["runtime_choice"]
+    if choice is None:  # the device runs f32 by default: nothing to choose
+        assert "f32" in hint.lower()
+        return
+    assert choice["setting"] == "INFERENCE_PRECISION_HINT" and set(choice["figures"]) >= {"f32"}
+    assert a["meta"]["runtime_config"] == choice["config"]
+    assert ("f32" in hint.lower()) == (choice["chosen"] == "f32")
+    d, f = (choice["figures"][k]["latency_ms_b1"] for k in choice["figures"])
+    assert (choice["chosen"] == "f32") == (f <= d * 1.05) and f"{d:.3f}" in choice["why"]
 
 
 def test_slower_int8_is_flagged():

@@ -163,3 +163,41 @@ def test_a_carried_over_artifact_is_retimed_with_the_new_baseline(tmp_path):
     # A stale ratio in a record is not shown when its run is not the baseline's.
     m2["artifacts"][0]["speedup_vs_torch"] = {"1": 8.2}
     assert next(r for r in artifact_rows(m2) if r["id"] == m2["artifacts"][0]["id"])["speedup"] == {}
+
+
+def test_profile_layers_for_onnxruntime_and_openvino(example_out, tmp_path, run_cli, monkeypatch):
+    """`edgeopt profile OUT --layers`: the slowest layers of every artifact with the precision each ran in,
+    from ONNX Runtime's profiler and OpenVINO's performance counters; the report shows them; nothing is
+    written outside OUT."""
+    import json
+    import shutil
+
+    src, _ = example_out
+    out = tmp_path / "o"
+    shutil.copytree(src, out)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    code, stdout, err = run_cli("profile", out, "--iterations", "6", "--layers", "--layer-runs", "3", "--top", "3")
+    assert code == 0, err
+    text = " ".join(stdout.split())
+    m = json.loads((out / "manifest.json").read_text())
+    ok = [a for a in m["artifacts"] if a["status"] == "ok"]
+    assert {"ort-cpu-int8", "openvino-cpu-int8", "ort-cpu-fp32", "openvino-cpu-fp32"} <= {a["id"] for a in ok}
+    for a in ok:
+        prof = a["layers"]
+        assert f"{a['id']}: slowest layers at batch 1" in text
+        assert prof["runs"] == 3 and prof["layers"] and prof["layer_count"] >= len(prof["layers"])
+        assert all(r["ms"] >= 0 for r in prof["layers"]) and prof["layers"][0]["ms"] == max(r["ms"] for r in prof["layers"])
+        precisions = {t["precision"] for t in prof["by_type"]}
+        if a["precision"] == "int8":  # the quantized convolutions ran in 8 bits
+            assert precisions & {"u8", "i8"}, prof["by_type"]
+        if a["precision"] == "fp32":
+            assert all(t["precision"] == "f32" for t in prof["by_type"] if "Conv" in t["type"]), prof["by_type"]
+    ort = next(a for a in ok if a["id"] == "ort-cpu-fp32")["layers"]
+    assert ort["source"].startswith("onnxruntime") and json.loads((out / ort["trace"]).read_text())
+    assert list(cwd.iterdir()) == [] and not [p for p in out.iterdir() if p.name.startswith(".staging")]
+    code, _, err = run_cli("report", out)
+    assert code == 0, err
+    html = (out / "report" / "report.html").read_text()
+    assert "Slowest layers: ort-cpu-int8" in html and "Slowest layers: openvino-cpu-int8" in html

@@ -59,3 +59,16 @@ def profile_together(folders: dict[str, Path], batches, cfg: ProfileConfig | Non
     finally:
         for r in runners:
             r.close()
+
+
+def layer_profile_artifact(folder: Path, batch: int, runs: int, workdir: Path, threads: int | None = None,
+                           real: dict | None = None) -> dict | None:
+    """The backend's per-layer profile of a compiled artifact folder at ``batch`` (None where the backend has
+    no per-layer profiler). ``workdir``: where a profiler may write its trace."""
+    from edgeopt.core.profile import feed_for_batch
+
+    runner, _ = open_artifact(folder, threads=threads)
+    with runner:
+        feed = feed_for_batch(runner.spec, batch, real)
+        runner.spec.check_feed(feed, "profile")
+        return runner.layer_profile(feed, runs, Path(workdir))

@@ -94,6 +94,13 @@ class Runner(ABC):
             raise RuntimeError("Runner.timed_call called before activate(); use `with runner:`")
         return lambda: self._infer(feed)
 
+    def layer_profile(self, feed: dict[str, np.ndarray], runs: int, workdir: Path) -> dict | None:
+        """Per-layer times from the framework's own profiler over ``runs`` calls (after one untimed call):
+        {"source", "runs", "total_ms", "layers": [{name, type, precision, ms}] slowest first}. ``workdir`` is
+        a folder the profiler may write into (never the working directory). None where the backend has no
+        per-layer profiler."""
+        return None
+
     def close(self) -> None:
         if self.active:
             self._close()

@@ -203,22 +203,27 @@ def compress(ctx, recipe, output, targets, precisions, prune, ratio, macs_target
 @click.option("--warmup", type=int, default=10, show_default=True)
 @click.option("--duration", type=float, default=1.5, show_default=True, help="Seconds of timed runs.")
 @click.option("--threads", type=int, help="Threads for the backend (default: its own choice, recorded).")
+@click.option("--rounds", type=int, default=10, show_default=True, help="Interleaved rounds the timing is split into.")
+@click.option("--layers", is_flag=True, help="Also a per-layer profile of each artifact (at the first batch size).")
+@click.option("--layer-runs", type=int, default=20, show_default=True, help="Runs the per-layer profile averages.")
+@click.option("--top", type=int, default=10, show_default=True, help="Layers shown per artifact with --layers.")
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
 @handle_errors
-def profile(ctx, path, batch, iterations, warmup, duration, threads, json_out):
-    """Profile an artifact folder (OUT/<id>) or every artifact in OUT."""
+def profile(ctx, path, batch, iterations, warmup, duration, threads, rounds, layers, layer_runs, top, json_out):
+    """Profile an artifact folder (OUT/<id>) or every artifact in OUT, timed together in interleaved rounds."""
     from edgeopt.pipeline import api
 
     batches = parse_batches(batch)
     with stdout_guard(json_out):
-        res = api.profile(path, batches, iterations, warmup, duration, threads, reporter=reporter())
+        res = api.profile(path, batches, iterations, warmup, duration, threads, reporter=reporter(), layers=layers,
+                          layer_runs=layer_runs, rounds=rounds)
     if json_out:
         emit_json(res)
         return
     from rich.table import Table
 
-    from edgeopt.report.tables import wide_console
+    from edgeopt.report.tables import print_layers, timing_notes, wide_console
 
     t = Table(title=f"latency ({res['host']['cpu']['model']})", title_justify="left")
     for c in ("artifact", "batch", "median ms", "mean ms", "p90 ms", "p99 ms", "min ms", "max ms", "std ms", "cv",
@@ -230,7 +235,12 @@ def profile(ctx, path, batch, iterations, warmup, duration, threads, json_out):
                                                                          "min_ms", "max_ms", "std_ms", "cv")),
                       f"{row['throughput_per_s']:.1f}", str(row["iterations"]), str(r["threads"]),
                       f"{r['peak_rss_mb']:.0f}" + (" !" if row["unstable"] else ""))
-    wide_console().print(t)
+    console = wide_console()
+    console.print(t)
+    for line in timing_notes({"timing": res["timing"]}):
+        console.print(line)
+    for aid, prof in (res.get("layers") or {}).items():
+        print_layers(aid, prof, top, console)
 
 
 @main.command()

@@ -400,3 +400,33 @@ def describe_load(info: dict) -> str:
     la = info.get("loadavg")
     return (f"other processes used {info.get('others_cpus')} of {info.get('cpus')} CPUs"
             + (f" ({top})" if top else "") + (f", load average {la[0]:.2f}" if la else ""))
+
+
+# ------------------------------------------------------------------------------------------------
+# per-layer profiles
+# ------------------------------------------------------------------------------------------------
+
+def summarize_layers(per_run: list[dict[str, float]], kinds: dict[str, tuple[str, str]], source: str,
+                     total_ms: list[float] | None = None, top: int = 25) -> dict:
+    """Per-layer times of several runs (layer -> ms, one dict per run) -> the profile the manifest keeps:
+    each layer's median time with its operator type and the precision it ran in (``kinds``: layer ->
+    (type, precision)), slowest first (``top`` of them), and the same summed by (type, precision)."""
+    names = sorted({n for run in per_run for n in run})
+    med = {n: float(np.median([run.get(n, 0.0) for run in per_run])) for n in names}
+    layer_sum = sum(med.values())
+    total = float(np.median(total_ms)) if total_ms else layer_sum
+    layers = sorted(({"name": n, "type": kinds[n][0], "precision": kinds[n][1], "ms": round(med[n], 5),
+                      "share": round(med[n] / layer_sum, 4) if layer_sum else 0.0} for n in names),
+                    key=lambda r: -r["ms"])
+    by_type: dict[tuple[str, str], dict] = {}
+    for r in layers:
+        t = by_type.setdefault((r["type"], r["precision"]), {"type": r["type"], "precision": r["precision"],
+                                                            "ms": 0.0, "count": 0})
+        t["ms"] += r["ms"]
+        t["count"] += 1
+    types = sorted(by_type.values(), key=lambda r: -r["ms"])
+    for t in types:
+        t["ms"] = round(t["ms"], 5)
+        t["share"] = round(t["ms"] / layer_sum, 4) if layer_sum else 0.0
+    return {"source": source, "runs": len(per_run), "total_ms": round(total, 5), "layers_ms": round(layer_sum, 5),
+            "layer_count": len(layers), "layers": layers[:top], "by_type": types}

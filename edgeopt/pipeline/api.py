@@ -57,8 +57,11 @@ def compile(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisi
 
 
 def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmup: int = 10,
-            duration_s: float = 1.5, threads: int | None = None, reporter: Reporter | None = None) -> dict:
-    """Profile one artifact folder, or every artifact of an OUT folder (its manifest is updated)."""
+            duration_s: float = 1.5, threads: int | None = None, reporter: Reporter | None = None,
+            layers: bool = False, layer_runs: int = 20, rounds: int = 10) -> dict:
+    """Profile one artifact folder, or every artifact of an OUT folder (its manifest is updated), timed
+    together in interleaved rounds. With ``layers``, each artifact's per-layer profile at the first batch size
+    too (ONNX Runtime's trace JSON is kept under OUT/layers/<id>/)."""
     from edgeopt.core.artifact import ARTIFACT_JSON, read_artifact_json
     from edgeopt.core.fsutil import write_json_atomic
     from edgeopt.core.manifest import MANIFEST
@@ -67,7 +70,7 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
     path = Path(path)
     reporter = reporter or Reporter()
     cfg = ProfileConfig(batches=tuple(batches), warmup=warmup, iterations=iterations, duration_s=duration_s,
-                        threads=threads)
+                        threads=threads, rounds=rounds)
     if (path / ARTIFACT_JSON).is_file():
         folders = [path]
         manifest = None
@@ -94,14 +97,47 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
         bad = [str(r["batch"]) for r in prof["rows"] if r["unstable"]]
         if bad:
             reporter.warn(f"{aid}: timings unstable at batch {','.join(bad)}; is the machine busy?")
+    layer_profiles = _layers(named, path if manifest is not None else None, batches[0], layer_runs, threads,
+                             reporter) if layers else {}
     if manifest is not None:
         for a in manifest.data["artifacts"]:
             if a["id"] in results:
                 # The baseline is not re-timed here: the speed-ups of the build's run no longer apply.
                 record_profile(a, results[a["id"]], run)
+            if a["id"] in layer_profiles:
+                a["layers"] = layer_profiles[a["id"]]
         manifest.data["timing"] = run
         write_json_atomic(path / MANIFEST, manifest.data)
-    return {"host": host_info(), "timing": run, "artifacts": results, "failed": failed}
+    return {"host": host_info(), "timing": run, "artifacts": results, "failed": failed, "layers": layer_profiles}
+
+
+def _layers(named: dict, out: Path | None, batch: int, runs: int, threads, reporter) -> dict:
+    """Per-layer profiles of ``named`` artifacts (id -> folder). Profiler files go to a temporary folder (under
+    OUT when there is one, never the working directory or HOME); a trace worth keeping is moved to
+    OUT/layers/<id>/ in one rename."""
+    import shutil
+    import tempfile
+
+    from edgeopt.backends.artifact import layer_profile_artifact
+    from edgeopt.core.fsutil import STAGING_PREFIX, staged_dir
+
+    found = {}
+    for aid, folder in named.items():
+        reporter.step(f"{aid}: per-layer profile, batch {batch}, {runs} runs")
+        with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}layers-", dir=out) as tmp:
+            prof = layer_profile_artifact(folder, batch, runs, Path(tmp), threads)
+            if prof is None:
+                found[aid] = {"unsupported": "this backend has no per-layer profiler"}
+                continue
+            prof["batch"] = batch
+            if prof.get("trace") and out is not None:
+                with staged_dir(out / "layers" / aid) as stage:
+                    shutil.move(str(Path(tmp) / prof["trace"]), stage / prof["trace"])
+                prof["trace"] = f"layers/{aid}/{prof['trace']}"
+            else:
+                prof.pop("trace", None)
+            found[aid] = prof
+    return found
 
 
 def compress(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisions=("fp32", "int8"),

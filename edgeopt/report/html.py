@@ -24,7 +24,15 @@ from pathlib import Path
 from edgeopt.errors import BackendMissingError
 from edgeopt.core.fsutil import write_bytes_atomic, write_text_atomic
 from edgeopt.core.manifest import load_manifest
-from edgeopt.report.tables import artifact_rows, latency_at, median_cell, speedup_cell, timing_notes
+from edgeopt.report.tables import (
+    artifact_rows,
+    latency_at,
+    layer_rows,
+    layer_summary,
+    median_cell,
+    speedup_cell,
+    timing_notes,
+)
 
 REPORT_DIR = "report"
 MARKDOWN = "report.md"
@@ -405,6 +413,16 @@ def _title(m: dict) -> str:
     return f"edgeopt report: {(m.get('model') or {}).get('name', 'model')}"
 
 
+LAYER_HEADER = ["layer", "type", "precision", "ms", "share"]
+
+
+def layer_sections(m: dict, top: int = 10) -> list[tuple[str, str, list[list[str]]]]:
+    """(artifact id, summary line, rows of its slowest layers) for every artifact with a per-layer profile
+    (``edgeopt profile OUT --layers``)."""
+    return [(a["id"], f"batch {a['layers'].get('batch', '?')}: " + layer_summary(a["layers"]), layer_rows(a["layers"], top))
+            for a in m.get("artifacts", []) if (a.get("layers") or {}).get("layers")]
+
+
 def render_markdown(m: dict, table: dict, plots: list[Plot]) -> str:
     lines = [f"# {_title(m)}", "", f"Built {m.get('created', '?')} on {(m.get('host') or {}).get('hostname', '?')} "
              f"with edgeopt {m.get('edgeopt_version', '?')}. Figures from `manifest.json`.", "",
@@ -417,6 +435,8 @@ def render_markdown(m: dict, table: dict, plots: list[Plot]) -> str:
     detail = parity_detail(m)
     if detail:
         lines += ["## Parity per output", ""] + _md_table(PARITY_HEADER, detail) + [""]
+    for aid, summary, rows in layer_sections(m):
+        lines += [f"## Slowest layers: {aid}", "", summary, ""] + _md_table(LAYER_HEADER, rows) + [""]
     lines += ["## Host", ""] + _md_table(["", ""], [[k, v] for k, v in host_lines(m)]) + [""]
     dev = device_rows(m)
     if dev:
@@ -493,6 +513,9 @@ def render_html(m: dict, table: dict, plots: list[Plot]) -> str:
     detail = parity_detail(m)
     if detail:
         parts += ['<h2 id="parity-detail">Parity per output</h2>', _html_table(PARITY_HEADER, detail, left=2)]
+    for aid, summary, rows in layer_sections(m):
+        parts += [f'<h2 id="layers-{_e(aid)}">Slowest layers: {_e(aid)}</h2>', f'<p class="sub">{_e(summary)}</p>',
+                  _html_table(LAYER_HEADER, rows, left=3)]
     parts += ['<h2 id="host">Host</h2>', _html_table(["", ""], [[k, v] for k, v in host_lines(m)], cls="kv")]
     dev = device_rows(m)
     if dev:

@@ -141,3 +141,35 @@ def timing_notes(manifest: dict) -> list[str]:
 
         lines.append(f"The machine was busy while timing: {describe_load(machine)}.")
     return lines
+
+
+def layer_rows(prof: dict, top: int = 10) -> list[list[str]]:
+    """Cells of a per-layer profile's slowest ``top`` layers: layer, type, precision, ms, share."""
+    return [[(r["name"] if len(r["name"]) <= 40 else r["name"][:19] + "..." + r["name"][-18:]), r["type"],
+             r["precision"], _ms(r["ms"]), f"{r['share'] * 100:.1f}%"] for r in prof.get("layers", [])[:top]]
+
+
+def layer_summary(prof: dict) -> str:
+    """One line: where the time goes by operator type and precision."""
+    parts = [f"{t['type']} {t['precision']} {t['share'] * 100:.0f}%" for t in prof.get("by_type", [])[:6]]
+    return (f"{prof.get('layer_count', 0)} layers, {_ms(prof.get('layers_ms'))} ms of "
+            f"{_ms(prof.get('total_ms'))} ms per run ({prof.get('runs')} runs, {prof.get('source')}): "
+            + ", ".join(parts))
+
+
+def print_layers(aid: str, prof: dict, top: int = 10, console=None) -> None:
+    from rich.table import Table
+
+    console = console or wide_console()
+    if prof.get("unsupported"):
+        console.print(f"{aid}: no per-layer profile ({prof['unsupported']})")
+        return
+    t = Table(title=f"{aid}: slowest layers at batch {prof.get('batch', '?')}", title_justify="left")
+    for c in ("layer", "type", "precision", "ms", "share"):
+        t.add_column(c, justify="left" if c in ("layer", "type", "precision") else "right")
+    for row in layer_rows(prof, top):
+        t.add_row(*row)
+    console.print(t)
+    console.print(layer_summary(prof))
+    if prof.get("trace"):
+        console.print(f"trace: {prof['trace']} (chrome://tracing or https://ui.perfetto.dev)")
