@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 
 from edgeopt.core.metrics import classification_accuracy, first_outputs
 from edgeopt.core.parity import parity, tolerance_for

@@ -58,7 +58,7 @@ def _measure(name, model, req, cfg, feed1, fp32_model=None, settings: bool = Fal
                       "why": (f"the float remainder of the INT8 model ran {d:.3f} ms at batch 1 with the device default "
                               f"({hint}) and {f:.3f} ms with f32, timed in the same interleaved rounds; "
                               + ("f32 is faster or within 5% (a tie goes to the exact f32)" if pick_f32 else
-                                 f"the default is more than 5% faster"))}
+                                 "the default is more than 5% faster"))}
             if pick_f32:
                 result.update({k: v for k, v in timed[f32].items() if k != "unstable"})
         chosen = runners[f32] if choice and choice["chosen"] == "f32" else runners[name]
