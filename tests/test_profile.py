@@ -151,6 +151,16 @@ def test_a_carried_over_artifact_is_retimed_with_the_new_baseline(tmp_path):
     m = build(_recipe(), out, targets=("openvino-cpu",), precisions=("fp32",), reporter=Reporter(quiet=True))
     ort = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-fp32")
     assert ort.get("reused") and ort["timing_run"] == m["baseline"]["timing_run"] == m["timing"]["id"]
+    # ORT's load-time optimisation level was chosen by measurement, and the artifact opens with it.
+    choice = ort["meta"]["runtime_choice"]
+    assert set(choice["figures"]) == {"all", "extended"} and choice["chosen"] in choice["figures"]
+    assert ort["meta"]["runtime_options"] == {"graph_optimization_level": choice["chosen"]}
+    figs = {k: v["latency_ms_b1"] for k, v in choice["figures"].items()}
+    assert (choice["chosen"] == "extended") == (figs["extended"] < figs["all"] * 0.95)
+    from edgeopt.backends.artifact import open_artifact
+
+    runner, _ = open_artifact(out / "ort-cpu-fp32")
+    assert runner.options["graph_optimization_level"] == choice["chosen"]
     assert set(m["timing"]["contenders"]) == {"torch-eager-fp32", "openvino-cpu-fp32", "ort-cpu-fp32"}
     # `edgeopt profile OUT` re-times the artifacts, not the baseline: their ratios are no longer shown.
     res = profile(out, batches=(1,), iterations=12, warmup=2, reporter=Reporter(quiet=True))

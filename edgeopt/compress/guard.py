@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-
 from edgeopt.core.metrics import classification_accuracy, first_outputs
 from edgeopt.core.parity import parity, tolerance_for
 
@@ -38,23 +37,6 @@ def judge(result: dict, req) -> dict:
     result["within_budget"] = not reasons
     result["why"] = "; ".join(reasons) or None
     return result
-
-
-def race(calls: dict[str, Callable[[], object]], seconds: float, baseline: str | None = None) -> dict[str, dict]:
-    """Quick batch-1 timing of candidates, interleaved in rounds in this process (the build's profiler's
-    method, shorter: ``seconds`` per candidate over 5 rounds). Returns name -> {latency_ms_b1, unstable,
-    and with ``baseline`` the speed-up over it with its interval (``vs_<baseline>``)}: enough to rank them."""
-    from edgeopt.core.profile import ProfileConfig, speedup, time_interleaved
-
-    cfg = ProfileConfig(batches=(1,), warmup=5, duration_s=seconds, rounds=5, min_iterations=10)
-    rows = time_interleaved(calls, cfg, batch=1)
-    out = {}
-    for name, row in rows.items():
-        r = {"latency_ms_b1": round(row["median_ms"], 4), "unstable": row["unstable"]}
-        if baseline and name != baseline:
-            r[f"vs_{baseline}"] = speedup(rows[baseline], row)
-        out[name] = r
-    return out
 
 
 def vs_text(r: dict, baseline: str = "fp32") -> str:

@@ -285,6 +285,21 @@ def speedup(base: dict, row: dict, confidence: float = 0.95, resamples: int = 20
     return out
 
 
+def race(calls: dict[str, Callable[[], object]], seconds: float, baseline: str | None = None) -> dict[str, dict]:
+    """Quick batch-1 timing of candidates, interleaved in rounds in this process (the build's profiler's
+    method, shorter: ``seconds`` per candidate over 5 rounds). Returns name -> {latency_ms_b1, unstable,
+    and with ``baseline`` the speed-up over it with its interval (``vs_<baseline>``)}: enough to rank them."""
+    cfg = ProfileConfig(batches=(1,), warmup=5, duration_s=seconds, rounds=5, min_iterations=10)
+    rows = time_interleaved(calls, cfg, batch=1)
+    out = {}
+    for name, row in rows.items():
+        r = {"latency_ms_b1": round(row["median_ms"], 4), "unstable": row["unstable"]}
+        if baseline and name != baseline:
+            r[f"vs_{baseline}"] = speedup(rows[baseline], row)
+        out[name] = r
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # how busy is the machine
 # ------------------------------------------------------------------------------------------------

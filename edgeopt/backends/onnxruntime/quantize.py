@@ -30,7 +30,8 @@ from edgeopt.compress.common import (
     quiet_logging,
     quiet_nncf,
 )
-from edgeopt.compress.guard import race, score, vs_text
+from edgeopt.compress.guard import score, vs_text
+from edgeopt.core.profile import race
 
 DEFAULTS = {
     "transformer": ("ort-dynamic", "ort-qdq-u8s8", "nncf-qdq"),

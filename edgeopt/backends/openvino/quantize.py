@@ -18,7 +18,8 @@ from edgeopt.compress.common import (
     nncf_preset,
     quiet_nncf,
 )
-from edgeopt.compress.guard import race, score, vs_text
+from edgeopt.compress.guard import score, vs_text
+from edgeopt.core.profile import race
 
 
 NOISE = 0.05  # runtime settings whose quick timings are this close are a tie, won by the exact f32
