@@ -9,6 +9,7 @@ from edgeopt.example import example_dict
 from edgeopt.config.recipe import recipe_from_dict
 from edgeopt.report.progress import Reporter
 from edgeopt.core.resources import data_dir
+from edgeopt.core.parity import tolerance_for
 
 FAST = {"batches": [1], "duration_s": 0.2, "min_iterations": 5, "warmup": 2}
 
@@ -28,7 +29,9 @@ def test_example_int8_within_one_point_with_recorded_candidates(example_out):
         a = by_id[aid]
         assert a["status"] == "ok", a
         assert (fp32 - a["accuracy"]["value"]) * 100 <= 1.0
-        assert a["parity"]["cosine"] >= 0.99
+        # The int8 parity gate. Candidates tied within timing noise are won by the more accurate one, so which
+        # recipe ships (and its cosine on the random parity samples: 0.989-0.995 here) can change between runs.
+        assert a["parity"]["cosine"] >= tolerance_for("int8").min_cosine
         int8 = a["meta"]["int8"]
         assert int8["recipe"] and int8["candidates"] and int8["calibration_samples"] == 300
     ort = by_id["ort-cpu-int8"]["meta"]["int8"]

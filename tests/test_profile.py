@@ -90,8 +90,8 @@ def test_machine_load_sees_a_cpu_hog():
     assert info["cpus"] >= 1 and "others_cpus" in info and "frequency" in info
     hogs = _hogs(info["cpus"])
     try:
-        time.sleep(0.2)
-        info = machine_load(0.5)
+        time.sleep(0.5)
+        info = machine_load(1.0, top=100)
     finally:
         _stop(hogs)
     pids = {o["pid"] for o in info["other_processes"]}

@@ -368,9 +368,9 @@ def _cpu_mhz() -> dict | None:
 BUSY_SHARE = 0.25  # other processes using more than this share of the CPUs: timings are not to be trusted
 
 
-def machine_load(sample_s: float = 0.5) -> dict:
+def machine_load(sample_s: float = 0.5, top: int = 5) -> dict:
     """How busy the machine is right now: load average, the CPU time other processes used over
-    ``sample_s`` (as a number of CPUs, and the busiest of them), and the CPU frequency where readable.
+    ``sample_s`` (as a number of CPUs, and the ``top`` busiest of them), and the CPU frequency where readable.
     ``busy`` is True when others used more than a quarter of the CPUs this process may run on."""
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -396,7 +396,7 @@ def machine_load(sample_s: float = 0.5) -> dict:
         if used > 0.02:
             others.append({"pid": pid, "name": name, "cpus": round(used, 2)})
     others.sort(key=lambda o: -o["cpus"])
-    info["other_processes"] = others[:5]
+    info["other_processes"] = others[:top]
     if j0 and j1 and j1[1] > j0[1]:
         mine = (p1.get(me, ("", 0))[1] - p0.get(me, ("", 0))[1]) / hz / (t1 - t0)
         total_cpus = os.cpu_count() or cpus

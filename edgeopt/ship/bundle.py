@@ -181,11 +181,8 @@ def _restore_copies(stage: Path, limits: "Limits") -> None:
     """After extraction: make each file the manifest lists as ``stored_as`` another, from that one (a hard
     link, or a copy where the file system has none). Untrusted until the checks that follow: paths are
     confined to the bundle, a copy never replaces a file, and every file's sha256 is checked afterwards."""
-    tops = [p for p in stage.iterdir()]
-    if len(tops) != 1 or not (tops[0] / MANIFEST).is_file():
-        return
-    top = tops[0]
-    if (top / MANIFEST).stat().st_size > limits.max_member_bytes:
+    top = stage  # safe_extract leaves the bundle's top folder's contents here
+    if not (top / MANIFEST).is_file() or (top / MANIFEST).stat().st_size > limits.max_member_bytes:
         return
     try:
         files = json.loads((top / MANIFEST).read_bytes())["bundle"]["files"]
