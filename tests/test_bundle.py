@@ -21,6 +21,7 @@ import pytest
 from edgeopt.ship.bundle import (
     IncompatibleError,
     Limits,
+    SignatureNotCheckedWarning,
     bundle,
     bundle_summary,
     check_compatibility,
@@ -387,7 +388,10 @@ def test_signed_bundle_verifies_with_the_right_key_only(out, tmp_path, keypair):
     assert bundle(out, tmp_path / "again" / "signed", sign_key=private).read_bytes() == signed.read_bytes()
     rep = verify(signed, public_key=public)
     assert rep["signature"].startswith("valid (Ed25519 key")
-    assert verify(signed)["signature"] == "present, not checked (no public key given)"
+    with pytest.warns(SignatureNotCheckedWarning, match="no public key was given, so it was not checked"):
+        unchecked = verify(signed)
+    assert unchecked["signature"] == "present, NOT CHECKED (no public key given)"
+    assert unchecked["signature_checked"] is False and unchecked["signature_state"] == "unchecked"
     with load(signed, public_key=public) as model:
         assert model.verification["signature"].startswith("valid")
     _, other = generate_key(tmp_path / "other.key")

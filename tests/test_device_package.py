@@ -286,3 +286,52 @@ def test_int8_package_carries_a_signed_qdq_onnx_that_passes_the_preflight(built,
     assert plan["builder_flags"] == ["INT8", "FP16"] and plan["onnx"] == "qdq"
     assert pkg["onnx"]["host_check"]["passed"] and pkg["onnx"]["quantization"]
     verify_package_files(folder, read_package(folder))
+
+
+def _overflow_ctx(tmp_path):
+    """y = relu(x) * 70000: the FP16 ONNX (TensorRT 11's fp16 form) clamps the constant to 65504, 6 % off."""
+    ctx = _tiny_ctx(tmp_path)
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeopt.core.reference import REFERENCE_FILE, save_reference
+
+    k = numpy_helper.from_array(np.array([70000.0], np.float32), "k")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                               helper.make_node("Mul", ["r", "k"], ["y"], name="scale")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [k])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(ctx.onnx_path))
+    x = np.linspace(-1, 1, 4, dtype=np.float32)[None]
+    save_reference(ctx.out / REFERENCE_FILE, [{"x": x}], [{"y": np.maximum(x, 0) * 70000}])
+    return ctx
+
+
+def _trt11_target(tmp_path, **options) -> str:
+    from edgeopt.core.resources import data_dir
+
+    toml = (data_dir("targets") / "jetson-thor.toml").read_text()
+    toml = toml.replace('name = "jetson-thor"', 'name = "thor-trt11"').replace('tensorrt = "10.13"', 'tensorrt = "11.4"')
+    for k, v in options.items():
+        toml = toml.replace("[options]\n", f"[options]\n{k} = {json.dumps(v)}\n")
+    path = tmp_path / f"thor-trt11-{len(options)}.toml"
+    path.write_text(toml)
+    return str(path)
+
+
+def test_a_package_whose_host_check_fails_fails_unless_kept(tmp_path):
+    """The converted ONNX already misses the reference on ONNX Runtime here: the record is failed (the build exits
+    non-zero) and no package is left, unless the target says host_check = "warn"."""
+    pytest.importorskip("onnxruntime")
+    ctx = _overflow_ctx(tmp_path)
+    plan = _plan(_trt11_target(tmp_path), "fp16")
+    rec = write_device_package(ctx, plan, ctx.out / plan.id, _rec(plan))
+    assert rec["status"] == "failed" and rec["files"] == [] and not (ctx.out / plan.id).exists()
+    assert "misses the reference outputs on ONNX Runtime here" in rec["reason"] and "cosine" in rec["reason"]
+    assert rec["host_check"]["passed"] is False and 'host_check = "warn"' in rec["fix"]
+    kept = _plan(_trt11_target(tmp_path, host_check="warn"), "fp16")
+    rec = write_device_package(ctx, kept, ctx.out / kept.id, _rec(kept))
+    assert rec["status"] == NOT_BUILT and rec["package"]["onnx"]["host_check"]["passed"] is False
+    assert read_package(ctx.out / kept.id)["onnx"]["form"] == "fp16"

@@ -188,11 +188,17 @@ def test_spec_that_does_not_match_the_export(tmp_path, nano):
     assert {f.code for f in lint(path, nano, other).errors} == {"input-not-in-spec", "spec-input-missing"}
 
 
-def test_opset_too_new_for_jetpack6(tmp_path, nano, thor):
+def test_opset_newer_than_the_parser_is_a_warning(tmp_path, nano, thor):
+    """onnx-tensorrt warns about an opset newer than it documents and parses the model: a warning, not an error."""
     path = conv_model(tmp_path, opset=21, ir=10)
-    (f,) = lint(path, nano).errors
-    assert f.code == "opset-too-new" and "20" in f.message and "opset_version=20" in f.fix
-    assert lint(path, thor).ok  # TensorRT 10.13 parses opset 23
+    report = lint(path, nano)
+    (f,) = report.warnings
+    assert report.ok and f.code == "opset-too-new" and "20" in f.message and "opset_version=20" in f.fix
+    assert "warns and parses" in f.message
+    assert lint(path, thor).findings == []  # TensorRT 10.13 parses opset 23
+    unknown = conv_model(tmp_path, opset=99, ir=10, check=False, name="o99.onnx")
+    (f,) = lint(unknown, nano).errors  # no ONNX release TensorRT knows has opset 99
+    assert f.code == "opset-too-new" and "no ONNX release" in f.message
 
 
 def test_ir_version_too_new_is_a_warning(tmp_path, nano):
@@ -335,3 +341,148 @@ def test_real_quantizers_nncf_default_fails_tensorrt_recipe_passes(tmp_path, nan
                           extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     report = lint(tmp_path / "ort_trt.onnx", nano)
     assert report.ok and lint_mod.qdq_nodes(tmp_path / "ort_trt.onnx") > 0, report.summary()
+
+
+# ---- the probe set of issue 10: what TensorRT really takes or refuses -------------------------------------
+@pytest.fixture(scope="module")
+def agx() -> Target:
+    return load_targets()["jetson-agx-orin"]
+
+
+def _boxes_model(tmp_path, op, domain="", name="nms.onnx", **attrs):
+    nodes = [helper.make_node(op, ["boxes", "scores"], ["num", "det_boxes"], domain=domain, name="nms", **attrs)]
+    ins = [_f("boxes", [1, 100, 4]), _f("scores", [1, 100, 3])]
+    outs = [helper.make_tensor_value_info("num", TensorProto.INT32, [1, 1]), _f("det_boxes", [1, 10, 4])]
+    graph = helper.make_graph(nodes, "g", ins, outs)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / name))
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("domain", ["", "TRT", "trt"])
+def test_standard_plugin_nodes_are_warnings_not_errors(tmp_path, nano, domain):
+    report = lint(_boxes_model(tmp_path, "EfficientNMS_TRT", domain, max_output_boxes=10), nano)
+    (f,) = report.findings
+    assert report.ok and (f.severity, f.code, f.node) == ("warning", "plugin-operator", "nms")
+    assert "plugin registry" in f.message and "fixed size" in f.message
+    custom = lint(_boxes_model(tmp_path, "MyDecoder_TRT", name="custom.onnx"), nano)
+    assert custom.ok and "plugin library" in custom.findings[0].fix
+
+
+def test_fp8_qdq_needs_sm_89(tmp_path, nano, thor):
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             helper.make_tensor("zp", TensorProto.FLOAT8E4M3FN, [], [0.0])]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q_fp8"),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dq_fp8")]
+    path = _save(tmp_path, nodes, [_f("x", [4])], [_f("y", [4])], inits, opset=19)
+    errors = lint(path, nano).errors  # Orin: sm 8.7
+    assert [(f.code, f.node) for f in errors] == [("qdq-fp8-unsupported", "q_fp8"), ("qdq-fp8-unsupported", "dq_fp8")]
+    assert "sm 8.9" in errors[0].message and "INT8" in errors[0].fix
+    assert lint(path, thor).ok  # Thor: sm 11.0
+
+
+def test_qdq_scale_computed_at_run_time_is_an_error(tmp_path, nano):
+    inits = [numpy_helper.from_array(np.array(127.0, np.float32), "qmax"),
+             numpy_helper.from_array(np.array(0, np.int8), "zp")]
+    nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("ReduceMax", ["a"], ["m"], keepdims=0),
+             helper.make_node("Div", ["m", "qmax"], ["s"], name="scale"),
+             helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q_dyn"),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dq_dyn")]
+    path = _save(tmp_path, nodes, [_f("x", [4])], [_f("y", [4])], inits)
+    assert [(f.code, f.node) for f in lint(path, nano).errors] == [("qdq-scale-dynamic", "q_dyn"),
+                                                                   ("qdq-scale-dynamic", "dq_dyn")]
+
+
+def test_resize_antialias_is_an_error(tmp_path, nano):
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear", antialias=1, name="resize")
+    path = _save(tmp_path, [node], [_f("x", [1, 1, 4, 4])], [_f("y", [1, 1, 8, 8])], [scales], opset=18)
+    (f,) = lint(path, nano).errors
+    assert (f.code, f.node) == ("operator-restriction", "resize") and "antialias" in f.message
+
+
+def test_pad_with_axes_needs_tensorrt_10_4(tmp_path, nano, thor):
+    inits = [numpy_helper.from_array(np.array([1, 1], np.int64), "pads"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    node = helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"], name="pad")
+    path = _save(tmp_path, [node], [_f("x", [2, 4])], [_f("y", [2, 6])], inits, opset=18)
+    (f,) = lint(path, nano).errors
+    assert (f.code, f.node) == ("operator-restriction", "pad") and "10.4" in f.message
+    assert lint(path, thor).ok
+    no_axes = _save(tmp_path, [helper.make_node("Pad", ["x", "pads4"], ["y"], name="pad")], [_f("x", [2, 4])],
+                    [_f("y", [2, 6])], [numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "pads4")],
+                    name="pad4.onnx")
+    assert lint(no_axes, nano).ok
+
+
+def test_topk_unsorted_is_an_error(tmp_path, nano):
+    k = numpy_helper.from_array(np.array([3], np.int64), "k")
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], sorted=0, name="topk")
+    outs = [_f("v", [1, 3]), helper.make_tensor_value_info("i", TensorProto.INT64, [1, 3])]
+    path = _save(tmp_path, [node], [_f("x", [1, 10])], outs, [k])
+    (f,) = lint(path, nano).errors
+    assert (f.code, f.node) == ("operator-restriction", "topk") and "sorted=True" in f.fix
+
+
+def test_data_dependent_shapes_are_named_with_the_fix(tmp_path, nano):
+    nodes = [helper.make_node("NonZero", ["x"], ["idx"], name="nonzero"),
+             helper.make_node("Transpose", ["idx"], ["y"], name="t")]
+    path = _save(tmp_path, nodes, [_f("x", [4, 4])], [helper.make_tensor_value_info("y", TensorProto.INT64, ["n", 2])])
+    (f,) = lint(path, nano).errors
+    assert (f.code, f.node) == ("data-dependent-output", "nonzero") and "edgeopt's TensorRT runner" in f.message
+    assert "torch.where" in f.fix
+    inits = [numpy_helper.from_array(np.array([10], np.int64), "max_out")]
+    nms = helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out"], ["sel"], name="nms")
+    path = _save(tmp_path, [nms], [_f("boxes", [1, 100, 4]), _f("scores", [1, 1, 100])],
+                 [helper.make_tensor_value_info("sel", TensorProto.INT64, ["n", 3])], inits, name="nms.onnx")
+    (f,) = lint(path, nano).errors
+    assert f.code == "data-dependent-output" and "EfficientNMS_TRT" in f.fix and "outside the graph" in f.fix
+    # Inside the graph only (no output's shape depends on it): TensorRT sizes it at run time, a warning.
+    nodes = [helper.make_node("NonZero", ["x"], ["idx"], name="nonzero"),
+             helper.make_node("Shape", ["x"], ["y"], name="shape")]
+    path = _save(tmp_path, nodes, [_f("x", [4, 4])], [helper.make_tensor_value_info("y", TensorProto.INT64, [2])],
+                 name="inner.onnx")
+    report = lint(path, nano)
+    assert report.ok and [(f.code, f.node) for f in report.warnings] == [("data-dependent-shape", "nonzero")]
+
+
+def test_swish_is_in_tensorrt_11_only(tmp_path, nano):
+    node = helper.make_node("Swish", ["x"], ["y"], name="swish")
+    path = _save(tmp_path, [node], [_f("x", [4])], [_f("y", [4])], opset=24, ir=11)
+    assert lint(path, nano, tensorrt_version="11.4").ok
+    (f,) = lint(path, nano, tensorrt_version="10.15").errors
+    assert f.code == "unsupported-operator" and "11.0" in f.fix
+
+
+def test_dla_is_the_devices_not_the_versions(tmp_path, agx):
+    dla = Target.from_dict({**agx.to_dict(), "options": {**agx.options, "dla_core": 1}})
+    for version in ("10.3", "10.15", "11.1", "11.4"):
+        assert lint(conv_model(tmp_path), dla, tensorrt_version=version).ok, version
+    three = Target.from_dict({**agx.to_dict(), "options": {**agx.options, "dla_core": 2}})
+    assert [f.code for f in lint(conv_model(tmp_path), three).errors] == ["dla-unavailable"]
+
+
+def test_summary_prints_each_fix_once(tmp_path, nano):
+    nodes = [helper.make_node("Unique", ["x"], [f"u{i}"], name=f"uniq{i}") for i in range(3)]
+    outs = [_f(f"u{i}", ["n"]) for i in range(3)]
+    text = lint(_save(tmp_path, nodes, [_f("x", [6])], outs), nano).summary()
+    fix = lint_mod.operator_support("Unique", (10, 3))[1]
+    assert text.count(fix) == 1 and text.count("fix: as for uniq0 above") == 2
+    assert all(f"[uniq{i}]" in text for i in range(3))
+
+
+def test_topk_with_a_run_time_k_and_if_branches_of_different_ranks(tmp_path, nano):
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("TopK", ["x", "s"], ["v", "i"], name="topk")]
+    outs = [_f("v", [1, 10]), helper.make_tensor_value_info("i", TensorProto.INT64, [1, 10])]
+    report = lint(_save(tmp_path, nodes, [_f("x", [10])], outs), nano)
+    assert report.ok and [(f.code, f.node) for f in report.warnings] == [("topk-runtime-k", "topk")]
+    then = helper.make_graph([helper.make_node("Identity", ["a"], ["t"])], "then", [], [_f("t", [2, 4])])
+    other = helper.make_graph([helper.make_node("Identity", ["c"], ["e"])], "else", [], [_f("e", [4])])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other, name="branch")
+    ins = [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), _f("a", [2, 4]), _f("c", [4])]
+    path = _save(tmp_path, [node], ins, [_f("y", None)], name="if.onnx", check=False)
+    (f,) = lint(path, nano).errors
+    assert (f.code, f.node) == ("operator-restriction", "branch") and "same rank" in f.message

@@ -168,8 +168,8 @@ def test_plan_dla(targets):
         trtb.build_plan(image_spec(), with_options(targets["jetson-orin-nano"], dla_core=0), "fp16")
     with pytest.raises(UserInputError, match="2 DLA core"):
         trtb.build_plan(image_spec(), with_options(targets["jetson-agx-orin"], dla_core=2), "fp16")
-    with pytest.raises(UserInputError, match="no DLA support"):
-        trtb.build_plan(image_spec(), nx, "fp16", tensorrt_version="10.13")
+    # Whether a TensorRT drives the DLA is the device's to say (num_DLA_cores), not a version table's.
+    assert trtb.build_plan(image_spec(), nx, "fp16", tensorrt_version="10.15").dla_core == 1
     agx11 = with_options(targets["jetson-agx-orin"], dla_core=0)
     assert trtb.build_plan(image_spec(), agx11, "fp16", tensorrt_version="11.4.1").dla_core == 0
 
@@ -362,3 +362,82 @@ def test_build_run_and_time_an_engine(tmp_path):
     with pytest.raises(IntegrityError):
         with b.open(tmp_path / "fp32", meta, spec, target):
             pass
+
+
+# ---- first contact with a Jetson: the fixes of issue 10 ------------------------------------------------
+def test_fp32_clears_tf32_and_says_so(targets):
+    """TF32 (TensorRT's default on Ampere and newer, Orin included) is far outside fp32's 1e-4 tolerance."""
+    t = targets["jetson-orin-nano"]
+    fp32 = trtb.build_plan(image_spec(), t, "fp32")
+    assert fp32.tf32 is False and any("TF32 off" in n for n in fp32.notes)
+    assert fp32.builder_options()["tf32"] is False and fp32.to_dict()["tf32"] is False
+    assert trtb.build_plan(image_spec(), t, "fp16").tf32 is True
+    assert trtb.build_plan(image_spec(), t, "fp32", {"tf32": True}).tf32 is True
+    with pytest.raises(UserInputError, match="tf32 must be true or false"):
+        trtb.build_plan(image_spec(), t, "fp32", {"tf32": "yes"})
+    # A plan written before the flag existed reads back with the same default.
+    old = {k: v for k, v in fp32.to_dict().items() if k != "tf32"}
+    assert trtb.BuildPlan.from_dict(old).tf32 is False
+
+
+def test_cache_key_has_tf32_recipe_version_and_board(targets, monkeypatch):
+    t = targets["jetson-orin-nx"]
+    plan = trtb.build_plan(image_spec(), t, "fp32")
+    base = _key(plan)
+    assert _key(dataclasses.replace(plan, tf32=True)) != base
+    nano = trtb.engine_cache_key("a" * 64, "10.3.0.30", "Orin", "8.7", plan, "NVIDIA Jetson Orin Nano Developer Kit")
+    agx = trtb.engine_cache_key("a" * 64, "10.3.0.30", "Orin", "8.7", plan, "NVIDIA Jetson AGX Orin Developer Kit")
+    assert len({base, nano, agx}) == 3
+    assert trtb.cache_material("a" * 64, "10.3.0.30", "Orin", "8.7", plan)["build_recipe"] == trtb.BUILD_RECIPE >= 2
+    monkeypatch.setattr(trtb, "BUILD_RECIPE", trtb.BUILD_RECIPE + 1)  # a fix to how engines are built: rebuild
+    assert _key(plan) != base
+
+
+def test_board_model_from_the_device_tree(tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    monkeypatch.setattr(trtb, "DEVICE_TREE_MODEL", model)
+    assert trtb.board_model() is None  # a PC has no device tree
+    model.write_bytes(b"NVIDIA Jetson Orin NX Engineering Reference Developer Kit\x00")
+    assert trtb.board_model() == "NVIDIA Jetson Orin NX Engineering Reference Developer Kit"
+
+
+def test_tensorrt_mismatch_reasons(monkeypatch, tmp_path):
+    monkeypatch.setattr(trtb, "DEVICE_TREE_MODEL", tmp_path / "none")
+    meta = {"tensorrt": "10.3.0.30", "gpu": "Orin", "compute_capability": "8.7"}
+    assert trtb.tensorrt_mismatch(meta, "10.3.0.30", GPU) is None
+    assert "lacks" in trtb.tensorrt_mismatch({}, "10.3.0.30", GPU)
+    assert "cannot identify" in trtb.tensorrt_mismatch(meta, "10.3.0.30", None, "no driver")
+    assert "built for Orin" in trtb.tensorrt_mismatch(meta, "10.3.0.30", {"name": "Thor", "compute_capability": "11.0"})
+
+
+def test_cuda_python_pin_is_the_same_everywhere():
+    """Fix 2: `pip install 'edgeopt[tensorrt]'` must not pull cuda-python 13 (CUDA 13 driver) onto JetPack 6."""
+    import tomllib
+    from pathlib import Path
+
+    from edgeopt.backends.doctor import doctor
+
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert trtb.CUDA_PYTHON_PIN["12"] in extras["tensorrt"] and trtb.CUDA_PYTHON_PIN["13"] in extras["tensorrt-cuda13"]
+    for text in (trtb.INSTALL_FIX, trtb.INSTALL_HINT, trtb.BACKEND.install_hint(),
+                 doctor()["backends"]["tensorrt"]["install"]):
+        assert "edgeopt[tensorrt]" in text and "edgeopt[tensorrt-cuda13]" in text and "JetPack 6" in text
+    if not HAS_TRT:
+        assert "edgeopt[tensorrt-cuda13]" in trtb.BACKEND.unavailable_reason(load_targets()["jetson-orin-nano"])
+
+
+def test_toposort_keeps_subgraph_inputs_and_cycles():
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    branch = helper.make_graph([helper.make_node("Identity", ["late"], ["o"])], "b", [],
+                               [helper.make_tensor_value_info("o", onnx.TensorProto.FLOAT, [1])])
+    g = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch, name="if"),
+                           helper.make_node("Relu", ["x"], ["late"], name="relu")], "g", [], [])
+    trtb._toposort(g)
+    assert [n.name for n in g.node] == ["relu", "if"]  # the If reads `late` inside its branches
+    cyc = helper.make_graph([helper.make_node("Relu", ["b"], ["a"], name="n1"),
+                             helper.make_node("Relu", ["a"], ["b"], name="n2")], "c", [], [])
+    trtb._toposort(cyc)
+    assert [n.name for n in cyc.node] == ["n1", "n2"]

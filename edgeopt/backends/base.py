@@ -7,6 +7,7 @@ everywhere and the missing framework is reported when it is actually needed.
 from __future__ import annotations
 
 import importlib.util
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +44,18 @@ class CompileRequest:
 
 
 class Runner(ABC):
-    """Context manager: activate (load), infer (named numpy in, named numpy out), close."""
+    """Context manager: activate (load), infer (named numpy in, named numpy out), close.
+
+    ``infer`` may be called from several threads at once. A runner whose ``_infer`` cannot run concurrently
+    sets ``concurrent = False`` and its calls take turns under a lock."""
+
+    concurrent = True
 
     def __init__(self, spec: IOSpec):
         self.spec = spec
         self.active = False
         self.load_seconds: float | None = None
+        self._turns = threading.Lock()
 
     def __enter__(self):
         self.activate()
@@ -85,7 +92,10 @@ class Runner(ABC):
             feed = {self.spec.inputs[0].name: feed}
         if check:
             self.spec.check_feed(feed)
-        return self._infer(feed)
+        if self.concurrent:
+            return self._infer(feed)
+        with self._turns:
+            return self._infer(feed)
 
     def timed_call(self, feed: dict[str, np.ndarray]) -> Callable[[], object]:
         """A no-argument call that runs ``feed`` the way the framework's own benchmark tool would: inputs
@@ -139,6 +149,10 @@ class Backend(ABC):
 
     def version(self) -> str | None:
         return version_of(self.distribution)
+
+    def install_hint(self) -> str:
+        """How to install what this backend needs (``doctor`` and the error texts say it)."""
+        return f"pip install 'edgeopt[{self.extra}]'"
 
     def require(self):
         """Import the framework, or raise an error naming the pip extra to install."""

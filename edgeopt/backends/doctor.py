@@ -10,7 +10,7 @@ def doctor() -> dict:
     backends = {}
     for name in REGISTRY:
         b = get_backend(name)
-        info = {"installed": b.installed(), "version": b.version(), "install": f"pip install 'edgeopt[{b.extra}]'"}
+        info = {"installed": b.installed(), "version": b.version(), "install": b.install_hint()}
         if b.installed() and name == "openvino":
             try:
                 import openvino as ov

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from edgeopt.errors import EdgeoptError, UserInputError
+from edgeopt.core.untrusted import printable_lines
 
 
 def emit_json(obj) -> None:
@@ -35,10 +36,10 @@ def handle_errors(fn):
         ctx = click.get_current_context()
         try:
             return fn(*args, **kwargs)
-        except EdgeoptError as exc:
-            click.echo(f"error: {exc.problem}", err=True)
+        except EdgeoptError as exc:  # messages may quote untrusted names: control characters are shown escaped
+            click.echo(f"error: {printable_lines(exc.problem)}", err=True)
             if exc.fix:
-                click.echo(f"fix: {exc.fix}", err=True)
+                click.echo(f"fix: {printable_lines(exc.fix)}", err=True)
             if (ctx.obj or {}).get("verbose"):
                 traceback.print_exc()
             sys.exit(exc.exit_code)

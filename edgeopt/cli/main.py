@@ -12,8 +12,44 @@ from edgeopt import __version__
 from edgeopt.cli.common import emit_json, handle_errors, parse_batches, reporter, stdout_guard
 
 
-def _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind=None):
-    """Merge CLI model/input options into a recipe (or build one from them alone)."""
+def _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind=None, calib=None,
+                     evaluation=None, preprocess=None, task=None, outputs=()):
+    """Merge CLI model/input/data options into a recipe (or build one from them alone)."""
+    r = _model_recipe(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
+    return _data_options(r, calib, evaluation, preprocess, task, outputs)
+
+
+def _data_options(r, calib, evaluation, preprocess, task, outputs):
+    """--calib / --eval / --preprocess / --task / --output-name on top of a recipe."""
+    from dataclasses import replace
+
+    from edgeopt.errors import UserInputError
+
+    if outputs:
+        r = replace(r, model=replace(r.model, outputs=tuple(outputs)), spec=r.spec.with_outputs(list(outputs)))
+    if task:
+        if not hasattr(r, "task"):
+            raise UserInputError("--task needs a newer edgeopt (this one has no [task]).", "Drop --task.")
+        r = replace(r, task=replace(r.task, type=task))
+    if not (calib or evaluation or preprocess):
+        return r
+    from edgeopt.data.dataset import DataConfig
+    from edgeopt.data.presets import preset
+
+    pre = preset(preprocess, r.spec) if preprocess else None
+    sections = {}
+    for key, path, size in (("calibration", calib, 300), ("evaluation", evaluation, None)):
+        if path:
+            d = {"source": str(Path(path).resolve()), "size": size, **({"preprocess": pre} if pre else {})}
+            sections[key] = DataConfig.from_dict(d, Path.cwd(), section=key)
+        elif pre is not None and getattr(r, key) is not None:
+            from edgeopt.data.dataset import Preprocess
+
+            sections[key] = replace(getattr(r, key), preprocess=Preprocess.from_dict(pre))
+    return replace(r, **sections)
+
+
+def _model_recipe(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind=None):
     from dataclasses import replace
 
     from edgeopt.example import example_recipe
@@ -62,6 +98,17 @@ def model_options(fn):
         click.option("--dim", "dims", multiple=True, help="Dynamic axis range NAME=MIN:OPT:MAX, e.g. batch=1:1:32."),
         click.option("--opset", type=int, help="ONNX opset (default 18)."),
         click.option("--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), help="ONNX exporter (default auto)."),
+        click.option("--output-name", "outputs", multiple=True,
+                     help="Name of the model's outputs, in order (repeatable; default output, output_1, ...)."),
+        click.option("--calib", type=click.Path(exists=True),
+                     help="Calibration data for INT8: image folder, .npz, .npy (see calibration/README.md)."),
+        click.option("--eval", "evaluation", type=click.Path(exists=True),
+                     help="Evaluation data (one subfolder per class, or .npz with labels): accuracy of every artifact."),
+        click.option("--preprocess", type=click.Choice(["none", "resize", "imagenet"]),
+                     help="How images in --calib/--eval become inputs: none (already the input's size), resize "
+                          "(to the input's H and W), imagenet (resize, center crop, ImageNet mean/std)."),
+        click.option("--task", type=click.Choice(["classification", "embedding", "detection", "generic"]),
+                     help="What the model is for: how every artifact is scored (default: from --kind and the outputs)."),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -93,11 +140,12 @@ def main(ctx, quiet, verbose):
 @click.pass_context
 @handle_errors
 def build(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, kind, allow_pickle, inputs,
-          dims, opset, exporter):
+          dims, opset, exporter, outputs, calib, evaluation, preprocess, task):
     """Export, compile, check and profile RECIPE (a TOML file); no RECIPE builds the built-in example."""
     from edgeopt.pipeline import build as build_mod
 
-    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
+    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind, calib,
+                         evaluation, preprocess, task, outputs)
     with stdout_guard(json_out):
         m = build_mod.build(r, output, targets, precisions, force=force, reporter=reporter())
     _finish(m, json_out, output)
@@ -132,11 +180,12 @@ def _finish(m: dict, json_out: bool, output) -> None:
 @click.pass_context
 @handle_errors
 def export(ctx, recipe, output, force, json_out, model, checkpoint, kind, allow_pickle, inputs, dims, opset,
-           exporter):
+           exporter, outputs, calib, evaluation, preprocess, task):
     """Export RECIPE's model to OUT/export/model.onnx and check it against PyTorch."""
     from edgeopt.pipeline import api
 
-    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
+    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind, calib,
+                         evaluation, preprocess, task, outputs)
     with stdout_guard(json_out):
         m = api.export(r, output, force=force, reporter=reporter())
     if json_out:
@@ -158,11 +207,12 @@ def export(ctx, recipe, output, force, json_out, model, checkpoint, kind, allow_
 @click.pass_context
 @handle_errors
 def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, kind, allow_pickle,
-                inputs, dims, opset, exporter):
+                inputs, dims, opset, exporter, outputs, calib, evaluation, preprocess, task):
     """Compile RECIPE for targets and precisions (parity-checked, not profiled)."""
     from edgeopt.pipeline import api
 
-    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind)
+    r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind, calib,
+                         evaluation, preprocess, task, outputs)
     with stdout_guard(json_out):
         m = api.compile(r, output, targets, precisions, force=force, reporter=reporter())
     _finish(m, json_out, output)

@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from edgeopt.cli.common import emit_json, handle_errors
+from edgeopt.core.untrusted import printable
 
 
 @click.command(name="bundle")
@@ -41,29 +42,58 @@ def bundle_cmd(out, output, artifacts, folder, sign_key, json_out):
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(exists=True))
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False),
               help="Ed25519 public key: the bundle must carry a valid signature by it.")
+@click.option("--require-signature", is_flag=True, default=None,
+              help="Refuse a bundle without a signature that --public-key verifies (also: EDGEOPT_REQUIRE_SIGNATURE=1).")
 @click.option("-t", "--target", help="Check only this target's (or artifact id's) artifacts.")
 @click.option("--no-self-test", is_flag=True, help="Skip running the reference inputs through the artifacts.")
 @click.option("--json", "json_out", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def verify_cmd(bundle_path, public_key, target, no_self_test, json_out):
+def verify_cmd(bundle_path, public_key, require_signature, target, no_self_test, json_out):
     """Check BUNDLE's files, signature and fit to this device, and run its self-test."""
     from edgeopt.ship.bundle import verify
 
-    rep = verify(bundle_path, public_key=public_key, target=target, self_test=not no_self_test)
+    with signature_warnings():
+        rep = verify(bundle_path, public_key=public_key, target=target, self_test=not no_self_test,
+                     require_signature=require_signature or None)
     if json_out:
         emit_json(rep)
         return
-    click.echo(f"{rep['bundle']}: {rep['model']} ({rep['files_checked']} files intact, signature {rep['signature']})")
+    p = printable  # names, reasons and versions come from the bundle: shown escaped, one line each
+    click.echo(f"{rep['bundle']}: {p(rep['model'])} ({rep['files_checked']} files intact, signature "
+               f"{p(rep['signature'])})")
     for a in rep["artifacts"]:
         if a["runs_here"]:
             st = a["self_test"]
             test = (f"self-test passed: max abs {st['max_abs']:.2e}, cosine {st['cosine']:.6f}, {st['samples']} samples"
                     if st else "self-test skipped")
-            click.echo(f"  ok    {a['id']} ({a['backend']} {a['backend_version'] or ''}): {test}")
+            click.echo(f"  ok    {p(a['id'])} ({p(a['backend'])} {p(a['backend_version'] or '')}): {test}")
         else:
-            click.echo(f"  skip  {a['id']}: not for this device: {a['reason']}")
+            click.echo(f"  skip  {p(a['id'])}: not for this device: {p(a['reason'])}")
         for w in a["warnings"]:
-            click.echo(f"        warning: {w}")
+            click.echo(f"        warning: {p(w)}")
+
+
+def signature_warnings():
+    """A signature present but not checked is said loudly on stderr (not as a Python warning line)."""
+    import contextlib
+    import warnings
+
+    from edgeopt.ship.bundle import SignatureNotCheckedWarning
+
+    @contextlib.contextmanager
+    def catch():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SignatureNotCheckedWarning)
+            try:
+                yield
+            finally:
+                for w in caught:
+                    if issubclass(w.category, SignatureNotCheckedWarning):
+                        click.echo(f"WARNING: signature NOT CHECKED: {printable(w.message)}", err=True)
+                    else:
+                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+    return catch()
 
 
 @click.command(name="run")
@@ -72,15 +102,20 @@ def verify_cmd(bundle_path, public_key, target, no_self_test, json_out):
               help="file.npy (one input), file.npz (keyed by input name) or an image (needs a preprocessing spec).")
 @click.option("-t", "--target", help="Run this target's (or artifact id's) artifact.")
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False), help="Require a valid signature by this key.")
+@click.option("--require-signature", is_flag=True, default=None,
+              help="Refuse a bundle without a signature that --public-key verifies (also: EDGEOPT_REQUIRE_SIGNATURE=1).")
 @click.option("--no-verify", is_flag=True, help="Skip the hash checks and the self-test (extraction stays safe).")
 @click.option("--top", default=5, show_default=True, help="Top classes shown for a (batch, classes) output.")
 @click.option("--json", "json_out", is_flag=True, help="Print the outputs as JSON.")
 @handle_errors
-def run_cmd(bundle_path, input_path, target, public_key, no_verify, top, json_out):
+def run_cmd(bundle_path, input_path, target, public_key, require_signature, no_verify, top, json_out):
     """Run BUNDLE on one input file: a quick check from the shell."""
     from edgeopt.ship.runtime import load
 
-    with load(bundle_path, target=target, verify=not no_verify, public_key=public_key) as model:
+    with signature_warnings():
+        model = load(bundle_path, target=target, verify=not no_verify, public_key=public_key,
+                     require_signature=require_signature or None)
+    with model:
         feed = read_input(Path(input_path), model)
         outs = model.infer(feed)
         res = {"artifact": model.id, "backend": model.backend, "precision": model.precision,
@@ -88,11 +123,12 @@ def run_cmd(bundle_path, input_path, target, public_key, no_verify, top, json_ou
     if json_out:
         emit_json(res)
         return
-    click.echo(f"{res['artifact']} ({res['backend']}, {res['precision']}) on {input_path}:")
+    p = printable  # ids, output names and labels come from the bundle
+    click.echo(f"{p(res['artifact'])} ({p(res['backend'])}, {p(res['precision'])}) on {input_path}:")
     for name, o in res["outputs"].items():
-        click.echo(f"  {name}: {o['dtype']}{o['shape']}")
+        click.echo(f"  {p(name)}: {o['dtype']}{o['shape']}")
         for row in o.get("top") or []:
-            click.echo("    " + ", ".join(f"{c['label'] if c['label'] is not None else c['index']}: {c['score']:.4g}"
+            click.echo("    " + ", ".join(f"{p(c['label']) if c['label'] is not None else c['index']}: {c['score']:.4g}"
                                           for c in row))
         if not o.get("top") and o.get("values") is not None:
             click.echo(f"    {o['values']}")

@@ -19,6 +19,7 @@ class CompressionConfig:
     subset_size: int = 300  # calibration samples NNCF uses at most
     preset: str | None = None  # NNCF preset: performance | mixed (default: by model kind)
     timing_s: float = 0.4  # seconds of quick timing per candidate
+    float_head: str = "auto"  # keep a detector's post-processing in float: auto (detectors) | on | off
 
     def __post_init__(self):
         if self.drop_type not in ("absolute", "relative"):
@@ -29,6 +30,9 @@ class CompressionConfig:
         bad = [c for c in self.candidates if c not in ORT_CANDIDATES]
         if bad:
             raise UserInputError(f"[compression] candidates {bad} are unknown.", f"Use any of {list(ORT_CANDIDATES)}.")
+        if self.float_head not in ("auto", "on", "off"):
+            raise UserInputError(f"[compression] float_head {self.float_head!r} is unknown.",
+                                 'Use "auto" (detectors), "on" or "off".')
         if self.preset not in (None, "performance", "mixed"):
             raise UserInputError(f"[compression] preset {self.preset!r} is unknown.", "Use performance or mixed.")
 

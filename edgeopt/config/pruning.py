@@ -16,6 +16,9 @@ class FinetuneConfig:
     batch_size: int = 64
     freeze_backbone: bool = False  # train only the classifier head
     seed: int = 0
+    # How training images become samples (image folders): a [pruning.finetune.preprocess] table; default the
+    # recipe's own preprocessing ([preprocess], else that of [evaluation] or [calibration]).
+    preprocess: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,9 @@ class PruningConfig:
     ignored: tuple[str, ...] = ()  # module names never pruned (the classifier head is always kept)
     bn_adaptation: bool = True  # re-estimate batch-norm statistics on calibration data after pruning
     finetune: FinetuneConfig | None = None
+    # The accuracy guard, in points of the task metric vs the unpruned model; default [compression] max_drop.
+    # A recovery fine-tune that ends below the pruned model fails the build's artifacts whatever the budget.
+    max_drop: float | None = None
 
     def __post_init__(self):
         if self.method not in ("structured", "unstructured"):
@@ -35,6 +41,9 @@ class PruningConfig:
             raise UserInputError(f"[pruning] ratio {self.ratio} is not between 0 and 1.", "For example ratio = 0.5.")
         if self.macs_target is not None and not 0 < self.macs_target < 1:
             raise UserInputError("[pruning] macs_target must be between 0 and 1.", "For example macs_target = 0.5.")
+        if self.max_drop is not None and not (isinstance(self.max_drop, (int, float)) and self.max_drop >= 0):
+            raise UserInputError(f"[pruning] max_drop {self.max_drop!r} is not a number >= 0.",
+                                 "For example max_drop = 1.0 (points of top-1 vs the unpruned model).")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "PruningConfig | None":
@@ -51,7 +60,15 @@ class PruningConfig:
             bad = sorted(set(ft) - {f.name for f in fields(FinetuneConfig)})
             if bad or "source" not in ft:
                 raise UserInputError(f"[pruning.finetune] has unknown keys {bad} or no source.",
-                                     "Give source (training data with labels), and optionally epochs, lr, freeze_backbone.")
+                                     "Give source (training data with labels), and optionally epochs, lr, "
+                                     "freeze_backbone, preprocess.")
+            if ft.get("preprocess") is not None:
+                from edgeopt.data.dataset import Preprocess
+
+                if not isinstance(ft["preprocess"], dict):
+                    raise UserInputError("[pruning.finetune] preprocess must be a table.",
+                                         "Write [pruning.finetune.preprocess] with resize, mean, std ...")
+                ft["preprocess"] = Preprocess.from_dict(ft["preprocess"], "[pruning.finetune.preprocess]").to_dict()
             data["finetune"] = FinetuneConfig(**ft)
         data["ignored"] = tuple(data.get("ignored", ()))
         return cls(**data)

@@ -7,6 +7,9 @@ source = "model.py:build"          # file.py:factory | package.module:factory | 
 checkpoint = "weights.pt"          # | torchscript.pt | hf:path/to/local/transformers/folder
 kind = "cnn"                       # cnn | transformer | detector | generic (picks compression recipes)
 
+targets = ["ort-cpu", "openvino-cpu"]  # top-level keys go before the first [section] (TOML)
+precisions = ["fp32", "bf16"]
+
 [[inputs]]
 name = "image"
 shape = ["batch", 1, 8, 8]
@@ -17,9 +20,6 @@ range = [0.0, 1.0]                 # values for random samples
 min = 1
 opt = 1
 max = 32
-
-targets = ["ort-cpu", "openvino-cpu"]
-precisions = ["fp32", "bf16"]
 ```
 """
 
@@ -43,6 +43,11 @@ MODEL_KINDS = ("cnn", "transformer", "detector", "generic")
 
 def _reject_unknown(section: str, data: dict, allowed) -> None:
     unknown = sorted(set(data) - set(allowed))
+    misplaced = [k for k in unknown if k in TOP_KEYS and section != "top level"]
+    if misplaced:  # TOML puts every key written after a [section] header into that section
+        raise UserInputError(f"Recipe section [{section}] has keys {misplaced} that belong at the top level.",
+                             f"Move {', '.join(misplaced)} above the first [section] of the recipe (in TOML, a key "
+                             "written after a [section] header belongs to that section).")
     if unknown:
         raise UserInputError(f"Recipe section [{section}] has unknown keys {unknown}.",
                              f"Allowed keys: {', '.join(sorted(allowed))}.")
@@ -110,7 +115,7 @@ class Recipe:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     calibration: object | None = None  # data.DataConfig
     evaluation: object | None = None  # data.DataConfig
-    compression: object = None  # compress.CompressionConfig
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     pruning: object = None  # compress.prune.PruningConfig
     preprocess: object = None  # data.Preprocess: how raw images become the model's input (shipped in bundles)
     select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
@@ -161,10 +166,10 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
                              'Add [[inputs]] name = "input" shape = ["batch", 3, 224, 224] dtype = "float32".')
     dims = {}
     for n, d in data.get("dims", {}).items():
-        _reject_unknown(f"dims.{n}", d, ("min", "opt", "max"))
+        _reject_unknown(f"dims.{n}", d, ("min", "opt", "max", "multiple_of"))
         if "min" not in d or "max" not in d:
             raise UserInputError(f"[dims.{n}] needs min and max.", f"[dims.{n}] min = 1, opt = 1, max = 32")
-        dims[n] = Dim(n, int(d["min"]), int(d.get("opt", d["min"])), int(d["max"]))
+        dims[n] = Dim(n, int(d["min"]), int(d.get("opt", d["min"])), int(d["max"]), d.get("multiple_of", 1))
     for i in data["inputs"]:
         _reject_unknown("inputs", i, ("name", "shape", "dtype", "range"))
     spec = IOSpec(inputs=tuple(tensor_from_dict(i) for i in data["inputs"]), dims=dims,

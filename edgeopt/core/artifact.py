@@ -5,10 +5,10 @@ Opening one needs numpy and its backend only: this is what runs on a device.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edgeopt.errors import IntegrityError, UserInputError
+from edgeopt.core.untrusted import load_json
 
 ARTIFACT_JSON = "artifact.json"
 
@@ -22,9 +22,9 @@ def read_artifact_json(folder: Path) -> dict:
     if not path.is_file():
         raise UserInputError(f"{folder} is not an edgeopt artifact folder (no {ARTIFACT_JSON}).",
                              "Point at OUT/<artifact-id> written by `edgeopt build` or `edgeopt compile`.")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{path} is corrupt: {exc}.", "Rebuild the artifact.") from exc
+    data = load_json(path, str(path), fix="Rebuild the artifact (or get the bundle again from its source).")
+    if not isinstance(data, dict):
+        raise IntegrityError(f"{path} is not a JSON object.", "Rebuild the artifact.")
+    return data
 
 

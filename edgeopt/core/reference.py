@@ -23,6 +23,12 @@ def parity_feeds(spec: IOSpec, samples: int, seed: int, real: list[dict] | None 
     feeds = [spec.random_feed(rng, batch=first) for _ in range(samples)]
     if spec.batch_dim and hi > 1:
         feeds.append(spec.random_feed(rng, batch=min(hi, max(4, spec.dims[spec.batch_dim].opt))))
+    # Other dynamic axes (image height and width, sequence length): one sample at their min and one at their max
+    others = {n: d for n, d in spec.dims.items() if n != spec.batch_dim}
+    for which in ("min", "max"):
+        sizes = {n: getattr(d, which) for n, d in others.items()}
+        if any(v != d.opt for v, d in zip(sizes.values(), others.values())):
+            feeds.append(spec.random_feed(rng, batch=first, sizes=sizes))
     return feeds + list(real or [])
 
 

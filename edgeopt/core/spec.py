@@ -32,12 +32,14 @@ def check_dtype(name: str, where: str) -> str:
 
 @dataclass(frozen=True)
 class Dim:
-    """A named dynamic axis with the range an artifact must support (min <= opt <= max)."""
+    """A named dynamic axis with the range an artifact must support (min <= opt <= max), every size a
+    multiple of ``multiple_of`` (a detector's stride: H and W multiples of 32)."""
 
     name: str
     min: int
     opt: int
     max: int
+    multiple_of: int = 1
 
     def __post_init__(self):
         if not (1 <= self.min <= self.opt <= self.max):
@@ -46,6 +48,18 @@ class Dim:
                 f"min={self.min} opt={self.opt} max={self.max}.",
                 "Fix the range, for example batch = {min = 1, opt = 1, max = 32}.",
             )
+        k = self.multiple_of
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise UserInputError(f"Dynamic axis {self.name!r}: multiple_of = {k!r} is not a positive integer.",
+                                 "For example multiple_of = 32.")
+        bad = [f"{w}={v}" for w, v in (("min", self.min), ("opt", self.opt), ("max", self.max)) if v % k]
+        if bad:
+            raise UserInputError(f"Dynamic axis {self.name!r}: {', '.join(bad)} not a multiple of {k}.",
+                                 f"Use sizes that are multiples of {k}, for example min = {k}, max = {k * 20}.")
+
+    def sizes(self) -> list[int]:
+        """min, opt and max (distinct): the sizes parity samples cover."""
+        return sorted({self.min, self.opt, self.max})
 
 
 @dataclass(frozen=True)
@@ -205,6 +219,10 @@ class IOSpec:
                             f"{where}: input {t.name!r} axis {axis} ({d}) is {n}, outside {dim.min}..{dim.max}.",
                             f"Keep {d} within {dim.min}..{dim.max}, or rebuild with a wider range.",
                         )
+                    if n % dim.multiple_of:
+                        raise UserInputError(
+                            f"{where}: input {t.name!r} axis {axis} ({d}) is {n}, not a multiple of "
+                            f"{dim.multiple_of}.", f"Pad or resize {d} to a multiple of {dim.multiple_of}.")
                     if seen.setdefault(d, n) != n:
                         raise UserInputError(
                             f"{where}: axis {d!r} is {seen[d]} in one input and {n} in {t.name!r}.",
@@ -223,13 +241,16 @@ class IOSpec:
                  **({"range": list(t.range)} if t.range is not None else {})}
                 for t in self.inputs
             ],
-            "dims": {n: {"min": d.min, "opt": d.opt, "max": d.max} for n, d in self.dims.items()},
+            "dims": {n: {"min": d.min, "opt": d.opt, "max": d.max,
+                         **({"multiple_of": d.multiple_of} if d.multiple_of != 1 else {})}
+                     for n, d in self.dims.items()},
             "outputs": list(self.outputs),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "IOSpec":
-        dims = {n: Dim(n, int(d["min"]), int(d.get("opt", d["min"])), int(d["max"])) for n, d in data.get("dims", {}).items()}
+        dims = {n: Dim(n, int(d["min"]), int(d.get("opt", d["min"])), int(d["max"]), int(d.get("multiple_of", 1)))
+                for n, d in data.get("dims", {}).items()}
         inputs = tuple(tensor_from_dict(i) for i in data["inputs"])
         return cls(inputs=inputs, dims=dims, outputs=tuple(data.get("outputs", ())))
 

@@ -121,11 +121,34 @@ def write_device_package(ctx, plan, folder: Path, rec: dict) -> dict:
     lint = pkg.get("lint")
     for w in (lint or {}).get("findings", []):
         reporter.warn(f"{plan.id}: preflight {w['code']}" + (f" [{w['node']}]" if w["node"] else "") + f": {w['message']}")
+    failed = host_check_failure(pkg)
+    if failed is not None:
+        if str(plan.target.options.get("host_check", "fail")) != "warn":
+            reporter.error(f"{plan.id}: {failed}")
+            _remove_package(folder)
+            return {**rec, "status": "failed", "reason": failed, "files": [],
+                    "fix": "Use another precision (or fix the quantization); if the device's TensorRT may do better "
+                           "than ONNX Runtime here, keep the package: host_check = \"warn\" in the target's "
+                           "[options], then build again.",
+                    "host_check": pkg["onnx"]["host_check"]}
+        reporter.warn(f"{plan.id}: {failed}; the package is kept (host_check = \"warn\"): the device's build decides")
     reporter.info(f"{plan.id}: device package {folder} (finish on the device: see {folder.name}/{INSTRUCTIONS})")
     return {**rec, "status": NOT_BUILT, "reason": pkg["reason"], "key": key,
             "files": file_records(folder, Path(ctx.out)),
             "package": {k: pkg.get(k) for k in ("schema", "onnx", "build_plan", "lint", "reference", "instructions")},
             **({"reused": True} if previous is not None else {})}
+
+
+def host_check_failure(pkg: dict) -> str | None:
+    """Why the package's converted ONNX (FP16, INT8 Q/DQ) already misses the reference on ONNX Runtime here, or
+    None (passed, not checked, or ONNX Runtime could not run it: a plugin node, a missing kernel)."""
+    onnx = pkg.get("onnx") or {}
+    check = onnx.get("host_check") or {}
+    if check.get("passed") is not False:
+        return None
+    figures = ", ".join(f"{k} {check[k]:.3g}" for k in ("max_abs", "cosine") if isinstance(check.get(k), (int, float)))
+    return (f"the {onnx.get('form')} ONNX of this package misses the reference outputs on ONNX Runtime here "
+            f"({check.get('reason') or 'outside the tolerance'}" + (f"; {figures}" if figures else "") + ")")
 
 
 class PackageSource:
@@ -615,7 +638,8 @@ def compile_package(package_dir: Path, threads: int | None = None, profile_batch
     from edgeopt.core.targets import Target
 
     reporter = reporter or Reporter()
-    folder = Path(package_dir)
+    # Resolved: `device-compile .` run inside the package would otherwise swap "." itself (EBUSY at the rename).
+    folder = Path(package_dir).resolve()
     pkg = read_package(folder)
     art = read_artifact_json(folder)
     target, spec = Target.from_dict(art["target"]), IOSpec.from_dict(art["spec"])

@@ -592,7 +592,7 @@ def _resolve_packages(path: Path, targets, precisions, tmp: Path) -> tuple[list[
     """[(artifact id, local package folder)] and the folder results go under (OUT, or the package's parent)."""
     from edgeopt.device.package import find_packages, is_package, package_from_out, read_package
 
-    path = Path(path)
+    path = Path(path).resolve()  # "." inside a package: results go beside it, not into it
     if is_package(path):
         pkg = read_package(path)
         if targets or precisions:

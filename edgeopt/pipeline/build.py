@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ class BuildContext:
     eval_reference: object = None  # reference outputs on unlabelled evaluation data
     fp32_metric: dict | None = None  # the exported FP32 model's task metric (the int8 accuracy budget's base)
     int8: bool = False  # some planned artifact is int8
+    pruning_failure: str | None = None  # the pruned model failed its accuracy guard: nothing built from it is ok
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,6 +237,10 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     r = ctx.recipe
     rec = {"id": plan.id, "target": plan.target.name, "backend": plan.target.backend,
            "device": plan.target.device, "precision": plan.precision}
+    if ctx.pruning_failure and plan.status != "skipped":
+        if (ctx.out / plan.id).is_dir():
+            shutil.rmtree(ctx.out / plan.id)  # an earlier run's artifact must not stand beside a failed record
+        return {**rec, "status": "failed", "reason": ctx.pruning_failure, "files": []}
     if plan.status == "not built here":
         from edgeopt.device.package import write_device_package
 
@@ -482,12 +487,18 @@ def stage_prune(ctx: BuildContext, manifest: Manifest) -> None:
     if cfg.finetune is not None:
         from edgeopt.data.dataset import DataConfig, load_dataset
 
-        train = load_dataset(DataConfig.from_dict({"source": cfg.finetune.source, "size": None}, ctx.recipe.base_dir),
+        # Training images get the same preprocessing as the data the model is scored on: a fine-tune on
+        # differently scaled pixels "recovers" on the wrong inputs and destroys the model.
+        pre = cfg.finetune.preprocess or ctx.recipe.shipped_preprocess()
+        train = load_dataset(DataConfig.from_dict({"source": cfg.finetune.source, "size": None,
+                                                   **({"preprocess": pre} if pre else {})},
+                                                  ctx.recipe.base_dir, section="pruning.finetune"),
                              spec, purpose="training")
         ctx.reporter.step(f"Recovery fine-tune: {cfg.finetune.epochs} epochs on {train.count} samples")
         prune.finetune(work, train, spec, cfg.finetune, log=ctx.reporter.info)
         record["accuracy_finetuned"] = acc()
         record["finetune_samples"] = train.count
+        record["finetune_preprocess"] = pre
     if cfg.method == "unstructured":
         model.module = prune.strip_unstructured(work, clean, args)
     macs1, params1 = prune.count(model.module, args)
@@ -498,8 +509,38 @@ def stage_prune(ctx: BuildContext, manifest: Manifest) -> None:
                           "the win is a smaller compressed download.")
     model.sha256 = sha256_json({"model": model.sha256, "pruning": cfg.to_dict(), "state": state_digest(model.module)})
     ctx.reporter.info(_pruning_line(record))
+    record["guard"] = pruning_guard(record, cfg, ctx.recipe.compression)
+    if not record["guard"]["passed"]:
+        ctx.pruning_failure = record["guard"]["reason"]
+        ctx.reporter.error(ctx.pruning_failure)
+    elif record["guard"]["reason"]:
+        ctx.reporter.warn(record["guard"]["reason"])
     record["files"] = save_pruned(ctx)
     manifest.data["pruning"] = record
+
+
+def pruning_guard(record: dict, cfg, compression) -> dict:
+    """Pruning and its fine-tune pass the same task-metric guard as INT8: the final model against the unpruned
+    one within the budget, and a fine-tune never ends below the pruned model it started from."""
+    before, pruned, tuned = (record.get(k) for k in ("accuracy_before", "accuracy_pruned", "accuracy_finetuned"))
+    final = tuned if tuned is not None else pruned
+    if before is None or final is None:
+        return {"passed": True, "reason": "no evaluation data: the pruned model's accuracy is not checked "
+                                          "(add [evaluation])"}
+    budget = replace(compression, max_drop=cfg.max_drop) if cfg.max_drop is not None else compression
+    allowed = budget.allowed_drop(before)
+    out = {"drop_points": round((before - final) * 100, 4), "budget_points": round(allowed * 100, 4),
+           "passed": True, "reason": None}
+    figures = " -> ".join(f"{label} {v * 100:.2f}%" for label, v in
+                          (("original", before), ("pruned", pruned), ("fine-tuned", tuned)) if v is not None)
+    if tuned is not None and tuned < pruned - 1e-12:
+        out.update(passed=False, reason=f"pruning: the recovery fine-tune lost accuracy (top-1 {figures}); check "
+                                        "[pruning.finetune] source, preprocess and lr")
+    elif before - final > allowed + 1e-12:
+        out.update(passed=False, reason=f"pruning: top-1 dropped {(before - final) * 100:.2f} points, over the "
+                                        f"budget of {allowed * 100:.2f} ({figures}); fine-tune longer "
+                                        "(--finetune-epochs), prune less, or raise [pruning] max_drop")
+    return out
 
 
 def _pruning_line(r: dict) -> str:
@@ -613,6 +654,10 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     manifest = Manifest.new(recipe, host_info())
     ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force,
                        int8=any(p.precision == "int8" and p.status in ("planned", "not built here") for p in plans))
+    if ctx.int8 and recipe.calibration is None:
+        raise UserInputError("INT8 needs calibration data, and none is given.",
+                             "Add --calib PATH (an image folder, .npz or .npy; see calibration/README.md) or a "
+                             "[calibration] section to the recipe, or drop -p int8.")
     load_data(ctx, manifest)  # bad targets, data and models fail here, before anything is written
     stage_intake(ctx)
     prepare_output(out, force)

@@ -48,7 +48,7 @@ def failing_operators(text: str) -> list[str]:
 
 def export_sizes(spec: IOSpec) -> dict[str, int]:
     """Sizes for the example inputs: avoid 1 on dynamic axes, which the exporter would specialise."""
-    return {n: min(d.max, max(d.opt, 2)) for n, d in spec.dims.items()}
+    return {n: min(d.max, max(d.opt, 2 * d.multiple_of)) for n, d in spec.dims.items()}
 
 
 def example_args(spec: IOSpec) -> tuple:
@@ -57,7 +57,10 @@ def example_args(spec: IOSpec) -> tuple:
 
 
 def _dynamic_shapes(torch, spec: IOSpec):
-    dims = {n: torch.export.Dim(n, min=d.min, max=d.max) for n, d in spec.dims.items()}
+    dims = {n: torch.export.Dim(n, min=d.min, max=d.max) if d.multiple_of == 1 else
+            d.multiple_of * torch.export.Dim(f"{n}_div_{d.multiple_of}", min=d.min // d.multiple_of,
+                                             max=d.max // d.multiple_of)
+            for n, d in spec.dims.items()}
     # The flat module's forward takes *args: its dynamic shapes are keyed by that parameter's name.
     return {"args": tuple({ax: dims[name] for ax, name in t.dynamic_axes.items()} or None for t in spec.inputs)}
 

@@ -263,6 +263,7 @@ def run_torch(module, feeds: list[dict[str, np.ndarray]], spec: IOSpec) -> list[
 
 def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | None = None) -> LoadedModel:
     """Load, apply the checkpoint, check the input spec against the model, name the outputs."""
+    check_list_batch(cfg, spec)
     p = Path(source)
     if p.suffix == ".onnx":
         if not p.is_file():
@@ -296,6 +297,21 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
     digest = sha256_json({"files": sha256_tree(files) if files else "", "state": state_digest(model)})
     return LoadedModel(name=cfg.name or default_name, source=source, sha256=digest,
                        spec=spec.with_outputs(names), kind=cfg.kind, module=flat, scripted=scripted)
+
+
+def check_list_batch(cfg: ModelConfig, spec: IOSpec) -> None:
+    """A model called with a list of images (``call = "list"``, torchvision's detectors) is traced image by
+    image: the exported graph splits the batch into as many images as the example had, and fails on any
+    other batch size. Refuse a dynamic batch before exporting; a fixed batch (any size) works."""
+    b = spec.batch_dim
+    if cfg.call == "list" and b is not None and spec.dims[b].max > 1:
+        d = spec.dims[b]
+        raise UserInputError(
+            f"[model] call = \"list\" with a dynamic batch ({b} = {d.min}..{d.max}): the exported graph of a "
+            "model that takes a list of images splits the batch into exactly as many images as it was traced "
+            "with, so it would fail at every other batch size.",
+            f"Fix the batch in [[inputs]] shape (for example [1, 3, H, W], or [{d.max}, 3, H, W] for batches of "
+            f"{d.max}) and build one artifact per batch size you need.")
 
 
 def state_digest(model) -> str:

@@ -29,6 +29,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +39,7 @@ from edgeopt import __version__
 from edgeopt.errors import ArtifactLoadError, EdgeoptError, IntegrityError, ParityError, UserInputError
 from edgeopt.core.fsutil import _json_default, sha256_file, staged_dir
 from edgeopt.core.manifest import MANIFEST, load_manifest, validate
+from edgeopt.core.untrusted import check_id, load_json, printable, relpath_problem
 
 BUNDLE_SCHEMA = "edgeopt.bundle/1"
 SIGNATURE = "manifest.sig"
@@ -45,7 +47,15 @@ SUFFIXES = (".edgeopt.tar.gz", ".tar.gz", ".tgz")
 CONTROL_FILES = (MANIFEST, SIGNATURE)  # in the bundle but not in its file list
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+REQUIRE_ENV = "EDGEOPT_REQUIRE_SIGNATURE"
+UNCHECKED_WARNING = ("the bundle carries a signature but no public key was given, so it was not checked: a "
+                     "changed or re-signed bundle is accepted. Pass --public-key KEY.pub (and --require-signature "
+                     "or EDGEOPT_REQUIRE_SIGNATURE=1 to refuse unsigned bundles).")
 GET_AGAIN = "Do not use this copy: get the bundle again from its source and compare its sha256 with the sender's."
+
+
+class SignatureNotCheckedWarning(UserWarning):
+    """A bundle carries a signature that was not checked (no public key given)."""
 
 
 class IncompatibleError(EdgeoptError):
@@ -181,12 +191,14 @@ def _restore_copies(stage: Path, limits: "Limits") -> None:
     """After extraction: make each file the manifest lists as ``stored_as`` another, from that one (a hard
     link, or a copy where the file system has none). Untrusted until the checks that follow: paths are
     confined to the bundle, a copy never replaces a file, and every file's sha256 is checked afterwards."""
+    from edgeopt.core.untrusted import load_json
+
     top = stage  # safe_extract leaves the bundle's top folder's contents here
-    if not (top / MANIFEST).is_file() or (top / MANIFEST).stat().st_size > limits.max_member_bytes:
+    if not (top / MANIFEST).is_file():
         return
     try:
-        files = json.loads((top / MANIFEST).read_bytes())["bundle"]["files"]
-    except (ValueError, KeyError, TypeError):
+        files = load_json(top / MANIFEST, f"the {MANIFEST} of the bundle")["bundle"]["files"]
+    except (KeyError, TypeError):
         return  # the checks on opening report a broken manifest
     if not isinstance(files, list):
         return
@@ -329,19 +341,9 @@ def _write_folder(dest: Path, entries: list[_Entry]) -> None:
 
 def safe_relpath(name: str, where: str) -> str:
     """``name`` as a relative POSIX path that stays inside its folder, or :class:`IntegrityError`."""
-    bad = None
-    if not isinstance(name, str) or not name:
-        bad = "an empty path"
-    elif "\x00" in name:
-        bad = "a NUL byte in the path"
-    elif "\\" in name:
-        bad = "a backslash in the path"
-    elif name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        bad = "an absolute path"
-    elif ".." in PurePosixPath(name).parts:
-        bad = "a '..' component that leads out of the folder"
+    bad = relpath_problem(name)
     if bad:
-        raise IntegrityError(f"Refused {where} entry {name!r}: {bad}.",
+        raise IntegrityError(f"Refused {where} entry {printable(name, 200)!r}: {bad}.",
                              "`edgeopt bundle` writes only relative paths inside one folder: this was not made by it "
                              "or was altered. " + GET_AGAIN)
     return PurePosixPath(name).as_posix()
@@ -499,6 +501,7 @@ class Bundle:
     manifest: dict
     kind: str  # "archive" | "bundle folder" | "OUT folder"
     signature: str = "not signed"
+    signature_state: str = "unsigned"  # "valid" | "unchecked" (present, no key given) | "unsigned"
     files_checked: int = 0
     archive_sha256: str | None = None
     _refs: tuple | None = field(default=None, repr=False)
@@ -512,7 +515,7 @@ class Bundle:
         return self.manifest["artifacts"]
 
     def artifact_dir(self, artifact_id: str) -> Path:
-        return self.root / artifact_id
+        return self.root / check_id(artifact_id, "artifact id", GET_AGAIN)
 
     def artifact_json(self, artifact_id: str) -> dict:
         from edgeopt.core.artifact import read_artifact_json
@@ -533,37 +536,61 @@ class Bundle:
         return self._refs
 
 
+def signature_required(require: bool | None = None) -> bool:
+    """``require`` when given, else the environment: EDGEOPT_REQUIRE_SIGNATURE=1 (true, yes, on) makes every
+    bundle need a valid signature; 0 (false, no, off) or unset does not."""
+    if require is not None:
+        return bool(require)
+    raw = os.environ.get(REQUIRE_ENV, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise UserInputError(f"{REQUIRE_ENV}={printable(raw, 40)!r} is not a yes/no value.",
+                         f"Set {REQUIRE_ENV}=1 to require signed bundles, or unset it.")
+
+
 def open_bundle(path: str | Path, public_key=None, check: bool = True, limits: Limits = Limits(),
-                cache_dir: str | Path | None = None) -> Bundle:
+                cache_dir: str | Path | None = None, require_signature: bool | None = None) -> Bundle:
     """Open a ``.edgeopt.tar.gz`` (safely extracted into the cache), a bundle folder or an OUT folder.
 
     With ``check``: manifest schema, the signature when ``public_key`` is given, every file's size and
     sha256, no unlisted files or links, and that the manifest, the artifact folders and the reference
-    data belong together. Raises :class:`IntegrityError` naming what is wrong."""
+    data belong together. Raises :class:`IntegrityError` naming what is wrong.
+
+    ``require_signature`` (default: EDGEOPT_REQUIRE_SIGNATURE): refuse anything without a signature that
+    ``public_key`` verifies (unsigned bundles, OUT folders, or no key to check with). Without it, a
+    signature that is present but not checked (no key given) is recorded as such and warned about."""
+    required = signature_required(require_signature)
+    if required and public_key is None:
+        raise UserInputError("A valid signature is required (--require-signature or EDGEOPT_REQUIRE_SIGNATURE), "
+                             "but no public key was given to check it with.",
+                             "Pass the signer's public key: --public-key KEY.pub (Python: public_key=...).")
+    check = check or required  # a signature vouches for the files only through their checked hashes
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"{path} does not exist.",
                              "Give a NAME.edgeopt.tar.gz, a bundle folder or an OUT folder from `edgeopt build`.")
     if path.is_dir():
-        return _open_root(path, path, None, public_key, check)
-    root, reused, digest = extract_cached(path, limits, cache_dir)
-    try:
-        b = _open_root(path, root, "archive", public_key, check)
-    except IntegrityError:
-        if not reused:
-            raise
-        root, _, digest = extract_cached(path, limits, cache_dir, fresh=True)  # a damaged cached copy: start over
-        b = _open_root(path, root, "archive", public_key, check)
-    b.archive_sha256 = digest
+        b = _open_root(path, path, None, public_key, check, required)
+    else:
+        root, reused, digest = extract_cached(path, limits, cache_dir)
+        try:
+            b = _open_root(path, root, "archive", public_key, check, required)
+        except IntegrityError:
+            if not reused:
+                raise
+            root, _, digest = extract_cached(path, limits, cache_dir, fresh=True)  # a damaged cached copy: start over
+            b = _open_root(path, root, "archive", public_key, check, required)
+        b.archive_sha256 = digest
+    if b.signature_state == "unchecked":
+        warnings.warn(f"{b.source}: {UNCHECKED_WARNING}", SignatureNotCheckedWarning, stacklevel=2)
     return b
 
 
-def _open_root(source: Path, root: Path, kind: str | None, public_key, check: bool) -> Bundle:
+def _open_root(source: Path, root: Path, kind: str | None, public_key, check: bool, required: bool = False) -> Bundle:
     raw = _read_manifest_bytes(source, root)
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"The manifest of {source} is not valid JSON: {exc}.", GET_AGAIN) from None
+    data = load_json(raw, f"The manifest of {source}", fix=GET_AGAIN)
     if not isinstance(data, dict):
         raise IntegrityError(f"The manifest of {source} is not a JSON object.", GET_AGAIN)
     if kind is None:
@@ -572,7 +599,7 @@ def _open_root(source: Path, root: Path, kind: str | None, public_key, check: bo
         raise IntegrityError(f"{source} holds a manifest without a 'bundle' section: not an edgeopt bundle.",
                              "Make bundles with `edgeopt bundle OUT -o NAME.edgeopt.tar.gz`.")
     b = Bundle(source=source, root=root, manifest=data, kind=kind)
-    b.signature = _check_signature(b, raw, public_key)
+    b.signature_state, b.signature = _check_signature(b, raw, public_key, required)
     try:
         _check_schema(b)
         if check:
@@ -589,22 +616,33 @@ def _read_manifest_bytes(source: Path, root: Path) -> bytes:
     if path.is_symlink() or not path.is_file():
         raise IntegrityError(f"{source} holds no {MANIFEST}: it is not an edgeopt bundle or OUT folder.",
                              "Make bundles with `edgeopt bundle OUT -o NAME.edgeopt.tar.gz`.")
+    from edgeopt.core.untrusted import MAX_JSON_BYTES
+
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise IntegrityError(f"The {MANIFEST} of {source} is over the limit of {MAX_JSON_BYTES} bytes.", GET_AGAIN)
     return path.read_bytes()
 
 
-def _check_signature(b: Bundle, raw: bytes, public_key) -> str:
+def _check_signature(b: Bundle, raw: bytes, public_key, required: bool) -> tuple[str, str]:
+    """(state, description): state is "valid", "unchecked" (present, no key given) or "unsigned"."""
     from edgeopt.ship.keys import check_signature, parse_signature_record
 
     sig = b.root / SIGNATURE
     present = b.kind != "OUT folder" and sig.is_file() and not sig.is_symlink()
     if public_key is None:
-        return "present, not checked (no public key given)" if present else "not signed"
+        return ("unchecked", "present, NOT CHECKED (no public key given)") if present else (
+            "unsigned", "not signed")
     if not present:
-        raise IntegrityError(f"{b.source} is not signed, and a public key was given to check its signature.",
-                             "Ask for a signed bundle (`edgeopt bundle OUT -o NAME --sign-key KEY`), or leave out "
-                             "--public-key to accept an unsigned one.")
+        what = "an OUT folder, which is never signed" if b.kind == "OUT folder" else "not signed"
+        raise IntegrityError(f"{b.source} is {what}, and a "
+                             + ("valid signature is required." if required else
+                                "public key was given to check its signature."),
+                             "Ask for a signed bundle (`edgeopt bundle OUT -o NAME --sign-key KEY`)"
+                             + ("." if required else ", or leave out --public-key to accept an unsigned one."))
+    if sig.stat().st_size > 64 << 10:
+        raise IntegrityError(f"{b.source}: {SIGNATURE} is too large to be a signature record.", GET_AGAIN)
     rec = parse_signature_record(sig.read_bytes(), SIGNATURE)
-    return f"valid (Ed25519 key {check_signature(raw, rec, public_key)})"
+    return "valid", f"valid (Ed25519 key {check_signature(raw, rec, public_key)})"
 
 
 def _check_schema(b: Bundle) -> None:
@@ -624,7 +662,7 @@ def _check_schema(b: Bundle) -> None:
     files = sec.get("files")
     if not isinstance(files, list) or not all(_file_record_ok(f) for f in files):
         raise IntegrityError(f"{b.source}: the manifest's bundle.files is malformed.", GET_AGAIN)
-    ids = [a["id"] for a in data["artifacts"]]
+    ids = [check_id(a["id"], "artifact id", GET_AGAIN) for a in data["artifacts"]]
     if sec.get("artifacts") != ids or not ids:
         raise IntegrityError(f"{b.source}: bundle.artifacts {sec.get('artifacts')} does not list the manifest's "
                              f"artifacts {ids}.", GET_AGAIN)
@@ -679,10 +717,10 @@ def _check_no_extras(b: Bundle, listed: set[str]) -> None:
             path = Path(dirpath) / name
             rel = path.relative_to(b.root).as_posix()
             if path.is_symlink():
-                raise IntegrityError(f"Bundle entry {rel} is a symbolic link; bundles hold plain files only.",
-                                     GET_AGAIN)
+                raise IntegrityError(f"Bundle entry {printable(rel, 200)} is a symbolic link; bundles hold plain "
+                                     "files only.", GET_AGAIN)
             if name in filenames and rel not in listed and rel not in CONTROL_FILES:
-                raise IntegrityError(f"Bundle file {rel} is not listed in the manifest: the bundle was changed "
+                raise IntegrityError(f"Bundle file {printable(rel, 200)} is not listed in the manifest: the bundle was changed "
                                      "or mixed with another one.", GET_AGAIN)
 
 
@@ -939,7 +977,8 @@ def refuse_incompatible(b: Bundle, why: list[tuple[str, str | None, str | None]]
 
 
 def verify(bundle_path: str | Path, public_key=None, target: str | None = None, *, self_test: bool = True,
-           limits: Limits = Limits(), cache_dir: str | Path | None = None) -> dict:
+           limits: Limits = Limits(), cache_dir: str | Path | None = None,
+           require_signature: bool | None = None) -> dict:
     """Check a bundle (or bundle/OUT folder) on this device and return a report.
 
     Refuses (raises) on: unsafe archive members, a manifest that is not an edgeopt manifest, a file whose
@@ -947,7 +986,8 @@ def verify(bundle_path: str | Path, public_key=None, target: str | None = None, 
     artifact (of ``target``) that can load here, or a self-test whose outputs differ from the reference.
     Artifacts for other devices are listed with why they cannot run here and what to rebuild.
     """
-    b = open_bundle(bundle_path, public_key=public_key, check=True, limits=limits, cache_dir=cache_dir)
+    b = open_bundle(bundle_path, public_key=public_key, check=True, limits=limits, cache_dir=cache_dir,
+                    require_signature=require_signature)
     rows = [_verify_one(b, rec, self_test) for rec in select_records(b, target)]
     if not any(r["runs_here"] for r in rows):
         raise refuse_incompatible(b, [(r["id"], r["reason"], r["fix"]) for r in rows])
@@ -987,6 +1027,8 @@ def report(b: Bundle, rows: list[dict]) -> dict:
         "built_with": b.manifest.get("edgeopt_version"),
         "files_checked": b.files_checked,
         "signature": b.signature,
+        "signature_state": b.signature_state,
+        "signature_checked": b.signature_state == "valid",
         "artifacts": rows,
         "runs_here": [r["id"] for r in rows if r["runs_here"]],
     }
@@ -1011,6 +1053,6 @@ def bundle_summary(path: str | Path) -> dict:
             "artifacts": (data or {}).get("bundle", {}).get("artifacts", []), "signed": signed}
 
 
-__all__ = ["BUNDLE_SCHEMA", "Bundle", "Compatibility", "IncompatibleError", "Limits", "bundle", "check_compatibility",
-           "extract_cached", "open_bundle", "open_runner", "run_self_test", "safe_extract", "select_records", 
-           "verify"]
+__all__ = ["BUNDLE_SCHEMA", "Bundle", "Compatibility", "IncompatibleError", "Limits", "SignatureNotCheckedWarning",
+           "bundle", "check_compatibility", "extract_cached", "open_bundle", "open_runner", "run_self_test",
+           "safe_extract", "select_records", "signature_required", "verify"]

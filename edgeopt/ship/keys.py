@@ -149,8 +149,11 @@ def signature_record_bytes(record: dict) -> bytes:
 
 
 def parse_signature_record(data: bytes, where: str) -> dict:
+    from edgeopt.core.untrusted import load_json
+
+    rec = load_json(data, where, max_bytes=64 << 10, max_depth=4,
+                    fix="Get the bundle again from its source, or sign it again with `edgeopt bundle --sign-key`.")
     try:
-        rec = json.loads(data)
         if rec.get("algorithm") != ALGORITHM or not isinstance(rec.get("signature"), str):
             raise ValueError(f"algorithm {rec.get('algorithm')!r}")
         base64.b64decode(rec["signature"], validate=True)

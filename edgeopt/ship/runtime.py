@@ -15,6 +15,7 @@ from edgeopt.ship.bundle import (
     Bundle,
     IncompatibleError,
     Limits,
+    SignatureNotCheckedWarning,
     check_compatibility,
     open_bundle,
     open_runner,
@@ -40,7 +41,8 @@ def candidates(b: Bundle, target: str | None = None) -> list[dict]:
 
 
 def load(bundle_or_folder: str | Path, target: str | None = None, verify: bool = True, *, public_key=None,
-         threads: int | None = None, cache_dir: str | Path | None = None, limits: Limits = Limits()) -> "Model":
+         threads: int | None = None, cache_dir: str | Path | None = None, limits: Limits = Limits(),
+         require_signature: bool | None = None) -> "Model":
     """Open a bundle (``.edgeopt.tar.gz``, bundle folder or OUT folder), pick the artifact for this device
     (or ``target``), and return a ready :class:`Model`.
 
@@ -48,9 +50,15 @@ def load(bundle_or_folder: str | Path, target: str | None = None, verify: bool =
     device is present and which loads here. With ``verify`` (the default): every file's sha256, the
     manifest's consistency, the signature when ``public_key`` is given, and the self-test (the reference
     inputs through the chosen artifact must give the reference outputs within the tolerance of its
-    precision). An archive is always extracted safely.
+    precision). An archive is always extracted safely, and what the bundle says is checked before it is
+    used (file names inside their folders, runtime settings from an allow-list).
+
+    ``require_signature`` (default: the environment variable EDGEOPT_REQUIRE_SIGNATURE): refuse a bundle
+    without a signature that ``public_key`` verifies. A signature present but not checked (no key given)
+    raises a :class:`SignatureNotCheckedWarning` and is recorded in ``model.verification["signature"]``.
     """
-    b = open_bundle(bundle_or_folder, public_key=public_key, check=verify, limits=limits, cache_dir=cache_dir)
+    b = open_bundle(bundle_or_folder, public_key=public_key, check=verify, limits=limits, cache_dir=cache_dir,
+                    require_signature=require_signature)
     tried = []
     for rec in candidates(b, target):
         c = check_compatibility(b, rec)
@@ -63,10 +71,10 @@ def load(bundle_or_folder: str | Path, target: str | None = None, verify: bool =
             tried.append((rec["id"], exc.problem, exc.fix))
             continue
         try:
-            verification = None
+            verification = {"files_checked": b.files_checked, "signature": b.signature,
+                            "signature_state": b.signature_state, "self_test": None, "warnings": list(c.warnings)}
             if verify:
-                verification = {"files_checked": b.files_checked, "signature": b.signature,
-                                "self_test": run_self_test(b, rec, runner=runner), "warnings": list(c.warnings)}
+                verification["self_test"] = run_self_test(b, rec, runner=runner)
         except BaseException:
             runner.close()
             raise
@@ -191,4 +199,4 @@ class Model:
         return f"<edgeopt.Model {self.name} artifact={self.id} backend={self.backend} {state}>"
 
 
-__all__ = ["IncompatibleError", "Model", "batch1_median_ms", "candidates", "load"]
+__all__ = ["IncompatibleError", "Model", "SignatureNotCheckedWarning", "batch1_median_ms", "candidates", "load"]

@@ -95,3 +95,95 @@ def hardswish_se():
                 mod.momentum = None
         m(torch.rand(16, 3, 32, 32))
     return m.eval()
+
+
+def yolo_head(classes: int = 3):
+    """A tiny YOLO-like detector at 640x640: conv features, then a raw head [B, 4 + C, N] that concatenates
+    boxes in input pixels (cx, cy, w, h in 0..640) with sigmoid class scores (0..1), as Ultralytics' eval
+    output does. One u8 per-tensor scale over that concatenation rounds every score to 0."""
+    import torch
+
+    nn = torch.nn
+
+    class TinyYolo(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(  # 640 -> 20 x 20 cells, stride 32
+                nn.Conv2d(3, 8, 4, stride=4), nn.BatchNorm2d(8), nn.ReLU(),
+                nn.Conv2d(8, 16, 4, stride=4), nn.BatchNorm2d(16), nn.ReLU(),
+                nn.Conv2d(16, 32, 2, stride=2), nn.BatchNorm2d(32), nn.ReLU())
+            self.box = nn.Conv2d(32, 4, 1)
+            self.cls = nn.Conv2d(32, classes, 1)
+            gy, gx = torch.meshgrid(torch.arange(20.0), torch.arange(20.0), indexing="ij")
+            self.register_buffer("grid", torch.stack([gx, gy]).reshape(1, 2, 400))
+
+        def forward(self, images):
+            f = self.features(images)
+            b = self.box(f).flatten(2).sigmoid()  # [B, 4, N]
+            xy = (self.grid + b[:, :2] * 2 - 0.5) * 32.0
+            wh = (b[:, 2:] * 2) ** 2 * 24.0  # up to 96 px
+            scores = self.cls(f).flatten(2).sigmoid()
+            return torch.cat([xy, wh, scores], 1)
+
+    torch.manual_seed(0)
+    m = TinyYolo()
+    images = torch.from_numpy(rect_images(8, seed=99))
+    with torch.no_grad():  # batch-norm statistics from object-like images: features that vary
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.momentum = None
+        m.features(images)
+        m.eval()
+        # class logits spread to mean -4, std 1.5: a few confident cells per image
+        z = m.cls(m.features(images)).transpose(0, 1).reshape(classes, -1)
+        mu, sd = z.mean(1), z.std(1)
+        m.cls.weight.mul_((1.5 / sd).reshape(-1, 1, 1, 1))
+        m.cls.bias.copy_((m.cls.bias - mu) * 1.5 / sd - 4)
+    return m
+
+
+def rect_images(n: int, size: int = 640, seed: int = 0):
+    """``n`` images [n, 3, size, size] in 0..1: a dark background with 1..4 bright rectangles (objects)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 0.1, (n, 3, size, size)).astype(np.float32)
+    for i in range(n):
+        for _ in range(rng.integers(1, 5)):
+            h, w = rng.integers(size // 10, size // 3, 2)
+            y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
+            x[i, :, y0:y0 + h, x0:x0 + w] = rng.uniform(0.3, 1.0, (3, 1, 1))
+    return x
+
+
+def frcnn():
+    """Faster R-CNN MobileNetV3-Large-320-FPN with random weights (batch-norm statistics calibrated on
+    object-like images, as ssdlite), 5 classes, at most 10 detections per image."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    m = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=5, box_score_thresh=0.2, box_detections_per_img=10,
+        min_size=320, max_size=320)
+    with torch.no_grad():
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.momentum = None
+        m.backbone(torch.from_numpy(rect_images(4, 320, seed=98)))
+        m.eval()
+        # Random heads give logits and box deltas in the hundreds: saturated scores and boxes clipped to the
+        # border, all ties. Scale each prediction layer to a moderate spread (std: scores 1.5, deltas 0.3).
+        layers = {m.roi_heads.box_predictor.cls_score: 1.5, m.roi_heads.box_predictor.bbox_pred: 0.3,
+                  m.rpn.head.cls_logits: 1.5, m.rpn.head.bbox_pred: 0.3}
+        seen = {}
+        hooks = [layer.register_forward_hook(lambda mod, i, o: seen.setdefault(mod, o.std().item()) and None)
+                 for layer in layers]
+        m(list(torch.from_numpy(rect_images(2, 320, seed=97))))
+        for h in hooks:
+            h.remove()
+        for layer, want in layers.items():
+            layer.weight.mul_(want / seen[layer])
+            layer.bias.mul_(want / seen[layer])
+    return m

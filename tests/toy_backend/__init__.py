@@ -39,7 +39,9 @@ class ToyBackend(Backend):
         return {"model_file": MODEL_FILE, "evaluator": "onnx.reference"}
 
     def open(self, artifact_dir: Path, meta: dict, spec: IOSpec, target: Target, threads: int | None = None) -> Runner:
-        return ToyRunner(Path(artifact_dir) / meta["model_file"], spec)
+        from edgeopt.core.untrusted import confined
+
+        return ToyRunner(confined(Path(artifact_dir), meta["model_file"], "toy model file"), spec)
 
 
 BACKEND = ToyBackend()

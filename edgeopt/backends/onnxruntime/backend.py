@@ -11,7 +11,12 @@ from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 
-from edgeopt.backends.onnxruntime.runner import MODEL_FILE, OrtRunner, session_options
+from edgeopt.backends.onnxruntime.runner import LEVELS, MODEL_FILE, OrtRunner, session_options
+from edgeopt.core.untrusted import check_settings, confined, int_in, one_of
+
+# The session settings an artifact may carry (no path: optimized_model_filepath, profiling and the like).
+RUNTIME_SETTINGS = {"graph_optimization_level": one_of(*LEVELS), "intra_op_threads": int_in(0, 4096),
+                    "inter_op_threads": int_in(0, 4096)}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -64,10 +69,15 @@ class OnnxRuntimeBackend(Backend):
 
     def open(self, artifact_dir: Path, meta: dict, spec: IOSpec, target: Target, threads: int | None = None) -> Runner:
         self.require()
-        options = {**target.options, **meta.get("runtime_options", {})}
+        # artifact.json is untrusted (it may come from a bundle): session settings from an allow-list (the
+        # target's other options are build-time ones and are not used here), the model inside the folder.
+        chosen = {k: v for k, v in (target.options or {}).items() if k in RUNTIME_SETTINGS}
+        options = check_settings(chosen, RUNTIME_SETTINGS, "ONNX Runtime target option")
+        options.update(check_settings(meta.get("runtime_options"), RUNTIME_SETTINGS, "ONNX Runtime runtime option"))
         if threads:
             options["intra_op_threads"] = threads
-        return OrtRunner(Path(artifact_dir) / meta.get("model_file", MODEL_FILE), spec, options)
+        model = confined(Path(artifact_dir), meta.get("model_file", MODEL_FILE), "ONNX Runtime model file")
+        return OrtRunner(model, spec, options)
 
 
 NOISE = 0.05  # load-time levels closer than this are a tie, won by the target's own level

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgeopt.errors import CompileError
 from edgeopt.core.fsutil import sha256_file, working_dir
-from edgeopt.compress import INT8_RECIPES_VERSION
+from edgeopt.compress import INT8_RECIPES_VERSION, head
 from edgeopt.compress.cache import calibration_key, lookup, store
 from edgeopt.compress.common import (
     FeedReader,
@@ -57,23 +57,30 @@ def _preprocess(src: Path, work: Path) -> Path:
         return src
 
 
-def _ort_static(src, dst, feeds, activation: str, symmetric: bool):
+def _ort_static(src, dst, feeds, activation: str, symmetric: bool, exclude=()):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantize_static(str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=list(exclude),
                     extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
 
 
-def _ort_dynamic(src, dst):
+def _ort_dynamic(src, dst, exclude=()):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
-                     op_types_to_quantize=["MatMul", "Gemm", "Attention", "LSTM", "GRU"])
+                     op_types_to_quantize=["MatMul", "Gemm", "Attention", "LSTM", "GRU"],
+                     nodes_to_exclude=list(exclude))
 
 
-def _nncf_qdq(src, dst, feeds, req, cfg, accuracy_control=False):
+def _float_head(req, src) -> list[str]:
+    """The nodes of a detector's post-processing in ``src``, left in float by every recipe (compress/head.py)."""
+    return head.onnx_float_head_of(src) if head.wanted(req) else []
+
+
+def _nncf_qdq(src, dst, feeds, req, cfg, accuracy_control=False, exclude=()):
     import onnx
 
     nncf = nncf_module()
@@ -83,6 +90,8 @@ def _nncf_qdq(src, dst, feeds, req, cfg, accuracy_control=False):
     calib = nncf.Dataset(feeds)
     kw = dict(preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=min(cfg.subset_size, len(feeds)),
               model_type=nncf_model_type(nncf, req.model_kind))
+    if exclude:
+        kw["ignored_scope"] = nncf.IgnoredScope(names=list(exclude), validate=False)
     if accuracy_control:
         q = nncf.quantize_with_accuracy_control(
             model, calib, nncf.Dataset(list(req.evaluation.batches(1)), lambda item: item[0]), _onnx_validate(req),
@@ -121,17 +130,33 @@ def _runner(path: Path, req):
 
 def _measure(paths: dict[str, Path], req, cfg, feed1) -> dict[str, dict]:
     """Every candidate of ``paths`` (and "fp32", the unquantized model) timed together in interleaved rounds,
-    then scored by the guard. Returns name -> result (fp32: its timing only)."""
-    runners = {}
+    then scored by the guard. Returns name -> result (fp32: its timing only). A candidate ONNX Runtime cannot
+    load, run or score fails alone: its result says why."""
+    runners, results = {}, {}
+
+    def failed(name, exc):
+        why = f"running it failed: {type(exc).__name__}: {str(exc)[:200]}"
+        results[name] = {"candidate": name, "error": why, "within_budget": False, "why": why}
+
     try:
-        for name, path in {"fp32": req.onnx_path, **paths}.items():
-            runners[name] = _runner(path, req)
-        timed = race({n: r.timed_call(feed1) for n, r in runners.items()}, cfg.timing_s, baseline="fp32")
-        results = {}
-        for name, runner in runners.items():
-            results[name] = {"candidate": name, **timed[name]}
-            if name != "fp32":
-                results[name].update(score(lambda feed, r=runner: r.infer(feed, check=False), req))
+        runners["fp32"] = _runner(req.onnx_path, req)
+        calls = {"fp32": runners["fp32"].timed_call(feed1)}
+        for name, path in paths.items():
+            try:
+                runners[name] = _runner(path, req)
+                calls[name] = runners[name].timed_call(feed1)
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own types
+                failed(name, exc)
+        timed = race(calls, cfg.timing_s, baseline="fp32")
+        for name in calls:
+            if name == "fp32":
+                results[name] = {"candidate": name, **timed[name]}
+                continue
+            try:
+                results[name] = {"candidate": name, **timed[name],
+                                 **score(lambda feed, r=runners[name]: r.infer(feed, check=False), req)}
+            except Exception as exc:  # noqa: BLE001 - scoring runs the model on real data
+                failed(name, exc)
         return results
     finally:
         for r in runners.values():
@@ -160,6 +185,10 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
         fp32 = measured.pop("fp32")
         for name, r in measured.items():
             r.update(notes_of[name])
+            if "error" in r:
+                req.log(f"int8 candidate {name}: {r['error']}")
+                results.append(r)
+                continue
             req.log(f"int8 candidate {name}: {r['latency_ms_b1']:.3f} ms at batch 1 (fp32 {fp32['latency_ms_b1']:.3f}; "
                     f"{vs_text(r)}), " + _fig(r) + ("" if r["within_budget"] else f" -- over budget: {r['why']}"))
             results.append(r)
@@ -170,7 +199,8 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
             req.log("no int8 candidate meets the budget: NNCF accuracy control keeps the most sensitive layers in float")
             path = work / "nncf-qdq-ac.onnx"
             try:
-                _nncf_qdq(_preprocess(req.onnx_path, work), path, feeds, req, cfg, accuracy_control=True)
+                src = _preprocess(req.onnx_path, work)
+                _nncf_qdq(src, path, feeds, req, cfg, accuracy_control=True, exclude=_float_head(req, src))
                 r = _measure({"nncf-qdq-ac": path}, req, cfg, feed1)["nncf-qdq-ac"]
                 r["float_layers"] = float_layers(path)
                 r["calibration_cache"] = "off"
@@ -223,6 +253,9 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
     params = {"subset": len(feeds), "kind": req.model_kind, "preset": cfg.preset}
     if fused:
         params["rewrites"] = INT8_RECIPES_VERSION
+    float_head = head.wanted(req)
+    if float_head:
+        params["float_head"] = head.VERSION
     key = calibration_key(onnx_sha, getattr(req.calibration, "sha256", None), name, params)
     hit = lookup(key)
     if hit is not None:
@@ -237,17 +270,20 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
             src, notes["rewrites"] = _prepared(src, work)
             if not any(notes["rewrites"].values()):
                 return None, "skipped: nothing in this graph for its rewrites to change", {}
+        exclude = _float_head(req, src)
+        if float_head:
+            notes["float_head"] = head.summary(exclude)
         with contextlib.redirect_stdout(None), quiet_logging():
             if name in ("ort-qdq-u8s8", "ort-qdq-u8s8-fused"):
-                _ort_static(src, dst, feeds, "u8", symmetric=False)
+                _ort_static(src, dst, feeds, "u8", symmetric=False, exclude=exclude)
                 if fused:
                     _int8_hard_swish(dst, notes["rewrites"])
             elif name == "ort-qdq-s8s8":
-                _ort_static(src, dst, feeds, "s8", symmetric=True)
+                _ort_static(src, dst, feeds, "s8", symmetric=True, exclude=exclude)
             elif name == "ort-dynamic":
-                _ort_dynamic(src, dst)
+                _ort_dynamic(src, dst, exclude)
             elif name == "nncf-qdq":
-                _nncf_qdq(src, dst, feeds, req, cfg)
+                _nncf_qdq(src, dst, feeds, req, cfg, exclude=exclude)
     except Exception as exc:  # noqa: BLE001 - one failing recipe does not stop the others
         return None, f"quantization failed: {type(exc).__name__}: {str(exc)[:200]}", {}
     (work / f"{name}.notes.json").write_text(json.dumps(notes))

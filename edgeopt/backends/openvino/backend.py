@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeopt.errors import CompileError
+import re
+
+from edgeopt.errors import CompileError, IntegrityError
+from edgeopt.core.untrusted import check_settings, confined, int_in, one_of, printable
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 
 from edgeopt.backends.openvino.runner import IR_FILE, OvRunner, device_capabilities, ov_core, runtime_config
+
+
+# What an artifact's runtime_config may hold: the settings runtime_config() writes, nothing that names a path.
+RUNTIME_SETTINGS = {
+    "PERFORMANCE_HINT": one_of("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"),
+    "INFERENCE_PRECISION_HINT": one_of("f32", "bf16", "f16"),
+    "INFERENCE_NUM_THREADS": int_in(0, 4096),
+    "NUM_STREAMS": int_in(0, 4096),
+}
+_DEVICE_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[0-9]+)?$")
 
 
 class OpenVinoBackend(Backend):
@@ -68,10 +81,16 @@ class OpenVinoBackend(Backend):
 
     def open(self, artifact_dir: Path, meta: dict, spec: IOSpec, target: Target, threads: int | None = None) -> Runner:
         self.require()
-        config = dict(meta.get("runtime_config", {}))
+        # artifact.json is untrusted (it may come from a bundle): settings from an allow-list, no paths
+        # (CACHE_DIR and the like), the model file inside the artifact folder.
+        config = check_settings(meta.get("runtime_config"), RUNTIME_SETTINGS, "OpenVINO runtime setting")
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        return OvRunner(Path(artifact_dir) / meta.get("model_file", IR_FILE), spec, target.device, config)
+        xml = confined(Path(artifact_dir), meta.get("model_file", IR_FILE), "OpenVINO model file")
+        if not _DEVICE_RE.match(str(target.device)):
+            raise IntegrityError(f"Refused OpenVINO device {printable(target.device, 80)!r}: not a device name.",
+                                 "Rebuild the artifact (or get the bundle again from its source).")
+        return OvRunner(xml, spec, target.device, config)
 
 
 BACKEND = OpenVinoBackend()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgeopt.errors import CompileError
 from edgeopt.core.fsutil import sha256_file
+from edgeopt.compress import head
 from edgeopt.compress.cache import calibration_key, lookup, store
 from edgeopt.compress.common import (
     calibration_feeds,
@@ -70,6 +71,51 @@ def _measure(name, model, req, cfg, feed1, fp32_model=None, settings: bool = Fal
             r.close()
 
 
+OV_HEAVY = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul",
+            "Bias"}
+OV_ALWAYS_FLOAT = {"NonMaxSuppression", "MulticlassNms", "MatrixNms", "NMSRotated", "ROIAlign", "ROIAlignRotated",
+                   "ROIPooling", "PSROIPooling", "TopK", "If", "Loop", "TensorIterator",
+                   "ExperimentalDetectronROIFeatureExtractor", "ExperimentalDetectronDetectionOutput",
+                   "ExperimentalDetectronGenerateProposalsSingleImage", "DetectionOutput", "Proposal"}
+
+
+def float_head(model) -> list[str]:
+    """Friendly names of an ov.Model's post-processing (compress/head.py): NNCF's ignored scope."""
+    from edgeopt.compress.head import walk_head
+
+    heavy_types = OV_HEAVY - {"Bias"}
+
+    def op(n) -> str:
+        t = n.get_type_name()
+        if t == "Add" and any(v.get_node().get_type_name() in heavy_types for v in n.input_values()):
+            return "Bias"  # a layer's bias: part of the layer
+        return t
+
+    nodes = list(model.get_ordered_ops())
+    found = walk_head(nodes, list(model.get_results()), lambda n: [v.get_node() for v in n.input_values()], op,
+                      lambda n: n.get_friendly_name(), OV_HEAVY, OV_ALWAYS_FLOAT,
+                      pass_through={"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert"})
+    return [n.get_friendly_name() for n in found
+            if n.get_type_name() not in ("Parameter", "Constant", "Result", "ShapeOf")]
+
+
+def untangled(model):
+    """``model`` with If/Loop bodies that own their constants. The ONNX frontend shares Constant nodes between
+    the main graph and the bodies, where NNCF cannot build their graphs ("Could not find a node ... in
+    NNCFGraph"); an IR written and read back holds separate copies."""
+    import openvino as ov
+
+    if not any(op.get_type_name() in ("If", "Loop", "TensorIterator") for op in model.get_ordered_ops()):
+        return model
+    with tempfile.TemporaryDirectory(prefix="edgeopt-ov-") as tmp:
+        ov.save_model(model, f"{tmp}/model.xml", compress_to_fp16=False)
+        import numpy as np
+
+        xml = Path(tmp, "model.xml").read_text()
+        weights = np.fromfile(Path(tmp, "model.bin"), dtype=np.uint8)  # in memory: the folder goes
+        return ov.Core().read_model(xml, ov.Tensor(weights))
+
+
 def _ov_validate(req):
     import numpy as np
 
@@ -91,12 +137,19 @@ def quantize_for_openvino(req, model):
 
     cfg = config_of(req)
     feeds = calibration_feeds(req, cfg.subset_size)
+    model = untangled(model)
     nncf = nncf_module()
     quiet_nncf()
     preset, preset_name = nncf_preset(nncf, cfg, req.model_kind)
     kw = dict(preset=preset, target_device=nncf_device(nncf, req.target.device),
               subset_size=min(cfg.subset_size, len(feeds)), model_type=nncf_model_type(nncf, req.model_kind))
     params = {"subset": kw["subset_size"], "preset": preset_name, "device": req.target.device, "kind": req.model_kind}
+    notes = {}
+    if head.wanted(req):
+        exclude = float_head(model)
+        kw["ignored_scope"] = nncf.IgnoredScope(names=exclude, validate=False)
+        params["float_head"] = head.VERSION
+        notes["float_head"] = head.summary(exclude)
     key = calibration_key(sha256_file(req.onnx_path), getattr(req.calibration, "sha256", None), "nncf-ov", params)
     feed1 = req.spec.random_feed(__import__("numpy").random.default_rng(0), batch=1 if req.spec.batch_dim else None)
     hit = lookup(key)
@@ -104,13 +157,18 @@ def quantize_for_openvino(req, model):
         req.log(f"int8 nncf-ov: reusing calibration from the cache ({key[:12]})")
         q, cache = ov.Core().read_model(str(hit / "model.xml")), "hit"
     else:
-        q = nncf.quantize(model, nncf.Dataset(feeds), **kw)
+        try:
+            q = nncf.quantize(model, nncf.Dataset(feeds), **kw)
+        except Exception as exc:  # noqa: BLE001 - NNCF's own errors (InternalError ...) are a failed candidate
+            raise CompileError(f"NNCF could not quantize this model for OpenVINO: {type(exc).__name__}: "
+                               f"{str(exc)[:300]}", "Ship fp32 (or fp16) for OpenVINO, or report the model with "
+                               "this message.") from exc
         cache = "miss"
         with tempfile.TemporaryDirectory(prefix="edgeopt-ov-int8-") as tmp:
             ov.save_model(q, f"{tmp}/model.xml", compress_to_fp16=False)
             store(key, {"model.xml": Path(tmp) / "model.xml", "model.bin": Path(tmp) / "model.bin"})
     first, choice = _measure("nncf-ov", q, req, cfg, feed1, fp32_model=model, settings=True)
-    results = [first | {"calibration_cache": cache}]
+    results = [first | {"calibration_cache": cache} | notes]
     if choice:
         req.log(f"int8 nncf-ov runtime: {choice['setting']} {choice['chosen']}: {choice['why']}")
     req.log(f"int8 nncf-ov: {results[0]['latency_ms_b1']:.3f} ms at batch 1 ({vs_text(results[0])})" +
@@ -125,7 +183,7 @@ def quantize_for_openvino(req, model):
                 _ov_validate(req), max_drop=cfg.allowed_drop(req.fp32_metric["value"]),
                 drop_type=nncf.DropType.ABSOLUTE, **kw)
             ac, choice = _measure("nncf-ov-ac", q, req, cfg, feed1, fp32_model=model, settings=True)
-            results.append(ac | {"calibration_cache": "off"})
+            results.append(ac | {"calibration_cache": "off"} | notes)
         except Exception as exc:  # noqa: BLE001 - accuracy control can give up; report the numbers
             results.append({"candidate": "nncf-ov-ac", "error": str(exc)[:300], "within_budget": False})
     win = results[-1]

@@ -3,7 +3,7 @@
 An engine is tied to the GPU and the TensorRT version that built it, so the build happens on the device.
 What does not need TensorRT is plain Python and runs anywhere: the build plan (profiles, workspace,
 optimization level, DLA, precision mode), the 10.x/11.x precision choice, the engine cache key and the
-check that an engine matches this device. ``tensorrt``, ``cuda-python`` and ``torch`` are imported inside
+check that an engine matches this device. ``tensorrt`` and ``cuda-python`` are imported inside
 functions only; this module imports on Python 3.10 without any of them.
 
 Precision: TensorRT 10.x builds weakly typed networks with builder flags (FP16, BF16, INT8 + FP16 for a Q/DQ
@@ -26,8 +26,9 @@ import numpy as np
 from edgeopt.errors import BackendMissingError, CompileError, EdgeoptError, IntegrityError, UserInputError
 from edgeopt.core.fsutil import onnx_digest, sha256_file, sha256_json, write_bytes_atomic, write_json_atomic
 from edgeopt.core.spec import IOSpec
+from edgeopt.core.untrusted import confined, load_json
 from edgeopt.core.targets import PRECISIONS, Target
-from edgeopt.backends.tensorrt.operators import dla_available, parse_version
+from edgeopt.backends.tensorrt.operators import parse_version
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 
 ENGINE_FILE = "model.engine"
@@ -35,9 +36,18 @@ RECORD_FILE = "engine.json"
 TIMING_CACHE_FILE = "timing.cache"
 FP16_ONNX = "model_fp16.onnx"
 RECORD_FORMAT = 1
+# How edgeopt builds an engine (flags it sets or clears, plugins it registers). Part of the engine cache key:
+# bump it whenever a change here changes the engine, so engines built by an older edgeopt are rebuilt.
+# 2: TF32 cleared for fp32 builds; standard plugins registered; the board model in the key.
+BUILD_RECIPE = 2
 DEFAULT_OPT_LEVEL = 3  # TensorRT's own default; 0..5
-INSTALL_FIX = ("On Jetson, TensorRT comes with JetPack: use a venv made with --system-site-packages and "
-               "pip install 'edgeopt[tensorrt]'; on a PC: pip install tensorrt 'edgeopt[tensorrt]'.")
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")  # the board: "NVIDIA Jetson Orin Nano Developer Kit"
+# cuda-python must match the CUDA of the driver: 13.x needs a CUDA 13 driver, which JetPack 6 does not have.
+CUDA_PYTHON_PIN = {"12": "cuda-python>=12.6,<13", "13": "cuda-python>=13,<14"}
+INSTALL_HINT = ("pip install 'edgeopt[tensorrt]' (cuda-python 12.x: JetPack 6, CUDA 12 drivers) or "
+                "'edgeopt[tensorrt-cuda13]' (cuda-python 13.x: JetPack 7, CUDA 13 drivers)")
+INSTALL_FIX = ("On Jetson, TensorRT comes with JetPack: use a venv made with --system-site-packages, then "
+               f"{INSTALL_HINT}; on a PC: pip install tensorrt and the same edgeopt extra for its CUDA.")
 REBUILD_FIX = ("Rebuild the engine on this device (`edgeopt device-compile PACKAGE` there): TensorRT engines only "
                "load on the GPU model and TensorRT version that built them.")
 
@@ -90,6 +100,8 @@ class BuildPlan:
     gpu_fallback: bool = True
     timing_cache: bool = True
     notes: tuple[str, ...] = ()
+    tf32: bool = True  # TensorRT's default; cleared for fp32, whose tolerance is far below TF32's error
+
 
     @property
     def dynamic(self) -> bool:
@@ -100,7 +112,7 @@ class BuildPlan:
         return {"strongly_typed": self.strongly_typed, "builder_flags": list(self.builder_flags),
                 "onnx": self.onnx, "workspace_mb": self.workspace_mb,
                 "optimization_level": self.optimization_level, "dla_core": self.dla_core,
-                "gpu_fallback": self.gpu_fallback if self.dla_core is not None else None}
+                "gpu_fallback": self.gpu_fallback if self.dla_core is not None else None, "tf32": self.tf32}
 
     def to_dict(self) -> dict:
         return {"tensorrt": self.tensorrt, "precision": self.precision, "profiles": self.profiles,
@@ -113,7 +125,8 @@ class BuildPlan:
                    builder_flags=tuple(d["builder_flags"]), onnx=d["onnx"], profiles=d["profiles"],
                    workspace_mb=d.get("workspace_mb"), optimization_level=int(d["optimization_level"]),
                    dla_core=d.get("dla_core"), gpu_fallback=bool(d.get("gpu_fallback", True)),
-                   timing_cache=bool(d.get("timing_cache", True)), notes=tuple(d.get("notes", ())))
+                   timing_cache=bool(d.get("timing_cache", True)), notes=tuple(d.get("notes", ())),
+                   tf32=bool(d.get("tf32", d["precision"] != "fp32")))
 
 
 def derive_profiles(spec: IOSpec) -> dict:
@@ -131,12 +144,27 @@ def build_plan(spec: IOSpec, target: Target, precision: str, options: dict | Non
                              'Add tensorrt = "10.3" (for example) under [hardware] in its target file.')
     choice = builder_config_choice(version, precision, bool(opts.get("strongly_typed", False)))
     dla_core, dla_notes = _dla_choice(target, version, precision, opts)
+    tf32 = _tf32(opts, precision)
+    tf32_note = () if tf32 or precision != "fp32" else (
+        "TF32 off: fp32 layers compute in full FP32 (TensorRT's TF32 default would miss the fp32 tolerance)",)
     return BuildPlan(
         tensorrt=version, precision=precision, strongly_typed=choice.strongly_typed,
         builder_flags=choice.builder_flags, onnx=choice.onnx, profiles=derive_profiles(spec),
         workspace_mb=_workspace_mb(opts), optimization_level=_opt_level(opts), dla_core=dla_core,
         gpu_fallback=bool(opts.get("gpu_fallback", True)), timing_cache=bool(opts.get("timing_cache", True)),
-        notes=(choice.note, *dla_notes))
+        notes=(choice.note, *dla_notes, *tf32_note), tf32=tf32)
+
+
+def _tf32(opts: dict, precision: str) -> bool:
+    """TF32 (10-bit mantissa) for FP32 matrix maths: TensorRT turns it on by default on Ampere and newer (Orin).
+    fp32 turns it off (Polygraphy does the same) unless the target or recipe says ``tf32 = true``."""
+    tf32 = opts.get("tf32")
+    if tf32 is None:
+        return precision != "fp32"
+    if not isinstance(tf32, bool):
+        raise UserInputError(f"tf32 must be true or false, got {tf32!r}.",
+                             "tf32 = false keeps fp32 layers in full FP32 (the default for fp32).")
+    return tf32
 
 
 def _workspace_mb(opts: dict) -> int | None:
@@ -165,26 +193,36 @@ def _dla_choice(target: Target, version: str, precision: str, opts: dict) -> tup
     if core >= cores:
         raise UserInputError(f"DLA core {core} was asked for, but {target.name} has {cores} DLA core(s).",
                              "Set dla_core = -1 (GPU only)" + (f" or 0..{cores - 1}." if cores else "."))
-    if not dla_available(parse_version(version)):
-        raise UserInputError(f"TensorRT {version} has no DLA support (10.0-10.7 and 11.4+ on AGX Orin have).",
-                             "Set dla_core = -1 to build for the GPU.")
     if precision not in ("fp16", "int8"):
         return None, (f"DLA runs fp16 and int8 only: the {precision} engine is built for the GPU",)
     return core, (f"DLA core {core}" + (" with GPU fallback" if opts.get("gpu_fallback", True) else ""),)
 
 
 # ---- engine cache key and the engine record kept beside the engine ------------------------------------
+def board_model() -> str | None:
+    """The board this runs on, from the device tree ("NVIDIA Jetson Orin Nano Developer Kit"); None on a PC.
+
+    Orin Nano, Orin NX and AGX Orin all report the GPU "Orin", sm 8.7, but differ in SMs, clocks and memory,
+    so an engine tuned on one is not the engine for another: the board is part of the engine cache key.
+    """
+    try:
+        text = DEVICE_TREE_MODEL.read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return None
+    return text.replace("\x00", "").strip() or None
+
+
 def cache_material(onnx_sha256: str, tensorrt_version: str, gpu_name: str, compute_capability: str,
-                   plan: BuildPlan) -> dict:
+                   plan: BuildPlan, board: str | None = None) -> dict:
     return {"onnx_sha256": onnx_sha256, "tensorrt": tensorrt_version, "gpu": gpu_name,
-            "compute_capability": str(compute_capability), "precision": plan.precision,
-            "profiles": plan.profiles, "builder": plan.builder_options()}
+            "compute_capability": str(compute_capability), "board": board, "build_recipe": BUILD_RECIPE,
+            "precision": plan.precision, "profiles": plan.profiles, "builder": plan.builder_options()}
 
 
 def engine_cache_key(onnx_sha256: str, tensorrt_version: str, gpu_name: str, compute_capability: str,
-                     plan: BuildPlan) -> str:
+                     plan: BuildPlan, board: str | None = None) -> str:
     """sha256 over everything that makes an engine what it is."""
-    return sha256_json(cache_material(onnx_sha256, tensorrt_version, gpu_name, compute_capability, plan))
+    return sha256_json(cache_material(onnx_sha256, tensorrt_version, gpu_name, compute_capability, plan, board))
 
 
 def engine_record(material: dict, engine_sha256: str, extra: dict | None = None) -> dict:
@@ -192,8 +230,9 @@ def engine_record(material: dict, engine_sha256: str, extra: dict | None = None)
             "engine_sha256": engine_sha256, **(extra or {})}
 
 
-def check_engine_record(record: dict, tensorrt_version: str, gpu: dict, engine_path: Path | None = None) -> None:
-    """Raise :class:`IntegrityError` unless the engine was built here: same TensorRT, same GPU, intact."""
+def check_engine_record(record: dict, tensorrt_version: str, gpu: dict, engine_path: Path | None = None,
+                        board: str | None = None) -> None:
+    """Raise :class:`IntegrityError` unless the engine was built here: same TensorRT, same GPU and board, intact."""
     material = record.get("material") or {}
     if record.get("format") != RECORD_FORMAT or sha256_json(material) != record.get("cache_key"):
         raise IntegrityError("The engine record (engine.json) is missing or does not match its cache key.",
@@ -206,6 +245,9 @@ def check_engine_record(record: dict, tensorrt_version: str, gpu: dict, engine_p
     if built_gpu != gpu["name"] or built_cc != str(gpu["compute_capability"]):
         raise IntegrityError(f"The engine was built for {built_gpu} (sm {built_cc}); this GPU is {gpu['name']} "
                              f"(sm {gpu['compute_capability']}).", REBUILD_FIX)
+    built_board = material.get("board")
+    if built_board and board and built_board != board:
+        raise IntegrityError(f"The engine was built on a {built_board}; this board is a {board}.", REBUILD_FIX)
     if engine_path is not None and sha256_file(engine_path) != record.get("engine_sha256"):
         raise IntegrityError(f"{Path(engine_path).name} does not match the sha256 recorded when it was built.",
                              REBUILD_FIX)
@@ -314,13 +356,15 @@ def import_tensorrt():
 
 
 def _cudart():
+    """cuda-python's runtime API: ``cuda.bindings.runtime`` (12.6 and newer; 13.x has nothing else), else the
+    ``cuda.cudart`` module of older cuda-python."""
     try:
-        from cuda.bindings import runtime  # cuda-python >= 12.6
+        from cuda.bindings import runtime  # cuda-python >= 12.6, cuda-bindings 12.8+/13.x
         return runtime
     except ImportError:
         pass
     try:
-        from cuda import cudart  # older cuda-python
+        from cuda import cudart  # cuda-python < 12.6
         return cudart
     except ImportError:
         return None
@@ -328,18 +372,10 @@ def _cudart():
 
 @lru_cache(maxsize=4)
 def probe_gpu(device: int = 0) -> tuple[dict | None, str]:
-    """({'name', 'compute_capability', 'memory_bytes', 'integrated', 'via'}, '') or (None, why not).
-
-    Tries cuda-python, then torch; 'via' says which one reached the GPU (device memory uses the same).
-    """
-    reasons = []
-    for probe in (_probe_cuda_python, _probe_torch):
-        gpu, why = probe(device)
-        if gpu is not None:
-            return gpu, ""
-        if why:
-            reasons.append(why)
-    return None, "; ".join(reasons) or "neither cuda-python nor torch is installed to reach the GPU (pip install cuda-python)"
+    """({'name', 'compute_capability', 'memory_bytes', 'integrated', 'via'}, '') or (None, why not), through
+    cuda-python's runtime API, which also holds the engine's device memory (``edgeopt[tensorrt]`` installs it)."""
+    gpu, why = _probe_cuda_python(device)
+    return gpu, why or ("" if gpu else f"cuda-python is not installed to reach the GPU ({INSTALL_HINT})")
 
 
 def _probe_cuda_python(device: int) -> tuple[dict | None, str]:
@@ -351,26 +387,12 @@ def _probe_cuda_python(device: int) -> tuple[dict | None, str]:
         text = _cuda_error_text(rt, err)
         if "insufficient" in text.lower():
             text += (" (no NVIDIA driver, or one older than the CUDA this cuda-python is built for: install the "
-                     "cuda-python matching "
-                     "the CUDA of this JetPack/driver, for example pip install 'cuda-python==12.6.*' on JetPack 6)")
+                     "cuda-python matching the CUDA of this JetPack/driver: pip install "
+                     f"'{CUDA_PYTHON_PIN['12']}' on JetPack 6 (CUDA 12.6), '{CUDA_PYTHON_PIN['13']}' on JetPack 7)")
         return None, f"cuda-python: {text}"
     name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
     return {"name": name.split("\x00")[0].strip(), "compute_capability": f"{prop.major}.{prop.minor}",
             "memory_bytes": int(prop.totalGlobalMem), "integrated": bool(prop.integrated), "via": "cuda-python"}, ""
-
-
-def _probe_torch(device: int) -> tuple[dict | None, str]:
-    if importlib.util.find_spec("torch") is None:
-        return None, ""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None, "torch sees no CUDA device"
-    major, minor = torch.cuda.get_device_capability(device)
-    props = torch.cuda.get_device_properties(device)
-    return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}",
-            "memory_bytes": int(props.total_memory), "integrated": bool(getattr(props, "is_integrated", False)),
-            "via": "torch"}, ""
 
 
 def _cuda_error_text(rt, err) -> str:
@@ -390,7 +412,8 @@ def _require_gpu() -> dict:
 
 
 class _CudaPythonMemory:
-    """Device buffers, copies, a stream and timing events through cuda-python's runtime API."""
+    """Device buffers, copies, a stream and timing events through cuda-python's runtime API (every call returns
+    ``(err, value...)``; a non-zero ``err`` becomes an EdgeoptError)."""
 
     def __init__(self, rt):
         self.rt = rt
@@ -441,65 +464,13 @@ class _CudaPythonMemory:
         self.rt.cudaStreamDestroy(self.stream)
 
 
-class _TorchMemory:
-    """The same operations through torch.cuda, where torch is installed and cuda-python is not."""
-
-    def __init__(self, torch):
-        self.torch = torch
-        self.stream = torch.cuda.Stream()
-        self.buffers: dict[int, object] = {}
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self.stream.cuda_stream)
-
-    def malloc(self, nbytes: int) -> int:
-        t = self.torch.empty(max(nbytes, 1), dtype=self.torch.uint8, device="cuda")
-        self.buffers[t.data_ptr()] = t
-        return t.data_ptr()
-
-    def free(self, ptr: int) -> None:
-        self.buffers.pop(ptr, None)
-
-    def h2d(self, ptr: int, arr: np.ndarray) -> None:
-        src = self.torch.from_numpy(arr.reshape(-1).view(np.uint8))
-        with self.torch.cuda.stream(self.stream):
-            self.buffers[ptr][: arr.nbytes].copy_(src, non_blocking=False)
-
-    def d2h(self, arr: np.ndarray, ptr: int) -> None:
-        dst = self.torch.from_numpy(arr.reshape(-1).view(np.uint8))
-        with self.torch.cuda.stream(self.stream):
-            dst.copy_(self.buffers[ptr][: arr.nbytes], non_blocking=False)
-
-    def event(self):
-        return self.torch.cuda.Event(enable_timing=True)
-
-    def record(self, ev) -> None:
-        ev.record(self.stream)
-
-    def elapsed_ms(self, start, end) -> float:
-        end.synchronize()
-        return float(start.elapsed_time(end))
-
-    def destroy_event(self, ev) -> None:
-        pass
-
-    def synchronize(self) -> None:
-        self.stream.synchronize()
-
-    def close(self) -> None:
-        self.buffers.clear()
-
-
-def cuda_memory(via: str = "cuda-python"):
-    """Device memory, stream and events through the library that reached the GPU in :func:`probe_gpu`."""
-    if via == "torch":
-        import torch
-
-        return _TorchMemory(torch)
+def cuda_memory():
+    """Device memory, a stream and timing events through cuda-python (the library :func:`probe_gpu` used)."""
     rt = _cudart()
     if rt is None:
-        raise BackendMissingError("cuda-python", "tensorrt", "allocate GPU memory for TensorRT")
+        exc = BackendMissingError("cuda-python", "tensorrt", "allocate GPU memory for TensorRT")
+        exc.fix = INSTALL_HINT
+        raise exc
     return _CudaPythonMemory(rt)
 
 
@@ -513,12 +484,15 @@ def _stats(values: list[float]) -> dict:
 
 
 class TrtRunner(Runner):
-    """Deserialize, allocate, set shapes and addresses, ``execute_async_v3`` on a stream."""
+    """Deserialize, allocate, set shapes and addresses, ``execute_async_v3`` on a stream. One execution
+    context and one set of buffers: concurrent calls take turns (``concurrent = False``)."""
+
+    concurrent = False
 
     def __init__(self, artifact_dir: Path, meta: dict, spec: IOSpec):
         super().__init__(spec)
         self.dir, self.meta = Path(artifact_dir), meta
-        self.engine_path = self.dir / meta.get("model_file", ENGINE_FILE)
+        self.engine_path = confined(self.dir, meta.get("model_file", ENGINE_FILE), "TensorRT engine file")
         self.dla_core = (meta.get("plan") or {}).get("dla_core")
         self.engine = self.context = self.mem = None
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
@@ -526,13 +500,16 @@ class TrtRunner(Runner):
     def _activate(self):
         trt = import_tensorrt()
         gpu = _require_gpu()
-        record_path = self.dir / self.meta.get("record_file", RECORD_FILE)
+        record_path = confined(self.dir, self.meta.get("record_file", RECORD_FILE), "TensorRT engine record")
         if not record_path.is_file():
             raise IntegrityError(f"{record_path.name} is missing beside the engine; its origin cannot be checked.",
                                  REBUILD_FIX)
-        check_engine_record(json.loads(record_path.read_text()), trt.__version__, gpu, self.engine_path)
-        self.mem = cuda_memory(gpu.get("via", "cuda-python"))
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        check_engine_record(load_json(record_path, record_path.name, fix=REBUILD_FIX), trt.__version__, gpu,
+                            self.engine_path, board_model())
+        self.mem = cuda_memory()
+        logger = trt.Logger(trt.Logger.WARNING)
+        init_plugins(trt, logger)  # an engine with a plugin layer deserializes only once its creator is registered
+        self.runtime = trt.Runtime(logger)
         if self.dla_core is not None:
             self.runtime.DLA_core = int(self.dla_core)
         self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
@@ -742,29 +719,68 @@ def _configure(trt, builder, network, config, plan: BuildPlan) -> list[str]:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
     config.builder_optimization_level = plan.optimization_level
     for name in plan.builder_flags:
-        flag = getattr(trt.BuilderFlag, name, None)
+        flag = getattr(trt.BuilderFlag, name, None)  # FP16, BF16, INT8: gone in TensorRT 11
         if flag is None:
             raise CompileError(f"This TensorRT ({trt.__version__}) has no BuilderFlag.{name}.",
                                "Plan the build with the installed TensorRT version (edgeopt does so on the device).")
         config.set_flag(flag)
+    _set_tf32(trt, config, plan)
     _set_profiles(trt, builder, network, config, plan)
     return _set_dla(trt, builder, network, config, plan)
 
 
-def _timing_cache(config, data: bytes | None):
+def _set_tf32(trt, config, plan: BuildPlan) -> None:
+    flag = getattr(trt.BuilderFlag, "TF32", None)
+    if flag is None:
+        return  # a TensorRT without TF32 computes fp32 in FP32
+    if plan.tf32:
+        config.set_flag(flag)
+    else:
+        config.clear_flag(flag)
+
+
+def _tf32_used(trt, config) -> bool | None:
+    flag = getattr(trt.BuilderFlag, "TF32", None)
+    return None if flag is None else bool(config.get_flag(flag))
+
+
+def _timing_cache(config, data: bytes | None) -> str:
+    """Give the build a timing cache: the stored one where TensorRT takes it, else an empty one. Says which."""
+    status = "new"
     cache = None
     if data:
         try:
             cache = config.create_timing_cache(data)
-        except Exception:  # noqa: BLE001 - a cache from another version: start afresh
+        except Exception:  # noqa: BLE001 - unreadable bytes: start afresh
             cache = None
-    cache = cache or config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+        status = "loaded" if cache is not None else "unreadable: started afresh"
+    if cache is not None and not config.set_timing_cache(cache, ignore_mismatch=False):
+        cache, status = None, "from another device or TensorRT: started afresh"
+    if cache is None:
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            return "off: TensorRT refused an empty timing cache"
+    return status
+
+
+def _serialized_timing_cache(config) -> bytes | None:
+    cache = config.get_timing_cache()
+    if cache is None:
+        return None
+    data = cache.serialize()
+    return bytes(data) if data is not None else None
+
+
+def init_plugins(trt, logger) -> bool:
+    """Register TensorRT's standard plugins (EfficientNMS_TRT, ...): the parser falls back to them for operators
+    it has no importer for, and an engine that uses one deserializes only once they are registered."""
+    return bool(trt.init_libnvinfer_plugins(logger, ""))
 
 
 def build_engine(trt, onnx_path: Path, plan: BuildPlan, timing_cache: bytes | None = None) -> tuple[bytes, bytes | None, dict]:
     """Parse and build. Returns (serialized engine, timing cache bytes, report)."""
     logger = _make_logger(trt)
+    plugins = init_plugins(trt, logger)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, plan))
     parser = trt.OnnxParser(network, logger)
@@ -772,8 +788,7 @@ def build_engine(trt, onnx_path: Path, plan: BuildPlan, timing_cache: bytes | No
         raise _parse_error(Path(onnx_path), parser_errors(parser))
     config = builder.create_builder_config()
     fallback = _configure(trt, builder, network, config, plan)
-    if plan.timing_cache:
-        _timing_cache(config, timing_cache)
+    cache_status = _timing_cache(config, timing_cache) if plan.timing_cache else "off"
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0
@@ -782,8 +797,9 @@ def build_engine(trt, onnx_path: Path, plan: BuildPlan, timing_cache: bytes | No
         raise CompileError(f"TensorRT could not build the engine: {errs or 'no error message'}",
                            "If it ran out of memory, lower workspace_mb or builder_optimization_level, close other "
                            "processes (or add swap on Jetson); otherwise see the operator named above.")
-    cache_bytes = bytes(config.get_timing_cache().serialize()) if plan.timing_cache else None
+    cache_bytes = None if cache_status.startswith("off") else _serialized_timing_cache(config)
     report = {"build_seconds": round(seconds, 2), "layers": network.num_layers, "dla_fallback_layers": fallback,
+              "tf32": _tf32_used(trt, config), "timing_cache": cache_status, "plugins_registered": plugins,
               "builder_warnings": [m for s, m in logger.messages if s == "WARNING"][:50]}
     return bytes(serialized), cache_bytes, report
 
@@ -805,6 +821,9 @@ def tensorrt_mismatch(meta: dict, tensorrt_version: str | None, gpu: dict | None
     if str(gpu.get("name")) != str(built_gpu) or str(gpu.get("compute_capability")) != str(built_cc):
         return (f"the engine was built for {built_gpu} (sm {built_cc}); this GPU is {gpu.get('name')} "
                 f"(sm {gpu.get('compute_capability')})")
+    built_board, board = meta.get("board"), board_model()
+    if built_board and board and built_board != board:
+        return f"the engine was built on a {built_board}; this board is a {board}"
     return None
 
 
@@ -833,9 +852,13 @@ class TensorRTBackend(Backend):
                 return None
         return v
 
+    def install_hint(self) -> str:
+        return INSTALL_HINT + "; TensorRT itself comes with JetPack (on a PC: pip install tensorrt)"
+
     def unavailable_reason(self, target: Target) -> str | None:
         if not self.installed():
-            return "tensorrt is not installed (on Jetson it comes with JetPack; on a PC: pip install tensorrt)"
+            return ("tensorrt is not installed (on Jetson it comes with JetPack; on a PC: pip install tensorrt); "
+                    f"with it: {INSTALL_HINT}")
         return self.device_missing(target)
 
     def device_missing(self, target: Target) -> str | None:
@@ -882,11 +905,13 @@ class TensorRTBackend(Backend):
         source = prepare_onnx(Path(req.onnx_path), plan, work)
         report = lint_or_raise(source, req.target, req.spec, tensorrt_version=version)
         onnx_sha = onnx_digest(source)
-        material = cache_material(onnx_sha, version, gpu["name"], gpu["compute_capability"], plan)
+        board = board_model()
+        material = cache_material(onnx_sha, version, gpu["name"], gpu["compute_capability"], plan, board)
         key = sha256_json(material)
         cache_root = Path(req.cache_dir) / "tensorrt" if req.cache_dir else None
         hit = self._from_cache(cache_root, key, out)
-        build = {"build_seconds": 0.0, "dla_fallback_layers": [], "builder_warnings": []}
+        build = {"build_seconds": 0.0, "dla_fallback_layers": [], "builder_warnings": [], "tf32": plan.tf32,
+                 "timing_cache": "not used (engine from the cache)"}
         if not hit:
             timing_path = (cache_root / f"timing-{_slug(gpu['name'])}-sm{gpu['compute_capability']}-trt{version}.cache"
                            if cache_root else None)
@@ -898,7 +923,8 @@ class TensorRTBackend(Backend):
                 if timing_path:
                     write_bytes_atomic(timing_path, timing)
             record = engine_record(material, sha256_file(out / ENGINE_FILE),
-                                   {"plan": plan.to_dict(), "dla_fallback_layers": build["dla_fallback_layers"]})
+                                   {"plan": plan.to_dict(), "dla_fallback_layers": build["dla_fallback_layers"],
+                                    "tf32": build["tf32"], "timing_cache": build["timing_cache"]})
             write_json_atomic(out / RECORD_FILE, record)
             self._to_cache(cache_root, key, out)
         declared = str(req.target.hardware.get("tensorrt", ""))
@@ -908,8 +934,9 @@ class TensorRTBackend(Backend):
         return {
             "model_file": ENGINE_FILE, "record_file": RECORD_FILE,
             "timing_cache_file": TIMING_CACHE_FILE if (out / TIMING_CACHE_FILE).is_file() else None,
-            "tensorrt": version, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"],
-            "plan": plan.to_dict(), "cache_key": key, "onnx_sha256": onnx_sha,
+            "tensorrt": version, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"], "board": board,
+            "build_recipe": BUILD_RECIPE, "plan": plan.to_dict(), "cache_key": key, "onnx_sha256": onnx_sha,
+            "tf32": build["tf32"], "timing_cache": build["timing_cache"],
             "engine_cache": "hit" if hit else ("miss" if cache_root else "off"),
             "build_seconds": build["build_seconds"], "dla_fallback_layers": build["dla_fallback_layers"],
             "builder_warnings": build["builder_warnings"], "lint_warnings": [f.to_dict() for f in report.warnings],

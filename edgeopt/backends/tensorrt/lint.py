@@ -16,7 +16,12 @@ from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.backends.tensorrt.operators import (
     BASELINE,
-    dla_available,
+    DATA_DEPENDENT,
+    MIN_SM,
+    NMS_PLUGINS,
+    PARSER_VERSIONS,
+    STANDARD_PLUGINS,
+    is_plugin_name,
     operator_support,
     parse_version,
     parser_limits,
@@ -24,7 +29,7 @@ from edgeopt.backends.tensorrt.operators import (
 
 PROTOBUF_LIMIT = 2 * 1024**3  # bytes: a single ONNX protobuf cannot be larger
 STANDARD_DOMAINS = ("", "ai.onnx")
-PLUGIN_DOMAINS = ("trt.plugins", "trt")
+PLUGIN_DOMAINS = ("trt.plugins", "trt")  # compared lower-case: "TRT" too
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -72,10 +77,15 @@ class LintReport:
     def summary(self) -> str:
         head = (f"TensorRT {self.tensorrt} preflight of {Path(self.onnx_path).name} for {self.target}: "
                 f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
-        lines = [head]
+        lines, fixes = [head], {}
         for f in self.findings:
             where = f" [{f.node}]" if f.node else ""
-            lines.append(f"  {f.severity.upper()} {f.code}{where}: {f.message}\n    fix: {f.fix}")
+            lines.append(f"  {f.severity.upper()} {f.code}{where}: {f.message}")
+            if f.fix in fixes:
+                lines.append(f"    fix: as for {fixes[f.fix]} above")
+            else:
+                fixes[f.fix] = f.node or f.code
+                lines.append(f"    fix: {f.fix}")
         return "\n".join(lines)
 
 
@@ -112,8 +122,8 @@ def lint(onnx_path: Path | str, target: Target, spec: IOSpec | None = None,
                                        "Re-export the model; the file is damaged or not ONNX."))
         return report
     graph = _Graph(model, path.parent)
-    for check in (_check_versions, _check_operators, _check_qdq, _check_inputs, _check_int64_weights,
-                  _check_external_data, _check_dla):
+    for check in (_check_versions, _check_operators, _check_qdq, _check_data_dependent, _check_inputs,
+                  _check_int64_weights, _check_external_data, _check_dla):
         report.findings.extend(check(graph, version, target, spec))
     return report
 
@@ -184,11 +194,15 @@ def _check_versions(g: _Graph, version, target, spec) -> list[Finding]:
     limits, out = parser_limits(version), []
     trt = f"{version[0]}.{version[1]}"
     opset = g.opset("")
+    newest = max(row[2] for row in PARSER_VERSIONS)
     if opset is not None and opset > limits["max_opset"]:
+        known = opset <= newest
         out.append(Finding(
-            "error", "opset-too-new", "",
-            f"The model uses ONNX opset {opset}; TensorRT {trt} parses opsets {limits['min_opset']} to "
-            f"{limits['max_opset']} (its parser is built against ONNX {limits['onnx']}).",
+            "warning" if known else "error", "opset-too-new", "",
+            f"The model uses ONNX opset {opset}; TensorRT {trt} documents opsets {limits['min_opset']} to "
+            f"{limits['max_opset']} (its parser is built against ONNX {limits['onnx']})"
+            + ("; its parser warns and parses it, reading operators changed since with their older definition."
+               if known else f", and no ONNX release TensorRT knows defines opset {opset}."),
             f"Export again with opset_version={limits['max_opset']} (torch.onnx.export), or convert with "
             f"onnx.version_converter.convert_version(model, {limits['max_opset']})."))
     elif opset is not None and opset < limits["min_opset"]:
@@ -210,12 +224,9 @@ def _check_operators(g: _Graph, version, target, spec) -> list[Finding]:
     for node, name in g.nodes:
         if (node.domain, node.op_type) in g.local_functions:
             continue  # the parser expands model-local functions; their bodies are checked as nodes
-        if node.domain in PLUGIN_DOMAINS:
-            out.append(Finding("warning", "plugin-operator", name,
-                               f"{node.domain}::{node.op_type} is a TensorRT plugin node; it builds only where that "
-                               "plugin is registered.",
-                               "Make sure the plugin library is loaded on the device (trtexec --plugins / "
-                               "ctypes.CDLL before building)."))
+        if node.domain.lower() in PLUGIN_DOMAINS or (
+                is_plugin_name(node.op_type) and operator_support(node.op_type, version)[0] is None):
+            out.append(_plugin_finding(node, name))
             continue
         if node.domain not in STANDARD_DOMAINS:
             out.append(Finding(
@@ -235,17 +246,61 @@ def _check_operators(g: _Graph, version, target, spec) -> list[Finding]:
             out.append(Finding("error", "unsupported-operator", name,
                                f"{node.op_type} is not supported by TensorRT {trt}'s ONNX parser.", note))
         else:
-            out.extend(_check_restrictions(g, node, name))
+            out.extend(_check_restrictions(g, node, name, version))
     return out
 
 
-def _check_restrictions(g: _Graph, node, name: str) -> list[Finding]:
+def _plugin_finding(node, name: str) -> Finding:
+    where = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+    if node.op_type in STANDARD_PLUGINS:
+        return Finding("warning", "plugin-operator", name,
+                       f"{where} is not an ONNX operator: TensorRT's parser builds it from the plugin registry "
+                       "(a standard TensorRT plugin, registered by edgeopt with init_libnvinfer_plugins)"
+                       + ("; its outputs have a fixed size, which edgeopt's runner takes" if node.op_type in NMS_PLUGINS
+                          else "") + ". ONNX Runtime cannot run it, so the host cannot check this graph's outputs.",
+                       "Nothing to do for TensorRT; keep a plugin-free export for host-side checks.")
+    return Finding("warning", "plugin-operator", name,
+                   f"{where} is a TensorRT plugin node; it builds only where that plugin is registered.",
+                   "Make sure the plugin library is loaded on the device (trtexec --plugins / "
+                   "ctypes.CDLL before building).")
+
+
+def _check_restrictions(g: _Graph, node, name: str, version=BASELINE) -> list[Finding]:
     """The few operator restrictions that can be checked statically and commonly bite."""
     attrs = {a.name: a for a in node.attribute}
     if node.op_type == "Resize" and "mode" in attrs and attrs["mode"].s == b"cubic":
         return [Finding("error", "operator-restriction", name,
                         "Resize with mode='cubic' is not supported by TensorRT (nearest and linear only).",
                         "Use bilinear interpolation in the model (for example interpolate(mode='bilinear')).")]
+    if node.op_type == "Resize" and "antialias" in attrs and attrs["antialias"].i:
+        return [Finding("error", "operator-restriction", name,
+                        "Resize with antialias=1 is not supported by TensorRT.",
+                        "Export without antialiasing (interpolate(..., antialias=False), the default).")]
+    if node.op_type == "Pad" and len(node.input) > 3 and node.input[3] and version < (10, 4):
+        return [Finding("error", "operator-restriction", name,
+                        f"Pad with an axes input is supported from TensorRT 10.4; this target runs "
+                        f"{version[0]}.{version[1]}.",
+                        "Export with opset 17 or older semantics (pads for every axis, no axes input), or pad "
+                        "with explicit zeros for the other axes.")]
+    if node.op_type == "TopK" and "sorted" in attrs and attrs["sorted"].i == 0:
+        return [Finding("error", "operator-restriction", name,
+                        "TopK with sorted=0 is not supported by TensorRT (it returns sorted results only).",
+                        "Export with sorted=True (torch.topk's default).")]
+    if node.op_type == "TopK" and len(node.input) > 1 and node.input[1] not in g.constants:
+        return [Finding("warning", "topk-runtime-k", name,
+                        f"TopK's K ({node.input[1]!r}) is computed at run time: TensorRT takes it as a shape tensor "
+                        "(computed from shapes, not from data) and at most 3840.",
+                        "Make K a constant (for example min(K, anchors) computed at export), or keep it a shape "
+                        "computation under 3840.")]
+    if node.op_type == "If":
+        ranks = [[len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else None
+                  for o in attrs[b].g.output] for b in ("then_branch", "else_branch") if b in attrs]
+        if len(ranks) == 2 and any(a is not None and b is not None and a != b for a, b in zip(*ranks)):
+            return [Finding("error", "operator-restriction", name,
+                            f"If's branches give outputs of different ranks ({ranks[0]} vs {ranks[1]}); TensorRT "
+                            "needs the same rank from both.",
+                            "Return tensors of the same rank from both branches (for example an empty [0, 4] box "
+                            "tensor, not a scalar), or remove the branch at export.")]
     if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1] and node.output[1] in g.consumers:
         return [Finding("error", "operator-restriction", name,
                         "MaxPool's Indices output is used; TensorRT does not produce it.",
@@ -255,10 +310,32 @@ def _check_restrictions(g: _Graph, node, name: str) -> list[Finding]:
 
 def _check_qdq(g: _Graph, version, target, spec) -> list[Finding]:
     out = []
+    cc = target.hardware.get("compute_capability")
+    sm = parse_version(str(cc)) if cc and str(cc)[:1].isdigit() else None
     for node, name in g.nodes:
         if node.op_type in QDQ_OPS and node.domain in STANDARD_DOMAINS:
-            out.extend(_check_one_qdq(g, node, name))
+            scale = node.input[1] if len(node.input) > 1 else ""
+            if scale and scale not in g.constants:
+                out.append(Finding("error", "qdq-scale-dynamic", name,
+                                   f"{node.op_type}'s scale {scale!r} is computed at run time; TensorRT's explicit "
+                                   "quantization needs a constant scale (an initializer).",
+                                   "Quantize statically: calibrate once and store the scales as initializers."))
+                continue
+            found = _check_one_qdq(g, node, name)
+            out.extend(found or _check_qdq_sm(g, node, name, sm, target))
     return out
+
+
+def _check_qdq_sm(g: _Graph, node, name: str, sm, target) -> list[Finding]:
+    zp = node.input[2] if len(node.input) > 2 else ""
+    qtype = _quantized_type(g, node, zp) if (not zp or zp in g.constants) else None
+    need = MIN_SM.get(qtype)
+    if need is None or sm is None or sm >= need[0]:
+        return []
+    return [Finding("error", f"qdq-{need[1].lower()}-unsupported", name,
+                    f"{node.op_type} in {need[1]}: TensorRT runs {need[1]} on sm {need[0][0]}.{need[0][1]} and newer; "
+                    f"{target.name} is sm {sm[0]}.{sm[1]}.",
+                    "Quantize to INT8 for this device (or build FP16).")]
 
 
 _INT8, _UINT8, _INT32 = 3, 2, 6  # onnx.TensorProto.INT8 / UINT8 / INT32
@@ -426,6 +503,44 @@ def _check_int64_weights(g: _Graph, version, target, spec) -> list[Finding]:
                     "the parity of the built engine.")]
 
 
+def _check_data_dependent(g: _Graph, version, target, spec) -> list[Finding]:
+    """NonZero / NonMaxSuppression: outputs whose shape depends on the data. TensorRT builds them; a graph output
+    of such a shape is refused by edgeopt's runner (it allocates every output before running the engine)."""
+    graph = g.model.graph
+    source: dict[str, str] = {}  # tensor -> the data-dependent node it comes from
+    names = {id(node): name for node, name in g.nodes}
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        origin = names[id(node)] if node.op_type in DATA_DEPENDENT else next(
+            (source[i] for i in node.input if i in source), None)
+        if origin is not None:
+            source.update({o: origin for o in node.output if o})
+    ops = {names[id(n)]: n.op_type for n in graph.node}
+    reach: dict[str, list[str]] = {}
+    for o in graph.output:
+        if o.name in source:
+            reach.setdefault(source[o.name], []).append(o.name)
+    nms = any(n.op_type == "NonMaxSuppression" for n in graph.node)
+    fix = (("Run NMS outside the graph (export boxes and scores; edgeopt's detection task decodes them), or use "
+            "TensorRT's EfficientNMS_TRT plugin, whose outputs have a fixed size (num_detections plus "
+            "max_output_boxes padded rows)") if nms else
+           "Keep output shapes independent of the data: mask instead of gathering (torch.where(mask, x, 0)) or "
+           "pad to a fixed maximum count")
+    out = []
+    for node, name in g.nodes:
+        if node.op_type not in DATA_DEPENDENT or name not in ops:
+            continue
+        if name in reach:
+            out.append(Finding("error", "data-dependent-output", name,
+                               f"{node.op_type} makes the shape of output(s) {', '.join(reach[name])} depend on the "
+                               "data; TensorRT builds it, but edgeopt's TensorRT runner allocates outputs before "
+                               "running and refuses it.", fix + "."))
+        else:
+            out.append(Finding("warning", "data-dependent-shape", name,
+                               f"{node.op_type} has a data-dependent output shape inside the graph: TensorRT sizes it "
+                               "at run time (no DLA, a synchronisation per run).", fix + "."))
+    return out
+
+
 def _is_external(t) -> bool:
     return t.data_location == 1  # onnx.TensorProto.EXTERNAL
 
@@ -452,11 +567,7 @@ def _check_dla(g: _Graph, version, target, spec) -> list[Finding]:
         return [Finding("error", "dla-unavailable", "",
                         f"The target asks for DLA core {core}, but {target.name} has {cores} DLA core(s).",
                         "Remove dla_core from the target options (or set it to -1) to build for the GPU.")]
-    if not dla_available(version):
-        return [Finding("error", "dla-unavailable", "",
-                        f"TensorRT {version[0]}.{version[1]} has no DLA support (10.0-10.7 and 11.4+ have).",
-                        "Build for the GPU (dla_core = -1), or use the TensorRT that ships with JetPack 6 (10.3).")]
-    return []
+    return []  # whether a TensorRT release drives the DLA is the device's to say (Builder.num_DLA_cores)
 
 
 def _over_2gb(path: Path, size: int) -> Finding:

@@ -8,8 +8,13 @@ Sources (read for this table; names and short notes only, in our own words):
 - NVIDIA's "ONNX Opset Guide" for TensorRT 11.x (ONNX 1.20, max opset 25) and the 11.2 operators.md header
   (opset 9 to 24).
 
-The 11.x operator list is assumed to equal 10.15's (the 11.x migration guides remove builder APIs, not
-parser operators). Re-check against ``docs/operators.md`` of the release a target ships with.
+The 11.x operator list is 10.15's plus ``Swish`` (ONNX opset 24; in 11.x's operators.md). Re-check against
+``docs/operators.md`` of the release a target ships with.
+
+Plugins: an operator the parser has no importer for is looked up in TensorRT's plugin registry by its name, so
+TensorRT's standard plugins (``EfficientNMS_TRT`` ...) parse once edgeopt registers them
+(``init_libnvinfer_plugins``). DLA: whether a device has DLA cores is the device's (``Builder.num_DLA_cores``;
+the target's ``dla_cores`` on the host), not the TensorRT version's.
 """
 
 from __future__ import annotations
@@ -99,10 +104,10 @@ SUPPORTED: dict[str, tuple[Version, str]] = {
     "Softplus": (_B, ""), "Softsign": (_B, ""), "SpaceToDepth": (_B, ""), "Split": (_B, ""),
     "Sqrt": (_B, ""),
     "Squeeze": (_B, "axes must resolve to a constant"),
-    "Sub": (_B, ""), "Sum": (_B, ""), "Tan": (_B, ""), "Tanh": (_B, ""),
+    "Sub": (_B, ""), "Sum": (_B, ""), "Swish": ((11, 0), ""), "Tan": (_B, ""), "Tanh": (_B, ""),
     "TensorScatter": ((10, 15), "4D past_cache and update; axis -2"),
     "ThresholdedRelu": (_B, ""), "Tile": (_B, ""),
-    "TopK": (_B, "sorted must be 1; K below 3840"),
+    "TopK": (_B, "sorted must be 1; K at most 3840"),
     "Transpose": (_B, ""), "Trilu": (_B, ""),
     "Unsqueeze": (_B, "axes must resolve to a constant"),
     "Upsample": (_B, ""), "Where": (_B, ""), "Xor": (_B, "bool only"),
@@ -138,9 +143,22 @@ PARSER_VERSIONS: list[tuple[Version, str, int, int]] = [
 ]
 MIN_OPSET = 9  # "backward compatible to opset 9"; 7 and 8 parse with a warning
 
-# DLA in TensorRT: every 10.x up to 10.7 (JetPack 6 ships 10.3); none in 11.0-11.3; 11.4.1 on AGX Orin with
-# JetPack 7.2.2+ (strongly typed). Jetson Thor and Orin Nano have no DLA.
-DLA_VERSIONS: list[tuple[Version, Version | None]] = [((10, 0), (10, 7)), ((11, 4), None)]
+# TensorRT's standard plugins (libnvinfer_plugin, registered by init_libnvinfer_plugins): the ONNX parser builds
+# a node of one of these names from the plugin registry. Names ending in _TRT are TensorRT plugin names too.
+STANDARD_PLUGINS = frozenset({
+    "EfficientNMS_TRT", "EfficientNMS_ONNX_TRT", "BatchedNMS_TRT", "BatchedNMSDynamic_TRT", "NMS_TRT",
+    "NMSDynamic_TRT", "ROIAlign_TRT", "PyramidROIAlign_TRT", "MultilevelCropAndResize_TRT",
+    "MultilevelProposeROI_TRT", "GridAnchor_TRT", "GridAnchorRect_TRT", "ResizeNearest_TRT",
+    "InstanceNormalization_TRT", "ScatterND", "DisentangledAttention_TRT", "ModulatedDeformConv2d",
+    "CropAndResize", "Proposal", "Region_TRT", "Reorg_TRT", "FlattenConcat_TRT", "Normalize_TRT", "PriorBox_TRT",
+    "DetectionLayer_TRT", "ProposalLayer_TRT", "CoordConvAC", "VoxelGeneratorPlugin", "PillarScatterPlugin"})
+NMS_PLUGINS = frozenset({"EfficientNMS_TRT", "EfficientNMS_ONNX_TRT", "BatchedNMS_TRT", "BatchedNMSDynamic_TRT",
+                         "NMS_TRT", "NMSDynamic_TRT"})
+# Operators whose output shape depends on the data: TensorRT builds them (an output allocator sizes the result
+# at run time), but a graph output of such a shape is refused by edgeopt's runner, which allocates outputs first.
+DATA_DEPENDENT = frozenset({"NonZero", "NonMaxSuppression"})
+# FP8 Q/DQ needs sm 8.9 (Ada, Hopper, Blackwell); FP4 sm 10.0 (Blackwell). Orin is sm 8.7.
+MIN_SM = {17: ((8, 9), "FP8"), 23: ((10, 0), "FP4")}  # onnx.TensorProto FLOAT8E4M3FN, FLOAT4E2M1
 
 
 def parse_version(text: str | int | float) -> Version:
@@ -172,5 +190,6 @@ def operator_support(op_type: str, version: Version) -> tuple[bool | None, str]:
     return None, ""
 
 
-def dla_available(version: Version) -> bool:
-    return any(lo <= version and (hi is None or version <= hi) for lo, hi in DLA_VERSIONS)
+def is_plugin_name(op_type: str) -> bool:
+    """A TensorRT plugin's name (a standard plugin, or the ``_TRT`` naming of TensorRT plugins)."""
+    return op_type in STANDARD_PLUGINS or op_type.endswith("_TRT")

@@ -18,9 +18,10 @@ from edgeopt.errors import CompileError
 from edgeopt.core.fsutil import sha256_file
 from edgeopt.compress.cache import calibration_key, lookup, store
 from edgeopt.compress.common import quiet_logging
+from edgeopt.compress.head import float_head_for, summary
 
 
-def _nncf_trt(src: Path, dst: Path, feeds, kind: str) -> None:
+def _nncf_trt(src: Path, dst: Path, feeds, kind: str, exclude=()) -> None:
     import nncf
     import onnx
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, OverflowFix,
@@ -31,20 +32,21 @@ def _nncf_trt(src: Path, dst: Path, feeds, kind: str) -> None:
     quiet_nncf()
     adv = AdvancedQuantizationParameters(overflow_fix=OverflowFix.DISABLE,
                                          activations_quantization_params=QuantizationParameters(signedness_to_force=True))
+    scope = {"ignored_scope": nncf.IgnoredScope(names=list(exclude), validate=False)} if exclude else {}
     q = nncf.quantize(onnx.load(str(src)), nncf.Dataset(feeds), preset=nncf.QuantizationPreset.PERFORMANCE,
                       target_device=nncf.TargetDevice.ANY, subset_size=len(feeds),
-                      model_type=nncf_model_type(nncf, kind), advanced_parameters=adv)
+                      model_type=nncf_model_type(nncf, kind), advanced_parameters=adv, **scope)
     onnx.save(q, str(dst))
 
 
-def _ort_trt(src: Path, dst: Path, feeds) -> None:
+def _ort_trt(src: Path, dst: Path, feeds, exclude=()) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from edgeopt.compress.common import FeedReader
 
     quantize_static(str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    calibrate_method=CalibrationMethod.MinMax,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
 
 
@@ -78,8 +80,9 @@ def quantize_for_tensorrt(onnx_path, calibration, spec, out_path, model_kind: st
         raise CompileError("TensorRT int8 needs calibration data, and the recipe gives none.",
                            "Add [calibration] source = \"...\" to the recipe.")
     feeds = list(calibration)[:300]
+    exclude = float_head_for(onnx_path, model_kind)  # a detector's post-processing stays in float
     key = calibration_key(sha256_file(onnx_path), getattr(calibration, "sha256", None), "tensorrt-qdq",
-                          {"subset": len(feeds), "kind": model_kind})
+                          {"subset": len(feeds), "kind": model_kind, **({"float_head": len(exclude)} if exclude else {})})
     hit = lookup(key)
     if hit is not None:
         log(f"tensorrt int8: reusing calibration from the cache ({key[:12]})")
@@ -90,8 +93,8 @@ def quantize_for_tensorrt(onnx_path, calibration, spec, out_path, model_kind: st
     with tempfile.TemporaryDirectory(prefix="edgeopt-trt-int8-") as tmp:
         dst = Path(tmp) / "model.onnx"
         recipe = None
-        for name, fn in (("nncf-trt", lambda: _nncf_trt(Path(onnx_path), dst, feeds, model_kind)),
-                         ("ort-qdq-s8s8-symmetric", lambda: _ort_trt(Path(onnx_path), dst, feeds))):
+        for name, fn in (("nncf-trt", lambda: _nncf_trt(Path(onnx_path), dst, feeds, model_kind, exclude)),
+                         ("ort-qdq-s8s8-symmetric", lambda: _ort_trt(Path(onnx_path), dst, feeds, exclude))):
             try:
                 with contextlib.redirect_stdout(None), quiet_logging():
                     fn()
@@ -111,4 +114,5 @@ def quantize_for_tensorrt(onnx_path, calibration, spec, out_path, model_kind: st
         store(key, {"model.onnx": dst, "RECIPE": Path(tmp) / "RECIPE"})
         shutil.copy(dst, out_path)
     log(f"tensorrt int8: {recipe}" + (f" ({'; '.join(notes)})" if notes else ""))
-    return {"int8": {"recipe": recipe, "calibration_cache": "miss", "notes": notes, "calibration_samples": len(feeds)}}
+    return {"int8": {"recipe": recipe, "calibration_cache": "miss", "notes": notes, "calibration_samples": len(feeds),
+                     **({"float_head": summary(exclude)} if exclude else {})}}
