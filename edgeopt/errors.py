@@ -36,12 +36,12 @@ class BackendMissingError(EdgeoptError):
 
     exit_code = 3
 
-    def __init__(self, what: str, extra: str, purpose: str = ""):
+    def __init__(self, what: str, extra: str, purpose: str = "", fix: str | None = None):
         needed = f" to {purpose}" if purpose else ""
         verb, pronoun = ("are", "them") if " and " in what else ("is", "it")
         super().__init__(
             f"{what} {verb} not installed; edgeopt needs {pronoun}{needed}.",
-            f"pip install 'edgeopt[{extra}]'",
+            fix or f"pip install 'edgeopt[{extra}]'",  # a backend's own: Backend.install_hint()
         )
         self.extra = extra
 
@@ -76,6 +76,12 @@ class IntegrityError(EdgeoptError):
 
 class ArtifactLoadError(IntegrityError):
     """The backend could not load an artifact (corrupt, truncated, or made for another runtime version)."""
+
+
+class BusyError(EdgeoptError):
+    """Another edgeopt process holds the lock on this output folder (or cached bundle)."""
+
+    exit_code = 11
 
 
 class DiskFullError(EdgeoptError):

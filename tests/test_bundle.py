@@ -209,6 +209,12 @@ def test_bundle_refuses_what_cannot_ship(out, tmp_path):
     shutil.copytree(out, copy)
     with open(copy / AID / "model.onnx", "ab") as f:
         f.write(b"\0")
+    with pytest.raises(IntegrityError, match=f"{AID}/model.onnx has .* bytes, the manifest says"):
+        bundle(copy, tmp_path / "y")
+    with open(copy / AID / "model.onnx", "r+b") as f:  # the same size, other bytes: the sha256 says so
+        f.truncate(f.seek(0, 2) - 1)
+        f.seek(100)
+        f.write(b"\xff")
     with pytest.raises(IntegrityError, match=f"{AID}/model.onnx .*differs from the manifest"):
         bundle(copy, tmp_path / "y")
     assert not (tmp_path / "y.edgeopt.tar.gz").exists() and not list(tmp_path.glob(".*.tmp"))

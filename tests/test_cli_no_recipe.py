@@ -55,3 +55,63 @@ def test_int8_without_a_recipe_and_without_calibration_data_is_a_clear_error(tmp
                                 "--dim", "batch=1:1:8", "-t", "ort-cpu", "-p", "int8", "-o", tmp_path / "out")
     assert "Traceback" not in err and "AttributeError" not in err
     assert code != 0 and "--calib" in err
+
+
+def test_init_writes_a_commented_recipe_that_build_accepts(tmp_path, run_cli):
+    """`edgeopt init MODEL --data DIR`: input shape and layout read from the images, train/val found."""
+    import tomllib
+
+    from edgeopt.config.recipe import load_recipe
+
+    _digit_images(tmp_path / "data" / "train", "train", 30, classes=True)
+    _digit_images(tmp_path / "data" / "val", "heldout", 30, classes=True)
+    recipe = tmp_path / "recipe.toml"
+    code, out, err = run_cli("init", "net.py:make", "--checkpoint", "ft.pt", "--data", tmp_path / "data",
+                             "-o", recipe)
+    assert code == 0, err
+    text = recipe.read_text()
+    assert text.count("\n#") > 5  # commented
+    d = tomllib.loads(text)
+    assert d["inputs"][0]["shape"] == ["batch", 1, 16, 16]
+    assert d["calibration"]["source"] == "data/train" and d["evaluation"]["source"] == "data/val"
+    r = load_recipe(recipe)
+    assert r.evaluation.preprocess.channel_order == "L" and r.precisions == ("fp32", "int8")
+    code, out, err = run_cli("init", "net.py:make", "--data", tmp_path / "data", "-o", recipe)
+    assert code == 2 and "exists" in err  # never overwritten silently
+    code, out, err = run_cli("init", "net.py:make", "--data", tmp_path / "data", "--preprocess", "imagenet",
+                             "--input", "image:float32[batch,3,224,224]", "-o", recipe, "--force")
+    assert code == 0, err
+    r = load_recipe(recipe)
+    assert r.calibration.preprocess.center_crop == (224, 224) and r.calibration.preprocess.resize == 256
+
+
+def test_a_target_asked_for_by_name_and_skipped_is_not_a_success(tmp_path, run_cli):
+    """Issue 14.7: `-t openvino-gpu -p fp16` on a machine without an Intel GPU said "skipped" and exited 0."""
+    from edgeopt.backends import get_backend
+    from edgeopt.core.targets import get_target
+
+    if get_backend("openvino").unavailable_reason(get_target("openvino-gpu")) is None:
+        import pytest
+
+        pytest.skip("this machine has an OpenVINO GPU device")
+    code, out, err = run_cli("build", "-t", "openvino-gpu", "-p", "fp16", "-o", tmp_path / "o")
+    assert code == 3
+    assert "openvino-gpu-fp16 was skipped: no OpenVINO GPU device here" in err
+
+
+def test_targets_and_doctor_fit_80_columns_and_say_one_install_hint(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    from edgeopt.backends import REGISTRY, get_backend
+
+    code, targets_out, _ = run_cli("targets")
+    assert code == 0
+    code, doctor_out, _ = run_cli("doctor")
+    assert code == 0
+    for text in (targets_out, doctor_out):
+        assert max(len(line) for line in text.splitlines()) <= 80
+    flat_t, flat_d = " ".join(targets_out.split()), " ".join(doctor_out.split())
+    for name in REGISTRY:
+        b = get_backend(name)
+        if not b.installed():
+            hint = " ".join(b.install_hint().split())
+            assert hint in flat_t and hint in flat_d  # the same words in both, from Backend.install_hint()

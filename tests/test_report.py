@@ -32,6 +32,17 @@ def built(tmp_path_factory):
     return out, manifest
 
 
+def write_out(folder: Path, m: dict, built_out: Path) -> Path:
+    """``m`` as the manifest of a copy of the built OUT (report refuses a manifest whose artifacts are not
+    there); an "ok" record made up from another gets a copy of that one's folder."""
+    shutil.copytree(built_out, folder, ignore=shutil.ignore_patterns("manifest.json", "report", "logs"))
+    (folder / "manifest.json").write_text(json.dumps(m))
+    for a in m["artifacts"]:
+        if a["status"] == "ok" and not (folder / a["id"]).exists():
+            shutil.copytree(folder / a["files"][0]["path"].split("/")[0], folder / a["id"])
+    return folder
+
+
 @pytest.fixture(scope="module")
 def written(built):
     return report(built[0])
@@ -129,7 +140,7 @@ def test_cli_report(run_cli, built, tmp_path):
 def test_failed_flagged_and_unprofiled_artifacts(built, tmp_path):
     """INT8 artifacts may be flagged "slower than fp32 sibling" or fail with a reason; skipped ones have no
     figures at all. The report shows them all, and draws from what has figures."""
-    _, m = built
+    built_out, m = built
     m = copy.deepcopy(m)
     fp32 = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-fp32")
     slow = copy.deepcopy(fp32)
@@ -147,9 +158,7 @@ def test_failed_flagged_and_unprofiled_artifacts(built, tmp_path):
          "status": "not built here", "reason": "TensorRT engines are built on the device", "files": [],
          "meta": {"gpu": "Orin", "compute_capability": "8.7", "tensorrt": "10.3.0"}},
     ]
-    out2 = tmp_path / "OUT"
-    out2.mkdir()
-    (out2 / "manifest.json").write_text(json.dumps(m))
+    out2 = write_out(tmp_path / "OUT", m, built_out)
     res = report(out2, tmp_path / "rep")
     md = res["markdown"].read_text()
     row = next(line for line in md.splitlines() if line.startswith("| ort-cpu-int8 |"))
@@ -165,27 +174,25 @@ def test_failed_flagged_and_unprofiled_artifacts(built, tmp_path):
 
 
 def test_no_accuracy_plots_cosine(built, tmp_path):
-    _, m = built
+    built_out, m = built
     m = copy.deepcopy(m)
     m["baseline"]["accuracy"] = None
     for a in m["artifacts"]:
         a["accuracy"] = None
-    (tmp_path / "manifest.json").write_text(json.dumps(m))
-    res = report(tmp_path)
+    res = report(write_out(tmp_path / "OUT", m, built_out))
     md = res["markdown"].read_text()
     assert "## Parity cosine versus latency (batch 1)" in md
     assert "| accuracy % |" in md
 
 
 def test_no_baseline_and_no_profile(built, tmp_path):
-    _, m = built
+    built_out, m = built
     m = copy.deepcopy(m)
     m["baseline"] = None
     for a in m["artifacts"]:
         a.pop("latency", None)
         a.pop("speedup_vs_torch", None)
-    (tmp_path / "manifest.json").write_text(json.dumps(m))
-    res = report(tmp_path)
+    res = report(write_out(tmp_path / "OUT", m, built_out))
     assert [p.name for p in res["images"]] == ["parity.png"]
     assert "ort-cpu-fp32" in res["html"].read_text()
 

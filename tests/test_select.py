@@ -62,8 +62,19 @@ def synthetic(with_accuracy: bool = True) -> dict:
 
 
 def write_out(folder: Path, manifest: dict) -> Path:
+    """The manifest and, as a build leaves them, the files it lists (select refuses an OUT whose artifacts
+    disagree with its manifest): artifact.json padded to its recorded size, other files sparse."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    for a in manifest["artifacts"]:
+        for f in a["files"]:
+            path = folder / f["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.name == "artifact.json":
+                path.write_text(json.dumps({"id": a["id"]}).ljust(f["bytes"]))
+            else:
+                with open(path, "wb") as fh:
+                    fh.truncate(f["bytes"])
     return folder
 
 

@@ -151,19 +151,20 @@ class Backend(ABC):
         return version_of(self.distribution)
 
     def install_hint(self) -> str:
-        """How to install what this backend needs (``doctor`` and the error texts say it)."""
+        """How to install what this backend needs: the one text ``doctor``, ``targets`` and every error say."""
         return f"pip install 'edgeopt[{self.extra}]'"
 
     def require(self):
         """Import the framework, or raise an error naming the pip extra to install."""
         if not self.installed():
-            raise BackendMissingError(self.distribution, self.extra, f"use the {self.name} backend")
+            raise BackendMissingError(self.distribution, self.extra, f"use the {self.name} backend",
+                                      fix=self.install_hint())
         return importlib.import_module(self.module)
 
     def unavailable_reason(self, target: Target) -> str | None:
         """None when the target can run here, else why not (missing package, missing device)."""
         if not self.installed():
-            return f"{self.distribution} is not installed: pip install 'edgeopt[{self.extra}]'"
+            return f"{self.distribution} is not installed: {self.install_hint()}"
         return self.device_missing(target)
 
     def device_missing(self, target: Target) -> str | None:

@@ -59,6 +59,14 @@ def handle_errors(fn):
     return wrapper
 
 
+def chatter_to_log(output):
+    """Third-party output during a build goes to OUT/logs/build.log; -v shows it."""
+    from edgeopt.report.progress import capture_chatter
+
+    o = click.get_current_context().find_root().obj or {}
+    return capture_chatter(output, show=o.get("verbose", False))
+
+
 def reporter():
     from edgeopt.report.progress import Reporter
 

@@ -9,7 +9,7 @@ import sys
 import click
 
 from edgeopt import __version__
-from edgeopt.cli.common import emit_json, handle_errors, parse_batches, reporter, stdout_guard
+from edgeopt.cli.common import chatter_to_log, emit_json, handle_errors, parse_batches, reporter, stdout_guard
 
 
 def _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind=None, calib=None,
@@ -83,7 +83,14 @@ def _model_recipe(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, 
     if opset or exporter:
         r = replace(r, export=ExportConfig(opset=opset or r.export.opset, exporter=exporter or r.export.exporter,
                                            slim=r.export.slim))
+    if inputs or dims:
+        from edgeopt.config.schema import check_inputs_fit
+
+        check_inputs_fit(r.spec)  # before the model is loaded or anything allocated
     return r
+
+
+WIDE = click.option("--wide", is_flag=True, help="Every column of the table (parity, p99), however wide.")
 
 
 def model_options(fn):
@@ -136,28 +143,29 @@ def main(ctx, quiet, verbose):
 @click.option("-p", "--precision", "precisions", multiple=True, help="fp32, fp16, bf16, int8 (repeatable).")
 @click.option("--force", is_flag=True, help="Build into a non-empty folder that is not an edgeopt output.")
 @click.option("--json", "json_out", is_flag=True, help="Print the manifest as JSON on stdout.")
+@WIDE
 @model_options
 @click.pass_context
 @handle_errors
-def build(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, kind, allow_pickle, inputs,
+def build(ctx, recipe, output, targets, precisions, force, json_out, wide, model, checkpoint, kind, allow_pickle, inputs,
           dims, opset, exporter, outputs, calib, evaluation, preprocess, task):
     """Export, compile, check and profile RECIPE (a TOML file); no RECIPE builds the built-in example."""
     from edgeopt.pipeline import build as build_mod
 
     r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind, calib,
                          evaluation, preprocess, task, outputs)
-    with stdout_guard(json_out):
+    with stdout_guard(json_out), chatter_to_log(output):
         m = build_mod.build(r, output, targets, precisions, force=force, reporter=reporter())
-    _finish(m, json_out, output)
+    _finish(m, json_out, output, wide, targets or r.targets)
 
 
-def _finish(m: dict, json_out: bool, output) -> None:
+def _finish(m: dict, json_out: bool, output, wide: bool = False, asked=()) -> None:
     from edgeopt.report.tables import print_summary
 
     if json_out:
         emit_json(m)
     else:
-        print_summary(m)
+        print_summary(m, wide=wide)
         click.echo(f"manifest: {Path(output) / 'manifest.json'}")
     sel = m.get("selection")
     if sel is not None and not json_out:
@@ -169,6 +177,13 @@ def _finish(m: dict, json_out: bool, output) -> None:
     if failed:
         click.echo(f"error: {len(failed)} artifact(s) failed: {', '.join(failed)} (see the table and the manifest).", err=True)
         sys.exit(5)
+    skipped = [a for a in m["artifacts"] if a["status"] == "skipped" and a["target"] in asked]
+    if skipped:  # a target asked for by name that could not be built is not a success
+        for a in skipped:
+            click.echo(f"error: {a['id']} was skipped: {a.get('reason')}", err=True)
+        click.echo("fix: build it on a machine that has what it needs (`edgeopt targets` says what runs here), or "
+                   "drop it from -t/--target.", err=True)
+        sys.exit(3)
 
 
 @main.command()
@@ -186,7 +201,7 @@ def export(ctx, recipe, output, force, json_out, model, checkpoint, kind, allow_
 
     r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind, calib,
                          evaluation, preprocess, task, outputs)
-    with stdout_guard(json_out):
+    with stdout_guard(json_out), chatter_to_log(output):
         m = api.export(r, output, force=force, reporter=reporter())
     if json_out:
         emit_json(m["export"])
@@ -203,19 +218,20 @@ def export(ctx, recipe, output, force, json_out, model, checkpoint, kind, allow_
 @click.option("-p", "--precision", "precisions", multiple=True)
 @click.option("--force", is_flag=True)
 @click.option("--json", "json_out", is_flag=True)
+@WIDE
 @model_options
 @click.pass_context
 @handle_errors
-def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, model, checkpoint, kind, allow_pickle,
+def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, wide, model, checkpoint, kind, allow_pickle,
                 inputs, dims, opset, exporter, outputs, calib, evaluation, preprocess, task):
     """Compile RECIPE for targets and precisions (parity-checked, not profiled)."""
     from edgeopt.pipeline import api
 
     r = _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind, calib,
                          evaluation, preprocess, task, outputs)
-    with stdout_guard(json_out):
+    with stdout_guard(json_out), chatter_to_log(output):
         m = api.compile(r, output, targets, precisions, force=force, reporter=reporter())
-    _finish(m, json_out, output)
+    _finish(m, json_out, output, wide, targets or r.targets)
 
 
 @main.command()
@@ -232,18 +248,46 @@ def compile_cmd(ctx, recipe, output, targets, precisions, force, json_out, model
 @click.option("--min-cosine", type=float, help="INT8 budget without labels: minimum output cosine (default 0.99).")
 @click.option("--force", is_flag=True)
 @click.option("--json", "json_out", is_flag=True)
+@WIDE
 @click.pass_context
 @handle_errors
 def compress(ctx, recipe, output, targets, precisions, prune, ratio, macs_target, finetune_epochs, finetune_data,
-             max_drop, min_cosine, force, json_out):
+             max_drop, min_cosine, force, json_out, wide):
     """INT8 calibration with an accuracy guard, and pruning with recovery fine-tuning (no RECIPE: the example)."""
     from edgeopt.pipeline import api
 
-    with stdout_guard(json_out):
+    with stdout_guard(json_out), chatter_to_log(output):
         m = api.compress(recipe, output, targets, precisions or ("fp32", "int8"), prune, ratio, macs_target,
                          finetune_epochs, finetune_data, max_drop, min_cosine, force=force,
                          reporter=reporter())
-    _finish(m, json_out, output)
+    _finish(m, json_out, output, wide, targets)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Image folder: one subfolder per class, or train/, val/ (and calib/) subfolders.")
+@click.option("--checkpoint", help="state_dict checkpoint for a factory model.")
+@click.option("--input", "input_spec", help="The model's input, NAME:DTYPE[DIMS] (default: from the images).")
+@click.option("--preprocess", type=click.Choice(["none", "resize", "imagenet"]),
+              help="How images become inputs (default: none when every image has one size, else imagenet).")
+@click.option("--kind", type=click.Choice(["cnn", "transformer", "detector", "generic"]), default="cnn",
+              show_default=True)
+@click.option("-o", "--output", default="recipe.toml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing recipe file.")
+@handle_errors
+def init(model, data, checkpoint, input_spec, preprocess, kind, output, force):
+    """Write a commented starter recipe for MODEL (file.py:factory, model.onnx, ...) and a data folder."""
+    from edgeopt.config.starter import starter_recipe
+    from edgeopt.core.fsutil import write_text_atomic
+    from edgeopt.errors import UserInputError
+
+    out = Path(output)
+    if out.exists() and not force:
+        raise UserInputError(f"{out} exists.", "Choose another -o/--output, or pass --force to replace it.")
+    text = starter_recipe(model, data, checkpoint, input_spec, preprocess, kind, base=out.resolve().parent)
+    write_text_atomic(out, text)
+    click.echo(f"wrote {out}; check the [[inputs]] shape and the preprocessing, then: edgeopt build {out} -o out")
 
 
 @main.command()
@@ -331,17 +375,23 @@ def targets(ctx, json_out):
     if json_out:
         emit_json(rows)
         return
-    from rich.table import Table
+    from edgeopt.report.tables import fit_table, terminal_width, wrap
 
-    from edgeopt.report.tables import wide_console
-
-    t = Table(title="edgeopt targets", title_justify="left")
-    for c in ("target", "backend", "device", "precisions", "runs here", "status / what to install"):
-        t.add_column(c)
+    width = terminal_width()
+    notes: list[str] = []  # one note per distinct reason: the same install hint is said once
+    table = []
     for r in rows:
-        t.add_row(r["name"], r["backend"], r["device"], ",".join(r["precisions"]),
-                  "[green]yes[/green]" if r["runnable"] else "[red]no[/red]", r["status"])
-    wide_console().print(t)
+        cell = "yes"
+        if not r["runnable"]:
+            if r["status"] not in notes:
+                notes.append(r["status"])
+            cell = f"no [{notes.index(r['status']) + 1}]"
+        table.append([r["name"], r["backend"], r["device"], ",".join(r["precisions"]), cell])
+    for line in fit_table(["target", "backend", "device", "precisions", "runs here"], table, width):
+        click.echo(line)
+    for n, text in enumerate(notes, 1):
+        for line in wrap(f"[{n}] {text}", width, indent="    "):
+            click.echo(line)
 
 
 @main.command()
@@ -356,15 +406,23 @@ def doctor(ctx, json_out):
     if json_out:
         emit_json(d)
         return
+    from edgeopt.report.tables import terminal_width, wrap
+
+    width = terminal_width()
+
+    def say(text: str, indent: str = "    ") -> None:
+        for line in wrap(text, width, indent=indent):
+            click.echo(line)
+
     cpu = d["host"]["cpu"]
-    click.echo(f"edgeopt {__version__} on {d['host']['os']}, Python {d['host']['python']}")
-    click.echo(f"CPU: {cpu['model']} ({cpu['usable_cores']} usable cores), features: {', '.join(cpu['flags']) or 'none'}")
+    say(f"edgeopt {__version__} on {d['host']['os']}, Python {d['host']['python']}")
+    say(f"CPU: {cpu['model']} ({cpu['usable_cores']} usable cores), features: {', '.join(cpu['flags']) or 'none'}")
     for name, b in d["backends"].items():
-        state = f"{b['version']}" if b["installed"] else f"not installed ({b['install']})"
-        click.echo(f"  {name:12s} {state}")
+        state = f"{b['version']}" if b["installed"] else f"not installed: {b['install']}"
+        say(f"  {name:12s} {state}", indent=" " * 15)
         for dev, full in (b.get("devices") or {}).items():
-            click.echo(f"  {'':12s} device {dev}: {full}")
-    click.echo("libraries: " + ", ".join(f"{k} {v}" for k, v in d["host"]["libraries"].items()))
+            say(f"  {'':12s} device {dev}: {full}", indent=" " * 15)
+    say("libraries: " + ", ".join(f"{k} {v}" for k, v in d["host"]["libraries"].items()))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,6 +31,7 @@ from pathlib import Path
 from edgeopt.config.compression import CompressionConfig
 from edgeopt.config.pruning import PruningConfig
 from edgeopt.config.budgets import Budgets
+from edgeopt.config.schema import check_inputs_fit, check_recipe
 from edgeopt.errors import UserInputError
 from edgeopt.core.parity import DEFAULT_TOLERANCES
 from edgeopt.core.profile import ProfileConfig
@@ -154,6 +155,7 @@ TOP_KEYS = ("model", "inputs", "dims", "outputs", "targets", "precisions", "expo
 
 
 def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
+    check_recipe(data)  # types, ranges and lengths of every known key: a clear error, never a traceback
     _reject_unknown("top level", data, TOP_KEYS)
     if "model" not in data or "source" not in data["model"]:
         raise UserInputError("The recipe has no [model] source.", 'Add [model] source = "model.py:build".')
@@ -169,11 +171,12 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         _reject_unknown(f"dims.{n}", d, ("min", "opt", "max", "multiple_of"))
         if "min" not in d or "max" not in d:
             raise UserInputError(f"[dims.{n}] needs min and max.", f"[dims.{n}] min = 1, opt = 1, max = 32")
-        dims[n] = Dim(n, int(d["min"]), int(d.get("opt", d["min"])), int(d["max"]), d.get("multiple_of", 1))
+        dims[n] = Dim(n, d["min"], d.get("opt", d["min"]), d["max"], d.get("multiple_of", 1))
     for i in data["inputs"]:
         _reject_unknown("inputs", i, ("name", "shape", "dtype", "range"))
     spec = IOSpec(inputs=tuple(tensor_from_dict(i) for i in data["inputs"]), dims=dims,
                   outputs=tuple(data.get("outputs", ())) or model.outputs)
+    check_inputs_fit(spec)
     precisions = tuple(data.get("precisions", Recipe.precisions))
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:

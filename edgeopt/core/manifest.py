@@ -28,6 +28,8 @@ class Manifest:
             "schema": SCHEMA,
             "edgeopt_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "generation": new_generation(),  # this build; its artifacts carry it in their records and artifact.json
+            "complete": False,  # True once the build wrote this manifest at its end
             "host": host,
             "recipe": recipe.path or "built-in example",
             "model": {},
@@ -39,9 +41,14 @@ class Manifest:
             "artifacts": [],
         })
 
-    def write(self, out: Path) -> None:
+    def write(self, out: Path, complete: bool = True) -> None:
+        self.data["complete"] = complete
         validate(self.data)
         write_json_atomic(Path(out) / MANIFEST, self.data)
+
+    @property
+    def generation(self) -> str | None:
+        return self.data.get("generation")
 
     def artifact(self, artifact_id: str) -> dict:
         for a in self.data["artifacts"]:
@@ -78,6 +85,72 @@ def validate(data: dict) -> None:
             raise IntegrityError(f"Manifest artifact {a['id']}: files is not a list of records.", "Rebuild the artifact.")
         if a.get("reason") is not None and not isinstance(a["reason"], str):
             raise IntegrityError(f"Manifest artifact {a['id']}: reason is not text.", "Rebuild the artifact.")
+
+
+def new_generation() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:16]
+
+
+def mark_incomplete(out: Path) -> None:
+    """Before a build changes anything in OUT: its manifest (if any) says the folder is being rebuilt, so a
+    build killed half-way leaves a manifest every reader refuses instead of one that describes old files."""
+    previous = load_manifest(out, missing_ok=True)
+    if previous is not None and previous.data.get("complete") is not False:
+        previous.write(out, complete=False)
+
+
+def rerun_fix(out: Path) -> str:
+    return (f"Rerun the build into it (edgeopt build RECIPE -o {out}; finished artifacts are reused), or use "
+            "another OUT folder.")
+
+
+def check_consistent(out: Path, data: dict) -> None:
+    """Refuse an OUT whose manifest and artifact folders disagree: a build that stopped before it finished
+    (the manifest says incomplete) or artifacts from another build beside the manifest (generation, build
+    key, missing files or other sizes). Cheap: reads each artifact.json and stats files, no hashing."""
+    from edgeopt.core.artifact import ARTIFACT_JSON
+    from edgeopt.core.untrusted import check_id, relpath_problem
+
+    out = Path(out)
+    if data.get("complete") is False:
+        raise IntegrityError(f"{out} is incomplete: a build into it stopped before it finished (its manifest "
+                             "still describes the previous build while artifacts may already be new).", rerun_fix(out))
+
+    def disagree(detail: str) -> IntegrityError:
+        return IntegrityError(f"{out}: the manifest and the artifacts disagree ({detail}); a build into it was "
+                              "interrupted or files were changed by hand.", rerun_fix(out))
+
+    for rec in data["artifacts"]:
+        if rec.get("status") != "ok":
+            continue
+        aid = check_id(rec["id"], "artifact id", rerun_fix(out))
+        art_path = out / aid / ARTIFACT_JSON
+        if not art_path.is_file():
+            raise disagree(f"{aid}/{ARTIFACT_JSON} is missing")
+        art = load_json(art_path, str(art_path), fix=rerun_fix(out))
+        if not isinstance(art, dict):
+            raise disagree(f"{aid}/{ARTIFACT_JSON} is not a JSON object")
+        for key in ("generation", "key"):
+            if rec.get(key) and art.get(key) and rec[key] != art[key]:
+                raise disagree(f"{aid} was built by another build ({key} {str(art[key])[:12]} in its folder, "
+                               f"{str(rec[key])[:12]} in the manifest)")
+        for f in rec.get("files") or []:
+            if relpath_problem(f.get("path")):
+                raise disagree(f"{aid} lists the file {printable(repr(f.get('path')), 80)}")
+            path = out / f["path"]
+            if not path.is_file():
+                raise disagree(f"{f.get('path')} is missing")
+            if isinstance(f.get("bytes"), int) and path.stat().st_size != f["bytes"]:
+                raise disagree(f"{f.get('path')} has {path.stat().st_size} bytes, the manifest says {f['bytes']}")
+
+
+def load_consistent(out: Path) -> Manifest:
+    """The manifest of a finished build whose artifacts match it (see :func:`check_consistent`)."""
+    m = load_manifest(out)
+    check_consistent(out, m.data)
+    return m
 
 
 def _plain(value) -> bool:

@@ -30,6 +30,15 @@ def check_dtype(name: str, where: str) -> str:
     return name
 
 
+MAX_SIZE = 2**31 - 1  # one axis
+MAX_RANK = 16
+MAX_EXACT = 2**53  # a value range beyond this is not exact in a float (TOML numbers, JSON manifests)
+
+
+def _is_size(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE
+
+
 @dataclass(frozen=True)
 class Dim:
     """A named dynamic axis with the range an artifact must support (min <= opt <= max), every size a
@@ -42,6 +51,11 @@ class Dim:
     multiple_of: int = 1
 
     def __post_init__(self):
+        if not all(_is_size(v) for v in (self.min, self.opt, self.max)):
+            raise UserInputError(
+                f"Dynamic axis {self.name!r}: min, opt and max must be integers from 1 to {MAX_SIZE}, got "
+                f"min={self.min!r} opt={self.opt!r} max={self.max!r}.",
+                "Fix the range, for example batch = {min = 1, opt = 1, max = 32}.")
         if not (1 <= self.min <= self.opt <= self.max):
             raise UserInputError(
                 f"Dynamic axis {self.name!r}: need 1 <= min <= opt <= max, got "
@@ -249,31 +263,72 @@ class IOSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "IOSpec":
-        dims = {n: Dim(n, int(d["min"]), int(d.get("opt", d["min"])), int(d["max"]), int(d.get("multiple_of", 1)))
-                for n, d in data.get("dims", {}).items()}
-        inputs = tuple(tensor_from_dict(i) for i in data["inputs"])
-        return cls(inputs=inputs, dims=dims, outputs=tuple(data.get("outputs", ())))
+        """From a manifest's or recipe's model section (untrusted: wrong types are a clear error)."""
+        if not isinstance(data, dict):
+            raise UserInputError("The model's I/O spec is not a table.", "Declare [[inputs]] and [dims.*].")
+        raw_dims, raw_inputs, outputs = data.get("dims") or {}, data.get("inputs"), data.get("outputs") or ()
+        if not isinstance(raw_dims, dict) or not all(isinstance(d, dict) for d in raw_dims.values()):
+            raise UserInputError("The dynamic axes (dims) are not a table of {min, opt, max} tables.",
+                                 "Write [dims.batch] min = 1, opt = 1, max = 32.")
+        if not isinstance(raw_inputs, (list, tuple)) or not all(isinstance(i, dict) for i in raw_inputs):
+            raise UserInputError("The inputs are not a list of tables.", 'Write [[inputs]] name = "x" shape = [...].')
+        if not isinstance(outputs, (list, tuple)) or not all(isinstance(o, str) and o for o in outputs):
+            raise UserInputError(f"The outputs {outputs!r} are not a list of names.", 'Write outputs = ["logits"].')
+        dims = {}
+        for n, d in raw_dims.items():
+            if "min" not in d or "max" not in d:
+                raise UserInputError(f"Dynamic axis {n!r} needs min and max.", f"[dims.{n}] min = 1, opt = 1, max = 32")
+            dims[n] = Dim(n, d["min"], d.get("opt", d["min"]), d["max"], d.get("multiple_of", 1))
+        inputs = tuple(tensor_from_dict(i) for i in raw_inputs)
+        return cls(inputs=inputs, dims=dims, outputs=tuple(outputs))
 
     def with_outputs(self, names) -> "IOSpec":
         return IOSpec(self.inputs, self.dims, tuple(names))
 
 
 def tensor_from_dict(d: dict) -> TensorSpec:
+    if not isinstance(d, dict):
+        raise UserInputError(f"An input is {type(d).__name__}, not a table.", 'Write [[inputs]] name = "x" shape = [...].')
     name = d.get("name")
-    if not name:
-        raise UserInputError("An input has no name.", "Give every [[inputs]] entry a name.")
+    if not name or not isinstance(name, str) or len(name) > 255 or not name.isprintable():
+        raise UserInputError(f"An input has no usable name ({name!r}).",
+                             "Give every [[inputs]] entry a name (printable, at most 255 characters).")
     shape = d.get("shape")
-    if not isinstance(shape, (list, tuple)):
-        raise UserInputError(f"Input {name!r} has no shape list.", 'Write shape = ["batch", 3, 224, 224].')
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_RANK:
+        raise UserInputError(f"Input {name!r} has no shape list of at most {MAX_RANK} axes.",
+                             'Write shape = ["batch", 3, 224, 224].')
+    for x in shape:
+        if not (_is_size(x) or (isinstance(x, str) and x and len(x) <= 64 and x.isprintable())):
+            raise UserInputError(f"Input {name!r}: shape entry {x!r} is neither a size from 1 to {MAX_SIZE} nor "
+                                 "the name of a dynamic axis.", 'Write shape = ["batch", 3, 224, 224].')
+    dtype = d.get("dtype", "float32")
+    dtype = check_dtype(dtype if isinstance(dtype, str) else repr(dtype), f"input {name!r}")
     rng = d.get("range")
-    if rng is not None and (len(rng) != 2 or not rng[0] < rng[1]):
-        raise UserInputError(f"Input {name!r}: range must be [low, high) with low < high.", "For example range = [0, 1].")
-    return TensorSpec(
-        name=name,
-        shape=tuple(x if isinstance(x, str) else int(x) for x in shape),
-        dtype=check_dtype(d.get("dtype", "float32"), f"input {name!r}"),
-        range=tuple(rng) if rng is not None else None,
-    )
+    if rng is not None:
+        _check_range(name, dtype, rng)
+    return TensorSpec(name=name, shape=tuple(shape), dtype=dtype, range=tuple(rng) if rng is not None else None)
+
+
+def _check_range(name: str, dtype: str, rng) -> None:
+    """[low, high): finite numbers, low < high, within what ``dtype`` holds (and exact in a float)."""
+    import math
+
+    ok = (isinstance(rng, (list, tuple)) and len(rng) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rng)
+          and rng[0] < rng[1])
+    if not ok:
+        raise UserInputError(f"Input {name!r}: range must be [low, high) with finite low < high, got {rng!r}.",
+                             "For example range = [0, 1].")
+    if dtype == "bool":
+        lo, hi = 0, 2
+    elif np.issubdtype(DTYPES[dtype], np.integer):
+        info = np.iinfo(DTYPES[dtype])
+        lo, hi = max(int(info.min), -MAX_EXACT), min(int(info.max), MAX_EXACT)
+    else:
+        lo = -(hi := min(float(np.finfo(DTYPES[dtype]).max), 1e9))
+    if not (lo <= rng[0] and rng[1] <= hi):
+        raise UserInputError(f"Input {name!r}: range {list(rng)} is outside what {dtype} samples may hold "
+                             f"({lo:g} to {hi:g}).", f"Give a range within {lo:g} to {hi:g}, for example [0, 1].")
 
 
 _INPUT_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*):(?P<dtype>\w+)\[(?P<shape>[^\]]*)\](?:@(?P<lo>-?[\d.e+-]+),(?P<hi>-?[\d.e+-]+))?$")
@@ -288,8 +343,11 @@ def parse_input_arg(text: str) -> TensorSpec:
             "Write NAME:DTYPE[DIM,...], for example image:float32[batch,3,224,224] "
             "or input_ids:int64[batch,seq]@0,30522.",
         )
-    shape = tuple(int(s) if s.isdigit() else s for s in m["shape"].split(",") if s)
-    rng = (float(m["lo"]), float(m["hi"])) if m["lo"] is not None else None
+    shape = tuple(int(s[:12]) if s.isdigit() else s for s in m["shape"].split(",") if s)
+    try:
+        rng = (float(m["lo"]), float(m["hi"])) if m["lo"] is not None else None
+    except ValueError:
+        raise UserInputError(f"Cannot read the value range of {text!r}.", "Write @LOW,HIGH, for example @0,1.") from None
     return tensor_from_dict({"name": m["name"], "dtype": m["dtype"], "shape": list(shape), "range": rng})
 
 
@@ -298,5 +356,5 @@ def parse_dim_arg(text: str) -> Dim:
     m = re.match(r"^([A-Za-z_]\w*)=(\d+):(\d+)(?::(\d+))?$", text.replace(" ", ""))
     if not m:
         raise UserInputError(f"Cannot read dynamic axis {text!r}.", "Write NAME=MIN:OPT:MAX, for example batch=1:8:32.")
-    lo, b, c = int(m[2]), int(m[3]), m[4]
-    return Dim(m[1], lo, b, int(c)) if c is not None else Dim(m[1], lo, lo, b)
+    lo, b, c = int(m[2][:12]), int(m[3][:12]), m[4]  # longer digit strings are over MAX_SIZE anyway
+    return Dim(m[1], lo, b, int(c[:12])) if c is not None else Dim(m[1], lo, lo, b)

@@ -78,6 +78,9 @@ class Preprocess:
     ``out = (pixels * scale - mean) / std``, with ``mean`` and ``std`` given per channel in the output
     channel order (after the RGB -> BGR flip). ``resize`` is the shorter side (aspect ratio kept, as
     torchvision's ``Resize(int)``) or ``[h, w]``; ``center_crop`` is ``[h, w]`` or one int for a square.
+    ``letterbox`` (detectors): fit the image inside ``resize`` = ``[h, w]`` keeping its aspect ratio and pad
+    the rest, centred, with ``pad_value`` (114, grey, as Ultralytics does). :meth:`geometry` says where an
+    original pixel lands in the model's input, so detections can be mapped back.
     """
 
     resize: int | tuple[int, int] | None = None
@@ -89,8 +92,11 @@ class Preprocess:
     layout: str = "NCHW"
     dtype: str = "float32"
     interpolation: str = "bilinear"
+    letterbox: bool = False
+    pad_value: int = 114
 
-    KEYS = ("resize", "center_crop", "mean", "std", "scale", "channel_order", "layout", "dtype", "interpolation")
+    KEYS = ("resize", "center_crop", "mean", "std", "scale", "channel_order", "layout", "dtype", "interpolation",
+            "letterbox", "pad_value")
 
     def __post_init__(self):
         where = "preprocess"
@@ -116,6 +122,16 @@ class Preprocess:
             set_(key, self._per_channel(key, getattr(self, key)))
         if self.std is not None and any(s == 0 for s in self.std):
             raise UserInputError(f"{where}.std has a zero: {list(self.std)}.", "Every std must be non-zero.")
+        if not isinstance(self.letterbox, bool):
+            raise UserInputError(f"{where}.letterbox is {self.letterbox!r}.", "Use true or false.")
+        if not _is_int(self.pad_value) or not 0 <= self.pad_value <= 255:
+            raise UserInputError(f"{where}.pad_value is {self.pad_value!r}.", "Use a pixel value in 0..255.")
+        if self.letterbox:
+            if self.resize is None:
+                raise UserInputError(f"{where}.letterbox needs the size to fit images into.",
+                                     "Add resize = [height, width] (the model's input size).")
+            if isinstance(self.resize, int):
+                set_("resize", (self.resize, self.resize))
 
     def _per_channel(self, key: str, value):
         if value is None:
@@ -138,6 +154,8 @@ class Preprocess:
         out = {}
         for k in self.KEYS:
             v = getattr(self, k)
+            if k in ("letterbox", "pad_value") and not self.letterbox:
+                continue  # written only when used: older readers of the manifest stay valid
             if v is not None:
                 out[k] = list(v) if isinstance(v, tuple) else v
         return out
@@ -203,7 +221,9 @@ class Preprocess:
         mode = "L" if self.channel_order == "L" else "RGB"
         if img.mode != mode:
             img = img.convert(mode)
-        if self.resize is not None:
+        if self.letterbox:
+            img = self._letterbox(img)
+        elif self.resize is not None:
             img = self._resize(img)
         if self.center_crop is not None:
             img = self._crop(img)
@@ -223,6 +243,51 @@ class Preprocess:
         Image = _pil()
         resample = getattr(getattr(Image, "Resampling", Image), self.interpolation.upper())
         return img.resize(size, resample)
+
+    def _letterbox(self, img):
+        (h, w), (nw, nh), (top, left) = self.resize, *self._letterbox_fit(img.size[1], img.size[0])
+        Image = _pil()
+        if (nw, nh) != img.size:
+            resample = getattr(getattr(Image, "Resampling", Image), self.interpolation.upper())
+            img = img.resize((nw, nh), resample)
+        fill = self.pad_value if img.mode == "L" else (self.pad_value,) * 3
+        canvas = Image.new(img.mode, (w, h), fill)
+        canvas.paste(img, (left, top))
+        return canvas
+
+    def _letterbox_fit(self, h0: int, w0: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(new width, new height) and (top, left) padding of an h0 x w0 image letterboxed into resize."""
+        h, w = self.resize
+        s = min(h / h0, w / w0)
+        nw, nh = max(1, min(w, int(round(w0 * s)))), max(1, min(h, int(round(h0 * s))))
+        return (nw, nh), ((h - nh) // 2, (w - nw) // 2)
+
+    def geometry(self, original_hw: tuple[int, int]) -> tuple[float, float, float, float]:
+        """Where an original pixel lands in the input: ``input_x = x * sx + dx`` and ``input_y = y * sy + dy``;
+        returns (sy, sx, dy, dx) for an image of ``original_hw`` (height, width)."""
+        h0, w0 = (int(v) for v in original_hw)
+        if h0 < 1 or w0 < 1:
+            raise UserInputError(f"original_size {original_hw!r} is not an image size.", "Give (height, width).")
+        dy = dx = 0.0
+        if self.letterbox:
+            (nw, nh), (top, left) = self._letterbox_fit(h0, w0)
+            sy, sx, dy, dx, h1, w1 = nh / h0, nw / w0, float(top), float(left), self.resize[0], self.resize[1]
+        elif isinstance(self.resize, int):
+            short, long = (w0, h0) if w0 <= h0 else (h0, w0)
+            new_short, new_long = self.resize, int(self.resize * long / short)
+            w1, h1 = (new_short, new_long) if w0 <= h0 else (new_long, new_short)
+            sy, sx = h1 / h0, w1 / w0
+        elif self.resize is not None:
+            h1, w1 = self.resize
+            sy, sx = h1 / h0, w1 / w0
+        else:
+            sy = sx = 1.0
+            h1, w1 = h0, w0
+        if self.center_crop is not None:
+            ch, cw = self.center_crop
+            dy -= int(round((h1 - ch) / 2.0))
+            dx -= int(round((w1 - cw) / 2.0))
+        return sy, sx, dy, dx
 
     def _crop(self, img):
         w, h = img.size

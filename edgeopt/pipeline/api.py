@@ -14,7 +14,8 @@ from edgeopt.pipeline.build import (
 )
 from edgeopt.errors import UserInputError
 from edgeopt.core.hostinfo import host_info
-from edgeopt.core.manifest import Manifest, load_manifest
+from edgeopt.core.lock import out_lock
+from edgeopt.core.manifest import Manifest, load_consistent, load_manifest, mark_incomplete
 from edgeopt.core.profile import ProfileConfig
 from edgeopt.config.recipe import Recipe, load_recipe
 from edgeopt.report.progress import Reporter
@@ -39,12 +40,14 @@ def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
     ctx = BuildContext(recipe=r, out=out, reporter=reporter)
     load_data(ctx, manifest)
     stage_intake(ctx)
-    prepare_output(out, force)
-    previous = load_manifest(out, missing_ok=True)
-    stage_export(ctx, manifest, previous)
-    if previous and (previous.data.get("export") or {}).get("sha256") == manifest.data["export"].get("sha256"):
-        manifest.data["artifacts"] = previous.data.get("artifacts", [])  # still valid for the same ONNX
-    manifest.write(out)
+    with out_lock(out, "export"):
+        prepare_output(out, force)
+        previous = load_manifest(out, missing_ok=True)
+        mark_incomplete(out)
+        stage_export(ctx, manifest, previous)
+        if previous and (previous.data.get("export") or {}).get("sha256") == manifest.data["export"].get("sha256"):
+            manifest.data["artifacts"] = previous.data.get("artifacts", [])  # still valid for the same ONNX
+        manifest.write(out)
     return manifest.data
 
 
@@ -76,30 +79,17 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
         manifest = None
     elif (path / MANIFEST).is_file():
         manifest = load_manifest(path)
-        folders = [path / a["id"] for a in manifest.data["artifacts"] if a["status"] == "ok"]
     else:
         raise UserInputError(f"{path} is neither an artifact folder nor an edgeopt output folder.",
                              "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
-    from edgeopt.backends.artifact import profile_together
-    from edgeopt.core.profile import describe_load, machine_load, timing_run
-
-    named = {read_artifact_json(folder)["id"]: folder for folder in folders}
-    load = machine_load()
-    if load["busy"]:
-        reporter.warn(f"The machine is busy: {describe_load(load)}. Timings will be noisy.")
-    run = timing_run(cfg, list(named), load)
-    reporter.step(f"Timing {', '.join(named)} in {cfg.rounds} interleaved rounds at batch "
-                  f"{','.join(map(str, batches))}")
-    results, failed = profile_together(named, cfg.batches, cfg, threads, log=reporter.info)
-    for aid, why in failed.items():
-        reporter.warn(f"{aid}: not timed: {why}")
-    for aid, prof in results.items():
-        bad = [str(r["batch"]) for r in prof["rows"] if r["unstable"]]
-        if bad:
-            reporter.warn(f"{aid}: timings unstable at batch {','.join(bad)}; is the machine busy?")
-    layer_profiles = _layers(named, path if manifest is not None else None, batches[0], layer_runs, threads,
-                             reporter) if layers else {}
-    if manifest is not None:
+    if manifest is None:
+        named = {read_artifact_json(folder)["id"]: folder for folder in folders}
+        run, results, failed, layer_profiles = _time_together(named, None, cfg, threads, reporter, layers, layer_runs)
+        return {"host": host_info(), "timing": run, "artifacts": results, "failed": failed, "layers": layer_profiles}
+    with out_lock(path, "profile"):  # it rewrites the manifest: not while a build writes OUT
+        manifest = load_consistent(path)  # read again under the lock: a build may have just finished
+        named = {a["id"]: path / a["id"] for a in manifest.data["artifacts"] if a["status"] == "ok"}
+        run, results, failed, layer_profiles = _time_together(named, path, cfg, threads, reporter, layers, layer_runs)
         for a in manifest.data["artifacts"]:
             if a["id"] in results:
                 # The baseline is not re-timed here: the speed-ups of the build's run no longer apply.
@@ -109,6 +99,30 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
         manifest.data["timing"] = run
         write_json_atomic(path / MANIFEST, manifest.data)
     return {"host": host_info(), "timing": run, "artifacts": results, "failed": failed, "layers": layer_profiles}
+
+
+def _time_together(named: dict, out: Path | None, cfg: ProfileConfig, threads, reporter, layers: bool,
+                   layer_runs: int) -> tuple:
+    """(timing run, id -> profile, id -> why not timed, id -> layer profile): ``named`` artifacts (id -> folder)
+    timed together in interleaved rounds after a look at the machine's load; per-layer profiles with ``layers``."""
+    from edgeopt.backends.artifact import profile_together
+    from edgeopt.core.profile import describe_load, machine_load, timing_run
+
+    load = machine_load()
+    if load["busy"]:
+        reporter.warn(f"The machine is busy: {describe_load(load)}. Timings will be noisy.")
+    run = timing_run(cfg, list(named), load)
+    reporter.step(f"Timing {', '.join(named)} in {cfg.rounds} interleaved rounds at batch "
+                  f"{','.join(map(str, cfg.batches))}")
+    results, failed = profile_together(named, cfg.batches, cfg, threads, log=reporter.info)
+    for aid, why in failed.items():
+        reporter.warn(f"{aid}: not timed: {why}")
+    for aid, prof in results.items():
+        bad = [str(r["batch"]) for r in prof["rows"] if r["unstable"]]
+        if bad:
+            reporter.warn(f"{aid}: timings unstable at batch {','.join(bad)}; is the machine busy?")
+    layer_profiles = _layers(named, out, cfg.batches[0], layer_runs, threads, reporter) if layers else {}
+    return run, results, failed, layer_profiles
 
 
 def _layers(named: dict, out: Path | None, batch: int, runs: int, threads, reporter) -> dict:

@@ -26,9 +26,11 @@ from edgeopt.core.fsutil import (
     write_json_atomic,
 )
 from edgeopt.core.hostinfo import host_info, version_of
-from edgeopt.core.manifest import MANIFEST, Manifest, load_manifest
+from edgeopt.core.lock import OUT_LOCK, out_lock
+from edgeopt.core.manifest import MANIFEST, Manifest, load_manifest, mark_incomplete
 from edgeopt.core.parity import figures, parity, tolerance_for
 from edgeopt.config.recipe import Recipe, load_recipe
+from edgeopt.config.schema import check_inputs_fit
 from edgeopt.core.reference import REFERENCE_FILE, parity_feeds, save_reference
 from edgeopt.report.progress import Reporter
 from edgeopt.core.targets import Target, check_precision, get_target, load_targets
@@ -67,6 +69,7 @@ class BuildContext:
     eval_reference: object = None  # reference outputs on unlabelled evaluation data
     fp32_metric: dict | None = None  # the exported FP32 model's task metric (the int8 accuracy budget's base)
     int8: bool = False  # some planned artifact is int8
+    generation: str | None = None  # this build's id, recorded in each artifact it compiles
     pruning_failure: str | None = None  # the pruned model failed its accuracy guard: nothing built from it is ok
 
 
@@ -79,7 +82,8 @@ def check_output(out: Path, force: bool) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"Output {out} exists and is a file.", "Choose another -o/--output folder.")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not (out / MANIFEST).is_file():
+    if (out.is_dir() and any(p.name != OUT_LOCK for p in out.iterdir()) and not (out / MARKER).is_file()
+            and not (out / MANIFEST).is_file()):
         if not force:
             names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
             raise UserInputError(f"Output folder {out} is not empty and is not an edgeopt output (holds {names}).",
@@ -109,7 +113,8 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
             if not explicit:
                 continue
             if not backend.builds_on_device:
-                raise BackendMissingError(backend.distribution, backend.extra, f"build for target {t.name}")
+                raise BackendMissingError(backend.distribution, backend.extra, f"build for target {t.name}",
+                                          fix=backend.install_hint())
         ok, why = target_status(t)
         if not ok and not explicit:
             continue  # the default build makes what can run here
@@ -268,7 +273,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
             write_json_atomic(stage / ARTIFACT_JSON, {
                 "id": plan.id, "backend": plan.target.backend, "precision": plan.precision,
                 "target": plan.target.to_dict(), "spec": ctx.model.spec.to_dict(), "meta": meta, "key": key,
-                "edgeopt_version": __version__, "backend_version": backend.version(),
+                "generation": ctx.generation, "edgeopt_version": __version__, "backend_version": backend.version(),
             })
             runner, _ = open_artifact(stage)
             with runner:
@@ -290,8 +295,9 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
         ctx.reporter.error(f"{plan.id}: {exc}")
         return {**rec, "status": "failed", "reason": exc.problem, "files": [], "key": key}
     ctx.reporter.info(f"{plan.id}: parity max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
-                      + (f", top-1 {accuracy['value']:.4f}" if accuracy else ""))
-    return {**rec, "status": "ok", "reason": None, "key": key, "compile_s": round(compile_s, 3),
+                      + (f", top-1 {accuracy['value'] * 100:.2f}%" if accuracy else ""))
+    return {**rec, "status": "ok", "reason": None, "key": key, "generation": ctx.generation,
+            "compile_s": round(compile_s, 3),
             "files": file_records(folder, ctx.out), "parity": _parity_summary(rep), "accuracy": accuracy,
             "meta": meta, "runtime": runtime}
 
@@ -647,6 +653,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
         recipe = example_recipe()
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    check_inputs_fit(recipe.spec)  # a spec made in Python or from CLI arguments: before any allocation
     out = Path(output)
     reporter = reporter or Reporter()
     plans = plan_artifacts(recipe, tuple(targets), tuple(precisions))
@@ -660,31 +667,34 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
                              "[calibration] section to the recipe, or drop -p int8.")
     load_data(ctx, manifest)  # bad targets, data and models fail here, before anything is written
     stage_intake(ctx)
-    prepare_output(out, force)
-    reporter.attach_log(out / "logs" / "build.log")
-    reporter.start_progress(3 + len(plans) * (2 if profile else 1) + (1 if recipe.pruning else 0))
-    try:
-        previous = load_manifest(out, missing_ok=True)
-        stage_prune(ctx, manifest)
-        stage_export(ctx, manifest, previous)
-        if ctx.int8 and ctx.evaluation is not None and ctx.evaluation.labels is not None:
-            ctx.fp32_metric = fp32_metric(ctx)
-            manifest.data["fp32_metric"] = ctx.fp32_metric
-        prev_by_id = {a["id"]: a for a in (previous.data.get("artifacts", []) if previous else [])}
-        records = [stage_compile(ctx, p, prev_by_id.get(p.id)) for p in plans]
-        # Artifacts of an earlier run kept for the same ONNX are re-timed with this run's baseline: a ratio
-        # is only ever computed from rows timed together.
-        records += carry_over(ctx, previous, {p.id for p in plans})
-        if profile:
-            stage_profile(ctx, manifest, records)
-            flag_slow(records)
-        manifest.data["artifacts"] = records
-        if recipe.select is not None:
-            manifest.data["selection"] = select_or_report(manifest.data, recipe.select)
-        manifest.write(out)
-    except EdgeoptError as exc:
-        reporter.record(f"ERROR build stopped: {exc}")  # the CLI shows it; the log keeps it
-        raise
-    finally:
-        reporter.detach_log()
+    ctx.generation = manifest.generation
+    with out_lock(out, "build"):  # one writer per OUT: a second build or profile is refused, naming this one
+        prepare_output(out, force)
+        reporter.attach_log(out / "logs" / "build.log")
+        reporter.start_progress(3 + len(plans) * (2 if profile else 1) + (1 if recipe.pruning else 0))
+        try:
+            previous = load_manifest(out, missing_ok=True)
+            mark_incomplete(out)  # killed from here on: readers refuse OUT until a build finishes
+            stage_prune(ctx, manifest)
+            stage_export(ctx, manifest, previous)
+            if ctx.int8 and ctx.evaluation is not None and ctx.evaluation.labels is not None:
+                ctx.fp32_metric = fp32_metric(ctx)
+                manifest.data["fp32_metric"] = ctx.fp32_metric
+            prev_by_id = {a["id"]: a for a in (previous.data.get("artifacts", []) if previous else [])}
+            records = [stage_compile(ctx, p, prev_by_id.get(p.id)) for p in plans]
+            # Artifacts of an earlier run kept for the same ONNX are re-timed with this run's baseline: a ratio
+            # is only ever computed from rows timed together.
+            records += carry_over(ctx, previous, {p.id for p in plans})
+            if profile:
+                stage_profile(ctx, manifest, records)
+                flag_slow(records)
+            manifest.data["artifacts"] = records
+            if recipe.select is not None:
+                manifest.data["selection"] = select_or_report(manifest.data, recipe.select)
+            manifest.write(out)
+        except EdgeoptError as exc:
+            reporter.record(f"ERROR build stopped: {exc}")  # the CLI shows it; the log keeps it
+            raise
+        finally:
+            reporter.detach_log()
     return manifest.data

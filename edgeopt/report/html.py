@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edgeopt.errors import BackendMissingError
 from edgeopt.core.fsutil import write_bytes_atomic, write_text_atomic
-from edgeopt.core.manifest import load_manifest
+from edgeopt.core.manifest import load_consistent
 from edgeopt.report.tables import (
     artifact_rows,
     latency_at,
@@ -64,7 +64,7 @@ def report(out_dir: str | Path, output: str | Path | None = None) -> dict:
     ``{"markdown": ..., "html": ..., "images": [...], "folder": ...}``.
     """
     out = Path(out_dir)
-    m = load_manifest(out).data
+    m = load_consistent(out).data
     dest = Path(output) if output is not None else out / REPORT_DIR
     table = table_rows(m)
     plots = draw_plots(m)

@@ -78,6 +78,71 @@ def wide_console():
     return Console() if sys.stdout.isatty() else Console(width=220)
 
 
+def terminal_width() -> int:
+    """The terminal's width ($COLUMNS first); 80 when stdout is not a terminal and nothing says otherwise."""
+    import shutil
+
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+def shorten(line: str, width: int) -> str:
+    """One line cut to ``width`` characters at a word boundary, ending in "..." when cut."""
+    if len(line) <= width:
+        return line
+    cut = line[:max(0, width - 3)]
+    if " " in cut[width // 2:]:
+        cut = cut[:cut.rindex(" ")].rstrip(",;: ")
+    return cut + "..."
+
+
+def wrap(text: str, width: int, indent: str = "  ") -> list[str]:
+    """Word-wrapped lines, never breaking inside a word or number; continuation lines indented."""
+    import textwrap
+
+    return textwrap.wrap(text, width=width, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False) or [""]
+
+
+def fit_table(headers: list[str], rows: list[list[str]], width: int | None = None, optional=(),
+              right=()) -> list[str]:
+    """A plain-text table that fits ``width`` (None: no limit): the columns named in ``optional`` are dropped,
+    in that order, until it fits; cells are never cut. Returns its lines."""
+    cols = list(range(len(headers)))
+
+    def widths(keep):
+        return {c: max(len(headers[c]), *(len(r[c]) for r in rows)) if rows else len(headers[c]) for c in keep}
+
+    def total(keep):
+        w = widths(keep)
+        return sum(w.values()) + 2 * (len(keep) - 1)
+
+    keep = cols
+    for name in optional:
+        if width is None or total(keep) <= width:
+            break
+        keep = [c for c in keep if headers[c] != name]
+    w = widths(keep)
+
+    def line(cells):
+        return "  ".join(cells[c].rjust(w[c]) if headers[c] in right else cells[c].ljust(w[c]) for c in keep).rstrip()
+
+    return [line(headers), "  ".join("-" * w[c] for c in keep)] + [line(r) for r in rows]
+
+
+def _metric_name(manifest: dict) -> str:
+    label = globals().get("metric_label")  # the task's metric name, where the manifest records one
+    return label(manifest) if callable(label) else "top-1"
+
+
+def _quality(row: dict) -> str:
+    if row.get("quality") is not None:
+        return row["quality"]
+    return "-" if row["accuracy"] is None else f"{row['accuracy'] * 100:.2f}"
+
+
+SHORT_STATUS = {"baseline": "base", "not built here": "device", "failed": "FAILED", "skipped": "skipped", "ok": "ok"}
+
+
 def _parity_cell(a: dict) -> str | None:
     """Max abs error where the precision is judged by it (fp32, fp16); the cosine for bf16 and int8."""
     p = a.get("parity") or {}
@@ -86,46 +151,66 @@ def _parity_cell(a: dict) -> str | None:
     return f"cos {p['cosine']:.4f}" if p.get("tolerance", {}).get("atol") is None else f"{p['max_abs']:.1e}"
 
 
-def print_summary(manifest: dict, console=None) -> None:
-    from rich.table import Table
-
-    console = console or wide_console()
+def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) -> list[str]:
+    """The build's table as text lines. Compact (default): what fits ``width``: size, the task metric in
+    percent, its drop in points, and per batch the median latency and the speed-up over PyTorch eager; columns
+    that do not fit are dropped (the first batch's stay). ``wide``: every column (parity, p99) and no limit.
+    Reasons and flags follow the table as numbered notes, word-wrapped."""
     batches = sorted({r["batch"] for a in manifest.get("artifacts", []) for r in a.get("latency") or []} |
                      {r["batch"] for r in (manifest.get("baseline") or {}).get("latency", [])})
     model = manifest.get("model", {})
-    t = Table(title=f"edgeopt: {model.get('name', '?')}  ({manifest['host']['cpu']['model']})", title_justify="left")
-    for col in ("artifact", "status", "size MB", "top-1", "drop pt", "parity"):
-        t.add_column(col, justify="left" if col in ("artifact", "status") else "right")
+    cpu = (manifest.get("host") or {}).get("cpu", {})
+    metric = _metric_name(manifest)
+    headers = ["artifact", "status", "MB", f"{metric} %", "drop"] + (["parity"] if wide else [])
     for b in batches:
-        t.add_column(f"b{b} median ms", justify="right")
-        t.add_column(f"b{b} p99 ms", justify="right")
-        t.add_column(f"b{b} vs torch", justify="right")
-    t.add_column("note")
+        headers += [f"b{b} ms"] + ([f"b{b} p99"] if wide else []) + [f"b{b} x"]
+    headers.append("note")
+    rows, notes = [], []
     for row in artifact_rows(manifest):
-        cells = [row["id"], row["status"], "-" if row["size_mb"] is None else f"{row['size_mb']:.2f}",
-                 "-" if row["accuracy"] is None else f"{row['accuracy'] * 100:.2f}",
-                 "-" if row["drop"] is None else f"{row['drop']:+.2f}",
-                 row["parity_cell"] or "-"]
+        cells = [row["id"], row["status"] if wide else SHORT_STATUS.get(row["status"], row["status"]),
+                 "-" if row["size_mb"] is None else f"{row['size_mb']:.2f}", _quality(row),
+                 "-" if row["drop"] is None else f"{row['drop']:+.2f}"] + ([row["parity_cell"] or "-"] if wide else [])
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
-            cells += [median_cell(lat), _ms(lat and lat["p99_ms"]), speedup_cell(row, b)]
-        cells.append(row["note"] or "")
-        t.add_row(*cells)
-    console.print(t)
-    for line in timing_notes(manifest):
-        console.print(line)
+            cells += [median_cell(lat)] + ([_ms(lat and lat["p99_ms"])] if wide else []) + [speedup_cell(row, b)]
+        if row["note"]:
+            notes.append(f"[{len(notes) + 1}] {row['id']}: {row['note']}")
+            cells.append(f"[{len(notes)}]")
+        else:
+            cells.append("")
+        rows.append(cells)
+    if not notes:
+        headers.pop()
+        rows = [r[:-1] for r in rows]
+    optional = [] if wide else [h for b in reversed(batches[1:]) for h in (f"b{b} x", f"b{b} ms")] + ["MB", "drop"]
+    right = set(headers) - {"artifact", "status", "note"}
+    title = f"edgeopt: {model.get('name', '?')} ({cpu.get('model', '?')})"
+    lines = [title if wide or width is None else shorten(title, width)]
+    lines += fit_table(headers, rows, None if wide else width, optional, right)
+    lim = None if wide else width
+    for n in notes + timing_notes(manifest):
+        lines += wrap(n, lim) if lim else [n]
     pr = manifest.get("pruning")
     if pr:
-        line = (f"pruning ({pr['config']['method']}, ratio {pr['config']['ratio']}): MACs {pr['macs_before'] / 1e6:.2f}M -> "
-                f"{pr['macs_after'] / 1e6:.2f}M, params {pr['params_before'] / 1e3:.0f}k -> {pr['params_after'] / 1e3:.0f}k, "
-                f"sparsity {pr['sparsity'] * 100:.1f}%")
+        line = (f"pruning ({pr['config']['method']}, ratio {pr['config']['ratio']}): MACs "
+                f"{pr['macs_before'] / 1e6:.2f}M -> {pr['macs_after'] / 1e6:.2f}M, params "
+                f"{pr['params_before'] / 1e3:.0f}k -> {pr['params_after'] / 1e3:.0f}k, sparsity {pr['sparsity'] * 100:.1f}%")
         accs = [(k, pr.get(k)) for k in ("accuracy_before", "accuracy_pruned", "accuracy_finetuned")]
         if any(v is not None for _, v in accs):
-            line += "; top-1 " + " -> ".join(f"{label} {v * 100:.2f}%" for (k, v), label in
-                                              zip(accs, ("original", "pruned", "fine-tuned")) if v is not None)
-        console.print(line)
-        if pr.get("note"):
-            console.print(pr["note"])
+            line += f"; {metric} " + " -> ".join(f"{label} {v * 100:.2f}%" for (k, v), label in
+                                               zip(accs, ("original", "pruned", "fine-tuned")) if v is not None)
+        for text in (line, pr.get("note")):
+            if text:
+                lines += wrap(text, lim) if lim else [text]
+    return lines
+
+
+def print_summary(manifest: dict, console=None, wide: bool = False) -> None:
+    """The table on stdout: compact to the terminal's width (80 when piped), or every column with ``wide``."""
+    import click
+
+    for line in summary_lines(manifest, terminal_width(), wide):
+        click.echo(line)
 
 
 def timing_notes(manifest: dict) -> list[str]:

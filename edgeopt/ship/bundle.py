@@ -29,6 +29,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from edgeopt import __version__
 from edgeopt.errors import ArtifactLoadError, EdgeoptError, IntegrityError, ParityError, UserInputError
 from edgeopt.core.fsutil import _json_default, sha256_file, staged_dir
-from edgeopt.core.manifest import MANIFEST, load_manifest, validate
+from edgeopt.core.manifest import MANIFEST, load_consistent, validate
 from edgeopt.core.untrusted import check_id, load_json, printable, relpath_problem
 
 BUNDLE_SCHEMA = "edgeopt.bundle/1"
@@ -56,6 +57,10 @@ GET_AGAIN = "Do not use this copy: get the bundle again from its source and comp
 
 class SignatureNotCheckedWarning(UserWarning):
     """A bundle carries a signature that was not checked (no public key given)."""
+
+
+class SignatureError(IntegrityError):
+    """The signature is missing, malformed, or not by the key given."""
 
 
 class IncompatibleError(EdgeoptError):
@@ -97,7 +102,7 @@ def bundle(out_dir: str | Path, output: str | Path, artifacts=None, folder: bool
 
     out = Path(out_dir)
     key = load_private_key(sign_key) if sign_key else None  # a bad key fails before anything is written
-    manifest = load_manifest(out).data
+    manifest = load_consistent(out).data
     chosen = _choose(manifest, artifacts)
     files = _source_files(out, manifest, chosen)
     if not folder:
@@ -291,7 +296,11 @@ def _write_tar(dest: Path, name: str, entries: list[_Entry], mtime: int) -> None
     import gzip
 
     dirs = {name} | {f"{name}/{p}" for e in entries for p in map(str, PurePosixPath(e.rel).parents) if p != "."}
-    items = sorted([(d, None) for d in dirs] + [(f"{name}/{e.rel}", e) for e in entries], key=lambda x: x[0])
+    # The manifest (and its signature) first: extraction then knows every file's declared size before it
+    # writes anything else, and refuses what the manifest does not declare.
+    first = {f"{name}/{c}": i for i, c in enumerate(CONTROL_FILES)}
+    items = sorted([(d, None) for d in dirs] + [(f"{name}/{e.rel}", e) for e in entries],
+                   key=lambda x: (x[0] != name, first.get(x[0], len(first)), x[0]))
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _atomic_file(dest) as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
@@ -308,7 +317,8 @@ def _write_tar(dest: Path, name: str, entries: list[_Entry], mtime: int) -> None
 
 @contextlib.contextmanager
 def _atomic_file(dest: Path):
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    remove_dead_leftovers(dest.parent, dest.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -325,6 +335,7 @@ def _atomic_file(dest: Path):
 
 
 def _write_folder(dest: Path, entries: list[_Entry]) -> None:
+    remove_dead_leftovers(dest.parent, dest.name)
     with staged_dir(dest) as stage:
         for e in entries:
             path = stage / e.rel
@@ -333,6 +344,36 @@ def _write_folder(dest: Path, entries: list[_Entry]) -> None:
                 path.write_bytes(e.data)
             else:
                 shutil.copyfile(e.source, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_leftovers(folder: Path, name: str) -> list[str]:
+    """Temp files and staging folders for ``name`` in ``folder`` left by writers that were killed: their
+    names carry the writer's pid (``.NAME.PID.*.tmp``, ``.staging-NAME-PID-*``, ``.staging-old-NAME-PID``);
+    those of live processes are left alone."""
+    from edgeopt.core.fsutil import STAGING_PREFIX
+
+    pats = [re.compile(rf"^\.{re.escape(name)}\.(\d+)\..*\.tmp$"),
+            re.compile(rf"^{re.escape(STAGING_PREFIX)}(?:old-)?{re.escape(name)}-(\d+)(?:-.*)?$")]
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in Path(folder).iterdir():
+            m = next((m for pat in pats if (m := pat.match(p.name))), None)
+            if m and not _pid_alive(int(m[1])):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                removed.append(p.name)
+    return removed
 
 
 # ================================================================================================
@@ -377,38 +418,29 @@ def _no_space(exc: OSError) -> bool:
 
 def safe_extract(archive: Path, dest: Path, limits: Limits = Limits()) -> None:
     """Extract a bundle's one top folder into ``dest`` (an empty folder), member by member, refusing anything
-    that is not a plain file or folder inside it. On refusal ``dest`` may hold part of the files: the
-    caller extracts into a staging folder and discards it."""
-    top, seen, total, count = None, set(), 0, 0
+    that is not a plain file or folder inside it. Every file must be one the manifest declares, with the
+    size it declares (the manifest comes first in archives `edgeopt bundle` writes; for others the
+    archive's headers are read once before anything is written), so a small archive cannot fill the disk.
+    On refusal ``dest`` may hold part of the files: the caller extracts into a staging folder and discards it."""
+    top, seen, total, count, declared, raw = None, set(), 0, 0, None, None
     try:
         with tarfile.open(archive, mode="r|gz") as tar:
             for m in tar:
                 count += 1
-                if count > limits.max_members:
-                    raise _refuse(m.name, f"more than {limits.max_members} members")
-                if len(m.name) > limits.max_name_chars:
-                    raise _refuse(m.name[:80] + "...", f"a name longer than {limits.max_name_chars} characters")
-                parts = PurePosixPath(safe_relpath(m.name, "archive")).parts
-                problem = _member_type_problem(m)
-                if problem:
-                    raise _refuse(m.name, problem)
-                top = top or parts[0]
-                if parts[0] != top:
-                    raise _refuse(m.name, f"outside the bundle's top folder {top!r}")
-                inner = "/".join(parts[1:])
-                if inner in seen:
-                    raise _refuse(m.name, "a second member with the same name")
-                seen.add(inner)
+                top, inner = _check_member(m, top, seen, count, limits)
                 if m.isdir():
                     _mkdirs(dest, inner, m.name)
                     continue
-                if not inner:
-                    raise _refuse(m.name, "a file in place of the top folder")
-                if m.size > limits.max_member_bytes:
-                    raise _refuse(m.name, f"{m.size} bytes, over the limit of {limits.max_member_bytes}")
-                total += m.size
-                if total > limits.max_total_bytes:
-                    raise _refuse(m.name, f"the files add up to more than {limits.max_total_bytes} bytes")
+                if raw is None and inner == MANIFEST:
+                    total = _add_size(m, total, limits)
+                    raw = _read_control(tar, m, MAX_CONTROL_BYTES[MANIFEST])
+                    _write_member(dest, inner, m.name, io.BytesIO(raw))
+                    continue
+                if declared is None:  # the first file after the manifest, or the manifest is not first
+                    declared = _declared_sizes(raw if raw is not None else _prepass_manifest(archive, limits),
+                                               archive, dest, limits)
+                _check_declared(m, inner, declared)
+                total = _add_size(m, total, limits)
                 _copy_member(tar, m, dest, inner)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise _corrupt(archive, exc) from None
@@ -419,6 +451,109 @@ def safe_extract(archive: Path, dest: Path, limits: Limits = Limits()) -> None:
         raise _corrupt(archive, exc) from None
     if top is None:
         raise IntegrityError(f"{archive} is an empty archive.", "Make bundles with `edgeopt bundle OUT -o NAME`.")
+    if raw is None:
+        raise IntegrityError(f"{archive} holds no {MANIFEST}: it is not an edgeopt bundle.",
+                             "Make bundles with `edgeopt bundle OUT -o NAME.edgeopt.tar.gz`.")
+    if declared is None:
+        _declared_sizes(raw, archive, dest, limits)  # a manifest alone: still checked
+
+
+def _add_size(m: tarfile.TarInfo, total: int, limits: Limits) -> int:
+    total += m.size
+    if total > limits.max_total_bytes:
+        raise _refuse(m.name, f"the files add up to more than {limits.max_total_bytes} bytes")
+    return total
+
+
+MAX_CONTROL_BYTES = {MANIFEST: 16 << 20, SIGNATURE: 64 << 10}
+
+
+def _check_member(m: tarfile.TarInfo, top: str | None, seen: set, count: int, limits: Limits) -> tuple[str, str]:
+    """(top folder, path inside it) of a member that may be extracted, else the refusal."""
+    if count > limits.max_members:
+        raise _refuse(m.name, f"more than {limits.max_members} members")
+    if len(m.name) > limits.max_name_chars:
+        raise _refuse(m.name[:80] + "...", f"a name longer than {limits.max_name_chars} characters")
+    parts = PurePosixPath(safe_relpath(m.name, "archive")).parts
+    problem = _member_type_problem(m)
+    if problem:
+        raise _refuse(m.name, problem)
+    top = top or parts[0]
+    if parts[0] != top:
+        raise _refuse(m.name, f"outside the bundle's top folder {top!r}")
+    inner = "/".join(parts[1:])
+    if inner in seen:
+        raise _refuse(m.name, "a second member with the same name")
+    seen.add(inner)
+    if not m.isdir():
+        if not inner:
+            raise _refuse(m.name, "a file in place of the top folder")
+        if m.size > limits.max_member_bytes:
+            raise _refuse(m.name, f"{m.size} bytes, over the limit of {limits.max_member_bytes}")
+    return top, inner
+
+
+def _read_control(tar: tarfile.TarFile, m: tarfile.TarInfo, limit: int) -> bytes:
+    if m.size > limit:
+        raise _refuse(m.name, f"{m.size} bytes, over the limit of {limit} for {PurePosixPath(m.name).name}")
+    return tar.extractfile(m).read()
+
+
+def _prepass_manifest(archive: Path, limits: Limits) -> bytes:
+    """The manifest of an archive whose first file is not the manifest: one pass over the headers (data is
+    decompressed and skipped, nothing is written)."""
+    top, seen, count, total = None, set(), 0, 0
+    with tarfile.open(archive, mode="r|gz") as tar:
+        for m in tar:
+            count += 1
+            top, inner = _check_member(m, top, seen, count, limits)
+            if m.isdir():
+                continue
+            total = _add_size(m, total, limits)
+            if inner == MANIFEST:
+                return _read_control(tar, m, MAX_CONTROL_BYTES[MANIFEST])
+    raise IntegrityError(f"{archive} holds no {MANIFEST}: it is not an edgeopt bundle.",
+                         "Make bundles with `edgeopt bundle OUT -o NAME.edgeopt.tar.gz`.")
+
+
+def _declared_sizes(raw: bytes, archive: Path, dest: Path, limits: Limits) -> dict[str, int]:
+    """path -> bytes from the manifest's bundle.files: the only files extraction writes. Refuses a total over
+    the limits, and one the disk cannot hold, before anything else is written."""
+    data = load_json(raw, f"The manifest of {archive}", fix=GET_AGAIN)
+    files = (data.get("bundle") or {}).get("files") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("bundle"), dict):
+        raise IntegrityError(f"{archive} holds a manifest without a 'bundle' section: not an edgeopt bundle.",
+                             "Make bundles with `edgeopt bundle OUT -o NAME.edgeopt.tar.gz`.")
+    if not isinstance(files, list) or not all(_file_record_ok(f) for f in files):
+        raise IntegrityError(f"{archive}: the manifest's bundle.files is malformed.", GET_AGAIN)
+    declared = {safe_relpath(f["path"], "manifest"): f["bytes"] for f in files}
+    if len(declared) > limits.max_members:
+        raise IntegrityError(f"{archive} declares {len(declared)} files, over the limit of {limits.max_members}.",
+                             GET_AGAIN)
+    total = sum(declared.values())
+    if total > limits.max_total_bytes or any(b > limits.max_member_bytes for b in declared.values()):
+        raise IntegrityError(f"{archive} declares {total} bytes of files, over the limits ({limits.max_member_bytes} "
+                             f"per file, {limits.max_total_bytes} in all).", GET_AGAIN)
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(dest).free
+        if total + (64 << 20) > free:
+            from edgeopt.errors import DiskFullError
+
+            raise DiskFullError(f"{archive} needs {total / 1e6:.1f} MB to extract; {free / 1e6:.1f} MB are free on "
+                                f"the disk holding {dest.parent}.",
+                                "Free some space, or point EDGEOPT_CACHE_DIR at a larger disk.")
+    return declared
+
+
+def _check_declared(m: tarfile.TarInfo, inner: str, declared: dict[str, int]) -> None:
+    if inner in CONTROL_FILES:
+        if m.size > MAX_CONTROL_BYTES[inner]:
+            raise _refuse(m.name, f"{m.size} bytes, over the limit of {MAX_CONTROL_BYTES[inner]}")
+        return
+    if inner not in declared:
+        raise _refuse(m.name, "a file the manifest does not list")
+    if m.size != declared[inner]:
+        raise _refuse(m.name, f"{m.size} bytes where the manifest declares {declared[inner]}")
 
 
 def _corrupt(archive: Path, exc: Exception) -> IntegrityError:
@@ -435,14 +570,17 @@ def _mkdirs(dest: Path, inner: str, name: str) -> None:
 
 
 def _copy_member(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: Path, inner: str) -> None:
+    _write_member(dest, inner, m.name, tar.extractfile(m))
+
+
+def _write_member(dest: Path, inner: str, name: str, src) -> None:
     path = dest / inner
     if "/" in inner:
-        _mkdirs(dest, inner.rsplit("/", 1)[0], m.name)
-    src = tar.extractfile(m)
+        _mkdirs(dest, inner.rsplit("/", 1)[0], name)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except (FileExistsError, IsADirectoryError, NotADirectoryError):
-        raise _refuse(m.name, "a file where another member is a folder") from None
+        raise _refuse(name, "a file where another member is a folder") from None
     with os.fdopen(fd, "wb") as f:
         shutil.copyfileobj(src, f, 1 << 20)
 
@@ -453,39 +591,94 @@ def default_cache_dir() -> Path:
     return cache_dir() / "bundles"
 
 
+EXTRACT_WAIT_S = 1800.0  # how long a loader waits for another process extracting the same bundle
+
+
 def extract_cached(archive: Path, limits: Limits = Limits(), cache_dir: str | Path | None = None,
                    fresh: bool = False) -> tuple[Path, bool, str]:
     """(folder, reused, sha256 of the archive): the archive extracted into ``cache_dir/<sha256>`` (once; later calls reuse it).
 
-    Extraction goes into a staging folder renamed into place only when every member passed."""
+    One process at a time extracts a given bundle (a lock per archive digest; the others wait and then
+    reuse it). Extraction goes into a staging folder renamed into place only when every member passed, so a
+    folder with a manifest is always complete; leftovers of killed or refused extractions are removed."""
+    from edgeopt.core.lock import file_lock, this_command
+
     base = Path(cache_dir) if cache_dir else default_cache_dir()
     try:
         digest = sha256_file(archive)
     except OSError as exc:
         raise UserInputError(f"Cannot read {archive}: {exc.strerror or exc}.", "Check the path.") from None
-    final = base / digest[:32]
-    if fresh and final.exists():
-        shutil.rmtree(final, ignore_errors=True)
-    if (final / MANIFEST).is_file():
-        return final, True, digest
+    key = digest[:32]
+    final = base / key
+    if not fresh and (final / MANIFEST).is_file():
+        return final, True, digest  # complete: only a finished extraction is renamed into place
     base.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".extract-", dir=base))
-    try:
-        safe_extract(archive, stage, limits)
-        _restore_copies(stage, limits)
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover (no manifest)
+    with file_lock(base / f".lock-{key}", f"extracting {archive} ({this_command()})", wait_s=EXTRACT_WAIT_S):
+        clean_cache_leftovers(base, held=key)
+        if not fresh and (final / MANIFEST).is_file():
+            return final, True, digest  # another process extracted it while this one waited
+        stage = Path(tempfile.mkdtemp(prefix=f".extract-{key}-", dir=base))
         try:
+            safe_extract(archive, stage, limits)
+            _restore_copies(stage, limits)
+            # A damaged copy (fresh) or an incomplete leftover is swapped out, not deleted first: a process
+            # still reading the old copy finds the same files in the new one.
+            trash = final.with_name(f".trash-{key}-{os.getpid()}")
+            if final.exists():
+                os.replace(final, trash)
             os.rename(stage, final)
-        except OSError:
-            if not (final / MANIFEST).is_file():
-                raise
-            shutil.rmtree(stage, ignore_errors=True)  # another process extracted it meanwhile
-            return final, True, digest
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+            shutil.rmtree(trash, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
     return final, False, digest
+
+
+def _discard(folder: Path) -> None:
+    """Remove a cached extraction: renamed aside first (one atomic step), then deleted."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f".trash-{folder.name}-{os.getpid()}")
+    try:
+        os.replace(folder, trash)
+    except OSError:
+        trash = folder
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _discard_refused(root: Path, digest: str) -> None:
+    """Remove the cached extraction of an archive whose content was refused."""
+    from edgeopt.core.lock import file_lock
+
+    key = digest[:32]
+    if root.name != key:
+        return
+    with contextlib.suppress(EdgeoptError, OSError), file_lock(root.parent / f".lock-{key}", wait_s=60):
+        _discard(root)
+
+
+def clean_cache_leftovers(base: Path, held: str | None = None) -> list[str]:
+    """Staging and trash folders of extractions that are not running any more (killed, or refused by an older
+    version): each is removed when the lock of its bundle can be taken, i.e. no process extracts it now
+    (``held``: the bundle whose lock this process holds)."""
+    from edgeopt.core.lock import file_lock
+
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in base.iterdir():
+            m = re.match(r"^\.(?:extract|trash)-([0-9a-f]{32})-", p.name)
+            if not m:
+                if p.name.startswith(".extract-") and time.time() - p.stat().st_mtime > 3600:
+                    shutil.rmtree(p, ignore_errors=True)  # an older version's name, untouched for an hour
+                    removed.append(p.name)
+                continue
+            try:
+                with file_lock(base / f".lock-{m[1]}") if m[1] != held else contextlib.nullcontext():
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p.name)
+            except EdgeoptError:
+                continue  # that bundle is being extracted right now
+    return removed
 
 
 # ================================================================================================
@@ -575,13 +768,17 @@ def open_bundle(path: str | Path, public_key=None, check: bool = True, limits: L
         b = _open_root(path, path, None, public_key, check, required)
     else:
         root, reused, digest = extract_cached(path, limits, cache_dir)
-        try:
-            b = _open_root(path, root, "archive", public_key, check, required)
-        except IntegrityError:
-            if not reused:
+        for attempt in (1, 2):
+            try:
+                b = _open_root(path, root, "archive", public_key, check, required)
+                break
+            except IntegrityError as exc:
+                if reused and attempt == 1:  # perhaps a damaged cached copy: extract again, check again
+                    root, _, digest = extract_cached(path, limits, cache_dir, fresh=True)
+                    continue
+                if not isinstance(exc, SignatureError):  # a signature's verdict depends on the key given
+                    _discard_refused(root, digest)  # a refused archive leaves nothing in the cache
                 raise
-            root, _, digest = extract_cached(path, limits, cache_dir, fresh=True)  # a damaged cached copy: start over
-            b = _open_root(path, root, "archive", public_key, check, required)
         b.archive_sha256 = digest
     if b.signature_state == "unchecked":
         warnings.warn(f"{b.source}: {UNCHECKED_WARNING}", SignatureNotCheckedWarning, stacklevel=2)
@@ -634,15 +831,20 @@ def _check_signature(b: Bundle, raw: bytes, public_key, required: bool) -> tuple
             "unsigned", "not signed")
     if not present:
         what = "an OUT folder, which is never signed" if b.kind == "OUT folder" else "not signed"
-        raise IntegrityError(f"{b.source} is {what}, and a "
+        raise SignatureError(f"{b.source} is {what}, and a "
                              + ("valid signature is required." if required else
                                 "public key was given to check its signature."),
                              "Ask for a signed bundle (`edgeopt bundle OUT -o NAME --sign-key KEY`)"
                              + ("." if required else ", or leave out --public-key to accept an unsigned one."))
-    if sig.stat().st_size > 64 << 10:
-        raise IntegrityError(f"{b.source}: {SIGNATURE} is too large to be a signature record.", GET_AGAIN)
-    rec = parse_signature_record(sig.read_bytes(), SIGNATURE)
-    return "valid", f"valid (Ed25519 key {check_signature(raw, rec, public_key)})"
+    try:
+        if sig.stat().st_size > 64 << 10:
+            raise IntegrityError(f"{b.source}: {SIGNATURE} is too large to be a signature record.", GET_AGAIN)
+        rec = parse_signature_record(sig.read_bytes(), SIGNATURE)
+        return "valid", f"valid (Ed25519 key {check_signature(raw, rec, public_key)})"
+    except SignatureError:
+        raise
+    except IntegrityError as exc:
+        raise SignatureError(exc.problem, exc.fix) from None
 
 
 def _check_schema(b: Bundle) -> None:
@@ -652,6 +854,10 @@ def _check_schema(b: Bundle) -> None:
     except IntegrityError as exc:
         raise IntegrityError(f"{b.source}: {exc.problem}", exc.fix) from None
     if b.kind == "OUT folder":
+        if data.get("complete") is False:
+            from edgeopt.core.manifest import check_consistent
+
+            check_consistent(b.root, data)  # raises: a build into it stopped before it finished
         return
     sec = data.get("bundle")
     if not isinstance(sec, dict) or sec.get("schema") != BUNDLE_SCHEMA:

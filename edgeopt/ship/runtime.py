@@ -184,6 +184,68 @@ class Model:
     def _describe_inputs(self) -> str:
         return ", ".join(f"{t['name']}: {t['dtype']}[{','.join(map(str, t['shape']))}]" for t in self.inputs)
 
+    # ---- detection --------------------------------------------------------------------------
+    @property
+    def task(self):
+        """The task the model was built and judged for (``edgeopt.core.tasks.TaskConfig``), from the manifest;
+        None when the bundle records none."""
+        from edgeopt.core.tasks import TaskConfig
+
+        rec = self.manifest.get("task")
+        cfg = rec.get("config") if isinstance(rec, dict) else None
+        return TaskConfig.from_dict(cfg) if isinstance(cfg, dict) else None
+
+    def postprocess(self, outputs: dict[str, np.ndarray], original_size=None, input: str | None = None) -> list[dict]:
+        """A detector's outputs -> one dict per image: ``boxes`` [n, 4] (x1, y1, x2, y2 in the original image's
+        pixels, clipped to it), ``scores`` [n], ``labels`` [n] (and ``names`` when the bundle has labels).
+
+        Decoding follows the bundle's ``[task]`` (torchvision-style outputs as they are; a YOLO-style raw head
+        decoded with its score threshold and class-wise NMS). ``original_size``: (height, width) of the image
+        given to :meth:`preprocess`, or a list of them, one per image; the preprocessing recorded in the
+        bundle (letterbox, resize, crop) is undone. Without it, boxes stay in the input's pixels."""
+        from edgeopt.core.detection import decode
+
+        task = self.task
+        if task is None or task.type != "detection":
+            raise UserInputError(f"The bundle of {self.name!r} is not a detector's (task: "
+                                 f"{getattr(task, 'type', None)}).", 'Build it with [task] type = "detection".')
+        dets = decode(task, [outputs])
+        sizes = original_size if isinstance(original_size, list) else [original_size] * len(dets)
+        if len(sizes) != len(dets):
+            raise UserInputError(f"{len(sizes)} original sizes for {len(dets)} images of detections.",
+                                 "Give one (height, width) per image.")
+        pre = None
+        if original_size is not None:
+            try:
+                pre, _ = self._preprocess_spec(input)
+            except UserInputError:
+                pre = None  # no preprocessing recorded: the input is the image, resized to the input's size
+        names = self.labels
+        out = []
+        for d, size in zip(dets, sizes):
+            boxes = d.boxes.astype(np.float32).copy()
+            if size is not None:
+                h0, w0 = (int(v) for v in size)
+                if pre is not None:
+                    sy, sx, dy, dx = pre.geometry((h0, w0))
+                else:
+                    hw = self._input_hw(input)
+                    sy, sx, dy, dx = hw[0] / h0, hw[1] / w0, 0.0, 0.0
+                boxes[:, [0, 2]] = np.clip((boxes[:, [0, 2]] - dx) / sx, 0, w0)
+                boxes[:, [1, 3]] = np.clip((boxes[:, [1, 3]] - dy) / sy, 0, h0)
+            item = {"boxes": boxes, "scores": d.scores, "labels": d.labels}
+            if names:
+                item["names"] = [str(names[i]) if 0 <= i < len(names) else str(i) for i in d.labels.tolist()]
+            out.append(item)
+        return out
+
+    def _input_hw(self, input: str | None) -> tuple[int, int]:
+        t = next((t for t in self.spec.inputs if t.name == (input or self.spec.inputs[0].name)), None)
+        dims = [d if isinstance(d, int) else self.spec.dims[d].opt for d in (t.shape if t else ())]
+        if len(dims) != 4:
+            raise UserInputError("The model's input is not an image batch.", "Pass original_size=None.")
+        return (dims[1], dims[2]) if dims[3] in (1, 3) and dims[1] not in (1, 3) else (dims[2], dims[3])
+
     # ---- life cycle -------------------------------------------------------------------------
     def close(self) -> None:
         self.runner.close()

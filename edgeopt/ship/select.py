@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgeopt.config.budgets import Budgets
 from edgeopt.errors import EdgeoptError, UserInputError
-from edgeopt.core.manifest import load_manifest
+from edgeopt.core.manifest import load_consistent
 from edgeopt.report.tables import artifact_rows, latency_at
 
 
@@ -41,7 +41,7 @@ def select(out_dir: str | Path, max_drop: float | None = None, p99_ms: float | N
     each candidate has its figures, ``qualifies`` and ``reasons`` (why it lost; empty for the winner).
     Raises :class:`NoArtifactQualifiesError` when none qualifies.
     """
-    m = load_manifest(Path(out_dir)).data
+    m = load_consistent(Path(out_dir)).data
     return select_manifest(m, Budgets(max_drop=max_drop, p99_ms=p99_ms, target=target, max_size_mb=max_size_mb,
                                       min_cosine=min_cosine, batch=batch))
 

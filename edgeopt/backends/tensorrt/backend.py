@@ -857,8 +857,7 @@ class TensorRTBackend(Backend):
 
     def unavailable_reason(self, target: Target) -> str | None:
         if not self.installed():
-            return ("tensorrt is not installed (on Jetson it comes with JetPack; on a PC: pip install tensorrt); "
-                    f"with it: {INSTALL_HINT}")
+            return f"tensorrt is not installed: {self.install_hint()}"
         return self.device_missing(target)
 
     def device_missing(self, target: Target) -> str | None:
