@@ -3,7 +3,14 @@
 The tiny YOLO-like model (tests/models/tiny.py:yolo_head) concatenates boxes in pixels (0..640) with sigmoid
 scores (0..1) into one output [1, 7, 400], the layout whose scores a u8 per-tensor scale rounds to 0."""
 
+import json
+
+import numpy as np
 import pytest
+
+from conftest import MODELS
+
+FAST = {"batches": [1], "duration_s": 0.1, "min_iterations": 3, "warmup": 1}
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +58,65 @@ def test_a_softmax_fed_layer_is_post_processing():
     ], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])], [w, w0])
     assert onnx_float_head(helper.make_model(g)) == ["softmax", "dfl"]
+def _recipe(tmp_path, **compression):
+    from tiny import rect_images
+
+    np.savez(tmp_path / "cal.npz", images=rect_images(16, seed=100))
+    np.savez(tmp_path / "ev.npz", images=rect_images(12, seed=200))
+    return {
+        "model": {"source": f"{MODELS / 'tiny.py'}:yolo_head", "kind": "detector"},
+        "inputs": [{"name": "images", "shape": [1, 3, 640, 640]}],
+        "task": {"type": "detection", "format": "yolo"},
+        "calibration": {"source": str(tmp_path / "cal.npz")},
+        "evaluation": {"source": str(tmp_path / "ev.npz")},
+        "compression": {"max_drop": 30.0, "accuracy_control": False, **compression},
+        "targets": ["ort-cpu"], "precisions": ["fp32", "int8"], "profile": FAST,
+    }
+
+
+def _build(tmp_path, data):
+    from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
+
+    return build(recipe_from_dict(data, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
+
+
+def _int8(manifest, target="ort-cpu"):
+    return next(a for a in manifest["artifacts"] if a["id"] == f"{target}-int8")
+
+
+@pytest.mark.slow
+def test_u8_per_tensor_qdq_over_boxes_and_scores_is_refused(tmp_path):
+    """The exact failure: the whole graph in u8 per tensor zeroes every class score; cosine on the
+    concatenated output stays ~1, the detection metric says 0 and the guard refuses it."""
+    m = _build(tmp_path, _recipe(tmp_path, float_head="off", candidates=["ort-qdq-u8s8"]))
+    a = _int8(m)
+    assert a["status"] == "failed", a
+    assert "ort-qdq-u8s8: mAP50 drop 100.00 points" in a["reason"]  # every score is 0: nothing detected
+    assert (tmp_path / "out" / "manifest.json").is_file()
+    assert not (tmp_path / "out" / "ort-cpu-int8").exists()
+
+
+@pytest.mark.slow
+def test_the_float_head_keeps_the_scores(tmp_path):
+    m = _build(tmp_path, _recipe(tmp_path))
+    a = _int8(m)
+    assert a["status"] == "ok", a
+    int8 = a["meta"]["int8"]
+    win = next(c for c in int8["candidates"] if c["candidate"] == int8["recipe"])
+    assert win["float_head"]["count"] > 10 and win["accuracy"]["metric"] == "map50"
+    # vs FP32's detections (pseudo-labels) on held-out images; a random-weight toy loses more than a trained
+    # detector would, but keeps most of its detections where the whole-graph u8 recipe keeps none
+    assert win["accuracy"]["value"] >= 0.6
+    out = m["model"]["outputs"][0]
+    assert win["accuracy"]["scores"][f"{out} (class scores)"]["zero_share"] < 0.01
+    # The artifact itself: scores spread over 0..1 like FP32's
+    from edgeopt.backends.artifact import open_artifact
+    from tiny import rect_images
+
+    runner, _ = open_artifact(tmp_path / "out" / "ort-cpu-int8")
+    with runner:
+        y = runner.infer({"images": rect_images(1, seed=5)})[out]
+    assert y[0, 4:].max() > 0.5 and np.mean(y[0, 4:] == 0) < 0.01
+    json.dumps(m)  # the manifest is plain JSON

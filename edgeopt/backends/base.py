@@ -19,6 +19,7 @@ from edgeopt.errors import ArtifactLoadError, BackendMissingError, EdgeoptError,
 from edgeopt.core.hostinfo import version_of
 from edgeopt.core.versions import version_tuple
 from edgeopt.core.spec import IOSpec
+from edgeopt.core.tasks import Outputs, TaskConfig
 from edgeopt.core.targets import Target
 
 
@@ -38,9 +39,17 @@ class CompileRequest:
     # For int8: how candidates are judged (compress.CompressionConfig), on what, against which FP32 figure.
     compression: object | None = None
     evaluation: object | None = None  # data.Dataset with labels, or None
-    reference: tuple | None = None  # (feeds, fp32 reference outputs) for cosine checks
-    fp32_metric: dict | None = None  # the FP32 model's task metric on the evaluation data
+    reference: tuple | None = None  # (feeds, fp32 reference outputs) on the parity samples: reported
+    fp32_metric: dict | None = None  # the FP32 model's task metric on the real samples below
+    task: TaskConfig | None = None  # the resolved task: how candidates are judged
+    judge_set: Outputs | None = None  # real samples (evaluation, or held out of calibration) + FP32's outputs
     log: object = print
+    onnx_sha256: str | None = None  # the ONNX with its external data files (caches key on it); None: hash the file
+
+    def onnx_key(self) -> str:
+        from edgeopt.core.fsutil import onnx_digest
+
+        return self.onnx_sha256 or onnx_digest(self.onnx_path)
 
 
 class Runner(ABC):

@@ -64,8 +64,14 @@ def verify_cmd(bundle_path, public_key, require_signature, target, no_self_test,
     for a in rep["artifacts"]:
         if a["runs_here"]:
             st = a["self_test"]
-            test = (f"self-test passed: max abs {st['max_abs']:.2e}, cosine {st['cosine']:.6f}, {st['samples']} samples"
-                    if st else "self-test skipped")
+            if not st:
+                test = "self-test skipped"
+            elif st.get("task_metric"):
+                tm = st["task_metric"]
+                test = (f"self-test passed: {tm['metric']} {tm['here']:.4f} on {tm['samples']} real samples "
+                        f"(build: {tm['built']:.4f})")
+            else:
+                test = f"self-test passed: max abs {st['max_abs']:.2e}, cosine {st['cosine']:.6f}, {st['samples']} samples"
             click.echo(f"  ok    {p(a['id'])} ({p(a['backend'])} {p(a['backend_version'] or '')}): {test}")
         else:
             click.echo(f"  skip  {p(a['id'])}: not for this device: {p(a['reason'])}")

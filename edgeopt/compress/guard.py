@@ -1,42 +1,83 @@
-"""Score a candidate against the FP32 model: the task metric where labels exist, output cosine always."""
+"""Score a candidate against the FP32 model by the task's metric on real samples; output cosine on the parity
+samples is reported beside it (and is the gate only when the build has no real data)."""
 
 from __future__ import annotations
 
 from typing import Callable
 
-from edgeopt.core.metrics import classification_accuracy, first_outputs
+import numpy as np
+
 from edgeopt.core.parity import parity, tolerance_for
+from edgeopt.core.tasks import Outputs, evaluate, judge, run_over
 
 
 def score(infer: Callable[[dict], dict], req) -> dict:
-    """``infer`` maps a feed to named outputs. Returns metric value, cosine vs FP32 and the verdict."""
+    """``infer`` maps a feed to named outputs. Returns the task metric, cosine vs FP32 and the verdict."""
     out: dict = {}
     if req.reference is not None:
         feeds, refs = req.reference
         rep = parity(refs, [infer(f) for f in feeds], tolerance_for("int8"), req.model_kind)
         out["cosine"] = rep["cosine"]
         out["max_abs"] = rep["max_abs"]
-    if req.evaluation is not None and req.evaluation.labels is not None:
-        out["accuracy"] = classification_accuracy(*first_outputs(infer, req.evaluation, req.spec))
-    return judge(out, req)
+    if req.judge_set is not None and req.task is not None:
+        got = run_over(infer, req.judge_set.feeds, req.judge_set.labels)
+        out["accuracy"] = evaluate(req.task, got, req.judge_set)
+    return judge_candidate(out, req)
 
 
-def judge(result: dict, req) -> dict:
+def judge_candidate(result: dict, req) -> dict:
+    """The verdict: the task metric within [compression]'s budget (max_drop points, or min_cosine for
+    similarity metrics); with no real data, the parity cosine against min_cosine."""
     cfg = req.compression
-    reasons = []
     acc = result.get("accuracy")
-    base = (req.fp32_metric or {}).get("value")
-    if acc is not None and base is not None:
-        drop = base - acc["value"]
-        result["drop_points"] = drop * 100
-        allowed = cfg.allowed_drop(base)
-        if drop > allowed + 1e-12:
-            reasons.append(f"accuracy drop {drop * 100:.2f} points > budget {allowed * 100:.2f}")
-    elif result.get("cosine") is not None and result["cosine"] < cfg.min_cosine:
-        reasons.append(f"cosine {result['cosine']:.4f} < {cfg.min_cosine}")
+    if acc is not None:
+        base = req.fp32_metric or {}
+        judge(acc, base, cfg.allowed_drop(base.get("value", 1.0)) * 100, cfg.min_cosine)
+        result["within_budget"], result["why"] = acc["within_budget"], acc["why"]
+        if "drop_points" in acc:
+            result["drop_points"] = acc["drop_points"]
+        return result
+    reasons = []
+    if result.get("cosine") is not None and result["cosine"] < cfg.min_cosine:
+        reasons.append(f"cosine {result['cosine']:.4f} < {cfg.min_cosine} (no real data: judged on random inputs)")
     result["within_budget"] = not reasons
     result["why"] = "; ".join(reasons) or None
     return result
+
+
+def can_control_accuracy(req) -> bool:
+    """NNCF's accuracy control needs real samples and the FP32 figure to hold the task metric to."""
+    return req.judge_set is not None and req.task is not None and req.fp32_metric is not None
+
+
+def accuracy_control_drop(req, cfg) -> float:
+    """The absolute drop NNCF may allow, in metric units: the points budget, or 1 - min_cosine for cosine tasks."""
+    base = req.fp32_metric or {}
+    if base.get("budget") == "cosine":
+        return max(0.0, base.get("value", 1.0) - cfg.min_cosine)
+    return cfg.allowed_drop(base.get("value", 1.0))
+
+
+def task_validator(req, infer_for: Callable[[object], Callable[[dict], dict]]):
+    """NNCF's validation function: the task metric of a model on the judge set's feeds (any subset of them,
+    as NNCF's accuracy control asks for), with or without labels."""
+    js: Outputs = req.judge_set
+    index = {id(f): i for i, f in enumerate(js.feeds)}
+    sizes = [int(np.asarray(next(iter(f.values()))).shape[0]) if req.spec.batch_dim else 1 for f in js.feeds]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+
+    def validate(model, data) -> float:
+        items = list(data)
+        idx = [index[id(f)] for f in items]
+        infer = infer_for(model)
+        labels = None
+        if js.labels is not None:
+            labels = np.concatenate([js.labels[starts[i]:starts[i + 1]] for i in idx])
+        got = run_over(infer, [js.feeds[i] for i in idx], labels)
+        ref = Outputs([js.feeds[i] for i in idx], [js.outputs[i] for i in idx], labels)
+        return float(evaluate(req.task, got, ref)["value"])
+
+    return validate
 
 
 def vs_text(r: dict, baseline: str = "fp32") -> str:

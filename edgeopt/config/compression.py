@@ -6,7 +6,8 @@ from dataclasses import dataclass, fields
 
 from edgeopt.errors import UserInputError
 
-ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq", "ort-qdq-s8s8", "ort-dynamic")
+ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy", "ort-qdq-u8s8-fused", "nncf-qdq",
+                  "ort-qdq-s8s8", "ort-dynamic")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from edgeopt.config.schema import check_inputs_fit, check_recipe
 from edgeopt.errors import UserInputError
 from edgeopt.core.parity import DEFAULT_TOLERANCES
 from edgeopt.core.profile import ProfileConfig
+from edgeopt.core.tasks import TaskConfig
 from edgeopt.core.resources import load_toml
 from edgeopt.core.spec import Dim, IOSpec, tensor_from_dict
 from edgeopt.core.targets import PRECISIONS
@@ -120,6 +121,7 @@ class Recipe:
     pruning: object = None  # compress.prune.PruningConfig
     preprocess: object = None  # data.Preprocess: how raw images become the model's input (shipped in bundles)
     select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
+    task: TaskConfig = field(default_factory=TaskConfig)  # what the model is for: how every artifact is judged
     base_dir: Path = Path(".")
     path: str = ""
 
@@ -151,7 +153,7 @@ class Recipe:
 
 
 TOP_KEYS = ("model", "inputs", "dims", "outputs", "targets", "precisions", "export", "parity", "profile",
-            "calibration", "evaluation", "compression", "pruning", "select", "preprocess")
+            "calibration", "evaluation", "compression", "pruning", "select", "preprocess", "task")
 
 
 def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
@@ -191,6 +193,7 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         profile=_section(ProfileConfig, "profile", prof),
         compression=CompressionConfig.from_dict(data.get("compression")),
         pruning=PruningConfig.from_dict(data.get("pruning")),
+        task=TaskConfig.from_dict(data.get("task")),
         select=Budgets.from_dict(data["select"]) if data.get("select") else None, base_dir=base_dir, path=path,
     )
     data_sections = {}

@@ -108,6 +108,17 @@ def parity(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]],
     }
 
 
+PARITY_SUMMARY_KEYS = ("max_abs", "max_rel", "cosine", "passed", "samples", "tolerance", "reason")
+
+
+def parity_summary(rep: dict) -> dict:
+    """The parity figures a record keeps (manifest, artifact report): the worst case, the verdict, per output,
+    and the gate and task metric when the build judged the artifact on real data."""
+    return {**{k: rep.get(k) for k in PARITY_SUMMARY_KEYS},
+            "outputs": {n: dict(o) for n, o in (rep.get("outputs") or {}).items()},
+            **{k: rep[k] for k in ("gate", "task_metric") if k in rep}}
+
+
 def figures(rep: dict) -> str:
     """The numbers of a parity report in one phrase, for error messages."""
     if rep.get("max_abs") is None:

@@ -163,6 +163,12 @@ def _summary(c: np.ndarray) -> dict:
     return {"min": float(np.min(c)), "p5": float(np.percentile(c, 5)), "mean": float(np.mean(c))}
 
 
+def _cosines(c: np.ndarray) -> dict:
+    """Per-sample cosines as record fields: cosine (the mean), cosine_min, cosine_p5."""
+    s = _summary(c)
+    return {"cosine": s["mean"], "cosine_min": s["min"], "cosine_p5": s["p5"]}
+
+
 def _output_name(task: TaskConfig, got: Outputs) -> str:
     return task.output or got.names()[0]
 
@@ -191,7 +197,7 @@ def classification(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:
     rorder = np.argsort(-r, axis=1)
     agree = float(np.mean(order[:, 0] == rorder[:, 0]))
     out = {"metric": "top1_agreement", "label": "agree", "value": agree, "top1_agreement": agree, "samples": n,
-           "budget": "points", "cosine": _summary(_cos_rows(r, logits))}
+           "budget": "points", **_cosines(_cos_rows(r, logits))}
     if logits.shape[1] >= 5:
         k = 5
         overlap = [len(set(order[i, :k]) & set(rorder[i, :k])) / k for i in range(n)]
@@ -245,9 +251,8 @@ def embedding(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:
                         "Give evaluation (or calibration) data.")
     e, r = pooled(task, got), pooled(task, ref)
     c = np.sum(e * r, axis=1)
-    s = _summary(c)
-    out = {"metric": "embedding_cosine", "label": "emb cos", "value": s["mean"], "cosine": s, "samples": int(len(c)),
-           "budget": "cosine", "pooling": task.pooling}
+    out = {"metric": "embedding_cosine", "label": "emb cos", "value": float(np.mean(c)), **_cosines(c),
+           "samples": int(len(c)), "budget": "cosine", "pooling": task.pooling}
     if len(c) >= 3:
         out["nn_agreement"] = float(np.mean(_nearest(e) == _nearest(r)))
     return out

@@ -325,7 +325,7 @@ def _host_check(onnx_path: Path, src: PackageSource, log) -> dict | None:
 
     if importlib.util.find_spec("onnxruntime") is None:
         return None
-    from edgeopt.core.parity import Tolerance, parity
+    from edgeopt.core.parity import Tolerance, parity, parity_summary
     from edgeopt.core.reference import load_reference
 
     try:
@@ -337,7 +337,7 @@ def _host_check(onnx_path: Path, src: PackageSource, log) -> dict | None:
     log(f"{src.id}: on ONNX Runtime CPU here: max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
         + ("" if rep["passed"] else f" (outside the tolerance: {rep['reason']}; the device's build decides)"))
     return {"runtime": "onnxruntime-cpu", "graph_optimizations": "off (Q/DQ in float, as TensorRT computes)",
-            **_parity_summary(rep)}
+            **parity_summary(rep)}
 
 
 def _external_files(onnx_path: Path) -> list[str]:
@@ -645,7 +645,7 @@ def compile_package(package_dir: Path, threads: int | None = None, profile_batch
     from edgeopt.backends.artifact import open_artifact
     from edgeopt.backends import CompileRequest, get_backend
     from edgeopt.core.isolation import cache_dir as default_cache_dir
-    from edgeopt.core.parity import Tolerance, figures, parity
+    from edgeopt.core.parity import Tolerance, figures, parity, parity_summary
     from edgeopt.core.profile import profile_runner
     from edgeopt.core.profile import ProfileConfig
     from edgeopt.core.reference import load_reference
@@ -696,7 +696,7 @@ def compile_package(package_dir: Path, threads: int | None = None, profile_batch
             prof = profile_runner(runner, spec, batches, cfg)
             gpu_timing = _gpu_timing(runner, spec, batches)
             runtime = runner.properties()
-        result = {"status": "ok", "compile_s": round(compile_s, 3), "parity": _parity_summary(rep),
+        result = {"status": "ok", "compile_s": round(compile_s, 3), "parity": parity_summary(rep),
                   "latency": prof["rows"], "load_s": prof["load_s"], "threads": prof["threads"],
                   "peak_rss_mb": prof["peak_rss_mb"], "gpu_timing": gpu_timing, "runtime": runtime, "meta": meta,
                   "compiled": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -725,11 +725,6 @@ def _gpu_timing(runner, spec, batches) -> dict | None:
     from edgeopt.core.profile import feed_for_batch
 
     return {str(b): runner.time_inference(feed_for_batch(spec, b), iterations=50, warmup=5)["summary"] for b in batches}
-
-
-def _parity_summary(rep: dict) -> dict:
-    keep = ("max_abs", "max_rel", "cosine", "passed", "samples", "tolerance", "reason")
-    return {**{k: rep.get(k) for k in keep}, "outputs": dict(rep.get("outputs") or {})}
 
 
 # =============================================================================================
@@ -827,22 +822,9 @@ def _dpkg_version(package: str) -> str | None:
 
 
 def _tensorrt_version() -> str | None:
-    import importlib.metadata as md
-    import importlib.util
+    from edgeopt.backends.tensorrt.backend import installed_tensorrt_version
 
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt_cu12", "tensorrt-cu13"):
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    if importlib.util.find_spec("tensorrt") is not None:
-        try:
-            import tensorrt
-
-            return str(tensorrt.__version__)
-        except Exception:  # noqa: BLE001 - present but its libraries do not load
-            pass
-    return _dpkg_version("tensorrt") or _dpkg_version("libnvinfer10")
+    return installed_tensorrt_version(deb_version=_dpkg_version)
 
 
 def _gpu() -> dict | None:

@@ -23,15 +23,17 @@ from edgeopt.core.fsutil import (
     sha256_file,
     sha256_json,
     staged_dir,
+    write_bytes_atomic,
     write_json_atomic,
 )
 from edgeopt.core.hostinfo import host_info, version_of
 from edgeopt.core.lock import OUT_LOCK, out_lock
 from edgeopt.core.manifest import MANIFEST, Manifest, load_manifest, mark_incomplete
-from edgeopt.core.parity import figures, parity, tolerance_for
+from edgeopt.core.parity import figures, parity, parity_summary, tolerance_for
 from edgeopt.config.recipe import Recipe, load_recipe
 from edgeopt.config.schema import check_inputs_fit
 from edgeopt.core.reference import REFERENCE_FILE, parity_feeds, save_reference
+from edgeopt.core.tasks import describe
 from edgeopt.report.progress import Reporter
 from edgeopt.core.targets import Target, check_precision, get_target, load_targets
 from edgeopt.backends import target_status
@@ -66,10 +68,15 @@ class BuildContext:
     evaluation: object = None  # data.Dataset
     calibration: object = None
     original_module: object = None  # the model before pruning: the baseline row stays the user's model
-    eval_reference: object = None  # reference outputs on unlabelled evaluation data
+    task: object = None  # core.tasks.TaskConfig, resolved from [task], the model kind and the outputs
+    real_from: int = 0  # index of the first real sample among the reference feeds
+    holdout: object = None  # data.Dataset: calibration samples kept out of calibration to judge on (no evaluation set)
+    judge: object = None  # core.tasks.Outputs: real samples (evaluation / held out of calibration) + FP32 outputs
     fp32_metric: dict | None = None  # the exported FP32 model's task metric (the int8 accuracy budget's base)
     int8: bool = False  # some planned artifact is int8
     generation: str | None = None  # this build's id, recorded in each artifact it compiles
+    onnx_sha256: str | None = None  # the ONNX with its external data files: what artifacts are keyed on
+    export_sha256: str | None = None  # the export record's sha256 (carry-over compares it across runs)
     pruning_failure: str | None = None  # the pruned model failed its accuracy guard: nothing built from it is ok
 
 
@@ -174,7 +181,7 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
     prev = (previous.data.get("export") if previous else None) or _read_json(out / EXPORT_RECORD) or {}
     if model.onnx_path is not None:
         ctx.onnx_path = model.onnx_path
-        record = {"exporter": "none (ONNX given)", "sha256": sha256_file(model.onnx_path)}
+        record = {"exporter": "none (ONNX given)", "sha256": model.sha256}  # covers its external data files
     elif prev.get("key") == export_key and _files_intact(ctx.out, prev.get("files", [])):
         ctx.reporter.info("Reusing the exported ONNX (model and settings unchanged)")
         record = prev
@@ -191,21 +198,27 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
             write_json_atomic(stage / EXPORT_RECORD, record)
         ctx.onnx_path = out / "model.onnx"
     record["key"] = export_key
+    from edgeopt.pipeline.intake import onnx_source_digest
+
+    ctx.onnx_sha256 = model.sha256 if model.onnx_path is not None else onnx_source_digest(ctx.onnx_path)
+    ctx.export_sha256 = record.get("sha256")
     # Reference samples: random within the declared ranges, plus real ones from the evaluation data.
-    real = ctx.evaluation.feeds(2) if ctx.evaluation is not None else []
+    real_ds = ctx.evaluation if ctx.evaluation is not None else ctx.holdout
+    real = real_ds.feeds(min(REAL_REFERENCE_SAMPLES, len(real_ds))) if real_ds is not None else []
     ctx.feeds = parity_feeds(model.spec, r.parity.samples, r.parity.seed, real)
+    ctx.real_from = len(ctx.feeds) - len(real)
     ctx.reporter.step("Computing reference outputs")
     ctx.refs = reference_outputs(model, ctx.feeds)
     save_reference(ctx.out / REFERENCE_FILE, ctx.feeds, ctx.refs)
     if model.module is not None:
-        record["parity"] = _parity_summary(check_export_parity(model, ctx.onnx_path, ctx.feeds, ctx.refs,
+        record["parity"] = parity_summary(check_export_parity(model, ctx.onnx_path, ctx.feeds, ctx.refs,
                                                                r.parity.tolerances))
         ctx.reporter.info(f"Exported ONNX matches PyTorch: max abs {record['parity']['max_abs']:.2e}, "
                           f"cosine {record['parity']['cosine']:.6f}")
     manifest.data["export"] = record
     manifest.data["model"] = {**model.describe(), "preprocess": r.shipped_preprocess(),
-                              "labels": list(r.model.labels) or None}
-    manifest.data["reference"] = {"path": REFERENCE_FILE, "sha256": sha256_file(ctx.out / REFERENCE_FILE),
+                              "labels": list(r.model.labels) or None, "tokenizer": ship_tokenizer(ctx)}
+    manifest.data["reference"] = {"real_from": ctx.real_from, "path": REFERENCE_FILE, "sha256": sha256_file(ctx.out / REFERENCE_FILE),
                                   "samples": len(ctx.feeds), "source": "pytorch" if model.module is not None else "onnx"}
 
 
@@ -223,14 +236,58 @@ def _files_intact(root: Path, files: list[dict]) -> bool:
                                for f in files)
 
 
-def _parity_summary(rep: dict) -> dict:
-    return {k: rep[k] for k in ("max_abs", "max_rel", "cosine", "passed", "samples", "tolerance", "reason")} | {
-        "outputs": {n: {k: v for k, v in o.items()} for n, o in rep["outputs"].items()}}
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def tokenizer_folder(r: Recipe) -> Path | None:
+    """The Hugging Face folder holding the model's ``tokenizer.json``: the text data's tokenizer, else the
+    ``hf:`` model folder (the same folder when saved with save_pretrained)."""
+    cands = [getattr(d, "tokenizer", None) for d in (r.evaluation, r.calibration)]
+    src = r.resolve(r.model.source) or ""
+    if src.startswith("hf:"):
+        cands.append(src[3:])
+    for c in cands:
+        if c and (Path(c) / TOKENIZER_FILE).is_file():
+            return Path(c)
+    return None
+
+
+def ship_tokenizer(ctx: BuildContext) -> dict | None:
+    """Copy the model's fast-tokenizer file into OUT (bundles carry it, so the torch-free runtime goes from
+    text to the model's inputs), with the sequence length the inputs take."""
+    folder = tokenizer_folder(ctx.recipe)
+    if folder is None:
+        return None
+    spec = ctx.model.spec
+    ints = [t for t in spec.inputs if np.issubdtype(np.dtype(t.dtype), np.integer) and len(t.shape) == 2]
+    if not ints:
+        return None
+    seq = ints[0].shape[1]
+    length = seq if isinstance(seq, int) else spec.dims[seq].opt
+    write_bytes_atomic(ctx.out / TOKENIZER_FILE, (folder / TOKENIZER_FILE).read_bytes())
+    return {"path": TOKENIZER_FILE, "sha256": sha256_file(ctx.out / TOKENIZER_FILE), "max_length": int(length),
+            "fixed_length": isinstance(seq, int), "inputs": [t.name for t in ints]}
+
+
+REAL_REFERENCE_SAMPLES = 16  # real samples in the reference data: what a bundle's self-test scores the task on
+
+
+def reference_task_metric(ctx: BuildContext, got: list[dict]) -> dict | None:
+    """The task metric of an artifact on the real samples among the reference samples (against the FP32
+    reference outputs, no labels): what ``edgeopt verify`` recomputes on a device and compares with."""
+    from edgeopt.core.tasks import Outputs
+    from edgeopt.core.tasks import evaluate as task_metric
+
+    if ctx.task is None or ctx.real_from >= len(ctx.feeds):
+        return None
+    feeds = ctx.feeds[ctx.real_from:]
+    res = task_metric(ctx.task, Outputs(feeds, got[ctx.real_from:]), Outputs(feeds, ctx.refs[ctx.real_from:]))
+    return {k: res[k] for k in ("metric", "label", "value", "budget", "samples") if k in res}
 
 
 def artifact_key(ctx: BuildContext, plan: Plan) -> str:
     backend = get_backend(plan.target.backend)
-    return sha256_json({"onnx": sha256_file(ctx.onnx_path), "target": plan.target.to_dict(),
+    return sha256_json({"onnx": ctx.onnx_sha256 or sha256_file(ctx.onnx_path), "target": plan.target.to_dict(),
                         "precision": plan.precision, "backend": backend.version(), "edgeopt": __version__,
                         "calibration": getattr(ctx.calibration, "sha256", None) if plan.precision == "int8" else None,
                         "compression": ctx.recipe.compression.to_dict() if plan.precision == "int8" else None,
@@ -262,11 +319,13 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     t0 = time.perf_counter()
     try:
         with staged_dir(folder) as stage:
-            req = CompileRequest(onnx_path=ctx.onnx_path, target=plan.target, precision=plan.precision,
+            req = CompileRequest(onnx_path=ctx.onnx_path, onnx_sha256=ctx.onnx_sha256, target=plan.target,
+                                 precision=plan.precision,
                                  spec=ctx.model.spec, out_dir=stage, model_kind=ctx.model.kind,
                                  calibration=ctx.calibration, options=dict(plan.target.options),
                                  compression=r.compression, evaluation=ctx.evaluation,
                                  reference=(ctx.feeds, ctx.refs), fp32_metric=ctx.fp32_metric,
+                                 task=ctx.task, judge_set=ctx.judge,
                                  log=ctx.reporter.info)
             meta = backend.compile(req)
             compile_s = time.perf_counter() - t0
@@ -279,51 +338,126 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
             with runner:
                 got = [runner.infer(f) for f in ctx.feeds]
                 rep = parity(ctx.refs, got, tolerance_for(plan.precision, r.parity.tolerances), ctx.model.kind)
-                if not rep["passed"]:
-                    raise ParityError(f"{plan.id} differs from PyTorch: {rep['reason']} ({figures(rep)}).",
-                                      f"Use another precision, or loosen [parity.tolerances.{plan.precision}] if the "
-                                      "difference is acceptable.")
-                accuracy = evaluate(runner, ctx) if ctx.evaluation is not None else None
+                accuracy = evaluate(runner, ctx) if ctx.judge is not None else None
+                gate_by_task(plan, rep, accuracy)
+                if tolerance_for(plan.precision, r.parity.tolerances).atol is None:
+                    rep["task_metric"] = reference_task_metric(ctx, got)
                 runtime = runner.properties()
     except DiskFullError:
         raise  # stop the build: every later artifact would fail the same way
     except ParityError as exc:
         ctx.reporter.error(str(exc))
         return {**rec, "status": "failed", "reason": exc.problem, "files": [],
-                "parity": _parity_summary(rep), "key": key}
+                "parity": parity_summary(rep), "key": key}
     except EdgeoptError as exc:
         ctx.reporter.error(f"{plan.id}: {exc}")
         return {**rec, "status": "failed", "reason": exc.problem, "files": [], "key": key}
     ctx.reporter.info(f"{plan.id}: parity max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
-                      + (f", top-1 {accuracy['value'] * 100:.2f}%" if accuracy else ""))
+                      + (f", {describe(accuracy)}" if accuracy else ""))
     return {**rec, "status": "ok", "reason": None, "key": key, "generation": ctx.generation,
             "compile_s": round(compile_s, 3),
-            "files": file_records(folder, ctx.out), "parity": _parity_summary(rep), "accuracy": accuracy,
+            "files": file_records(folder, ctx.out), "parity": parity_summary(rep), "accuracy": accuracy,
             "meta": meta, "runtime": runtime}
 
 
-def fp32_metric(ctx: BuildContext) -> dict:
-    """The FP32 model's task metric (the exported ONNX on ONNX Runtime, equal to PyTorch within parity)."""
-    from edgeopt.backends.onnxruntime.runner import run_onnx
+def _torch_judge_set(ctx: BuildContext, module) -> None:
+    """A judge set from the PyTorch model itself (before export: what pruning is judged by)."""
+    from edgeopt.core.metrics import eval_batch_size
+    from edgeopt.core.tasks import dataset_feeds, run_over
 
-    return evaluate(lambda feed: run_onnx(ctx.onnx_path, [feed], ctx.model.spec)[0], ctx)
+    ds = ctx.evaluation if ctx.evaluation is not None else ctx.holdout
+    feeds, labels = dataset_feeds(ds, eval_batch_size(ctx.model.spec))
+    ctx.judge = run_over(torch_infer(module, ctx.model.spec), feeds, labels)
+    shapes = {n: np.asarray(a).shape for n, a in ctx.judge.outputs[0].items()}
+    ctx.task = ctx.recipe.task.resolve(ctx.model.kind, shapes, labels is not None)
+    ctx.fp32_metric = None
+    ctx.fp32_metric = evaluate_outputs(ctx, ctx.judge)
+
+
+def gate_by_task(plan: Plan, rep: dict, accuracy: dict | None) -> None:
+    """Raise ParityError when the artifact fails its gate. An INT8 artifact is judged by the task metric on
+    real samples (the parity samples are mostly random inputs, where INT8 ranges clip): the parity figures are
+    reported, and gate only breakage (missing or non-finite outputs) or when there are no real samples."""
+    fix = (f"Use another precision, or loosen [parity.tolerances.{plan.precision}] if the difference is acceptable.")
+    if plan.precision == "int8" and accuracy is not None:
+        rep["gate"] = f"task metric ({accuracy['metric']}) on {accuracy['samples']} real samples"
+        broken = rep.get("reason") and ("missing" in rep["reason"] or "non-finite" in rep["reason"]
+                                        or "shape" in rep["reason"])
+        if broken:
+            raise ParityError(f"{plan.id} differs from PyTorch: {rep['reason']} ({figures(rep)}).", fix)
+        if not accuracy["within_budget"]:
+            raise ParityError(f"{plan.id} fails its task metric on real samples: {accuracy['why']}.",
+                              "Raise [compression] max_drop (or lower min_cosine for embeddings), give more or "
+                              "better calibration data, or ship a float precision.")
+        return
+    if not rep["passed"]:
+        raise ParityError(f"{plan.id} differs from PyTorch: {rep['reason']} ({figures(rep)}).", fix)
+
+
+def stage_judge_set(ctx: BuildContext, manifest: Manifest) -> None:
+    """The real samples every artifact is judged on, the FP32 model's outputs on them, the resolved task and
+    the FP32 model's task metric. Written to OUT/task_reference.npz (a sample of it) for bundles' self-tests."""
+    from edgeopt.backends.onnxruntime.runner import run_onnx
+    from edgeopt.core.metrics import eval_batch_size
+    from edgeopt.core.tasks import Outputs, dataset_feeds
+
+    source, ds = ("evaluation", ctx.evaluation) if ctx.evaluation is not None else ("held out of calibration",
+                                                                                   ctx.holdout)
+    if ds is None:
+        ctx.task = ctx.recipe.task.resolve(ctx.model.kind, {n: r.shape for n, r in ctx.refs[0].items()}, False)
+        manifest.data["task"] = {"config": ctx.task.to_dict(), "source": None,
+                                 "note": "no real samples: artifacts are judged on parity samples only"}
+        return
+    feeds, labels = dataset_feeds(ds, eval_batch_size(ctx.model.spec))
+    outs = run_onnx(ctx.onnx_path, feeds, ctx.model.spec)
+    ctx.judge = Outputs(feeds, outs, labels)  # the FP32 model's outputs, batch by batch
+    shapes = {n: np.asarray(a).shape for n, a in outs[0].items()}
+    ctx.task = ctx.recipe.task.resolve(ctx.model.kind, shapes, labels is not None)
+    ctx.fp32_metric = evaluate_outputs(ctx, ctx.judge)
+    keep = _reference_batches(feeds)
+    save_reference(ctx.out / TASK_REFERENCE, feeds[:keep], outs[:keep])
+    if labels is not None:
+        np.save(ctx.out / TASK_LABELS, labels[:sum(len(next(iter(f.values()))) for f in feeds[:keep])])
+    manifest.data["task"] = {"config": ctx.task.to_dict(), "source": source, "samples": len(ds),
+                             "fp32": ctx.fp32_metric, "reference": TASK_REFERENCE,
+                             "labels": TASK_LABELS if labels is not None else None}
+    manifest.data["fp32_metric"] = ctx.fp32_metric
+    ctx.reporter.info(f"Task: {ctx.task.type}, judged on {len(ds)} real samples ({source}); "
+                      f"FP32 {describe(ctx.fp32_metric)}")
+
+
+TASK_REFERENCE = "task_reference.npz"
+TASK_LABELS = "task_labels.npy"
+
+
+def _reference_batches(feeds: list[dict], samples: int = 64) -> int:
+    """How many leading batches hold about ``samples`` samples: what a bundle's self-test re-scores."""
+    n = 0
+    for i, f in enumerate(feeds):
+        n += int(np.asarray(next(iter(f.values()))).shape[0]) if np.ndim(next(iter(f.values()))) else 1
+        if n >= samples:
+            return i + 1
+    return len(feeds)
+
+
+def evaluate_outputs(ctx: BuildContext, got) -> dict:
+    """The task metric of ``got`` (outputs over the judge set's feeds) against the FP32 outputs, judged
+    against [compression]'s budget."""
+    from edgeopt.core.tasks import evaluate as task_metric
+    from edgeopt.core.tasks import judge
+
+    res = task_metric(ctx.task, got, ctx.judge)
+    cfg = ctx.recipe.compression
+    base = ctx.fp32_metric or res
+    return judge(res, base, cfg.allowed_drop(base.get("value", 1.0)) * 100, cfg.min_cosine)
 
 
 def evaluate(runner_or_fn, ctx: BuildContext) -> dict:
-    """Top-1 (and top-5) of the first output against the evaluation labels; without labels, agreement
-    with the FP32 reference model on the same samples (top-1 agreement, cosine, max abs)."""
-    from edgeopt.core.metrics import agreement, classification_accuracy, first_outputs
+    """The task metric of a runner (or a feed -> outputs function) on the judge set's real samples."""
+    from edgeopt.core.tasks import run_over
 
     infer = runner_or_fn.infer if hasattr(runner_or_fn, "infer") else runner_or_fn
-    outs, labels = first_outputs(infer, ctx.evaluation, ctx.model.spec)
-    if labels is not None:
-        return classification_accuracy(outs, labels)
-    if ctx.eval_reference is None:
-        from edgeopt.pipeline.export import reference_outputs
-
-        ctx.eval_reference = first_outputs(lambda feed: reference_outputs(ctx.model, [feed])[0], ctx.evaluation,
-                                           ctx.model.spec)[0]
-    return agreement(outs, ctx.eval_reference)
+    return evaluate_outputs(ctx, run_over(infer, ctx.judge.feeds, ctx.judge.labels))
 
 
 BASELINE = "torch-eager-fp32"
@@ -427,7 +561,7 @@ def carry_over(ctx: BuildContext, previous: Manifest | None, planned: set[str]) 
     removed otherwise (a stale artifact is never left next to a new manifest)."""
     if previous is None:
         return []
-    same_onnx = (previous.data.get("export") or {}).get("sha256") == sha256_file(ctx.onnx_path)
+    same_onnx = (previous.data.get("export") or {}).get("sha256") == (ctx.export_sha256 or sha256_file(ctx.onnx_path))
     kept = []
     for rec in previous.data.get("artifacts", []):
         if rec["id"] in planned:
@@ -476,7 +610,9 @@ def stage_prune(ctx: BuildContext, manifest: Manifest) -> None:
     spec = model.spec
     args = to_torch(spec.random_feed(np.random.default_rng(0), batch=1 if spec.batch_dim else None), spec)
     ctx.original_module = copy.deepcopy(model.module)
-    acc = (lambda: evaluate(torch_infer(model.module, spec), ctx)["value"]) if ctx.evaluation is not None else (lambda: None)
+    if ctx.evaluation is not None or ctx.holdout is not None:
+        _torch_judge_set(ctx, model.module)  # pruning is judged against the user's model; export redoes it
+    acc = (lambda: evaluate(torch_infer(model.module, spec), ctx)["value"]) if ctx.judge is not None else (lambda: None)
     macs0, params0 = prune.count(model.module, args)
     record = {"config": cfg.to_dict(), "macs_before": macs0, "params_before": params0, "accuracy_before": acc()}
     ctx.reporter.step(f"Pruning ({cfg.method}, ratio {cfg.ratio})")
@@ -597,7 +733,7 @@ class _torch_baseline:
         module = ctx.original_module if ctx.original_module is not None else ctx.model.module
         if ctx.recipe.profile.threads:
             torch.set_num_threads(ctx.recipe.profile.threads)
-        accuracy = evaluate(torch_infer(module, ctx.model.spec), ctx) if ctx.evaluation is not None else None
+        accuracy = evaluate(torch_infer(module, ctx.model.spec), ctx) if ctx.judge is not None else None
         self._mode = torch.inference_mode()
         self._mode.__enter__()
         reset_peak_rss()
@@ -631,9 +767,32 @@ def load_data(ctx: BuildContext, manifest: Manifest) -> None:
             ctx.reporter.warn(w)
     if r.calibration is not None and (ctx.int8 or r.pruning is not None):
         ctx.calibration = load_dataset(r.calibration, r.spec, purpose="calibration")
-        manifest.data["calibration"] = ctx.calibration.summary()
         for w in ctx.calibration.warnings:
             ctx.reporter.warn(w)
+        if ctx.evaluation is None:
+            ctx.calibration, ctx.holdout = hold_out(ctx.calibration)
+            if ctx.holdout is None:
+                ctx.reporter.warn("No [evaluation] data and too few calibration samples to hold some out: "
+                                  "artifacts are judged on the parity samples only. Add [evaluation] data.")
+        manifest.data["calibration"] = ctx.calibration.summary()
+
+
+def hold_out(ds):
+    """(calibration, held-out) split of a calibration set when there is no evaluation set: the last fifth (at
+    most 200 samples, at least 2 left to calibrate on), never used for calibration. (ds, None) when too small."""
+    from edgeopt.data.dataset import Dataset
+
+    n = len(ds)
+    k = min(200, n // 5)
+    if k < 2:
+        return ds, None
+
+    def part(sl, what):
+        return Dataset.from_arrays({name: a[sl] for name, a in ds.arrays.items()},
+                                   None if ds.labels is None else ds.labels[sl], source=f"{ds.source} ({what})",
+                                   requested=ds.requested, classes=ds.classes, purpose="calibration")
+
+    return part(slice(0, n - k), f"first {n - k}"), part(slice(n - k, n), f"last {k}, held out")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -677,9 +836,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
             mark_incomplete(out)  # killed from here on: readers refuse OUT until a build finishes
             stage_prune(ctx, manifest)
             stage_export(ctx, manifest, previous)
-            if ctx.int8 and ctx.evaluation is not None and ctx.evaluation.labels is not None:
-                ctx.fp32_metric = fp32_metric(ctx)
-                manifest.data["fp32_metric"] = ctx.fp32_metric
+            stage_judge_set(ctx, manifest)
             prev_by_id = {a["id"]: a for a in (previous.data.get("artifacts", []) if previous else [])}
             records = [stage_compile(ctx, p, prev_by_id.get(p.id)) for p in plans]
             # Artifacts of an earlier run kept for the same ONNX are re-timed with this run's baseline: a ratio

@@ -351,7 +351,7 @@ def _load_onnx_source(cfg: ModelConfig, spec: IOSpec, path: Path) -> LoadedModel
     onnx = require("onnx", "torch", "read an ONNX model")
     try:
         m = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(m)
+        onnx.checker.check_model(str(path))  # by path: external data files are found beside the model
     except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, checker errors
         raise ModelLoadError(f"{path} is not a valid ONNX model (corrupt or truncated?): {str(exc)[:300]}",
                              "Export it again, or copy it again from where it was made.") from exc
@@ -361,5 +361,41 @@ def _load_onnx_source(cfg: ModelConfig, spec: IOSpec, path: Path) -> LoadedModel
         raise UserInputError(f"The ONNX model's inputs are {graph_inputs}; the recipe declares {want}.",
                              "Declare the same inputs, in the same order.")
     outputs = [o.name for o in m.graph.output]
-    return LoadedModel(name=cfg.name or path.stem, source=str(path), sha256=sha256_file(path),
+    return LoadedModel(name=cfg.name or path.stem, source=str(path), sha256=onnx_source_digest(path, m),
                        spec=spec.with_outputs(outputs), kind=cfg.kind, onnx_path=path)
+
+
+def external_data_files(path: Path, model=None) -> list[str]:
+    """The external data files an ONNX file refers to (locations relative to its folder), each checked to stay
+    inside that folder and to exist: a clear error otherwise."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    from edgeopt.core.untrusted import relpath_problem
+
+    path = Path(path)
+    model = model if model is not None else onnx.load(str(path), load_external_data=False)
+    found = set()
+    for t in _get_all_tensors(model):
+        if uses_external_data(t):
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            problem = relpath_problem(loc)
+            if problem:
+                raise ModelLoadError(f"{path}: tensor {t.name!r} keeps its data in {loc!r}: {problem}.",
+                                     "Keep external data files in the model's folder (onnx.save_model with a plain "
+                                     "location such as weights.bin).")
+            if not (path.parent / loc).is_file():
+                raise ModelLoadError(f"{path}: tensor {t.name!r} keeps its data in {loc}, which is missing.",
+                                     f"Copy {loc} beside {path.name} (it holds the model's weights).")
+            found.add(loc)
+    return sorted(found)
+
+
+def onnx_source_digest(path: Path, model=None) -> str:
+    """sha256 of an ONNX file together with every external data file it refers to (whatever their names): a
+    changed weights file changes the model key, so nothing built from the old weights is reused."""
+    path = Path(path)
+    files = external_data_files(path, model)
+    if not files:
+        return sha256_file(path)
+    return sha256_json({"onnx": sha256_file(path), "external_data": [(f, sha256_file(path.parent / f)) for f in files]})

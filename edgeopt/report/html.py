@@ -30,6 +30,7 @@ from edgeopt.report.tables import (
     layer_rows,
     layer_summary,
     median_cell,
+    ms,
     speedup_cell,
     timing_notes,
 )
@@ -86,10 +87,6 @@ def _num(v, fmt: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
-def _ms(v) -> str:
-    return "-" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.2f}")
-
-
 def batches_of(m: dict) -> list[int]:
     rows = [r for a in m.get("artifacts", []) for r in a.get("latency") or []]
     rows += (m.get("baseline") or {}).get("latency") or []
@@ -119,7 +116,7 @@ def table_rows(m: dict) -> dict:
                  _num(parity.get("max_abs"), ".2e"), _num(parity.get("cosine"), ".6f")]
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
-            cells += [median_cell(lat), _ms(lat and lat.get("p99_ms")), speedup_cell(row, b)]
+            cells += [median_cell(lat), ms(lat and lat.get("p99_ms")), speedup_cell(row, b)]
         cells.append(row["note"] or "")
         rows.append({"id": row["id"], "status": row["status"], "cells": cells})
     return {"header": header, "rows": rows, "batches": batches}
@@ -204,7 +201,7 @@ def plot_latency(m: dict, series: list[dict], colors: dict[str, str]) -> Plot | 
                 ecolor="black", elinewidth=1.2, capsize=5, label="p99 whisker")
     ax.plot(p90, ys, linestyle="none", marker="|", markersize=14, markeredgewidth=2.2, color="black", label="p90")
     for y, md, q in zip(ys, med, p99):
-        ax.annotate(f"{_ms(md)} ms", (q, y), xytext=(8, -4), textcoords="offset points", fontsize=8)
+        ax.annotate(f"{ms(md)} ms", (q, y), xytext=(8, -4), textcoords="offset points", fontsize=8)
     ax.set_yticks(ys, [s["id"] for s, _ in items])
     ax.set_xlabel(f"latency at batch {b} (ms)")
     ax.set_xlim(0, max(p99) * 1.3 if p99 else 1)

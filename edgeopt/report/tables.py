@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-def _ms(v) -> str:
+def ms(v) -> str:
+    """Milliseconds for a table cell: 3 decimals below 1 ms, 2 above; "-" when not measured."""
     return "-" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.2f}")
 
 
@@ -32,7 +33,7 @@ def speedup_cell(row: dict, batch: int) -> str:
 
 def median_cell(lat: dict | None) -> str:
     """The median in ms, with "!" when the row's timings were unstable (a busy machine)."""
-    return _ms(lat and lat.get("median_ms")) + (" !" if lat and lat.get("unstable") else "")
+    return ms(lat and lat.get("median_ms")) + (" !" if lat and lat.get("unstable") else "")
 
 
 def _unstable_note(latency: list) -> str:
@@ -44,22 +45,41 @@ def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def metric_label(manifest: dict) -> str:
+    """The task metric's column name ("top-1", "agree", "emb cos", "mAP50", "cos"); "top-1" when none was measured."""
+    for rec in [manifest.get("baseline") or {}, *manifest.get("artifacts", [])]:
+        if (rec.get("accuracy") or {}).get("label"):
+            return rec["accuracy"]["label"]
+    return "top-1"
+
+
+def quality_cell(acc: dict | None) -> str:
+    """A task metric as the table shows it: percent for accuracy-like metrics, the value for cosines."""
+    if not acc or acc.get("value") is None:
+        return "-"
+    return f"{acc['value']:.4f}" if acc.get("budget") == "cosine" else f"{acc['value'] * 100:.2f}"
+
+
 def artifact_rows(manifest: dict) -> list[dict]:
-    """One row per artifact (and the torch baseline) with the figures the final table shows."""
+    """One row per artifact (and the torch baseline) with the figures the final table shows. ``drop``: points of
+    the task metric below the baseline's (for cosine metrics, hundredths of cosine)."""
     base = manifest.get("baseline")
     rows = []
     ref_acc = (base or {}).get("accuracy") or {}
     if base:
         rows.append({"id": base["name"], "precision": "fp32", "status": "baseline", "size_mb": None,
-                     "accuracy": ref_acc.get("value"), "drop": None, "latency": base["latency"],
+                     "accuracy": ref_acc.get("value"), "quality": quality_cell(ref_acc), "drop": None,
+                     "latency": base["latency"],
                      "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "interval": {}, "parity": None,
                      "parity_cell": None, "note": _unstable_note(base["latency"])})
     for a in manifest.get("artifacts", []):
-        acc = (a.get("accuracy") or {}).get("value")
+        rec = a.get("accuracy") or {}
+        acc = rec.get("value")
         size = sum(f["bytes"] for f in a.get("files", []) if not f["path"].endswith(".json")) / 1e6
         rows.append({
             "id": a["id"], "precision": a["precision"], "status": a["status"], "size_mb": size if a.get("files") else None,
-            "accuracy": acc, "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
+            "accuracy": acc, "quality": quality_cell(rec),
+            "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
             "latency": a.get("latency") or [],
             "speedup": (a.get("speedup_vs_torch") or {}) if same_run(manifest, a) else {},
             "interval": (a.get("speedup_interval") or {}) if same_run(manifest, a) else {},
@@ -129,11 +149,6 @@ def fit_table(headers: list[str], rows: list[list[str]], width: int | None = Non
     return [line(headers), "  ".join("-" * w[c] for c in keep)] + [line(r) for r in rows]
 
 
-def _metric_name(manifest: dict) -> str:
-    label = globals().get("metric_label")  # the task's metric name, where the manifest records one
-    return label(manifest) if callable(label) else "top-1"
-
-
 def _quality(row: dict) -> str:
     if row.get("quality") is not None:
         return row["quality"]
@@ -160,8 +175,8 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
                      {r["batch"] for r in (manifest.get("baseline") or {}).get("latency", [])})
     model = manifest.get("model", {})
     cpu = (manifest.get("host") or {}).get("cpu", {})
-    metric = _metric_name(manifest)
-    headers = ["artifact", "status", "MB", f"{metric} %", "drop"] + (["parity"] if wide else [])
+    metric = metric_label(manifest)
+    headers = ["artifact", "status", "MB", metric if metric in ("emb cos", "cos") else f"{metric} %", "drop"] + (["parity"] if wide else [])
     for b in batches:
         headers += [f"b{b} ms"] + ([f"b{b} p99"] if wide else []) + [f"b{b} x"]
     headers.append("note")
@@ -172,7 +187,7 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
                  "-" if row["drop"] is None else f"{row['drop']:+.2f}"] + ([row["parity_cell"] or "-"] if wide else [])
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
-            cells += [median_cell(lat)] + ([_ms(lat and lat["p99_ms"])] if wide else []) + [speedup_cell(row, b)]
+            cells += [median_cell(lat)] + ([ms(lat and lat["p99_ms"])] if wide else []) + [speedup_cell(row, b)]
         if row["note"]:
             notes.append(f"[{len(notes) + 1}] {row['id']}: {row['note']}")
             cells.append(f"[{len(notes)}]")
@@ -231,14 +246,14 @@ def timing_notes(manifest: dict) -> list[str]:
 def layer_rows(prof: dict, top: int = 10) -> list[list[str]]:
     """Cells of a per-layer profile's slowest ``top`` layers: layer, type, precision, ms, share."""
     return [[(r["name"] if len(r["name"]) <= 40 else r["name"][:19] + "..." + r["name"][-18:]), r["type"],
-             r["precision"], _ms(r["ms"]), f"{r['share'] * 100:.1f}%"] for r in prof.get("layers", [])[:top]]
+             r["precision"], ms(r["ms"]), f"{r['share'] * 100:.1f}%"] for r in prof.get("layers", [])[:top]]
 
 
 def layer_summary(prof: dict) -> str:
     """One line: where the time goes by operator type and precision."""
     parts = [f"{t['type']} {t['precision']} {t['share'] * 100:.0f}%" for t in prof.get("by_type", [])[:6]]
-    return (f"{prof.get('layer_count', 0)} layers, {_ms(prof.get('layers_ms'))} ms of "
-            f"{_ms(prof.get('total_ms'))} ms per run ({prof.get('runs')} runs, {prof.get('source')}): "
+    return (f"{prof.get('layer_count', 0)} layers, {ms(prof.get('layers_ms'))} ms of "
+            f"{ms(prof.get('total_ms'))} ms per run ({prof.get('runs')} runs, {prof.get('source')}): "
             + ", ".join(parts))
 
 

@@ -151,13 +151,21 @@ def _choose(manifest: dict, ids) -> list[dict]:
     return chosen
 
 
+def _model_files(manifest: dict) -> list[dict]:
+    """Files the model record ships besides the artifacts (the text tokenizer)."""
+    tok = (manifest.get("model") or {}).get("tokenizer")
+    if isinstance(tok, dict) and isinstance(tok.get("path"), str) and isinstance(tok.get("sha256"), str):
+        return [{"path": tok["path"], "sha256": tok["sha256"]}]
+    return []
+
+
 def _source_files(out: Path, manifest: dict, chosen: list[dict]) -> list[dict]:
     """The files to ship (artifact files and the reference), each checked against OUT's manifest."""
     ref = manifest.get("reference") or {}
     if not ref.get("path") or not ref.get("sha256"):
         raise UserInputError(f"{out} has no reference inputs/outputs in its manifest; a bundle needs them for "
                              "the on-device self-test.", f"Rebuild: edgeopt build -o {out}.")
-    wanted = [{"path": ref["path"], "sha256": ref["sha256"]}]
+    wanted = [{"path": ref["path"], "sha256": ref["sha256"]}, *_model_files(manifest)]
     for rec in chosen:
         if not rec.get("files"):
             raise UserInputError(f"Artifact {rec['id']} lists no files in the manifest.", f"Rebuild it: edgeopt build -o {out}.")
@@ -889,6 +897,8 @@ def expected_files(b: Bundle) -> dict[str, dict]:
     ref = data.get("reference") or {}
     if ref.get("path"):
         out[safe_relpath(ref["path"], "manifest")] = {"path": ref["path"], "sha256": ref.get("sha256")}
+    for f in _model_files(data):
+        out[safe_relpath(f["path"], "manifest")] = f
     for a in data["artifacts"]:
         if a.get("status") == "ok":
             for f in a.get("files", []):
@@ -1148,6 +1158,9 @@ def run_self_test(b: Bundle, rec: dict, runner=None) -> dict:
     rep = parity(refs, got, tolerance_of(rec), kind=b.model.get("kind", "generic"))
     summary = {k: rep.get(k) for k in ("passed", "max_abs", "cosine", "samples", "reason")} | {
         "tolerance": rep.get("tolerance")}
+    judged = _task_self_test(b, rec, feeds, refs, got, rep)
+    if judged is not None:
+        return summary | {"passed": True, "task_metric": judged}
     if not rep["passed"]:
         raise ParityError(f"Self-test failed: {rec['id']} on this device differs from the reference outputs: "
                           f"{rep['reason']} (max abs {rep['max_abs']:.3g}, cosine {rep['cosine']:.6f}).",
@@ -1155,6 +1168,37 @@ def run_self_test(b: Bundle, rec: dict, runner=None) -> dict:
                           + " If the device is right and the difference acceptable, loosen the recipe's "
                           f"[parity.tolerances.{rec['precision']}].")
     return summary
+
+
+def _task_self_test(b: Bundle, rec: dict, feeds, refs, got, rep) -> dict | None:
+    """For artifacts the build judged by the task metric (int8, bf16: their tolerance has no absolute bound),
+    recompute that metric on the real reference samples and hold it to the figure the build measured on the
+    same samples (one sample's worth of slack for accuracy-like metrics, 0.005 for cosines). None when the
+    artifact was not judged so (the parity tolerance applies). Missing or non-finite outputs always fail."""
+    from edgeopt.core.tasks import Outputs, TaskConfig, describe, evaluate
+
+    built = (rec.get("parity") or {}).get("task_metric")
+    start = (b.manifest.get("reference") or {}).get("real_from")
+    task = (b.manifest.get("task") or {}).get("config")
+    if not isinstance(built, dict) or not isinstance(task, dict) or tolerance_of(rec).atol is not None:
+        return None
+    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < len(feeds) \
+            or not isinstance(built.get("value"), (int, float)):
+        raise IntegrityError(f"{b.source}: the manifest's reference.real_from or task metric is malformed.", GET_AGAIN)
+    reason = rep.get("reason") or ""
+    if any(w in reason for w in ("missing", "non-finite", "shape")):
+        raise ParityError(f"Self-test failed: {rec['id']} on this device is broken: {reason}.",
+                          rebuild_fix(rec, "this device (or a machine of the same kind)"))
+    sel = slice(start, None)
+    here = evaluate(TaskConfig.from_dict(task), Outputs(feeds[sel], got[sel]), Outputs(feeds[sel], refs[sel]))
+    n = max(int(here.get("samples") or 1), 1)
+    slack = 0.005 if here.get("budget") == "cosine" else 1.0 / n
+    result = {"metric": here["metric"], "here": here["value"], "built": built["value"], "samples": n}
+    if here["value"] < built["value"] - slack - 1e-9:
+        raise ParityError(f"Self-test failed: {rec['id']} on this device scores {describe(here)} on the {n} real "
+                          f"reference samples; the build measured {describe({**here, 'value': built['value']})}.",
+                          rebuild_fix(rec, "this device (or a machine of the same kind)"))
+    return result
 
 
 # ================================================================================================

@@ -153,14 +153,67 @@ class Model:
 
     __call__ = infer
 
-    def preprocess(self, image, input: str | None = None) -> np.ndarray:
+    def preprocess(self, image, input: str | None = None):
         """An image (path, PIL image, HxWxC uint8 array) or a list of them -> the model's input array with a
-        batch axis, through the preprocessing spec stored in the manifest (resize, crop, mean/std, layout)."""
+        batch axis, through the preprocessing spec stored in the manifest (resize, crop, mean/std, layout).
+        For a text model (the bundle carries its tokenizer): a sentence or a list of them -> the feed dict
+        (input_ids, attention_mask, ...) padded to the length the model was built for."""
+        if self.bundle.model.get("tokenizer"):
+            return self.tokenize(image)
         pre, name = self._preprocess_spec(input)
         items = image if isinstance(image, (list, tuple)) else [image]
         if not items:
             raise UserInputError("preprocess() got an empty list.", "Pass one image or a list of images.")
         return np.stack([pre.apply(im) for im in items])
+
+    def tokenize(self, text) -> dict[str, np.ndarray]:
+        """A sentence or a list of sentences -> the model's integer inputs, with the tokenizer the bundle ships
+        (the ``tokenizers`` library: pip install tokenizers)."""
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise UserInputError("tokenize() takes a sentence or a list of sentences.", 'model.preprocess("a sentence")')
+        tok, info = self._tokenizer()
+        enc = tok.encode_batch(texts)
+        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+        feed = {}
+        for name in info["inputs"]:
+            field = fields.get(name)
+            if field is None:
+                raise UserInputError(f"The model's input {name!r} is not something a tokenizer gives.",
+                                     f"Build the feed yourself: infer({{{name!r}: ...}}).")
+            feed[name] = np.array([getattr(e, field) for e in enc], dtype=np.int64)
+        return feed
+
+    def embed(self, text) -> np.ndarray:
+        """Sentences -> L2-normalised embeddings [n, dim], pooled as the build judged them ([task] pooling)."""
+        from edgeopt.core.tasks import Outputs, TaskConfig, pooled
+
+        cfg = (self.bundle.manifest.get("task") or {}).get("config") or {}
+        task = TaskConfig.from_dict({k: v for k, v in cfg.items() if k in ("output", "pooling", "mask_input")})
+        feed = self.tokenize(text)
+        return pooled(task, Outputs([feed], [self.infer(feed)]))
+
+    def _tokenizer(self):
+        if getattr(self, "_tok", None) is None:
+            import importlib.util
+
+            info = self.bundle.model["tokenizer"]
+            if importlib.util.find_spec("tokenizers") is None:
+                raise UserInputError("This text model needs the tokenizers library to turn text into token ids.",
+                                     "pip install tokenizers (or 'edgeopt[text]').")
+            from tokenizers import Tokenizer
+
+            from edgeopt.ship.bundle import safe_relpath
+
+            path = self.bundle.root / safe_relpath(info["path"], "manifest")
+            tok = Tokenizer.from_file(str(path))
+            length = int(info["max_length"])
+            pad = next((t for t in ("[PAD]", "<pad>") if tok.token_to_id(t) is not None), None)
+            tok.enable_truncation(max_length=length)
+            tok.enable_padding(length=length if info.get("fixed_length", True) else None,
+                               pad_id=tok.token_to_id(pad) if pad else 0, pad_token=pad or "[PAD]")
+            self._tok = (tok, info)
+        return self._tok
 
     def _preprocess_spec(self, input: str | None):
         from edgeopt.data.dataset import Preprocess

@@ -19,6 +19,17 @@ RUNTIME_SETTINGS = {"graph_optimization_level": one_of(*LEVELS), "intra_op_threa
                     "inter_op_threads": int_in(0, 4096)}
 
 
+def has_external_data(path: Path) -> bool:
+    """Whether an ONNX file keeps tensors in external data files (read without loading them)."""
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+    except ImportError:  # pragma: no cover - onnx is installed with every backend that compiles
+        return False
+    model = onnx.load(str(path), load_external_data=False)
+    return any(uses_external_data(t) for t in _get_all_tensors(model))
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     module = "onnxruntime"
@@ -43,6 +54,12 @@ class OnnxRuntimeBackend(Backend):
         so = session_options(ort, {**req.options, "offline_optimization": offline}, "offline_optimization", "extended")
         tmp = Path(req.out_dir) / "optimized.onnx"
         so.optimized_model_filepath = str(tmp)
+        if has_external_data(source):
+            # Weights in external files (beside the source, any names): the optimized model gets its own
+            # copy in the artifact folder, model.onnx.data, instead of references to files outside it.
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                        f"{MODEL_FILE}.data")
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         try:
             ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types

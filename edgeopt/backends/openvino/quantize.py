@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 from edgeopt.errors import CompileError
-from edgeopt.core.fsutil import sha256_file
 from edgeopt.compress import head
 from edgeopt.compress.cache import calibration_key, lookup, store
 from edgeopt.compress.common import (
@@ -19,8 +18,9 @@ from edgeopt.compress.common import (
     nncf_preset,
     quiet_nncf,
 )
-from edgeopt.compress.guard import score, vs_text
+from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, score, task_validator, vs_text
 from edgeopt.core.profile import race
+from edgeopt.core.tasks import describe
 
 
 NOISE = 0.05  # runtime settings whose quick timings are this close are a tie, won by the exact f32
@@ -116,19 +116,15 @@ def untangled(model):
         return ov.Core().read_model(xml, ov.Tensor(weights))
 
 
-def _ov_validate(req):
-    import numpy as np
+def _ov_infer(compiled_model):
+    """A feed -> outputs function over the compiled model NNCF's accuracy control hands us."""
+    names = [o.get_any_name() for o in compiled_model.outputs]
 
-    def validate(compiled_model, data):
-        hits = n = 0
-        out = compiled_model.outputs[0]
-        for feed, lab in data:
-            pred = compiled_model(feed)[out]
-            hits += int(np.sum(np.argmax(pred, axis=1) == lab))
-            n += len(lab)
-        return hits / max(n, 1)
+    def infer(feed):
+        res = compiled_model(feed)
+        return {n: res[o] for n, o in zip(names, compiled_model.outputs)}
 
-    return validate
+    return infer
 
 
 def quantize_for_openvino(req, model):
@@ -150,7 +146,7 @@ def quantize_for_openvino(req, model):
         kw["ignored_scope"] = nncf.IgnoredScope(names=exclude, validate=False)
         params["float_head"] = head.VERSION
         notes["float_head"] = head.summary(exclude)
-    key = calibration_key(sha256_file(req.onnx_path), getattr(req.calibration, "sha256", None), "nncf-ov", params)
+    key = calibration_key(req.onnx_key(), getattr(req.calibration, "sha256", None), "nncf-ov", params)
     feed1 = req.spec.random_feed(__import__("numpy").random.default_rng(0), batch=1 if req.spec.batch_dim else None)
     hit = lookup(key)
     if hit is not None:
@@ -172,18 +168,19 @@ def quantize_for_openvino(req, model):
     if choice:
         req.log(f"int8 nncf-ov runtime: {choice['setting']} {choice['chosen']}: {choice['why']}")
     req.log(f"int8 nncf-ov: {results[0]['latency_ms_b1']:.3f} ms at batch 1 ({vs_text(results[0])})" +
-            (f", top-1 {results[0]['accuracy']['value'] * 100:.2f}%" if "accuracy" in results[0] else "") +
+            (f", {describe(results[0]['accuracy'])}" if "accuracy" in results[0] else "") +
             (f", cosine {results[0]['cosine']:.4f}" if results[0].get("cosine") is not None else ""))
-    has_labels = req.evaluation is not None and req.evaluation.labels is not None
-    if not results[0]["within_budget"] and cfg.accuracy_control and has_labels and req.fp32_metric:
+    if not results[0]["within_budget"] and cfg.accuracy_control and can_control_accuracy(req):
         req.log(f"int8 over budget ({results[0]['why']}): NNCF accuracy control keeps the most sensitive layers in float")
         try:
             q = nncf.quantize_with_accuracy_control(
-                model, nncf.Dataset(feeds), nncf.Dataset(list(req.evaluation.batches(1)), lambda item: item[0]),
-                _ov_validate(req), max_drop=cfg.allowed_drop(req.fp32_metric["value"]),
-                drop_type=nncf.DropType.ABSOLUTE, **kw)
+                model, nncf.Dataset(feeds), nncf.Dataset(req.judge_set.feeds), task_validator(req, _ov_infer),
+                max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw)
             ac, choice = _measure("nncf-ov-ac", q, req, cfg, feed1, fp32_model=model, settings=True)
-            results.append(ac | {"calibration_cache": "off"} | notes)
+            r = ac | {"calibration_cache": "off"} | notes
+            if not any(op.get_type_name() == "FakeQuantize" for op in q.get_ops()):
+                r.update(within_budget=False, why="accuracy control kept every layer in float: no INT8 left")
+            results.append(r)
         except Exception as exc:  # noqa: BLE001 - accuracy control can give up; report the numbers
             results.append({"candidate": "nncf-ov-ac", "error": str(exc)[:300], "within_budget": False})
     win = results[-1]

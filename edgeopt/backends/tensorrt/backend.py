@@ -355,6 +355,33 @@ def import_tensorrt():
     return trt
 
 
+TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu12", "tensorrt_cu12", "tensorrt-cu13")
+TENSORRT_DEB_PACKAGES = ("tensorrt", "libnvinfer10")  # JetPack installs TensorRT as .debs
+
+
+def installed_tensorrt_version(deb_version=None) -> str | None:
+    """The installed TensorRT's version, or None: its pip distribution (any CUDA flavour), else the module's
+    ``__version__`` (JetPack's Python bindings), else, given ``deb_version`` (package name -> version or None),
+    the Debian packages. Never raises."""
+    from edgeopt.core.hostinfo import version_of
+
+    for dist in TENSORRT_DISTRIBUTIONS:
+        v = version_of(dist)
+        if v:
+            return v
+    if importlib.util.find_spec("tensorrt") is not None:
+        try:
+            return str(import_tensorrt().__version__)
+        except Exception:  # noqa: BLE001 - present but its libraries do not load
+            pass
+    if deb_version is not None:
+        for package in TENSORRT_DEB_PACKAGES:
+            v = deb_version(package)
+            if v:
+                return v
+    return None
+
+
 def _cudart():
     """cuda-python's runtime API: ``cuda.bindings.runtime`` (12.6 and newer; 13.x has nothing else), else the
     ``cuda.cudart`` module of older cuda-python."""
@@ -844,13 +871,7 @@ class TensorRTBackend(Backend):
         return import_tensorrt()
 
     def version(self) -> str | None:
-        v = super().version()
-        if v is None and self.installed():
-            try:
-                return import_tensorrt().__version__
-            except EdgeoptError:
-                return None
-        return v
+        return installed_tensorrt_version()
 
     def install_hint(self) -> str:
         return INSTALL_HINT + "; TensorRT itself comes with JetPack (on a PC: pip install tensorrt)"
