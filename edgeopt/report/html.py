@@ -501,7 +501,7 @@ def render_html(m: dict, table: dict, plots: list[Plot]) -> str:
              _html_table(table["header"], [r["cells"] for r in table["rows"]], left=3, cls="artifacts",
                          row_classes=[r["status"].replace(" ", "-") for r in table["rows"]], note_last=True),
              '<p class="sub">Drop: accuracy points below the PyTorch baseline. vs torch: speed-up of the median over '
-             "PyTorch eager at that batch.</p>", *(f'<p class="sub">{_e(line)}</p>' for line in timing_notes(m))]
+             "PyTorch eager at that batch. " + _e(" ".join(timing_notes(m))) + "</p>"]
     for p in plots:
         data = base64.b64encode(p.png).decode("ascii")
         parts += [f'<h2 id="{_e(p.name)}">{_e(p.title)}</h2>',

@@ -32,17 +32,8 @@ def speedup_cell(row: dict, batch: int) -> str:
 
 
 def median_cell(lat: dict | None) -> str:
-    """The median in ms, with "!" when the row's timings were unstable (a busy machine)."""
+    """The median in ms, with "!" when the row's timings were unstable (a busy machine): the row's mark."""
     return ms(lat and lat.get("median_ms")) + (" !" if lat and lat.get("unstable") else "")
-
-
-def _unstable_note(latency: list) -> str:
-    bad = [str(r["batch"]) for r in latency or [] if r.get("unstable")]
-    return f"unstable timings at batch {','.join(bad)}" if bad else ""
-
-
-def _join(*parts: str) -> str:
-    return "; ".join(p for p in parts if p)
 
 
 def metric_label(manifest: dict) -> str:
@@ -71,7 +62,7 @@ def artifact_rows(manifest: dict) -> list[dict]:
                      "accuracy": ref_acc.get("value"), "quality": quality_cell(ref_acc), "drop": None,
                      "latency": base["latency"],
                      "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "interval": {}, "parity": None,
-                     "parity_cell": None, "note": _unstable_note(base["latency"])})
+                     "parity_cell": None, "note": ""})
     for a in manifest.get("artifacts", []):
         rec = a.get("accuracy") or {}
         acc = rec.get("value")
@@ -84,7 +75,7 @@ def artifact_rows(manifest: dict) -> list[dict]:
             "speedup": (a.get("speedup_vs_torch") or {}) if same_run(manifest, a) else {},
             "interval": (a.get("speedup_interval") or {}) if same_run(manifest, a) else {},
             "parity": (a.get("parity") or {}).get("max_abs"), "parity_cell": _parity_cell(a),
-            "note": a.get("reason") or _join("; ".join(a.get("flags", [])), _unstable_note(a.get("latency"))),
+            "note": a.get("reason") or "; ".join(a.get("flags", [])),
         })
     return rows
 
