@@ -40,7 +40,7 @@ MODELS = {
         "dims": {"batch": {"min": 1, "opt": 1, "max": 8}},
         "task": {"type": "classification"},  # top-1 agreement with FP32 on crops of photos never calibrated on
         "calibration": {"source": f"{HERE / 'models.py'}:photo_calibration", "size": 128},
-        "evaluation": {"source": f"{HERE / 'models.py'}:photo_evaluation"}},
+        "evaluation": {"source": f"{HERE / 'models.py'}:photo_evaluation", "size": 200}},
     "minilm_real": {
         "model": {"source": "hf:MINILM", "kind": "transformer", "name": "all-MiniLM-L6-v2"},
         "inputs": [{"name": "input_ids", "shape": ["batch", 128], "dtype": "int64", "range": [0, 30522]},
@@ -48,7 +48,7 @@ MODELS = {
         "dims": {"batch": {"min": 1, "opt": 1, "max": 8}},
         "task": {"type": "embedding", "output": "last_hidden_state", "pooling": "mean", "mask_input": "attention_mask"},
         "calibration": {"source": f"{HERE / 'models.py'}:sentence_calibration", "size": 128},
-        "evaluation": {"source": f"{HERE / 'models.py'}:sentence_evaluation"}},
+        "evaluation": {"source": f"{HERE / 'models.py'}:sentence_evaluation", "size": 200}},
 }
 REAL = ("mobilenet_v2_real", "minilm_real")
 

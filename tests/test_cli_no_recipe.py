@@ -1,12 +1,14 @@
 """A complete CLI path without a recipe (issue 14.3): --model/--checkpoint plus --calib/--eval data."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 
 from edgeopt.core.resources import data_dir
 
 EXAMPLE = "edgeopt/example/model.py"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _digit_images(root, split: str, n: int, classes: bool):
@@ -115,3 +117,28 @@ def test_targets_and_doctor_fit_80_columns_and_say_one_install_hint(run_cli, mon
         if not b.installed():
             hint = " ".join(b.install_hint().split())
             assert hint in flat_t and hint in flat_d  # the same words in both, from Backend.install_hint()
+
+
+def test_jetson_int8_package_carries_an_accuracy_figure_scored_here(tmp_path):
+    """Issue 14.11: the Q/DQ ONNX of an INT8 device package is scored on the evaluation set with ONNX Runtime
+    on the host before it ships (the device then confirms): within the INT8 budget it ships with the figure,
+    over it the record is failed with the numbers. (host_check = "warn" so the parity pre-check does not
+    decide first.)"""
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
+
+    text = (ROOT / "targets" / "jetson-orin-nano.toml").read_text()
+    text = text.replace('# host_check = "warn"', 'host_check = "warn"')
+    assert 'host_check = "warn"' in text
+    target = tmp_path / "jetson-orin-nano.toml"
+    target.write_text(text)
+    m = build(None, tmp_path / "o", (str(target),), ("int8",), reporter=Reporter(quiet=True))
+    (a,) = m["artifacts"]
+    acc, base = a["accuracy"]["value"], m["fp32_metric"]["value"]
+    assert "onnxruntime" in a["accuracy"]["measured_on"]
+    assert a["accuracy"]["within_budget"] == (base - acc <= 0.01 + 1e-9)  # the INT8 budget, 1 point
+    if a["accuracy"]["within_budget"]:
+        assert a["status"] == "not built here"
+    else:
+        assert a["status"] == "failed" and f"{acc * 100:.2f}%" in a["reason"]
+        assert not (tmp_path / "o" / a["id"]).exists()

@@ -616,9 +616,9 @@ def test_dataset_batches_feeds_iter_and_save(tmp_path):
 
 def test_readme_examples_parse(tmp_path):
     """The TOML sections in calibration/README.md are accepted by DataConfig.from_dict."""
-    from edgeopt.core.resources import _tomllib
+    from edgeopt.core.resources import import_tomllib
 
-    tomllib = _tomllib()
+    tomllib = import_tomllib()
 
     readme = Path(__file__).resolve().parents[1] / "calibration" / "README.md"
     blocks = [b.split("```", 1)[0] for b in readme.read_text().split("```toml")[1:]]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from edgeopt import __version__
+from edgeopt.core.records import Status
 from edgeopt.device.package import (
     INSTRUCTIONS,
-    NOT_BUILT,
     PACKAGE_JSON,
     PACKAGE_ONNX,
     compile_package,
@@ -59,7 +59,7 @@ def test_build_writes_a_complete_device_package(built, precision):
     out, manifest = built
     aid = f"jetson-orin-nano-{precision}"
     rec = next(a for a in manifest["artifacts"] if a["id"] == aid)
-    assert rec["status"] == NOT_BUILT and rec["backend"] == "tensorrt"
+    assert rec["status"] == Status.NOT_BUILT_HERE and rec["backend"] == "tensorrt"
     assert "device-compile" in rec["reason"] and "--remote" in rec["reason"] and "Jetson Orin Nano" in rec["reason"]
     folder = out / aid
     for name in (PACKAGE_JSON, "artifact.json", PACKAGE_ONNX, "build_plan.json", "lint.json", "reference.npz", INSTRUCTIONS):
@@ -71,7 +71,7 @@ def test_build_writes_a_complete_device_package(built, precision):
 
     pkg = read_package(folder)
     verify_package_files(folder, pkg)
-    assert (pkg["id"], pkg["target"], pkg["precision"], pkg["status"]) == (aid, "jetson-orin-nano", precision, NOT_BUILT)
+    assert (pkg["id"], pkg["target"], pkg["precision"], pkg["status"]) == (aid, "jetson-orin-nano", precision, Status.NOT_BUILT_HERE)
     assert pkg["declared"]["tensorrt"] == "10.3" and pkg["declared"]["jetpack"] == "6.2"
     # TensorRT 10.x: fp16 is the FP32 ONNX plus the FP16 builder flag.
     assert pkg["onnx"]["form"] == "fp32"
@@ -94,7 +94,7 @@ def test_build_writes_a_complete_device_package(built, precision):
     art = json.loads((folder / "artifact.json").read_text())
     assert (art["id"], art["backend"], art["precision"]) == (aid, "tensorrt", precision)
     assert art["target"]["name"] == "jetson-orin-nano" and art["target"]["hardware"]["tensorrt"] == "10.3"
-    assert art["spec"]["inputs"][0]["name"] == "image" and art["meta"]["status"] == NOT_BUILT
+    assert art["spec"]["inputs"][0]["name"] == "image" and art["meta"]["status"] == Status.NOT_BUILT_HERE
     # How to finish on the device.
     text = (folder / INSTRUCTIONS).read_text()
     for needle in (f"pip install edgeopt-{__version__}-py3-none-any.whl", "--system-site-packages",
@@ -193,7 +193,7 @@ def _plan(target: str, precision: str):
     from edgeopt.pipeline.build import Plan
     from edgeopt.core.targets import get_target
 
-    return Plan(get_target(target), precision, status=NOT_BUILT, reason="tensorrt is not installed")
+    return Plan(get_target(target), precision, status=Status.NOT_BUILT_HERE, reason="tensorrt is not installed")
 
 
 def _rec(plan):
@@ -226,7 +226,7 @@ def test_tiny_package_is_reused_when_nothing_changed(tmp_path):
     ctx = _tiny_ctx(tmp_path)
     plan = _plan("jetson-orin-nano", "fp32")
     first = write_device_package(ctx, plan, ctx.out / plan.id, _rec(plan))
-    assert first["status"] == NOT_BUILT and "reused" not in first
+    assert first["status"] == Status.NOT_BUILT_HERE and "reused" not in first
     again = write_device_package(ctx, plan, ctx.out / plan.id, _rec(plan))
     assert again["reused"] and again["key"] == first["key"] and again["files"] == first["files"]
     plan16 = _plan("jetson-orin-nano", "fp16")
@@ -333,5 +333,5 @@ def test_a_package_whose_host_check_fails_fails_unless_kept(tmp_path):
     assert rec["host_check"]["passed"] is False and 'host_check = "warn"' in rec["fix"]
     kept = _plan(_trt11_target(tmp_path, host_check="warn"), "fp16")
     rec = write_device_package(ctx, kept, ctx.out / kept.id, _rec(kept))
-    assert rec["status"] == NOT_BUILT and rec["package"]["onnx"]["host_check"]["passed"] is False
+    assert rec["status"] == Status.NOT_BUILT_HERE and rec["package"]["onnx"]["host_check"]["passed"] is False
     assert read_package(ctx.out / kept.id)["onnx"]["form"] == "fp16"

@@ -84,3 +84,21 @@ def test_a_backend_from_outside_the_package_builds_the_example(tmp_path, monkeyp
     assert a["accuracy"]["value"] > 0.95
     assert a["latency"] and a["latency"][0]["median_ms"] > 0
     assert (tmp_path / "out" / "toy-cpu-fp32" / "toy.onnx").is_file()
+
+
+def _modules() -> dict[str, Path]:
+    pkg = Path(edgeopt.__file__).resolve().parent
+    return {str(p.relative_to(pkg.parent)): p for p in sorted(pkg.rglob("*.py"))}
+
+
+def test_no_private_name_is_imported_across_modules():
+    """``from edgeopt.x import _name`` couples a module to another's internals: what is shared is public."""
+    import ast
+
+    found = []
+    for rel, p in _modules().items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgeopt"):
+                found += [f"{rel}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found

@@ -297,3 +297,19 @@ def test_declared_sizes_over_the_limits_are_refused_before_extraction(out, tmp_p
     room = (folder / "manifest.json").stat().st_size + 100  # the manifest fits, the files it declares do not
     with pytest.raises(IntegrityError, match="declares .* bytes of files, over the limits"):
         verify(archive, cache_dir=tmp_path / "cache", limits=Limits(max_total_bytes=room))
+
+
+def test_a_reader_during_a_build_is_told_it_is_running(out):
+    from edgeopt.core.manifest import mark_incomplete
+    from edgeopt.ship.select import select
+
+    mark_incomplete(out)
+    holder = hold_lock(out, "build")
+    try:
+        with pytest.raises(BusyError, match=rf"being written now by another edgeopt process \(pid {holder.pid}\b"):
+            select(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(IntegrityError, match="stopped before it finished"):
+        select(out)

@@ -15,10 +15,29 @@ from edgeopt.errors import EdgeoptError, UserInputError
 from edgeopt.core.untrusted import printable_lines
 
 
-def emit_json(obj) -> None:
-    from edgeopt.core.fsutil import _json_default
+def echo(text="", err: bool = False, indent: str = "    ") -> None:
+    """click.echo, word-wrapped to the terminal's width when writing to a terminal (or when $COLUMNS says
+    one): a value is never split, and a continuation line is indented below its first. Piped, lines stay whole
+    (for grep and logs)."""
+    import os
 
-    click.echo(json.dumps(obj, indent=2, default=_json_default))
+    from edgeopt.report.tables import terminal_width, wrap
+
+    stream = sys.stderr if err else sys.stdout
+    if not (os.environ.get("COLUMNS") or getattr(stream, "isatty", lambda: False)()):
+        click.echo(text, err=err)
+        return
+    width = terminal_width()
+    for part in str(text).split("\n"):
+        lead = part[:len(part) - len(part.lstrip())]
+        for line in (wrap(part, width, lead + indent) if len(part) > width else [part]):
+            click.echo(line, err=err)
+
+
+def emit_json(obj) -> None:
+    from edgeopt.core.fsutil import json_default
+
+    click.echo(json.dumps(obj, indent=2, default=json_default))
 
 
 def stdout_guard(json_out: bool):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from edgeopt.cli.common import emit_json, handle_errors, parse_batches, reporter
+from edgeopt.cli.common import echo, emit_json, handle_errors, parse_batches, reporter
+from edgeopt.core.records import Status
 
 
 def remote_options(fn):
@@ -44,31 +45,31 @@ def _print_hosts(res: dict, what: str) -> None:
     for host, r in res["hosts"].items():
         if "error" in r:
             e = r["error"]
-            click.echo(f"{host}: FAILED ({e['kind']}): {e['problem']}", err=True)
+            echo(f"{host}: FAILED ({e['kind']}): {e['problem']}", err=True)
             if e.get("fix"):
-                click.echo(f"  fix: {e['fix']}", err=True)
+                echo(f"  fix: {e['fix']}", err=True)
             continue
         fp = r.get("fingerprint") or {}
         dev = ", ".join(str(x) for x in (fp.get("model"), fp.get("jetpack") and f"JetPack {fp['jetpack']}",
                                          fp.get("tensorrt") and f"TensorRT {fp['tensorrt']}") if x)
-        click.echo(f"{host}: {dev or fp.get('hostname') or 'ok'}")
+        echo(f"{host}: {dev or fp.get('hostname') or 'ok'}")
         for aid, a in (r.get("artifacts") or {}).items():
             if "error" in a:
-                click.echo(f"  {aid}: failed: {a['error']['problem']}")
+                echo(f"  {aid}: failed: {a['error']['problem']}")
                 continue
             rows = a.get("latency") or a.get("rows") or []
             lat = ", ".join(f"batch {row['batch']} {row['median_ms']:.3f} ms" for row in rows)
             par = a.get("parity") or {}
             extra = f", parity max abs {par['max_abs']:.2e}" if par.get("max_abs") is not None else ""
-            click.echo(f"  {aid}: {what}{extra}" + (f"; median {lat}" if lat else ""))
+            echo(f"  {aid}: {what}{extra}" + (f"; median {lat}" if lat else ""))
     if res.get("output"):
-        click.echo(f"results: {res['output']}")
+        echo(f"results: {res['output']}")
 
 
 def _exit_for(res: dict) -> None:
     if not res["ok"]:
         failed = [h for h, r in res["hosts"].items() if not r["ok"]]
-        click.echo(f"error: {len(failed)} of {len(res['hosts'])} host(s) failed: {', '.join(failed)}", err=True)
+        echo(f"error: {len(failed)} of {len(res['hosts'])} host(s) failed: {', '.join(failed)}", err=True)
         sys.exit(8)
 
 
@@ -125,17 +126,17 @@ def device_compile_cmd(package, hosts, targets, precisions, batch, threads, dura
         except EdgeoptError as exc:
             if len(folders) == 1:
                 raise
-            click.echo(f"error: {folder.name}: {exc.problem}", err=True)
-            results[folder.name] = {"status": "failed", "reason": exc.problem, "fix": exc.fix}
+            echo(f"error: {folder.name}: {exc.problem}", err=True)
+            results[folder.name] = {"status": Status.FAILED, "reason": exc.problem, "fix": exc.fix}
             failed.append(folder.name)
     if json_out:
         emit_json(results)
     else:
         for aid, r in results.items():
-            if r["status"] != "ok":
+            if r["status"] != Status.OK:
                 continue
             lat = ", ".join(f"batch {row['batch']} {row['median_ms']:.3f} ms" for row in r["latency"])
-            click.echo(f"{aid}: ok, parity max abs {r['parity']['max_abs']:.2e}; median {lat}")
+            echo(f"{aid}: ok, parity max abs {r['parity']['max_abs']:.2e}; median {lat}")
     if failed:
         sys.exit(6)
 
@@ -151,28 +152,31 @@ def remote_group():
 @remote_group.command(name="setup")
 @click.argument("host")
 @click.option("--wheel", type=click.Path(exists=True, dir_okay=False),
-              help="The edgeopt wheel to install (default: built here with pip wheel --no-deps).")
+              help="The edgeopt wheel to install (default: this edgeopt's own, built from a source checkout or "
+                   "repacked from the installed files).")
 @click.option("--python", "python", default="python3", show_default=True, help="Python on the device to make the venv with.")
 @click.option("--venv", help="Where the venv goes on the device (default <remote-dir>/venv).")
 @click.option("--no-deps", is_flag=True, help="Install only edgeopt (the device has no access to PyPI).")
 @click.option("--tensorrt/--no-tensorrt", default=None, help="Install onnx and cuda-python for TensorRT "
               "(default: when the device's Python sees tensorrt).")
 @click.option("--pip", "extra", multiple=True, help="Another requirement to install there (repeatable).")
+@click.option("-t", "--target", "targets", multiple=True,
+              help="Target the device runs (repeatable): its backend is installed there too, e.g. -t ort-cpu.")
 @remote_options
 @click.option("--json", "json_out", is_flag=True)
 @handle_errors
-def setup_cmd(host, wheel, python, venv, no_deps, tensorrt, extra, ssh_config, remote_dir, remote_python, timeout,
-              keep_remote, json_out):
+def setup_cmd(host, wheel, python, venv, no_deps, tensorrt, extra, targets, ssh_config, remote_dir, remote_python,
+              timeout, keep_remote, json_out):
     """Install this edgeopt on HOST: a venv with --system-site-packages (JetPack's TensorRT stays visible)."""
     from edgeopt.device.remote import setup
 
     res = setup(host, wheel=wheel, python=python, venv=venv, no_deps=no_deps, tensorrt=tensorrt,
-                extra_requirements=extra, reporter=reporter(),
+                extra_requirements=extra, reporter=reporter(), targets=targets,
                 options=_remote_opts(ssh_config, remote_dir, remote_python, timeout, keep_remote))
     if json_out:
         emit_json(res)
     else:
-        click.echo(f"{host}: edgeopt {res['edgeopt_version']} (Python {res['python_version']}) in {res['venv']}")
+        echo(f"{host}: edgeopt {res['edgeopt_version']} (Python {res['python_version']}) in {res['venv']}")
 
 
 @remote_group.command(name="info")
@@ -192,20 +196,23 @@ def info_cmd(hosts, ssh_config, remote_dir, remote_python, timeout, keep_remote,
     else:
         for host, r in res["hosts"].items():
             if "error" in r:
-                click.echo(f"{host}: FAILED ({r['error']['kind']}): {r['error']['problem']}", err=True)
+                echo(f"{host}: FAILED ({r['error']['kind']}): {r['error']['problem']}", err=True)
                 if r["error"].get("fix"):
-                    click.echo(f"  fix: {r['error']['fix']}", err=True)
+                    echo(f"  fix: {r['error']['fix']}", err=True)
                 continue
             fp = r.get("fingerprint") or {}
             same = "" if r["version_matches"] else f" (this machine: {r['local_edgeopt_version']}: run `edgeopt remote setup {host}`)"
-            click.echo(f"{host}: edgeopt {r['edgeopt_version']}{same}, Python {r['python']} ({r['executable']})")
+            echo(f"{host}: edgeopt {r['edgeopt_version']}{same}, Python {r['python']} ({r['executable']})")
             for k in ("model", "jetpack", "l4t", "tensorrt", "cuda", "nvpmodel", "temperatures_c"):
                 if fp.get(k) is not None:
-                    click.echo(f"  {k}: {fp[k]}")
+                    echo(f"  {k}: {fp[k]}")
+            mods = r.get("modules") or {}
+            found = [m for m in ("onnxruntime", "openvino", "tensorrt") if mods.get(m)]
+            echo(f"  backends: {', '.join(found) or 'none (edgeopt remote setup HOST -t TARGET installs one)'}")
             if fp.get("gpu"):
-                click.echo(f"  gpu: {fp['gpu'].get('name')} (sm {fp['gpu'].get('compute_capability')})")
+                echo(f"  gpu: {fp['gpu'].get('name')} (sm {fp['gpu'].get('compute_capability')})")
             if fp.get("jetson_clocks"):
-                click.echo(f"  jetson_clocks active: {fp['jetson_clocks'].get('active')}")
+                echo(f"  jetson_clocks active: {fp['jetson_clocks'].get('active')}")
     _exit_for(res)
 
 

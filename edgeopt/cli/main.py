@@ -9,7 +9,8 @@ import sys
 import click
 
 from edgeopt import __version__
-from edgeopt.cli.common import chatter_to_log, emit_json, handle_errors, parse_batches, reporter, stdout_guard
+from edgeopt.cli.common import chatter_to_log, echo, emit_json, handle_errors, parse_batches, reporter, stdout_guard
+from edgeopt.core.records import Status
 
 
 def _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind=None, calib=None,
@@ -166,22 +167,22 @@ def _finish(m: dict, json_out: bool, output, wide: bool = False, asked=()) -> No
         emit_json(m)
     else:
         print_summary(m, wide=wide)
-        click.echo(f"manifest: {Path(output) / 'manifest.json'}")
+        echo(f"manifest: {Path(output) / 'manifest.json'}")
     sel = m.get("selection")
     if sel is not None and not json_out:
-        click.echo(f"selected: {sel['selected']}" if sel.get("selected") else f"selection: {sel.get('error')}")
-    failed = [a["id"] for a in m["artifacts"] if a["status"] == "failed"]
+        echo(f"selected: {sel['selected']}" if sel.get("selected") else f"selection: {sel.get('error')}")
+    failed = [a["id"] for a in m["artifacts"] if a["status"] == Status.FAILED]
     if sel is not None and not sel.get("selected"):
-        click.echo("error: no artifact meets the recipe's [select] budgets (see above).", err=True)
+        echo("error: no artifact meets the recipe's [select] budgets (see above).", err=True)
         sys.exit(9)
     if failed:
-        click.echo(f"error: {len(failed)} artifact(s) failed: {', '.join(failed)} (see the table and the manifest).", err=True)
+        echo(f"error: {len(failed)} artifact(s) failed: {', '.join(failed)} (see the table and the manifest).", err=True)
         sys.exit(5)
-    skipped = [a for a in m["artifacts"] if a["status"] == "skipped" and a["target"] in asked]
+    skipped = [a for a in m["artifacts"] if a["status"] == Status.SKIPPED and a["target"] in asked]
     if skipped:  # a target asked for by name that could not be built is not a success
         for a in skipped:
-            click.echo(f"error: {a['id']} was skipped: {a.get('reason')}", err=True)
-        click.echo("fix: build it on a machine that has what it needs (`edgeopt targets` says what runs here), or "
+            echo(f"error: {a['id']} was skipped: {a.get('reason')}", err=True)
+        echo("fix: build it on a machine that has what it needs (`edgeopt targets` says what runs here), or "
                    "drop it from -t/--target.", err=True)
         sys.exit(3)
 
@@ -207,7 +208,7 @@ def export(ctx, recipe, output, force, json_out, model, checkpoint, kind, allow_
         emit_json(m["export"])
     else:
         e = m["export"]
-        click.echo(f"{Path(output) / 'export' / 'model.onnx'}: exporter {e.get('exporter')}, opset {e.get('opset')}, "
+        echo(f"{Path(output) / 'export' / 'model.onnx'}: exporter {e.get('exporter')}, opset {e.get('opset')}, "
                    f"parity max abs {(e.get('parity') or {}).get('max_abs', float('nan')):.2e}")
 
 
@@ -287,7 +288,7 @@ def init(model, data, checkpoint, input_spec, preprocess, kind, output, force):
         raise UserInputError(f"{out} exists.", "Choose another -o/--output, or pass --force to replace it.")
     text = starter_recipe(model, data, checkpoint, input_spec, preprocess, kind, base=out.resolve().parent)
     write_text_atomic(out, text)
-    click.echo(f"wrote {out}; check the [[inputs]] shape and the preprocessing, then: edgeopt build {out} -o out")
+    echo(f"wrote {out}; check the [[inputs]] shape and the preprocessing, then: edgeopt build {out} -o out")
 
 
 @main.command()
@@ -315,26 +316,27 @@ def profile(ctx, path, batch, iterations, warmup, duration, threads, rounds, lay
     if json_out:
         emit_json(res)
         return
-    from rich.table import Table
+    from edgeopt.report.tables import fit_table, layer_lines, terminal_width, timing_notes
 
-    from edgeopt.report.tables import print_layers, timing_notes, wide_console
-
-    t = Table(title=f"latency ({res['host']['cpu']['model']})", title_justify="left")
-    for c in ("artifact", "batch", "median ms", "mean ms", "p90 ms", "p99 ms", "min ms", "max ms", "std ms", "cv",
-              "items/s", "iters", "threads", "peak RSS MB"):
-        t.add_column(c, justify="left" if c == "artifact" else "right")
+    headers = ["artifact", "batch", "median ms", "mean ms", "p90 ms", "p99 ms", "min ms", "max ms", "std ms", "cv",
+               "items/s", "iters", "threads", "RSS MB"]
+    rows = []
     for aid, r in res["artifacts"].items():
         for row in r["rows"]:
-            t.add_row(aid, str(row["batch"]), *(f"{row[k]:.3f}" for k in ("median_ms", "mean_ms", "p90_ms", "p99_ms",
-                                                                         "min_ms", "max_ms", "std_ms", "cv")),
-                      f"{row['throughput_per_s']:.1f}", str(row["iterations"]), str(r["threads"]),
-                      f"{r['peak_rss_mb']:.0f}" + (" !" if row["unstable"] else ""))
-    console = wide_console()
-    console.print(t)
+            rows.append([aid, str(row["batch"]), *(f"{row[k]:.3f}" for k in ("median_ms", "mean_ms", "p90_ms", "p99_ms",
+                                                                            "min_ms", "max_ms", "std_ms", "cv")),
+                         f"{row['throughput_per_s']:.1f}", str(row["iterations"]), str(r["threads"]),
+                         f"{r['peak_rss_mb']:.0f}" + (" !" if row["unstable"] else "")])
+    echo(f"latency ({res['host']['cpu']['model']}); --json for every figure")
+    for line in fit_table(headers, rows, terminal_width(),
+                          optional=("RSS MB", "threads", "iters", "std ms", "max ms", "min ms", "mean ms", "cv",
+                                    "p90 ms", "items/s"), right=set(headers[1:])):
+        echo(line)
     for line in timing_notes({"timing": res["timing"]}):
-        console.print(line)
+        echo(line)
     for aid, prof in (res.get("layers") or {}).items():
-        print_layers(aid, prof, top, console)
+        for line in layer_lines(aid, prof, top, terminal_width()):
+            echo(line)
 
 
 @main.command()
@@ -358,7 +360,7 @@ def lint(ctx, model, target, inputs, dims, tensorrt_version, json_out):
     if json_out:
         emit_json(report.to_dict())
     else:
-        click.echo(report.summary())
+        echo(report.summary())
     if not report.ok:
         sys.exit(1)
 
@@ -388,10 +390,10 @@ def targets(ctx, json_out):
             cell = f"no [{notes.index(r['status']) + 1}]"
         table.append([r["name"], r["backend"], r["device"], ",".join(r["precisions"]), cell])
     for line in fit_table(["target", "backend", "device", "precisions", "runs here"], table, width):
-        click.echo(line)
+        echo(line)
     for n, text in enumerate(notes, 1):
         for line in wrap(f"[{n}] {text}", width, indent="    "):
-            click.echo(line)
+            echo(line)
 
 
 @main.command()
@@ -412,7 +414,7 @@ def doctor(ctx, json_out):
 
     def say(text: str, indent: str = "    ") -> None:
         for line in wrap(text, width, indent=indent):
-            click.echo(line)
+            echo(line)
 
     cpu = d["host"]["cpu"]
     say(f"edgeopt {__version__} on {d['host']['os']}, Python {d['host']['python']}")

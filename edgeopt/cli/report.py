@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from edgeopt.cli.common import emit_json, handle_errors
+from edgeopt.cli.common import echo, emit_json, handle_errors
 
 
 @click.command(name="report")
@@ -22,8 +22,8 @@ def report_cmd(out, output, json_out):
     if json_out:
         emit_json(res)
         return
-    click.echo(f"report: {res['html']} (self-contained)")
-    click.echo(f"        {res['markdown']} (+ {len(res['images'])} PNG files beside it)")
+    echo(f"report: {res['html']} (self-contained)")
+    echo(f"        {res['markdown']} (+ {len(res['images'])} PNG files beside it)")
 
 
 @click.command(name="select")
@@ -54,24 +54,32 @@ def select_cmd(out, max_drop, p99_ms, target, max_size_mb, min_cosine, batch, js
 
 
 def print_selection(res: dict) -> None:
-    from rich.table import Table
-
-    from edgeopt.report.tables import wide_console
+    from edgeopt.report.tables import fit_table, terminal_width, wrap
 
     b = res["batch"]
-    t = Table(title=f"selection at batch {b}", title_justify="left")
-    for c in ("artifact", "verdict", f"b{b} median ms", f"b{b} p99 ms", "drop pt", "cosine", "size MB", "why not"):
-        t.add_column(c, justify="left" if c in ("artifact", "verdict", "why not") else "right")
+    width = terminal_width()
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
+    rows, notes = [], []
     for c in res["candidates"]:
         verdict = "selected" if c["id"] == res["selected"] else ("fits, slower" if c["qualifies"] else "out")
-        t.add_row(c["id"], verdict, f(c["median_ms"], ".3f"), f(c["p99_ms"], ".3f"), f(c["drop"], "+.2f"),
-                  f(c["cosine"], ".6f"), f(c["size_mb"], ".2f"), "; ".join(c["reasons"]))
-    wide_console().print(t)
-    click.echo(f"selected: {res['selected']}")
+        note = ""
+        if c["reasons"]:
+            notes.append(f"[{len(notes) + 1}] {c['id']}: {'; '.join(c['reasons'])}")
+            note = f"[{len(notes)}]"
+        rows.append([c["id"], verdict, f(c["median_ms"], ".3f"), f(c["p99_ms"], ".3f"), f(c["drop"], "+.2f"),
+                     f(c["cosine"], ".6f"), f(c["size_mb"], ".2f"), note])
+    headers = ["artifact", "verdict", f"b{b} ms", f"b{b} p99", "drop", "cosine", "MB", "why"]
+    echo(f"selection at batch {b}")
+    for line in fit_table(headers, rows, width, optional=("MB", "cosine"),
+                          right={f"b{b} ms", f"b{b} p99", "drop", "cosine", "MB"}):
+        echo(line)
+    for n in notes:
+        for line in wrap(n, width, "    "):
+            echo(line)
+    echo(f"selected: {res['selected']}")
 
 
 COMMANDS = (report_cmd, select_cmd)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edgeopt.cli.common import emit_json, handle_errors
+from edgeopt.cli.common import echo, emit_json, handle_errors
 from edgeopt.core.untrusted import printable
 
 
@@ -35,7 +35,7 @@ def bundle_cmd(out, output, artifacts, folder, sign_key, json_out):
         return
     size = f"{res['bytes'] / 1e6:.2f} MB"
     digest = f", sha256 {res['sha256']}" if "sha256" in res else ""
-    click.echo(f"{path}: {', '.join(res['artifacts'])} ({size}{digest}{', signed' if sign_key else ''})")
+    echo(f"{path}: {', '.join(res['artifacts'])} ({size}{digest}{', signed' if sign_key else ''})")
 
 
 @click.command(name="verify")
@@ -59,7 +59,7 @@ def verify_cmd(bundle_path, public_key, require_signature, target, no_self_test,
         emit_json(rep)
         return
     p = printable  # names, reasons and versions come from the bundle: shown escaped, one line each
-    click.echo(f"{rep['bundle']}: {p(rep['model'])} ({rep['files_checked']} files intact, signature "
+    echo(f"{rep['bundle']}: {p(rep['model'])} ({rep['files_checked']} files intact, signature "
                f"{p(rep['signature'])})")
     for a in rep["artifacts"]:
         if a["runs_here"]:
@@ -72,11 +72,11 @@ def verify_cmd(bundle_path, public_key, require_signature, target, no_self_test,
                         f"(build: {tm['built']:.4f})")
             else:
                 test = f"self-test passed: max abs {st['max_abs']:.2e}, cosine {st['cosine']:.6f}, {st['samples']} samples"
-            click.echo(f"  ok    {p(a['id'])} ({p(a['backend'])} {p(a['backend_version'] or '')}): {test}")
+            echo(f"  ok    {p(a['id'])} ({p(a['backend'])} {p(a['backend_version'] or '')}): {test}")
         else:
-            click.echo(f"  skip  {p(a['id'])}: not for this device: {p(a['reason'])}")
+            echo(f"  skip  {p(a['id'])}: not for this device: {p(a['reason'])}")
         for w in a["warnings"]:
-            click.echo(f"        warning: {p(w)}")
+            echo(f"        warning: {p(w)}")
 
 
 def signature_warnings():
@@ -95,7 +95,7 @@ def signature_warnings():
             finally:
                 for w in caught:
                     if issubclass(w.category, SignatureNotCheckedWarning):
-                        click.echo(f"WARNING: signature NOT CHECKED: {printable(w.message)}", err=True)
+                        echo(f"WARNING: signature NOT CHECKED: {printable(w.message)}", err=True)
                     else:
                         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
@@ -130,14 +130,14 @@ def run_cmd(bundle_path, input_path, target, public_key, require_signature, no_v
         emit_json(res)
         return
     p = printable  # ids, output names and labels come from the bundle
-    click.echo(f"{p(res['artifact'])} ({p(res['backend'])}, {p(res['precision'])}) on {input_path}:")
+    echo(f"{p(res['artifact'])} ({p(res['backend'])}, {p(res['precision'])}) on {input_path}:")
     for name, o in res["outputs"].items():
-        click.echo(f"  {p(name)}: {o['dtype']}{o['shape']}")
+        echo(f"  {p(name)}: {o['dtype']}{o['shape']}")
         for row in o.get("top") or []:
-            click.echo("    " + ", ".join(f"{p(c['label']) if c['label'] is not None else c['index']}: {c['score']:.4g}"
+            echo("    " + ", ".join(f"{p(c['label']) if c['label'] is not None else c['index']}: {c['score']:.4g}"
                                           for c in row))
         if not o.get("top") and o.get("values") is not None:
-            click.echo(f"    {o['values']}")
+            echo(f"    {o['values']}")
 
 
 def read_input(path: Path, model):
@@ -205,8 +205,8 @@ def keygen_cmd(path, force, json_out):
     if json_out:
         emit_json(res)
         return
-    click.echo(f"private key: {private} (keep it secret; sign with `edgeopt bundle OUT -o NAME --sign-key {private}`)")
-    click.echo(f"public key:  {public} (key id {res['key_id']}; check with `edgeopt verify BUNDLE --public-key {public}`)")
+    echo(f"private key: {private} (keep it secret; sign with `edgeopt bundle OUT -o NAME --sign-key {private}`)")
+    echo(f"public key:  {public} (key id {res['key_id']}; check with `edgeopt verify BUNDLE --public-key {public}`)")
 
 
 COMMANDS = (bundle_cmd, verify_cmd, run_cmd, keygen_cmd)

@@ -205,7 +205,10 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
     if data.get("preprocess"):
         from edgeopt.data.dataset import Preprocess
 
-        data_sections["preprocess"] = Preprocess.from_dict(data["preprocess"])
+        data_sections["preprocess"] = pre = Preprocess.from_dict(data["preprocess"])
+        for key in ("calibration", "evaluation"):  # image folders without their own preprocess use this one
+            if key in data_sections and data_sections[key].preprocess is None:
+                data_sections[key] = replace(data_sections[key], preprocess=pre)
     return replace(recipe, **data_sections)
 
 

@@ -39,9 +39,9 @@ def find_splits(data: Path) -> dict[str, Path]:
 
 def image_shape(folder: Path) -> tuple[int, int, int, bool]:
     """(channels, height, width, all the same size) of the images in ``folder``."""
-    from edgeopt.data.dataset import _pil
+    from edgeopt.data.dataset import import_pil
 
-    Image = _pil("read the data's image sizes")
+    Image = import_pil("read the data's image sizes")
     sizes, modes = set(), set()
     for p in _images(folder)[:200]:
         with Image.open(p) as im:
@@ -142,8 +142,7 @@ def starter_recipe(model: str, data: str | Path, checkpoint: str | None = None, 
 
 def _check(text: str, base: Path) -> None:
     """Parse the text back as a recipe (never write one `edgeopt build` refuses)."""
-    import tomllib
-
     from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.core.resources import import_tomllib
 
-    recipe_from_dict(tomllib.loads(text), base)
+    recipe_from_dict(import_tomllib().loads(text), base)

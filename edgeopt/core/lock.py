@@ -90,6 +90,26 @@ def file_lock(path: Path, command: str | None = None, wait_s: float = 0.0, busy=
         os.close(fd)  # closing the last descriptor releases the lock
 
 
+def held_by(path: Path) -> dict | None:
+    """The holder's info when another process holds the lock on ``path`` now, else None (a probe: the
+    lock is taken shared and released at once)."""
+    fcntl = _fcntl()
+    if fcntl is None or not Path(path).is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        info = holder_of(path)
+        return None if info.get("pid") == os.getpid() else info  # this process holds it (profile reads under it)
+    finally:
+        os.close(fd)
+
+
 def this_command() -> str:
     """This process's command line, shortened, for the lock file."""
     argv = [Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:]]
@@ -109,4 +129,5 @@ def out_lock(out: Path, what: str):
                          "Wait for that process to finish (or stop it), then run this command again; to work in "
                          "parallel, give each run its own -o/--output folder.")
 
-    return file_lock(out / OUT_LOCK, f"{what} ({this_command()})", busy=busy)
+    # A short wait: readers probe the lock for a moment (held_by), a writer must not mistake that for a writer.
+    return file_lock(out / OUT_LOCK, f"{what} ({this_command()})", wait_s=2.0, busy=busy)

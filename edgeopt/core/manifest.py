@@ -11,6 +11,7 @@ from edgeopt import __version__
 from edgeopt.errors import IntegrityError, UserInputError
 from edgeopt.core.fsutil import write_json_atomic
 from edgeopt.core.untrusted import load_json, printable
+from edgeopt.core.records import Status
 
 MANIFEST = "manifest.json"
 SCHEMA = "edgeopt.manifest/1"
@@ -115,6 +116,13 @@ def check_consistent(out: Path, data: dict) -> None:
 
     out = Path(out)
     if data.get("complete") is False:
+        from edgeopt.core.lock import OUT_LOCK, describe_holder, held_by
+        from edgeopt.errors import BusyError
+
+        holder = held_by(out / OUT_LOCK)
+        if holder is not None:
+            raise BusyError(f"{out} is being written now by another edgeopt process ({describe_holder(holder)}).",
+                            "Wait for it to finish, then run this command again.")
         raise IntegrityError(f"{out} is incomplete: a build into it stopped before it finished (its manifest "
                              "still describes the previous build while artifacts may already be new).", rerun_fix(out))
 
@@ -123,7 +131,7 @@ def check_consistent(out: Path, data: dict) -> None:
                               "interrupted or files were changed by hand.", rerun_fix(out))
 
     for rec in data["artifacts"]:
-        if rec.get("status") != "ok":
+        if rec.get("status") != Status.OK:
             continue
         aid = check_id(rec["id"], "artifact id", rerun_fix(out))
         art_path = out / aid / ARTIFACT_JSON

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # edgeopt/
 
 
-def _tomllib():
+def import_tomllib():
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10 on JetPack 6
@@ -27,7 +27,7 @@ def data_dir(name: str) -> Path:
 def load_toml(path: Path) -> dict:
     from edgeopt.errors import UserInputError
 
-    tomllib = _tomllib()
+    tomllib = import_tomllib()
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

@@ -48,7 +48,7 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 _GRAY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def _pil(purpose: str = "read images"):
+def import_pil(purpose: str = "read images"):
     return require("PIL.Image", "images", purpose)
 
 
@@ -210,7 +210,7 @@ class Preprocess:
             arr = _image_array(image)
             if self.resize is None and self.center_crop is None and arr.shape[2] == self.channels:
                 return arr  # nothing to do: no Pillow needed
-            img = _pil().fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+            img = import_pil().fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
             return self._pil_pixels(img)
         if not hasattr(image, "convert") or not hasattr(image, "size"):
             raise UserInputError(f"Cannot preprocess a {type(image).__name__}.",
@@ -240,13 +240,13 @@ class Preprocess:
             size = (self.resize[1], self.resize[0])
         if size == (w, h):
             return img
-        Image = _pil()
+        Image = import_pil()
         resample = getattr(getattr(Image, "Resampling", Image), self.interpolation.upper())
         return img.resize(size, resample)
 
     def _letterbox(self, img):
         (h, w), (nw, nh), (top, left) = self.resize, *self._letterbox_fit(img.size[1], img.size[0])
-        Image = _pil()
+        Image = import_pil()
         if (nw, nh) != img.size:
             resample = getattr(getattr(Image, "Resampling", Image), self.interpolation.upper())
             img = img.resize((nw, nh), resample)
@@ -332,7 +332,7 @@ def _image_array(image: np.ndarray) -> np.ndarray:
 
 def open_image(path: Path):
     """Open and fully read an image, or raise a DataError naming the file."""
-    Image = _pil()
+    Image = import_pil()
     try:
         with Image.open(path) as im:
             im.load()

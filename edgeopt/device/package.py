@@ -50,6 +50,7 @@ from edgeopt.core.fsutil import (
     write_json_atomic,
     write_text_atomic,
 )
+from edgeopt.core.records import Status
 
 PACKAGE_JSON = "package.json"
 PACKAGE_SCHEMA = "edgeopt.device-package/1"
@@ -60,7 +61,6 @@ LINT_JSON = "lint.json"
 REFERENCE_NPZ = "reference.npz"
 INSTRUCTIONS = "INSTRUCTIONS.md"
 REPORT_JSON = "device_report.json"
-NOT_BUILT = "not built here"
 
 
 class PackageLintError(CompileError):
@@ -112,12 +112,12 @@ def write_device_package(ctx, plan, folder: Path, rec: dict) -> dict:
     except PackageLintError as exc:
         reporter.error(f"{plan.id}: {exc}")
         _remove_package(folder)
-        return {**rec, "status": "failed", "reason": exc.problem, "fix": exc.fix, "files": [],
+        return {**rec, "status": Status.FAILED, "reason": exc.problem, "fix": exc.fix, "files": [],
                 "lint": exc.report.to_dict()}
     except EdgeoptError as exc:
         reporter.error(f"{plan.id}: {exc}")
         _remove_package(folder)
-        return {**rec, "status": "failed", "reason": exc.problem, "fix": exc.fix, "files": []}
+        return {**rec, "status": Status.FAILED, "reason": exc.problem, "fix": exc.fix, "files": []}
     lint = pkg.get("lint")
     for w in (lint or {}).get("findings", []):
         reporter.warn(f"{plan.id}: preflight {w['code']}" + (f" [{w['node']}]" if w["node"] else "") + f": {w['message']}")
@@ -126,14 +126,14 @@ def write_device_package(ctx, plan, folder: Path, rec: dict) -> dict:
         if str(plan.target.options.get("host_check", "fail")) != "warn":
             reporter.error(f"{plan.id}: {failed}")
             _remove_package(folder)
-            return {**rec, "status": "failed", "reason": failed, "files": [],
+            return {**rec, "status": Status.FAILED, "reason": failed, "files": [],
                     "fix": "Use another precision (or fix the quantization); if the device's TensorRT may do better "
                            "than ONNX Runtime here, keep the package: host_check = \"warn\" in the target's "
                            "[options], then build again.",
                     "host_check": pkg["onnx"]["host_check"]}
         reporter.warn(f"{plan.id}: {failed}; the package is kept (host_check = \"warn\"): the device's build decides")
     reporter.info(f"{plan.id}: device package {folder} (finish on the device: see {folder.name}/{INSTRUCTIONS})")
-    return {**rec, "status": NOT_BUILT, "reason": pkg["reason"], "key": key,
+    return {**rec, "status": Status.NOT_BUILT_HERE, "reason": pkg["reason"], "key": key,
             "files": file_records(folder, Path(ctx.out)),
             "package": {k: pkg.get(k) for k in ("schema", "onnx", "build_plan", "lint", "reference", "instructions")},
             **({"reused": True} if previous is not None else {})}
@@ -221,7 +221,7 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
         write_json_atomic(stage / PLAN_JSON, plan.to_dict())
     shutil.copyfile(src.reference_path, stage / REFERENCE_NPZ)
     reason = _reason(src, plan)
-    meta = {"package": True, "status": NOT_BUILT, "onnx": PACKAGE_ONNX, "onnx_form": form,
+    meta = {"package": True, "status": Status.NOT_BUILT_HERE, "onnx": PACKAGE_ONNX, "onnx_form": form,
             **({"plan": plan.to_dict()} if plan else {})}
     write_json_atomic(stage / "artifact.json", {
         "id": src.id, "backend": target.backend, "precision": precision, "target": target.to_dict(),
@@ -233,7 +233,7 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
     feeds, _ = load_reference(stage / REFERENCE_NPZ)
     pkg = {
         "schema": PACKAGE_SCHEMA, "id": src.id, "target": target.name, "backend": target.backend,
-        "device_type": target.device, "precision": precision, "status": NOT_BUILT, "reason": reason,
+        "device_type": target.device, "precision": precision, "status": Status.NOT_BUILT_HERE, "reason": reason,
         "key": key, "edgeopt_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": src.model, "model_kind": src.model_kind,
@@ -466,7 +466,7 @@ def _reusable(folder: Path, key: str) -> dict | None:
     """The package.json of an intact, uncompiled package made from the same inputs, else None."""
     try:
         pkg = read_package(folder)
-        if pkg.get("key") != key or pkg.get("status") != NOT_BUILT:
+        if pkg.get("key") != key or pkg.get("status") != Status.NOT_BUILT_HERE:
             return None
         verify_package_files(folder, pkg)
         return pkg
@@ -696,13 +696,13 @@ def compile_package(package_dir: Path, threads: int | None = None, profile_batch
             prof = profile_runner(runner, spec, batches, cfg)
             gpu_timing = _gpu_timing(runner, spec, batches)
             runtime = runner.properties()
-        result = {"status": "ok", "compile_s": round(compile_s, 3), "parity": parity_summary(rep),
+        result = {"status": Status.OK, "compile_s": round(compile_s, 3), "parity": parity_summary(rep),
                   "latency": prof["rows"], "load_s": prof["load_s"], "threads": prof["threads"],
                   "peak_rss_mb": prof["peak_rss_mb"], "gpu_timing": gpu_timing, "runtime": runtime, "meta": meta,
                   "compiled": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "edgeopt_version": __version__, "python": platform.python_version()}
         write_json_atomic(stage / REPORT_JSON, {"id": pid, **result, "device": fingerprint})
-        done = {**pkg, "status": "ok", "reason": None, "device": fingerprint,
+        done = {**pkg, "status": Status.OK, "reason": None, "device": fingerprint,
                 "result": {k: v for k, v in result.items() if k != "meta"}}
         write_json_atomic(stage / PACKAGE_JSON, done)
         files = file_records(stage, stage)
@@ -829,9 +829,9 @@ def _tensorrt_version() -> str | None:
 
 def _gpu() -> dict | None:
     try:
-        from edgeopt.backends.tensorrt.backend import _probe_cuda_python  # cuda-python only: no torch here
+        from edgeopt.backends.tensorrt.backend import probe_cuda_python  # cuda-python only: no torch here
 
-        gpu, _ = _probe_cuda_python(0)
+        gpu, _ = probe_cuda_python(0)
         if gpu:
             return gpu
     except Exception:  # noqa: BLE001

@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 
 from edgeopt import __version__
 from edgeopt.errors import EdgeoptError, UserInputError
+from edgeopt.core.records import Status
 
 DEFAULT_REMOTE_DIR = "~/.cache/edgeopt/remote"
 REMOTE_DIR_ENV = "EDGEOPT_REMOTE_DIR"
@@ -420,14 +421,14 @@ def _for_hosts(hosts, fn, reporter) -> dict:
             res = fn(host)
             res.setdefault("ok", True)
         except EdgeoptError as exc:
-            if reporter:
-                reporter.error(exc.problem if isinstance(exc, RemoteError) else f"{host}: {exc.problem}")
+            if reporter:  # the command prints each host's error once, with its fix; the log keeps it too
+                reporter.record(f"ERROR {exc.problem if isinstance(exc, RemoteError) else f'{host}: {exc.problem}'}")
             err = exc.to_dict() if isinstance(exc, RemoteError) else {
                 "kind": type(exc).__name__, "problem": exc.problem, "fix": exc.fix}
             res = {"ok": False, "error": err}
         except Exception as exc:  # noqa: BLE001 - one host's bug must not lose the others' results
             if reporter:
-                reporter.error(f"{host}: {type(exc).__name__}: {exc}")
+                reporter.record(f"ERROR {host}: {type(exc).__name__}: {exc}")
             res = {"ok": False, "error": {"kind": "internal", "problem": f"{type(exc).__name__}: {exc}",
                                           "fix": "Report this as a bug in edgeopt (run with -v for the traceback)."}}
         res["host"] = host
@@ -467,13 +468,13 @@ def info_many(hosts, options: RemoteOptions | None = None, reporter=None, **over
 
 
 def build_wheel(dest: Path) -> Path:
-    """Build this edgeopt's wheel with ``pip wheel --no-deps`` from its source checkout."""
+    """This edgeopt's wheel: ``pip wheel --no-deps`` from a source checkout, else repacked from the installed
+    files (a pip-installed edgeopt)."""
     import importlib.util
 
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
-        raise UserInputError("This edgeopt was installed from a wheel, not a source checkout, so no wheel can be "
-                             "built here.", "Pass the wheel with --wheel PATH (the same version as this edgeopt).")
+        return wheel_from_installed(dest)  # pip-installed: the installed files are the wheel's files
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", "-w", str(dest),
@@ -494,6 +495,53 @@ def build_wheel(dest: Path) -> Path:
     return wheels[-1]
 
 
+def wheel_from_installed(dest: Path) -> Path:
+    """Repack the installed edgeopt (the files and metadata pip recorded) as a wheel: what ``remote setup``
+    ships to a device from a pip-installed edgeopt. Byte-for-byte the installed package files, a fresh
+    RECORD with their sha256, no caches."""
+    import base64
+    import hashlib
+    import zipfile
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("edgeopt")
+    except metadata.PackageNotFoundError:
+        dist = None
+    here = Path(__file__).resolve().parents[1]  # the edgeopt package folder
+    files = [f for f in (dist.files or [])] if dist is not None else []
+    info = next((f for f in files if f.parts[0].endswith(".dist-info")), None)
+    if dist is None or info is None or dist.version != __version__ or \
+            Path(dist.locate_file("edgeopt/__init__.py")).resolve() != here / "__init__.py":
+        raise UserInputError("This edgeopt is neither a source checkout nor a pip-installed package, so no wheel "
+                             "can be made for the device.", "Pass the wheel with --wheel PATH (the same version as "
+                             "this edgeopt).")
+    info_dir = info.parts[0]
+    skip_info = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+    chosen = []
+    for f in files:
+        parts = f.parts
+        if "__pycache__" in parts or f.suffix == ".pyc":
+            continue
+        if parts[0] == "edgeopt" or (parts[0] == info_dir and parts[-1] not in skip_info):
+            src = Path(dist.locate_file(f))
+            if src.is_file():
+                chosen.append((f.as_posix(), src))
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / f"edgeopt-{__version__}-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, src in sorted(chosen):
+            data = src.read_bytes()
+            z.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(data)}")
+        record.append(f"{info_dir}/RECORD,,")
+        z.writestr(f"{info_dir}/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
 BASE_PROBE = ("import sys, json, importlib.util as u; "
               "print(json.dumps({'version': list(sys.version_info[:3]), 'executable': sys.executable, "
               "'tensorrt': u.find_spec('tensorrt') is not None}))")
@@ -501,10 +549,11 @@ BASE_PROBE = ("import sys, json, importlib.util as u; "
 
 def setup(host: str, wheel: str | Path | None = None, python: str = "python3", venv: str | None = None,
           no_deps: bool = False, tensorrt: bool | None = None, extra_requirements=(), reporter=None,
-          options: RemoteOptions | None = None, **overrides) -> dict:
+          options: RemoteOptions | None = None, targets=(), **overrides) -> dict:
     """Install this edgeopt on the device: a venv with --system-site-packages (JetPack's TensorRT stays
     visible) under the remote work folder, the edgeopt wheel (built here with ``pip wheel --no-deps``, or
-    ``wheel``), and for TensorRT devices onnx and the cuda-python of the device's CUDA. Checks the result."""
+    ``wheel``), and for TensorRT devices onnx and the cuda-python of the device's CUDA; ``targets`` adds the
+    pip extra of each target's backend (``edgeopt[onnxruntime]``, ``edgeopt[openvino]``). Checks the result."""
     opts = _options(options, overrides)
     check_host(host)
     reporter = _reporter(reporter)
@@ -547,15 +596,20 @@ def setup(host: str, wheel: str | Path | None = None, python: str = "python3", v
                               "Install it there: sudo apt-get install python3-venv (python3.10-venv on JetPack 6).",
                               kind="no-venv")
         raise classify(host, res, "making the venv")
-    want_trt = base.get("tensorrt") if tensorrt is None else tensorrt
+    from edgeopt.backends import get_backend
+
+    backends = _target_backends(targets)
+    want_trt = (base.get("tensorrt") or "tensorrt" in backends) if tensorrt is None else tensorrt
     extras = list(extra_requirements)
+    wheel_extras = sorted({get_backend(b).extra for b in backends if b != "tensorrt"})
     if want_trt and not no_deps:
         cuda = _remote_cuda(host, opts)
         extras += ["onnx", f"cuda-python=={cuda}.*" if cuda else "cuda-python"]
     pip = f"{_env(opts)} {rpath(vpy)} -m pip install --no-cache-dir --disable-pip-version-check"
     steps = []
     if not no_deps:
-        steps.append(f"{pip} {rpath(rwheel)} " + " ".join(shlex.quote(e) for e in extras))
+        what = f"{rwheel}[{','.join(wheel_extras)}]" if wheel_extras else rwheel
+        steps.append(f"{pip} {rpath(what)} " + " ".join(shlex.quote(e) for e in extras))
     steps.append(f"{pip} --force-reinstall --no-deps {rpath(rwheel)}")
     for cmd in steps:
         reporter.step(f"{host}: pip install" + (" (no dependencies)" if "--no-deps" in cmd else ""))
@@ -576,6 +630,13 @@ def setup(host: str, wheel: str | Path | None = None, python: str = "python3", v
     return {"host": host, "ok": True, "venv": venv, "python": vpy, "wheel": wheel_path.name,
             "edgeopt_version": h["edgeopt_version"], "python_version": h["python"], "modules": h.get("modules"),
             "system_site_packages": h.get("system_site_packages"), "fingerprint": details.get("fingerprint")}
+
+
+def _target_backends(targets) -> list[str]:
+    """The backends of the named targets (the device runs them)."""
+    from edgeopt.core.targets import get_target
+
+    return sorted({get_target(t).backend for t in targets})
 
 
 def _remote_cuda(host: str, opts: RemoteOptions) -> str | None:
@@ -702,11 +763,11 @@ def _compile_on(host: str, packages, args: dict, out_root: Path, opts: RemoteOpt
         for i, r in res["results"].items():
             if "error" in r:
                 reporter.error(f"{host}: {i}: {r['error']['problem']}")
-                artifacts[i] = {"status": "failed", "error": r["error"]}
+                artifacts[i] = {"status": Status.FAILED, "error": r["error"]}
         write_json_atomic(host_dir / "device.json", {"host": host, "fingerprint": res.get("fingerprint"),
                                                      "edgeopt_version": h.get("edgeopt_version"),
                                                      "python": h.get("python")})
-    return {"ok": all(a["status"] == "ok" for a in artifacts.values()), "artifacts": artifacts,
+    return {"ok": all(a["status"] == Status.OK for a in artifacts.values()), "artifacts": artifacts,
             "fingerprint": res.get("fingerprint"), "edgeopt_version": h.get("edgeopt_version"),
             "python": h.get("python"), "path": str(host_dir)}
 
@@ -741,7 +802,7 @@ def _artifact_folders(path: Path, host_dir: Path | None) -> list[tuple[str, Path
         return [(read_artifact_json(path)["id"], path)]
     if (path / "package.json").is_file():
         pkg = json.loads((path / "package.json").read_text())
-        if pkg.get("status") != "ok":
+        if pkg.get("status") != Status.OK:
             raise UserInputError(f"{path} is a device package that was not compiled yet.",
                                  f"Compile it on the device first: edgeopt device-compile {path} --remote HOST.")
         return [(pkg["id"], path)]
@@ -749,7 +810,7 @@ def _artifact_folders(path: Path, host_dir: Path | None) -> list[tuple[str, Path
         raise UserInputError(f"{path} is neither an artifact folder nor an edgeopt output folder.",
                              "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
     m = load_manifest(path).data
-    found = {a["id"]: path / a["id"] for a in m["artifacts"] if a["status"] == "ok"}
+    found = {a["id"]: path / a["id"] for a in m["artifacts"] if a["status"] == Status.OK}
     if host_dir is not None and host_dir.is_dir():  # what was compiled on this host earlier
         for p in sorted(host_dir.iterdir()):
             if p.is_dir() and (p / ARTIFACT_JSON).is_file() and not p.name.startswith("."):
@@ -818,7 +879,7 @@ def _record_in_manifest(base: Path, result: dict, what: str) -> None:
                 continue
             entry = by_id[aid].setdefault("devices", {}).setdefault(host, {})
             if "error" in a:
-                entry[what] = {"status": "failed", "error": a["error"]}
+                entry[what] = {"status": Status.FAILED, "error": a["error"]}
             else:
                 entry[what] = {k: a.get(k) for k in ("status", "parity", "latency", "rows", "path") if a.get(k) is not None}
                 entry["device"] = {**brief, "gpu": (fp.get("gpu") or {}).get("name")} if fp else None

@@ -37,6 +37,7 @@ from edgeopt.core.tasks import describe
 from edgeopt.report.progress import Reporter
 from edgeopt.core.targets import Target, check_precision, get_target, load_targets
 from edgeopt.backends import target_status
+from edgeopt.core.records import Status
 
 EXPORT_DIR = "export"
 EXPORT_RECORD = "export.json"
@@ -47,7 +48,7 @@ MARKER = ".edgeopt"
 class Plan:
     target: Target
     precision: str
-    status: str = "planned"  # planned | skipped | not built here
+    status: Status = Status.PLANNED  # planned | skipped | not built here
     reason: str | None = None
 
     @property
@@ -135,10 +136,10 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
             if unavailable:
                 if not explicit and ok:
                     continue
-                plan.status, plan.reason = "skipped", unavailable
+                plan.status, plan.reason = Status.SKIPPED, unavailable
                 if getattr(backend, "builds_on_device", False):
                     # Engines are built on the device that runs them: ship a device package instead.
-                    plan.status = "not built here"
+                    plan.status = Status.NOT_BUILT_HERE
             plans.append(plan)
     if not plans:
         missing = sorted({get_backend(t.backend).extra for t in chosen if not get_backend(t.backend).installed()
@@ -299,19 +300,19 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     r = ctx.recipe
     rec = {"id": plan.id, "target": plan.target.name, "backend": plan.target.backend,
            "device": plan.target.device, "precision": plan.precision}
-    if ctx.pruning_failure and plan.status != "skipped":
+    if ctx.pruning_failure and plan.status != Status.SKIPPED:
         if (ctx.out / plan.id).is_dir():
             shutil.rmtree(ctx.out / plan.id)  # an earlier run's artifact must not stand beside a failed record
-        return {**rec, "status": "failed", "reason": ctx.pruning_failure, "files": []}
-    if plan.status == "not built here":
+        return {**rec, "status": Status.FAILED, "reason": ctx.pruning_failure, "files": []}
+    if plan.status == Status.NOT_BUILT_HERE:
         from edgeopt.device.package import write_device_package
 
-        return write_device_package(ctx, plan, ctx.out / plan.id, rec)
-    if plan.status != "planned":
+        return score_package(ctx, plan, write_device_package(ctx, plan, ctx.out / plan.id, rec))
+    if plan.status != Status.PLANNED:
         return {**rec, "status": plan.status, "reason": plan.reason, "files": []}
     key = artifact_key(ctx, plan)
     folder = ctx.out / plan.id
-    if previous and previous.get("key") == key and previous.get("status") == "ok" and _files_intact(ctx.out, previous["files"]):
+    if previous and previous.get("key") == key and previous.get("status") == Status.OK and _files_intact(ctx.out, previous["files"]):
         ctx.reporter.info(f"{plan.id}: reusing the compiled artifact (inputs unchanged)")
         return {**previous, "reused": True}
     backend = get_backend(plan.target.backend)
@@ -347,17 +348,47 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
         raise  # stop the build: every later artifact would fail the same way
     except ParityError as exc:
         ctx.reporter.error(str(exc))
-        return {**rec, "status": "failed", "reason": exc.problem, "files": [],
+        return {**rec, "status": Status.FAILED, "reason": exc.problem, "files": [],
                 "parity": parity_summary(rep), "key": key}
     except EdgeoptError as exc:
         ctx.reporter.error(f"{plan.id}: {exc}")
-        return {**rec, "status": "failed", "reason": exc.problem, "files": [], "key": key}
+        return {**rec, "status": Status.FAILED, "reason": exc.problem, "files": [], "key": key}
     ctx.reporter.info(f"{plan.id}: parity max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
                       + (f", {describe(accuracy)}" if accuracy else ""))
-    return {**rec, "status": "ok", "reason": None, "key": key, "generation": ctx.generation,
+    return {**rec, "status": Status.OK, "reason": None, "key": key, "generation": ctx.generation,
             "compile_s": round(compile_s, 3),
             "files": file_records(folder, ctx.out), "parity": parity_summary(rep), "accuracy": accuracy,
             "meta": meta, "runtime": runtime}
+
+
+def score_package(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
+    """An INT8 device package's Q/DQ ONNX scored on the evaluation data with ONNX Runtime here, before it
+    ships: the accuracy figure the device's engine is then compared with, and the INT8 budget applied to it
+    (over budget: failed with the numbers, no package)."""
+    import importlib.util
+
+    from edgeopt.device.package import PACKAGE_ONNX
+
+    onnx_path = ctx.out / plan.id / PACKAGE_ONNX
+    if (rec.get("status") != Status.NOT_BUILT_HERE or plan.precision != "int8" or ctx.judge is None
+            or not onnx_path.is_file() or importlib.util.find_spec("onnxruntime") is None):
+        return rec
+    from edgeopt.backends.onnxruntime.runner import run_onnx
+
+    try:
+        acc = evaluate(lambda feed: run_onnx(onnx_path, [feed], ctx.model.spec)[0], ctx)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime may lack a kernel TensorRT has: say so, keep the package
+        ctx.reporter.warn(f"{plan.id}: the Q/DQ ONNX could not be scored on ONNX Runtime here ({type(exc).__name__})")
+        return rec
+    acc["measured_on"] = "onnxruntime-cpu on the build host (the package's Q/DQ ONNX; the device confirms)"
+    rec = {**rec, "accuracy": acc}
+    ctx.reporter.info(f"{plan.id}: Q/DQ ONNX on ONNX Runtime here: {describe(acc)}")
+    if acc.get("within_budget") is False:
+        reason = f"{plan.id}: the INT8 Q/DQ ONNX on ONNX Runtime here: {describe(acc)}: {acc.get('why')}"
+        ctx.reporter.error(reason)
+        shutil.rmtree(ctx.out / plan.id, ignore_errors=True)
+        return {**rec, "status": Status.FAILED, "reason": reason, "files": []}
+    return rec
 
 
 def _torch_judge_set(ctx: BuildContext, module) -> None:
@@ -472,7 +503,7 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
     cfg = ctx.recipe.profile
     batches = [b for b in cfg.batches if _batch_ok(ctx.model.spec, b)]
     real = ctx.evaluation.arrays if ctx.evaluation is not None else None
-    ok = [rec for rec in records if rec["status"] == "ok"]
+    ok = [rec for rec in records if rec["status"] == Status.OK]
     with_baseline = cfg.baseline and ctx.model.module is not None
     load = machine_load()
     if load["busy"]:
@@ -538,7 +569,7 @@ def flag_slow(records: list[dict]) -> None:
     by_id = {r["id"]: r for r in records}
     for rec in records:
         rec.pop("flags", None)  # a reused record's flags came from older timings: judge the new ones only
-        if rec["status"] != "ok":
+        if rec["status"] != Status.OK:
             continue
         intervals = rec.get("speedup_interval") or {}
         for b, x in sorted((rec.get("speedup_vs_torch") or {}).items(), key=lambda kv: int(kv[0])):
@@ -547,7 +578,7 @@ def flag_slow(records: list[dict]) -> None:
                 rec.setdefault("flags", []).append(
                     f"slower than torch eager at batch {b} ({x:.2f}x" + (f", {ci[0]:.2f}-{ci[1]:.2f}" if ci else "") + ")")
         sibling = by_id.get(artifact_id(rec["target"], "fp32"))
-        if rec["precision"] != "int8" or not sibling or sibling["status"] != "ok":
+        if rec["precision"] != "int8" or not sibling or sibling["status"] != Status.OK:
             continue
         for b in sorted({row["batch"] for row in rec.get("latency") or []}):
             mine, theirs = latency_at(rec, b), latency_at(sibling, b)
@@ -567,7 +598,7 @@ def carry_over(ctx: BuildContext, previous: Manifest | None, planned: set[str]) 
         if rec["id"] in planned:
             continue
         folder = ctx.out / rec["id"]
-        if same_onnx and rec.get("status") in ("ok", "not built here") and _files_intact(ctx.out, rec.get("files", [])):
+        if same_onnx and rec.get("status") in (Status.OK, Status.NOT_BUILT_HERE) and _files_intact(ctx.out, rec.get("files", [])):
             kept.append({**rec, "reused": True})
         elif folder.is_dir():
             shutil.rmtree(folder)
@@ -701,7 +732,7 @@ def save_pruned(ctx: BuildContext) -> list[dict]:
     from the export stage."""
     import torch
 
-    from edgeopt.pipeline.export import _dynamic_shapes, example_args
+    from edgeopt.pipeline.export import example_args, torch_dynamic_shapes
 
     folder = ctx.out / "pruned"
     spec = ctx.model.spec
@@ -709,7 +740,7 @@ def save_pruned(ctx: BuildContext) -> list[dict]:
     with staged_dir(folder) as stage:
         try:
             ep = torch.export.export(ctx.model.module, args,
-                                     dynamic_shapes=_dynamic_shapes(torch, spec) if spec.dims else None)
+                                     dynamic_shapes=torch_dynamic_shapes(torch, spec) if spec.dims else None)
             torch.export.save(ep, str(stage / "model.pt2"))
         except Exception as exc:  # noqa: BLE001 - the ONNX stays the shipped form; say why the .pt2 is missing
             (stage / "NOTE.txt").write_text(f"torch.export could not save the pruned model: {exc}\n")
@@ -819,7 +850,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     check_output(out, force)
     manifest = Manifest.new(recipe, host_info())
     ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, force=force,
-                       int8=any(p.precision == "int8" and p.status in ("planned", "not built here") for p in plans))
+                       int8=any(p.precision == "int8" and p.status in (Status.PLANNED, Status.NOT_BUILT_HERE) for p in plans))
     if ctx.int8 and recipe.calibration is None:
         raise UserInputError("INT8 needs calibration data, and none is given.",
                              "Add --calib PATH (an image folder, .npz or .npy; see calibration/README.md) or a "

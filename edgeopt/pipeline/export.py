@@ -56,7 +56,7 @@ def example_args(spec: IOSpec) -> tuple:
     return to_torch(spec.random_feed(np.random.default_rng(0), sizes=export_sizes(spec)), spec)
 
 
-def _dynamic_shapes(torch, spec: IOSpec):
+def torch_dynamic_shapes(torch, spec: IOSpec):
     dims = {n: torch.export.Dim(n, min=d.min, max=d.max) if d.multiple_of == 1 else
             d.multiple_of * torch.export.Dim(f"{n}_div_{d.multiple_of}", min=d.min // d.multiple_of,
                                              max=d.max // d.multiple_of)
@@ -70,7 +70,7 @@ def _export_dynamo(torch, model: LoadedModel, args, path: Path, cfg: ExportConfi
     torch.onnx.export(
         model.module, args, str(path), dynamo=True, opset_version=cfg.opset,
         input_names=[t.name for t in spec.inputs], output_names=list(spec.outputs),
-        dynamic_shapes=_dynamic_shapes(torch, spec) if spec.dims else None,
+        dynamic_shapes=torch_dynamic_shapes(torch, spec) if spec.dims else None,
         external_data=_too_big(model.module), optimize=True, verbose=False, report=False,
     )
 

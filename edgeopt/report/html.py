@@ -34,6 +34,7 @@ from edgeopt.report.tables import (
     speedup_cell,
     timing_notes,
 )
+from edgeopt.core.records import Status
 
 REPORT_DIR = "report"
 MARKDOWN = "report.md"
@@ -148,7 +149,7 @@ def artifact_colors(m: dict) -> dict[str, str]:
     """One colour per artifact id, the same in every plot; grey for the baseline, red for an artifact not ok."""
     colors = {(m.get("baseline") or {}).get("name", "torch-eager-fp32"): BASELINE_COLOR}
     for i, a in enumerate(m.get("artifacts", [])):
-        colors[a["id"]] = PALETTE[i % len(PALETTE)] if a.get("status") == "ok" else FAILED_COLOR
+        colors[a["id"]] = PALETTE[i % len(PALETTE)] if a.get("status") == Status.OK else FAILED_COLOR
     return colors
 
 
@@ -157,7 +158,7 @@ def latency_series(m: dict) -> list[dict]:
     out = []
     base = m.get("baseline")
     if base and base.get("latency"):
-        out.append({"id": base["name"], "precision": "fp32", "status": "baseline", "baseline": True,
+        out.append({"id": base["name"], "precision": "fp32", "status": Status.BASELINE, "baseline": True,
                     "latency": base["latency"], "accuracy": (base.get("accuracy") or {}).get("value"), "cosine": 1.0})
     for a in m.get("artifacts", []):
         if a.get("latency"):
@@ -251,7 +252,7 @@ def tradeoff_points(m: dict, series: list[dict]) -> tuple[str, str, list[tuple[s
     """(quality name, axis label, [(id, batch-1 median ms, quality)], batch): accuracy when the build measured
     it, else the parity cosine (the torch baseline is the reference: cosine 1)."""
     b = _first_batch(series)
-    usable = [s for s in series if s["status"] in ("ok", "baseline") and latency_at(s, b) is not None]
+    usable = [s for s in series if s["status"] in (Status.OK, Status.BASELINE) and latency_at(s, b) is not None]
     if any(s["accuracy"] is not None for s in usable if not s["baseline"]):
         key, name, label = "accuracy", "Accuracy", f"{metric_name(m)} (%)"
     else:
@@ -370,7 +371,7 @@ def device_rows(m: dict) -> list[tuple[str, str]]:
             parts.append(f"{a['threads']} threads")
         if a.get("peak_rss_mb") is not None:
             parts.append(f"peak RSS {a['peak_rss_mb']:.0f} MB")
-        if a.get("status") != "ok":
+        if a.get("status") != Status.OK:
             parts.append(f"status {a.get('status')}")
         rows.append((a["id"], ", ".join(parts)))
     return rows

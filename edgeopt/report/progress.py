@@ -120,7 +120,8 @@ class Reporter:
 class capture_chatter:
     """Third-party output during a build (torch's warnings, NNCF's progress bars and errors, C++ logs on the
     process' stdout/stderr) goes into ``OUT/logs/build.log`` instead of the terminal; edgeopt's own messages
-    still reach the terminal (the reporter writes to ``TERMINAL``). With ``show`` (``-v``) nothing is captured.
+    still reach the terminal (the reporter writes to ``TERMINAL``). With ``show`` (``-v``) it is also printed
+    on stderr when the run ends.
 
     File-descriptor level, so libraries that print from C++ or hold on to the original streams are caught
     too: fds 1 and 2, ``sys.stdout`` and ``sys.stderr`` point at a temporary file for the duration, and so do
@@ -131,8 +132,6 @@ class capture_chatter:
         self.out, self.show = Path(out), show
 
     def __enter__(self):
-        if self.show:
-            return self
         import logging
         import os
         import sys
@@ -171,8 +170,6 @@ class capture_chatter:
         return self
 
     def __exit__(self, *exc):
-        if self.show:
-            return False
         import logging
         import os
         import sys
@@ -197,6 +194,9 @@ class capture_chatter:
         self._tmp.seek(0)
         text = self._tmp.read().decode("utf-8", "replace")
         self._tmp.close()
+        if self.show and text.strip():  # -v: shown as well, after the run's own lines
+            sys.stderr.write("--- output of third-party libraries during this run ---\n" + text
+                             + ("" if text.endswith("\n") else "\n"))
         log = self.out / "logs" / "build.log"
         if text.strip() and log.parent.is_dir():
             try:

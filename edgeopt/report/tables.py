@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edgeopt.core.records import Status
+
 
 def ms(v) -> str:
     """Milliseconds for a table cell: 3 decimals below 1 ms, 2 above; "-" when not measured."""
@@ -58,7 +60,7 @@ def artifact_rows(manifest: dict) -> list[dict]:
     rows = []
     ref_acc = (base or {}).get("accuracy") or {}
     if base:
-        rows.append({"id": base["name"], "precision": "fp32", "status": "baseline", "size_mb": None,
+        rows.append({"id": base["name"], "precision": "fp32", "status": Status.BASELINE, "size_mb": None,
                      "accuracy": ref_acc.get("value"), "quality": quality_cell(ref_acc), "drop": None,
                      "latency": base["latency"],
                      "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "interval": {}, "parity": None,
@@ -146,7 +148,8 @@ def _quality(row: dict) -> str:
     return "-" if row["accuracy"] is None else f"{row['accuracy'] * 100:.2f}"
 
 
-SHORT_STATUS = {"baseline": "base", "not built here": "device", "failed": "FAILED", "skipped": "skipped", "ok": "ok"}
+SHORT_STATUS = {Status.BASELINE: "base", Status.NOT_BUILT_HERE: "device", Status.FAILED: "FAILED",
+                Status.SKIPPED: "skipped", Status.OK: "ok"}
 
 
 def _parity_cell(a: dict) -> str | None:
@@ -248,19 +251,15 @@ def layer_summary(prof: dict) -> str:
             + ", ".join(parts))
 
 
-def print_layers(aid: str, prof: dict, top: int = 10, console=None) -> None:
-    from rich.table import Table
-
-    console = console or wide_console()
+def layer_lines(aid: str, prof: dict, top: int = 10, width: int | None = None) -> list[str]:
+    """A per-layer profile as text lines that fit ``width``: title, the slowest layers, where the time goes."""
     if prof.get("unsupported"):
-        console.print(f"{aid}: no per-layer profile ({prof['unsupported']})")
-        return
-    t = Table(title=f"{aid}: slowest layers at batch {prof.get('batch', '?')}", title_justify="left")
-    for c in ("layer", "type", "precision", "ms", "share"):
-        t.add_column(c, justify="left" if c in ("layer", "type", "precision") else "right")
-    for row in layer_rows(prof, top):
-        t.add_row(*row)
-    console.print(t)
-    console.print(layer_summary(prof))
+        return [f"{aid}: no per-layer profile ({prof['unsupported']})"]
+    lines = ["", f"{aid}: slowest layers at batch {prof.get('batch', '?')}"]
+    lines += fit_table(["layer", "type", "precision", "ms", "share"], layer_rows(prof, top), width,
+                       optional=("type",), right={"ms", "share"})
+    text = layer_summary(prof)
+    lines += wrap(text, width) if width else [text]
     if prof.get("trace"):
-        console.print(f"trace: {prof['trace']} (chrome://tracing or https://ui.perfetto.dev)")
+        lines.append(f"trace: {prof['trace']}")
+    return lines

@@ -38,9 +38,10 @@ from pathlib import Path, PurePosixPath
 
 from edgeopt import __version__
 from edgeopt.errors import ArtifactLoadError, EdgeoptError, IntegrityError, ParityError, UserInputError
-from edgeopt.core.fsutil import _json_default, sha256_file, staged_dir
+from edgeopt.core.fsutil import json_default, sha256_file, staged_dir
 from edgeopt.core.manifest import MANIFEST, load_consistent, validate
 from edgeopt.core.untrusted import check_id, load_json, printable, relpath_problem
+from edgeopt.core.records import Status
 
 BUNDLE_SCHEMA = "edgeopt.bundle/1"
 SIGNATURE = "manifest.sig"
@@ -124,14 +125,14 @@ def bundle(out_dir: str | Path, output: str | Path, artifacts=None, folder: bool
 
 
 def dumps(obj) -> bytes:
-    return (json.dumps(obj, indent=2, default=_json_default) + "\n").encode()
+    return (json.dumps(obj, indent=2, default=json_default) + "\n").encode()
 
 
 def _choose(manifest: dict, ids) -> list[dict]:
     records = manifest["artifacts"]
     by_id = {a["id"]: a for a in records}
     if not ids:
-        chosen = [a for a in records if a["status"] == "ok"]
+        chosen = [a for a in records if a["status"] == Status.OK]
         if not chosen:
             raise UserInputError("The OUT folder has no artifact with status ok to bundle.",
                                  "Build one first (`edgeopt build -o OUT`) and check the table it prints.")
@@ -141,9 +142,9 @@ def _choose(manifest: dict, ids) -> list[dict]:
         if i not in by_id:
             raise UserInputError(f"No artifact {i!r} in the manifest.", f"Known: {', '.join(by_id) or 'none'}.")
         rec = by_id[i]
-        if rec["status"] != "ok":
+        if rec["status"] != Status.OK:
             fix = ("Build it on the device (`edgeopt device-compile PACKAGE` there) and bundle from that OUT folder."
-                   if rec["status"] == "not built here" else "Rebuild it, or leave it out of --artifact.")
+                   if rec["status"] == Status.NOT_BUILT_HERE else "Rebuild it, or leave it out of --artifact.")
             raise UserInputError(f"Artifact {i} has status {rec['status']!r}"
                                  + (f" ({rec.get('reason')})" if rec.get("reason") else "")
                                  + "; only artifacts with status ok are shipped.", fix)
@@ -900,7 +901,7 @@ def expected_files(b: Bundle) -> dict[str, dict]:
     for f in _model_files(data):
         out[safe_relpath(f["path"], "manifest")] = f
     for a in data["artifacts"]:
-        if a.get("status") == "ok":
+        if a.get("status") == Status.OK:
             for f in a.get("files", []):
                 out[safe_relpath(f["path"], "manifest")] = f
     return out
@@ -972,9 +973,9 @@ def _check_artifact_record(b: Bundle, rec: dict, files: dict, spec) -> None:
     aid = rec["id"]
     if not isinstance(aid, str) or not _ID_RE.match(aid):
         raise IntegrityError(f"{b.source}: artifact id {aid!r} is not a plain folder name.", GET_AGAIN)
-    if b.kind == "OUT folder" and rec.get("status") != "ok":
+    if b.kind == "OUT folder" and rec.get("status") != Status.OK:
         return
-    if rec.get("status") != "ok":
+    if rec.get("status") != Status.OK:
         raise IntegrityError(f"{b.source}: artifact {aid} has status {rec.get('status')!r}; bundles hold ok ones.", GET_AGAIN)
     for f in rec.get("files", []):
         rel = safe_relpath(f["path"], "manifest")
@@ -1207,7 +1208,7 @@ def _task_self_test(b: Bundle, rec: dict, feeds, refs, got, rep) -> dict | None:
 
 def select_records(b: Bundle, target: str | None) -> list[dict]:
     """The bundle's "ok" artifacts, or those of ``target`` (a target name or an artifact id)."""
-    ok = [a for a in b.artifacts if a.get("status") == "ok"]
+    ok = [a for a in b.artifacts if a.get("status") == Status.OK]
     if target is None:
         if not ok:
             raise IntegrityError(f"{b.source} holds no artifact with status ok.", "Build and bundle one first.")

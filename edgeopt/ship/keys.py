@@ -8,10 +8,7 @@ functions: bundles that are not signed, and devices that do not check signatures
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from edgeopt.errors import IntegrityError, UserInputError, require
@@ -55,26 +52,9 @@ def generate_key(path: str | Path, force: bool = False) -> tuple[Path, Path]:
                                     serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write_private(path, private_pem)
+    write_bytes_atomic(path, private_pem, mode=0o600)  # owner only, from creation on
     write_bytes_atomic(pub, public_pem)
     return path, pub
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomic write of a file readable by its owner only (0600 from creation on: mkstemp's mode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _read(path: str | Path, what: str) -> bytes:

@@ -19,6 +19,7 @@ from edgeopt.config.budgets import Budgets
 from edgeopt.errors import EdgeoptError, UserInputError
 from edgeopt.core.manifest import load_consistent
 from edgeopt.report.tables import artifact_rows, latency_at
+from edgeopt.core.records import Status
 
 
 class NoArtifactQualifiesError(EdgeoptError):
@@ -96,7 +97,7 @@ def _budget_reasons(a: dict, c_lat: dict | None, row: dict, budgets: Budgets, ba
     reasons = []
     if budgets.target is not None and a.get("target") != budgets.target:
         reasons.append(f"target {a.get('target')}, not {budgets.target}")
-    if a.get("status") != "ok":
+    if a.get("status") != Status.OK:
         why = f": {a['reason']}" if a.get("reason") else ""
         reasons.append(f"status {a.get('status')}{why}")
         return reasons  # no figures to compare

@@ -401,11 +401,11 @@ def _cudart():
 def probe_gpu(device: int = 0) -> tuple[dict | None, str]:
     """({'name', 'compute_capability', 'memory_bytes', 'integrated', 'via'}, '') or (None, why not), through
     cuda-python's runtime API, which also holds the engine's device memory (``edgeopt[tensorrt]`` installs it)."""
-    gpu, why = _probe_cuda_python(device)
+    gpu, why = probe_cuda_python(device)
     return gpu, why or ("" if gpu else f"cuda-python is not installed to reach the GPU ({INSTALL_HINT})")
 
 
-def _probe_cuda_python(device: int) -> tuple[dict | None, str]:
+def probe_cuda_python(device: int) -> tuple[dict | None, str]:
     rt = _cudart()
     if rt is None:
         return None, ""
