@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from edgeopt.pipeline.build import build, flag_slow_int8
+from edgeopt.pipeline.build import build, flag_slow
 from edgeopt.example import example_dict
 from edgeopt.config.recipe import recipe_from_dict
 from edgeopt.report.progress import Reporter
@@ -36,6 +36,34 @@ def test_example_int8_within_one_point_with_recorded_candidates(example_out):
     assert {c["candidate"] for c in ort["candidates"]} >= {"ort-qdq-u8s8", "nncf-qdq"}
     assert all("latency_ms_b1" in c and "accuracy" in c for c in ort["candidates"])
     assert "fastest" in ort["why"]
+    # Candidates were raced against FP32 in the same rounds: each has its speed-up with an interval.
+    for c in ort["candidates"]:
+        s = c["vs_fp32"]
+        assert s["rounds"] == 5 and s["low"] <= s["value"] <= s["high"]
+    assert ort["fp32_quick"]["latency_ms_b1"] > 0
+
+
+def test_openvino_int8_float_precision_is_chosen_by_measurement(example_out):
+    """Where the CPU's default inference precision is not f32, INT8's float remainder is timed both ways and
+    the artifact runs with the recorded choice."""
+    from edgeopt.backends.artifact import open_artifact
+
+    out, m = example_out
+    a = next(a for a in m["artifacts"] if a["id"] == "openvino-cpu-int8")
+    int8 = a["meta"]["int8"]
+    assert int8["candidates"][0]["vs_fp32"]["low"] is not None
+    runner, _ = open_artifact(out / a["id"])
+    with runner:
+        hint = runner.properties()["INFERENCE_PRECISION_HINT"]
+    choice = int8["runtime_choice"]
+    if choice is None:  # the device runs f32 by default: nothing to choose
+        assert "f32" in hint.lower()
+        return
+    assert choice["setting"] == "INFERENCE_PRECISION_HINT" and set(choice["figures"]) >= {"f32"}
+    assert a["meta"]["runtime_config"] == choice["config"]
+    assert ("f32" in hint.lower()) == (choice["chosen"] == "f32")
+    d, f = (choice["figures"][k]["latency_ms_b1"] for k in choice["figures"])
+    assert (choice["chosen"] == "f32") == (f <= d * 1.05) and f"{d:.3f}" in choice["why"]
 
 
 def test_slower_int8_is_flagged():
@@ -49,16 +77,20 @@ def test_slower_int8_is_flagged():
         {"id": "openvino-cpu-int8", "target": "openvino-cpu", "precision": "int8", "status": "ok",
          "latency": [{"batch": 1, "median_ms": 0.4}]},
     ]
-    flag_slow_int8(recs)
+    flag_slow(recs)
     assert "slower than fp32 sibling at batch 1" in recs[1]["flags"][0]
     assert "flags" not in recs[3]
     # A rerun re-profiles a reused record: its flags follow the new timings, old ones are not kept.
     recs[1]["latency"] = [{"batch": 1, "median_ms": 1.2}]
-    flag_slow_int8(recs)
+    flag_slow(recs)
     assert recs[1]["flags"] == ["slower than fp32 sibling at batch 1 (1.200 vs 1.000 ms)"]
     recs[1]["latency"] = [{"batch": 1, "median_ms": 0.7}]
-    flag_slow_int8(recs)
+    flag_slow(recs)
     assert "flags" not in recs[1]
+    # Slower than PyTorch eager (a ratio of the same timing run) is flagged too, with its interval.
+    recs[0]["speedup_vs_torch"], recs[0]["speedup_interval"] = {"1": 0.36, "8": 1.4}, {"1": [0.31, 0.4]}
+    flag_slow(recs)
+    assert recs[0]["flags"] == ["slower than torch eager at batch 1 (0.36x, 0.31-0.40)"]
 
 
 def test_budget_that_cannot_be_met_is_reported_not_shipped(run_cli, tmp_path):

@@ -162,7 +162,8 @@ def test_failed_flagged_and_unprofiled_artifacts(built, tmp_path):
     res = report(out2, tmp_path / "rep")
     md = res["markdown"].read_text()
     row = next(line for line in md.splitlines() if line.startswith("| ort-cpu-int8 |"))
-    assert "| int8 | ok |" in row and row.rstrip(" |").endswith("slower than fp32 sibling")
+    note = row.rstrip(" |").rsplit("|", 1)[-1]
+    assert "| int8 | ok |" in row and note.strip().split(";")[0] == "slower than fp32 sibling"
     row = next(line for line in md.splitlines() if line.startswith("| openvino-cpu-int8 |"))
     assert "| failed |" in row and "accuracy guard: top-1 dropped 4.1 points" in row
     assert "| tensorrt-orin-fp16 | fp16 | not built here |" in md
@@ -231,12 +232,15 @@ def test_screenshot_is_not_blank(written, tmp_path):
     from matplotlib.image import imread
 
     shot = tmp_path / "shot.png"
-    run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", "--virtual-time-budget=5000",
+    # Tall enough to hold every plot: how much colour the first ones show depends on the measured figures
+    # (a slow baseline squeezes the artifacts' bars), the parity bars do not.
+    run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,4000", "--virtual-time-budget=5000",
                  written["html"].as_uri())
     img = imread(shot)[..., :3]
-    assert img.shape[:2] == (2000, 1200)
-    assert float(img.std()) > 0.05, "the screenshot is blank"
-    non_white = float(np.mean(img.min(axis=2) < 0.9))
+    assert img.shape[:2] == (4000, 1200)
+    first = img[:2000]  # the first screen
+    assert float(first.std()) > 0.05, "the screenshot is blank"
+    non_white = float(np.mean(first.min(axis=2) < 0.9))
     assert non_white > 0.02, f"only {non_white:.1%} of the page is not white"
-    colored = float(np.mean(img.max(axis=2) - img.min(axis=2) > 0.3))  # plot bars and lines, not just text
-    assert colored > 0.002, f"no coloured plot pixels on screen ({colored:.3%})"
+    colored = int(np.sum(img.max(axis=2) - img.min(axis=2) > 0.3))  # plot bars and lines, not just text
+    assert colored > 0.002 * 1200 * 2000, f"no coloured plot pixels on the page ({colored} pixels)"

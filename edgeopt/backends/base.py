@@ -11,7 +11,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -105,6 +105,20 @@ class Runner(ABC):
             return self._infer(feed)
         with self._turns:
             return self._infer(feed)
+
+    def timed_call(self, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+        """A no-argument call that runs ``feed`` the way the framework's own benchmark tool would: inputs
+        bound once, outputs left where the framework put them. What the profiler times; not for results."""
+        if not self.active:
+            raise RuntimeError("Runner.timed_call called before activate(); use `with runner:`")
+        return lambda: self._infer(feed)
+
+    def layer_profile(self, feed: dict[str, np.ndarray], runs: int, workdir: Path) -> dict | None:
+        """Per-layer times from the framework's own profiler over ``runs`` calls (after one untimed call):
+        {"source", "runs", "total_ms", "layers": [{name, type, precision, ms}] slowest first}. ``workdir`` is
+        a folder the profiler may write into (never the working directory). None where the backend has no
+        per-layer profiler."""
+        return None
 
     def close(self) -> None:
         if self.active:

@@ -298,20 +298,25 @@ def init(model, data, checkpoint, input_spec, preprocess, kind, output, force):
 @click.option("--warmup", type=int, default=10, show_default=True)
 @click.option("--duration", type=float, default=1.5, show_default=True, help="Seconds of timed runs.")
 @click.option("--threads", type=int, help="Threads for the backend (default: its own choice, recorded).")
+@click.option("--rounds", type=int, default=10, show_default=True, help="Interleaved rounds the timing is split into.")
+@click.option("--layers", is_flag=True, help="Also a per-layer profile of each artifact (at the first batch size).")
+@click.option("--layer-runs", type=int, default=20, show_default=True, help="Runs the per-layer profile averages.")
+@click.option("--top", type=int, default=10, show_default=True, help="Layers shown per artifact with --layers.")
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
 @handle_errors
-def profile(ctx, path, batch, iterations, warmup, duration, threads, json_out):
-    """Profile an artifact folder (OUT/<id>) or every artifact in OUT."""
+def profile(ctx, path, batch, iterations, warmup, duration, threads, rounds, layers, layer_runs, top, json_out):
+    """Profile an artifact folder (OUT/<id>) or every artifact in OUT, timed together in interleaved rounds."""
     from edgeopt.pipeline import api
 
     batches = parse_batches(batch)
     with stdout_guard(json_out):
-        res = api.profile(path, batches, iterations, warmup, duration, threads, reporter=reporter())
+        res = api.profile(path, batches, iterations, warmup, duration, threads, reporter=reporter(), layers=layers,
+                          layer_runs=layer_runs, rounds=rounds)
     if json_out:
         emit_json(res)
         return
-    from edgeopt.report.tables import fit_table, terminal_width
+    from edgeopt.report.tables import fit_table, layer_lines, terminal_width, timing_notes
 
     headers = ["artifact", "batch", "median ms", "mean ms", "p90 ms", "p99 ms", "min ms", "max ms", "std ms", "cv",
                "items/s", "iters", "threads", "RSS MB"]
@@ -327,6 +332,11 @@ def profile(ctx, path, batch, iterations, warmup, duration, threads, json_out):
                           optional=("RSS MB", "threads", "iters", "std ms", "max ms", "min ms", "mean ms", "cv",
                                     "p90 ms", "items/s"), right=set(headers[1:])):
         echo(line)
+    for line in timing_notes({"timing": res["timing"]}):
+        echo(line)
+    for aid, prof in (res.get("layers") or {}).items():
+        for line in layer_lines(aid, prof, top, terminal_width()):
+            echo(line)
 
 
 @main.command()

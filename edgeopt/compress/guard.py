@@ -80,26 +80,9 @@ def task_validator(req, infer_for: Callable[[object], Callable[[dict], dict]]):
     return validate
 
 
-def measure_candidate(name: str, runner, req, cfg, feed1: dict) -> dict:
-    """Quick batch-1 timing and the guard's score of one candidate, run by ``runner`` (a backend's Runner, opened
-    as the artifact will be; closed here)."""
-    with runner:
-        result = {"candidate": name,
-                  "latency_ms_b1": round(quick_latency(lambda: runner.infer(feed1, check=False), cfg.timing_s), 4)}
-        result.update(score(lambda feed: runner.infer(feed, check=False), req))
-    return result
-
-
-def quick_latency(run: Callable[[], object], seconds: float) -> float:
-    """Median batch-1 latency (ms) over ``seconds`` after a short warm-up: enough to rank candidates."""
-    import time
-
-    for _ in range(5):
-        run()
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 10:
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
+def vs_text(r: dict, baseline: str = "fp32") -> str:
+    """``1.31x fp32 (1.20-1.45)``, or "" without a figure."""
+    s = r.get(f"vs_{baseline}")
+    if not s:
+        return ""
+    return f"{s['value']:.2f}x {baseline}" + (f" ({s['low']:.2f}-{s['high']:.2f})" if s.get("low") is not None else "")

@@ -61,18 +61,20 @@ def compile(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisi
 
 
 def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmup: int = 10,
-            duration_s: float = 1.5, threads: int | None = None, reporter: Reporter | None = None) -> dict:
-    """Profile one artifact folder, or every artifact of an OUT folder (its manifest is updated)."""
+            duration_s: float = 1.5, threads: int | None = None, reporter: Reporter | None = None,
+            layers: bool = False, layer_runs: int = 20, rounds: int = 10) -> dict:
+    """Profile one artifact folder, or every artifact of an OUT folder (its manifest is updated), timed
+    together in interleaved rounds. With ``layers``, each artifact's per-layer profile at the first batch size
+    too (ONNX Runtime's trace JSON is kept under OUT/layers/<id>/)."""
     from edgeopt.core.artifact import ARTIFACT_JSON, read_artifact_json
     from edgeopt.core.fsutil import write_json_atomic
     from edgeopt.core.manifest import MANIFEST
-    from edgeopt.backends.artifact import profile_artifact
     from edgeopt.core.profile import record_profile
 
     path = Path(path)
     reporter = reporter or Reporter()
     cfg = ProfileConfig(batches=tuple(batches), warmup=warmup, iterations=iterations, duration_s=duration_s,
-                        threads=threads)
+                        threads=threads, rounds=rounds)
     if (path / ARTIFACT_JSON).is_file():
         folders = [path]
         manifest = None
@@ -81,25 +83,76 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
     else:
         raise UserInputError(f"{path} is neither an artifact folder nor an edgeopt output folder.",
                              "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
-    results = {}
     if manifest is None:
-        for folder in folders:
-            aid = read_artifact_json(folder)["id"]
-            reporter.step(f"{aid}: profiling batch {','.join(map(str, batches))}")
-            results[aid] = profile_artifact(folder, cfg.batches, cfg, threads)
-        return {"host": host_info(), "artifacts": results}
+        named = {read_artifact_json(folder)["id"]: folder for folder in folders}
+        run, results, failed, layer_profiles = _time_together(named, None, cfg, threads, reporter, layers, layer_runs)
+        return {"host": host_info(), "timing": run, "artifacts": results, "failed": failed, "layers": layer_profiles}
     with out_lock(path, "profile"):  # it rewrites the manifest: not while a build writes OUT
         manifest = load_consistent(path)  # read again under the lock: a build may have just finished
-        for a in manifest.data["artifacts"]:
-            if a["status"] == Status.OK:
-                reporter.step(f"{a['id']}: profiling batch {','.join(map(str, batches))}")
-                results[a["id"]] = profile_artifact(path / a["id"], cfg.batches, cfg, threads)
+        named = {a["id"]: path / a["id"] for a in manifest.data["artifacts"] if a["status"] == Status.OK}
+        run, results, failed, layer_profiles = _time_together(named, path, cfg, threads, reporter, layers, layer_runs)
         for a in manifest.data["artifacts"]:
             if a["id"] in results:
-                record_profile(a, results[a["id"]])
-                a.pop("speedup_vs_torch", None)
+                # The baseline is not re-timed here: the speed-ups of the build's run no longer apply.
+                record_profile(a, results[a["id"]], run)
+            if a["id"] in layer_profiles:
+                a["layers"] = layer_profiles[a["id"]]
+        manifest.data["timing"] = run
         write_json_atomic(path / MANIFEST, manifest.data)
-    return {"host": host_info(), "artifacts": results}
+    return {"host": host_info(), "timing": run, "artifacts": results, "failed": failed, "layers": layer_profiles}
+
+
+def _time_together(named: dict, out: Path | None, cfg: ProfileConfig, threads, reporter, layers: bool,
+                   layer_runs: int) -> tuple:
+    """(timing run, id -> profile, id -> why not timed, id -> layer profile): ``named`` artifacts (id -> folder)
+    timed together in interleaved rounds after a look at the machine's load; per-layer profiles with ``layers``."""
+    from edgeopt.backends.artifact import profile_together
+    from edgeopt.core.profile import describe_load, machine_load, timing_run
+
+    load = machine_load()
+    if load["busy"]:
+        reporter.warn(f"The machine is busy: {describe_load(load)}. Timings will be noisy.")
+    run = timing_run(cfg, list(named), load)
+    reporter.step(f"Timing {', '.join(named)} in {cfg.rounds} interleaved rounds at batch "
+                  f"{','.join(map(str, cfg.batches))}")
+    results, failed = profile_together(named, cfg.batches, cfg, threads, log=reporter.info)
+    for aid, why in failed.items():
+        reporter.warn(f"{aid}: not timed: {why}")
+    for aid, prof in results.items():
+        bad = [str(r["batch"]) for r in prof["rows"] if r["unstable"]]
+        if bad:
+            reporter.warn(f"{aid}: timings unstable at batch {','.join(bad)}; is the machine busy?")
+    layer_profiles = _layers(named, out, cfg.batches[0], layer_runs, threads, reporter) if layers else {}
+    return run, results, failed, layer_profiles
+
+
+def _layers(named: dict, out: Path | None, batch: int, runs: int, threads, reporter) -> dict:
+    """Per-layer profiles of ``named`` artifacts (id -> folder). Profiler files go to a temporary folder (under
+    OUT when there is one, never the working directory or HOME); a trace worth keeping is moved to
+    OUT/layers/<id>/ in one rename."""
+    import shutil
+    import tempfile
+
+    from edgeopt.backends.artifact import layer_profile_artifact
+    from edgeopt.core.fsutil import STAGING_PREFIX, staged_dir
+
+    found = {}
+    for aid, folder in named.items():
+        reporter.step(f"{aid}: per-layer profile, batch {batch}, {runs} runs")
+        with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}layers-", dir=out) as tmp:
+            prof = layer_profile_artifact(folder, batch, runs, Path(tmp), threads)
+            if prof is None:
+                found[aid] = {"unsupported": "this backend has no per-layer profiler"}
+                continue
+            prof["batch"] = batch
+            if prof.get("trace") and out is not None:
+                with staged_dir(out / "layers" / aid) as stage:
+                    shutil.move(str(Path(tmp) / prof["trace"]), stage / prof["trace"])
+                prof["trace"] = f"layers/{aid}/{prof['trace']}"
+            else:
+                prof.pop("trace", None)
+            found[aid] = prof
+    return found
 
 
 def compress(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisions=("fp32", "int8"),

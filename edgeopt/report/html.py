@@ -24,7 +24,16 @@ from pathlib import Path
 from edgeopt.errors import BackendMissingError
 from edgeopt.core.fsutil import write_bytes_atomic, write_text_atomic
 from edgeopt.core.manifest import load_consistent
-from edgeopt.report.tables import artifact_rows, latency_at, ms
+from edgeopt.report.tables import (
+    artifact_rows,
+    latency_at,
+    layer_rows,
+    layer_summary,
+    median_cell,
+    ms,
+    speedup_cell,
+    timing_notes,
+)
 from edgeopt.core.records import Status
 
 REPORT_DIR = "report"
@@ -108,9 +117,7 @@ def table_rows(m: dict) -> dict:
                  _num(parity.get("max_abs"), ".2e"), _num(parity.get("cosine"), ".6f")]
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
-            sp = (row["speedup"] or {}).get(str(b))
-            cells += [ms(lat and lat.get("median_ms")), ms(lat and lat.get("p99_ms")),
-                      "-" if sp is None else f"{sp:.2f}x"]
+            cells += [median_cell(lat), ms(lat and lat.get("p99_ms")), speedup_cell(row, b)]
         cells.append(row["note"] or "")
         rows.append({"id": row["id"], "status": row["status"], "cells": cells})
     return {"header": header, "rows": rows, "batches": batches}
@@ -404,18 +411,30 @@ def _title(m: dict) -> str:
     return f"edgeopt report: {(m.get('model') or {}).get('name', 'model')}"
 
 
+LAYER_HEADER = ["layer", "type", "precision", "ms", "share"]
+
+
+def layer_sections(m: dict, top: int = 10) -> list[tuple[str, str, list[list[str]]]]:
+    """(artifact id, summary line, rows of its slowest layers) for every artifact with a per-layer profile
+    (``edgeopt profile OUT --layers``)."""
+    return [(a["id"], f"batch {a['layers'].get('batch', '?')}: " + layer_summary(a["layers"]), layer_rows(a["layers"], top))
+            for a in m.get("artifacts", []) if (a.get("layers") or {}).get("layers")]
+
+
 def render_markdown(m: dict, table: dict, plots: list[Plot]) -> str:
     lines = [f"# {_title(m)}", "", f"Built {m.get('created', '?')} on {(m.get('host') or {}).get('hostname', '?')} "
              f"with edgeopt {m.get('edgeopt_version', '?')}. Figures from `manifest.json`.", "",
              "## Artifacts", ""]
     lines += _md_table(table["header"], [r["cells"] for r in table["rows"]])
     lines += ["", "Drop: accuracy points below the PyTorch baseline. vs torch: speed-up of the median over "
-                  "PyTorch eager at that batch.", ""]
+                  "PyTorch eager at that batch.", *timing_notes(m), ""]
     for p in plots:
         lines += [f"## {p.title}", "", f"![{p.title}]({p.name}.png)", "", p.caption, ""]
     detail = parity_detail(m)
     if detail:
         lines += ["## Parity per output", ""] + _md_table(PARITY_HEADER, detail) + [""]
+    for aid, summary, rows in layer_sections(m):
+        lines += [f"## Slowest layers: {aid}", "", summary, ""] + _md_table(LAYER_HEADER, rows) + [""]
     lines += ["## Host", ""] + _md_table(["", ""], [[k, v] for k, v in host_lines(m)]) + [""]
     dev = device_rows(m)
     if dev:
@@ -483,7 +502,7 @@ def render_html(m: dict, table: dict, plots: list[Plot]) -> str:
              _html_table(table["header"], [r["cells"] for r in table["rows"]], left=3, cls="artifacts",
                          row_classes=[r["status"].replace(" ", "-") for r in table["rows"]], note_last=True),
              '<p class="sub">Drop: accuracy points below the PyTorch baseline. vs torch: speed-up of the median over '
-             "PyTorch eager at that batch.</p>"]
+             "PyTorch eager at that batch. " + _e(" ".join(timing_notes(m))) + "</p>"]
     for p in plots:
         data = base64.b64encode(p.png).decode("ascii")
         parts += [f'<h2 id="{_e(p.name)}">{_e(p.title)}</h2>',
@@ -492,6 +511,9 @@ def render_html(m: dict, table: dict, plots: list[Plot]) -> str:
     detail = parity_detail(m)
     if detail:
         parts += ['<h2 id="parity-detail">Parity per output</h2>', _html_table(PARITY_HEADER, detail, left=2)]
+    for aid, summary, rows in layer_sections(m):
+        parts += [f'<h2 id="layers-{_e(aid)}">Slowest layers: {_e(aid)}</h2>', f'<p class="sub">{_e(summary)}</p>',
+                  _html_table(LAYER_HEADER, rows, left=3)]
     parts += ['<h2 id="host">Host</h2>', _html_table(["", ""], [[k, v] for k, v in host_lines(m)], cls="kv")]
     dev = device_rows(m)
     if dev:

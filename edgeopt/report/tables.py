@@ -14,6 +14,30 @@ def latency_at(rec: dict, batch: int) -> dict | None:
     return next((r for r in rec.get("latency") or [] if r["batch"] == batch), None)
 
 
+def same_run(manifest: dict, rec: dict) -> bool:
+    """Whether ``rec``'s timings and the baseline's come from one interleaved run: only then is a ratio shown.
+    (Manifests written before timing runs were recorded carry no run ids and are shown as they were.)"""
+    base = manifest.get("baseline") or {}
+    if "timing" not in manifest and "timing_run" not in rec and "timing_run" not in base:
+        return True
+    return rec.get("timing_run") is not None and rec.get("timing_run") == base.get("timing_run")
+
+
+def speedup_cell(row: dict, batch: int) -> str:
+    """``2.38x (2.10-2.61)``: the speed-up over torch eager and its interval, "-" when none was measured in
+    the same run."""
+    sp = (row.get("speedup") or {}).get(str(batch))
+    if sp is None:
+        return "-"
+    ci = (row.get("interval") or {}).get(str(batch))
+    return f"{sp:.2f}x" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+
+def median_cell(lat: dict | None) -> str:
+    """The median in ms, with "!" when the row's timings were unstable (a busy machine): the row's mark."""
+    return ms(lat and lat.get("median_ms")) + (" !" if lat and lat.get("unstable") else "")
+
+
 def metric_label(manifest: dict) -> str:
     """The task metric's column name ("top-1", "agree", "emb cos", "mAP50", "cos"); "top-1" when none was measured."""
     for rec in [manifest.get("baseline") or {}, *manifest.get("artifacts", [])]:
@@ -39,7 +63,7 @@ def artifact_rows(manifest: dict) -> list[dict]:
         rows.append({"id": base["name"], "precision": "fp32", "status": Status.BASELINE, "size_mb": None,
                      "accuracy": ref_acc.get("value"), "quality": quality_cell(ref_acc), "drop": None,
                      "latency": base["latency"],
-                     "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "parity": None,
+                     "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "interval": {}, "parity": None,
                      "parity_cell": None, "note": ""})
     for a in manifest.get("artifacts", []):
         rec = a.get("accuracy") or {}
@@ -49,8 +73,11 @@ def artifact_rows(manifest: dict) -> list[dict]:
             "id": a["id"], "precision": a["precision"], "status": a["status"], "size_mb": size if a.get("files") else None,
             "accuracy": acc, "quality": quality_cell(rec),
             "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
-            "latency": a.get("latency") or [], "speedup": a.get("speedup_vs_torch") or {},
-            "parity": (a.get("parity") or {}).get("max_abs"), "parity_cell": _parity_cell(a), "note": a.get("reason") or "; ".join(a.get("flags", [])),
+            "latency": a.get("latency") or [],
+            "speedup": (a.get("speedup_vs_torch") or {}) if same_run(manifest, a) else {},
+            "interval": (a.get("speedup_interval") or {}) if same_run(manifest, a) else {},
+            "parity": (a.get("parity") or {}).get("max_abs"), "parity_cell": _parity_cell(a),
+            "note": a.get("reason") or "; ".join(a.get("flags", [])),
         })
     return rows
 
@@ -154,9 +181,7 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
                  "-" if row["drop"] is None else f"{row['drop']:+.2f}"] + ([row["parity_cell"] or "-"] if wide else [])
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
-            sp = row["speedup"].get(str(b))
-            cells += [ms(lat and lat["median_ms"])] + ([ms(lat and lat["p99_ms"])] if wide else []) + \
-                     ["-" if sp is None else f"{sp:.2f}x"]
+            cells += [median_cell(lat)] + ([ms(lat and lat["p99_ms"])] if wide else []) + [speedup_cell(row, b)]
         if row["note"]:
             notes.append(f"[{len(notes) + 1}] {row['id']}: {row['note']}")
             cells.append(f"[{len(notes)}]")
@@ -172,7 +197,7 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
     lines = [title if wide or width is None else shorten(title, width)]
     lines += fit_table(headers, rows, None if wide else width, optional, right)
     lim = None if wide else width
-    for n in notes:
+    for n in notes + timing_notes(manifest):
         lines += wrap(n, lim) if lim else [n]
     pr = manifest.get("pruning")
     if pr:
@@ -195,3 +220,46 @@ def print_summary(manifest: dict, console=None, wide: bool = False) -> None:
 
     for line in summary_lines(manifest, terminal_width(), wide):
         click.echo(line)
+
+
+def timing_notes(manifest: dict) -> list[str]:
+    """What the latency columns mean for this manifest: the run, the machine's load, the marks."""
+    run = manifest.get("timing")
+    if not run:
+        return []
+    lines = [f"Latency: {run['method']} ({run['rounds']} rounds); (a-b) after a speed-up is its "
+             f"{run['confidence'] * 100:.0f}% interval, {run['interval']}; ! = unstable timings."]
+    machine = run.get("machine") or {}
+    if machine.get("busy"):
+        from edgeopt.core.profile import describe_load
+
+        lines.append(f"The machine was busy while timing: {describe_load(machine)}.")
+    return lines
+
+
+def layer_rows(prof: dict, top: int = 10) -> list[list[str]]:
+    """Cells of a per-layer profile's slowest ``top`` layers: layer, type, precision, ms, share."""
+    return [[(r["name"] if len(r["name"]) <= 40 else r["name"][:19] + "..." + r["name"][-18:]), r["type"],
+             r["precision"], ms(r["ms"]), f"{r['share'] * 100:.1f}%"] for r in prof.get("layers", [])[:top]]
+
+
+def layer_summary(prof: dict) -> str:
+    """One line: where the time goes by operator type and precision."""
+    parts = [f"{t['type']} {t['precision']} {t['share'] * 100:.0f}%" for t in prof.get("by_type", [])[:6]]
+    return (f"{prof.get('layer_count', 0)} layers, {ms(prof.get('layers_ms'))} ms of "
+            f"{ms(prof.get('total_ms'))} ms per run ({prof.get('runs')} runs, {prof.get('source')}): "
+            + ", ".join(parts))
+
+
+def layer_lines(aid: str, prof: dict, top: int = 10, width: int | None = None) -> list[str]:
+    """A per-layer profile as text lines that fit ``width``: title, the slowest layers, where the time goes."""
+    if prof.get("unsupported"):
+        return [f"{aid}: no per-layer profile ({prof['unsupported']})"]
+    lines = ["", f"{aid}: slowest layers at batch {prof.get('batch', '?')}"]
+    lines += fit_table(["layer", "type", "precision", "ms", "share"], layer_rows(prof, top), width,
+                       optional=("type",), right={"ms", "share"})
+    text = layer_summary(prof)
+    lines += wrap(text, width) if width else [text]
+    if prof.get("trace"):
+        lines.append(f"trace: {prof['trace']}")
+    return lines

@@ -106,6 +106,8 @@ def bundle(out_dir: str | Path, output: str | Path, artifacts=None, folder: bool
     manifest = load_consistent(out).data
     chosen = _choose(manifest, artifacts)
     files = _source_files(out, manifest, chosen)
+    if not folder:
+        files = _store_once(files)
     dest = _output_path(output, folder)
     name = _bundle_name(dest, folder)
     data = _bundle_manifest(out, manifest, chosen, files, name)
@@ -113,7 +115,7 @@ def bundle(out_dir: str | Path, output: str | Path, artifacts=None, folder: bool
     entries = [_Entry(MANIFEST, data=manifest_bytes)]
     if key is not None:
         entries.append(_Entry(SIGNATURE, data=signature_record_bytes(sign_bytes(manifest_bytes, key))))
-    entries += [_Entry(f["path"], source=out / f["path"]) for f in files]
+    entries += [_Entry(f["path"], source=out / f["path"]) for f in files if "stored_as" not in f]
     entries.sort(key=lambda e: e.rel)
     if folder:
         _write_folder(dest, entries)
@@ -182,6 +184,56 @@ def _source_files(out: Path, manifest: dict, chosen: list[dict]) -> list[dict]:
                                  f"Rebuild: edgeopt build -o {out}.")
         files[rel] = {"path": rel, "sha256": digest, "bytes": path.stat().st_size}
     return [files[k] for k in sorted(files)]
+
+
+def _store_once(files: list[dict]) -> list[dict]:
+    """Identical files (same sha256, e.g. the OpenVINO fp32 and bf16 artifacts' model.bin) are stored once in
+    the archive: later copies name the first (``stored_as``) in the signed file list, and extraction links
+    them back (:func:`_restore_copies`), where every file is then checked against its own sha256."""
+    first: dict[str, str] = {}
+    out = []
+    for f in files:  # sorted by path: the same OUT gives the same bundle
+        if f["sha256"] in first:
+            out.append({**f, "stored_as": first[f["sha256"]]})
+        else:
+            first[f["sha256"]] = f["path"]
+            out.append(f)
+    return out
+
+
+def _restore_copies(stage: Path, limits: "Limits") -> None:
+    """After extraction: make each file the manifest lists as ``stored_as`` another, from that one (a hard
+    link, or a copy where the file system has none). Untrusted until the checks that follow: paths are
+    confined to the bundle, a copy never replaces a file, and every file's sha256 is checked afterwards."""
+    from edgeopt.core.untrusted import load_json
+
+    top = stage  # safe_extract leaves the bundle's top folder's contents here
+    if not (top / MANIFEST).is_file():
+        return
+    try:
+        files = load_json(top / MANIFEST, f"the {MANIFEST} of the bundle")["bundle"]["files"]
+    except (KeyError, TypeError):
+        return  # the checks on opening report a broken manifest
+    if not isinstance(files, list):
+        return
+    total = 0
+    for f in files:
+        if not isinstance(f, dict) or not isinstance(f.get("stored_as"), str) or not isinstance(f.get("path"), str):
+            continue
+        rel, src_rel = safe_relpath(f["path"], "manifest"), safe_relpath(f["stored_as"], "manifest")
+        src, dst = top / src_rel, top / rel
+        if src.is_symlink() or not src.is_file() or dst.exists() or dst.is_symlink():
+            raise IntegrityError(f"Bundle file {rel} is stored as {src_rel}, which is missing, or {rel} is there "
+                                 "twice.", GET_AGAIN)
+        total += src.stat().st_size
+        if total > limits.max_total_bytes:
+            raise _refuse(rel, f"the files add up to more than {limits.max_total_bytes} bytes")
+        if "/" in rel:
+            _mkdirs(top, rel.rsplit("/", 1)[0], rel)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
 
 
 def _bundle_manifest(out: Path, manifest: dict, chosen: list[dict], files: list[dict], name: str) -> dict:
@@ -577,6 +629,7 @@ def extract_cached(archive: Path, limits: Limits = Limits(), cache_dir: str | Pa
         stage = Path(tempfile.mkdtemp(prefix=f".extract-{key}-", dir=base))
         try:
             safe_extract(archive, stage, limits)
+            _restore_copies(stage, limits)
             # A damaged copy (fresh) or an incomplete leftover is swapped out, not deleted first: a process
             # still reading the old copy finds the same files in the new one.
             trash = final.with_name(f".trash-{key}-{os.getpid()}")

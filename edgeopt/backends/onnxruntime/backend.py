@@ -74,11 +74,17 @@ class OnnxRuntimeBackend(Backend):
         for extra in Path(req.out_dir).glob("*.data"):
             if extra.name != f"{MODEL_FILE}.data":
                 extra.unlink()
+        level = req.options.get("graph_optimization_level", "all")
+        choice = choose_load_level(out, req, level)
+        if choice:
+            meta["runtime_choice"] = choice
+            meta["runtime_options"] = {"graph_optimization_level": choice["chosen"]}
+            level = choice["chosen"]
         return {
             **meta,
             "model_file": MODEL_FILE,
             "offline_optimization_level": offline,
-            "graph_optimization_level": req.options.get("graph_optimization_level", "all"),
+            "graph_optimization_level": level,
             "intra_op_threads": int(req.options.get("intra_op_threads", 0) or 0),
             "execution_provider": "CPUExecutionProvider",
         }
@@ -94,6 +100,41 @@ class OnnxRuntimeBackend(Backend):
             options["intra_op_threads"] = threads
         model = confined(Path(artifact_dir), meta.get("model_file", MODEL_FILE), "ONNX Runtime model file")
         return OrtRunner(model, spec, options)
+
+
+NOISE = 0.05  # load-time levels closer than this are a tie, won by the target's own level
+
+
+def choose_load_level(model: Path, req: CompileRequest, default: str) -> dict | None:
+    """The graph optimisation level applied at load time, by measurement: the target's level (``all``: layout
+    transforms and fusions tuned to this CPU) against ``extended`` (what the saved model already has), timed
+    at batch 1 in the same interleaved rounds. Target option ``measure_runtime_settings = false`` keeps the
+    target's level untimed."""
+    if not req.options.get("measure_runtime_settings", True):
+        return None
+    import numpy as np
+
+    from edgeopt.core.profile import race
+
+    levels = list(dict.fromkeys([default, "extended"]))
+    if len(levels) < 2:
+        return None
+    feed = req.spec.random_feed(np.random.default_rng(0), batch=1 if req.spec.batch_dim else None)
+    runners = {lv: OrtRunner(model, req.spec, {**req.options, "graph_optimization_level": lv}) for lv in levels}
+    try:
+        for r in runners.values():
+            r.activate()
+        seconds = getattr(req.compression, "timing_s", None) or 0.4
+        timed = race({lv: r.timed_call(feed) for lv, r in runners.items()}, seconds, baseline=default)
+    finally:
+        for r in runners.values():
+            r.close()
+    d, o = timed[default]["latency_ms_b1"], timed["extended"]["latency_ms_b1"]
+    chosen = "extended" if o < d * (1 - NOISE) else default
+    return {"setting": "graph_optimization_level (at load)", "chosen": chosen, "figures": timed,
+            "why": (f"batch 1 in the same interleaved rounds: {default} {d:.3f} ms, extended {o:.3f} ms; "
+                    + ("extended is more than 5% faster" if chosen == "extended" else
+                       f"{default} is faster or within 5% (a tie keeps the target's level)"))}
 
 
 BACKEND = OnnxRuntimeBackend()

@@ -30,13 +30,8 @@ from edgeopt.compress.common import (
     quiet_logging,
     quiet_nncf,
 )
-from edgeopt.compress.guard import (
-    accuracy_control_drop,
-    can_control_accuracy,
-    measure_candidate,
-    quick_latency,
-    task_validator,
-)
+from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, score, task_validator, vs_text
+from edgeopt.core.profile import race
 from edgeopt.core.tasks import describe
 
 DEFAULTS = {
@@ -133,8 +128,39 @@ def _runner(path: Path, req):
     return runner
 
 
-def _measure(name: str, path: Path, req, cfg, feed1) -> dict:
-    return measure_candidate(name, _runner(path, req), req, cfg, feed1)
+def _measure(paths: dict[str, Path], req, cfg, feed1) -> dict[str, dict]:
+    """Every candidate of ``paths`` (and "fp32", the unquantized model) timed together in interleaved rounds,
+    then scored by the guard. Returns name -> result (fp32: its timing only). A candidate ONNX Runtime cannot
+    load, run or score fails alone: its result says why."""
+    runners, results = {}, {}
+
+    def failed(name, exc):
+        why = f"running it failed: {type(exc).__name__}: {str(exc)[:200]}"
+        results[name] = {"candidate": name, "error": why, "within_budget": False, "why": why}
+
+    try:
+        runners["fp32"] = _runner(req.onnx_path, req)
+        calls = {"fp32": runners["fp32"].timed_call(feed1)}
+        for name, path in paths.items():
+            try:
+                runners[name] = _runner(path, req)
+                calls[name] = runners[name].timed_call(feed1)
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own types
+                failed(name, exc)
+        timed = race(calls, cfg.timing_s, baseline="fp32")
+        for name in calls:
+            if name == "fp32":
+                results[name] = {"candidate": name, **timed[name]}
+                continue
+            try:
+                results[name] = {"candidate": name, **timed[name],
+                                 **score(lambda feed, r=runners[name]: r.infer(feed, check=False), req)}
+            except Exception as exc:  # noqa: BLE001 - scoring runs the model on real data
+                failed(name, exc)
+        return results
+    finally:
+        for r in runners.values():
+            r.close()
 
 
 def quantize_for_onnxruntime(req, out_path: Path) -> dict:
@@ -146,28 +172,27 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
     results, paths = [], {}
     with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp:
         work = Path(tmp)
-        fp32_runner = _runner(req.onnx_path, req)
-        fp32 = {"candidate": "fp32",
-                "latency_ms_b1": round(quick_latency(lambda: fp32_runner.infer(feed1, check=False), cfg.timing_s), 4)}
-        fp32_runner.close()
+        notes_of = {}
         for name in candidates:
             path, cache, notes = _candidate(name, req, cfg, feeds, work, onnx_sha)
             if path is None:
                 outcome = "skipped" if cache.startswith("skipped") else "error"
                 results.append({"candidate": name, outcome: cache, "within_budget": False, "why": cache})
                 continue
-            try:
-                r = _measure(name, path, req, cfg, feed1)
-            except Exception as exc:  # noqa: BLE001 - a model ONNX Runtime cannot run or score fails alone
-                why = f"running it failed: {type(exc).__name__}: {str(exc)[:200]}"
-                results.append({"candidate": name, "error": why, "within_budget": False, "why": why})
-                continue
-            r["calibration_cache"] = cache
-            r.update(notes)
-            req.log(f"int8 candidate {name}: {r['latency_ms_b1']:.3f} ms at batch 1 (fp32 {fp32['latency_ms_b1']:.3f}), "
-                    + _fig(r) + ("" if r["within_budget"] else f" -- over budget: {r['why']}"))
-            results.append(r)
             paths[name] = path
+            notes_of[name] = {"calibration_cache": cache, **notes}
+        measured = _measure(paths, req, cfg, feed1)
+        fp32 = measured.pop("fp32")
+        for name, r in measured.items():
+            r.update(notes_of[name])
+            if "error" in r:
+                req.log(f"int8 candidate {name}: {r['error']}")
+                results.append(r)
+                continue
+            req.log(f"int8 candidate {name}: {r['latency_ms_b1']:.3f} ms at batch 1 (fp32 {fp32['latency_ms_b1']:.3f}; "
+                    f"{vs_text(r)}), " + _fig(r) + ("" if r["within_budget"] else f" -- over budget: {r['why']}"))
+            results.append(r)
+        results.sort(key=lambda r: candidates.index(r["candidate"]))
         within = [r for r in results if r.get("within_budget")]
         if not within and cfg.accuracy_control and can_control_accuracy(req):
             req.log("no int8 candidate meets the budget: NNCF accuracy control keeps the most sensitive layers in float")
@@ -176,7 +201,7 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
                 src = _preprocess(req.onnx_path, work)
                 exclude = _float_head(req, src)
                 _nncf_qdq(src, path, feeds, req, cfg, accuracy_control=True, exclude=exclude)
-                r = _measure("nncf-qdq-ac", path, req, cfg, feed1)
+                r = _measure({"nncf-qdq-ac": path}, req, cfg, feed1)["nncf-qdq-ac"]
                 r["float_layers"] = float_layers(path)
                 if exclude:
                     r["float_head"] = head.summary(exclude)

@@ -16,6 +16,8 @@ LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended":
 
 
 MODEL_FILE = "model.onnx"
+ORT_TYPES = {"float": "f32", "float16": "f16", "bfloat16": "bf16", "uint8": "u8", "int8": "i8", "int32": "i32",
+             "int64": "i64", "bool": "bool", "double": "f64"}
 
 
 def session_options(ort, options: dict, level_key: str = "graph_optimization_level", default: str = "all"):
@@ -47,6 +49,68 @@ class OrtRunner(Runner):
     def _infer(self, feed):
         outs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outs))
+
+    def timed_call(self, feed):
+        """As ONNX Runtime's perf test runs it: inputs and preallocated outputs bound once (IO binding),
+        so a call is the session run alone. Outputs whose shape changes between runs are left to ORT."""
+        if not self.active:
+            raise RuntimeError("OrtRunner.timed_call called before activate(); use `with runner:`")
+        session = self.session
+        io = session.io_binding()
+        arrays = {name: np.ascontiguousarray(arr) for name, arr in feed.items()}
+        for name, arr in arrays.items():
+            io.bind_cpu_input(name, arr)
+        buffers = [np.empty_like(o) for o in session.run(self.output_names, arrays)]
+        for name, buf in zip(self.output_names, buffers):
+            io.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+        try:
+            session.run_with_iobinding(io)
+        except Exception:  # noqa: BLE001 - data-dependent output shapes (detectors): ORT allocates them
+            io.clear_binding_outputs()
+            for name in self.output_names:
+                io.bind_output(name, "cpu")
+
+        def call(io=io, keep=(arrays, buffers)):
+            session.run_with_iobinding(io)
+
+        return call
+
+    def layer_profile(self, feed, runs: int, workdir: Path) -> dict | None:
+        """ONNX Runtime's profiler (session option enable_profiling) on a session of its own: each node's
+        kernel time, its operator and the element type of its first input (what the kernel ran in; an int8
+        QLinearConv reads uint8). The trace JSON is written into ``workdir`` and kept there."""
+        import json
+
+        import onnxruntime as ort
+
+        from edgeopt.core.profile import summarize_layers
+
+        so = session_options(ort, self.options)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(workdir) / "onnxruntime-profile")
+        sess = ort.InferenceSession(str(self.model_path), so, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):
+            sess.run(self.output_names, feed)
+        trace = Path(sess.end_profiling())
+        events = json.loads(trace.read_text())
+        model_runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[1:]
+        per_run = [dict() for _ in model_runs]
+        kinds = {}
+        for e in events:
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+                continue
+            i = next((i for i, (a, b) in enumerate(model_runs) if a <= e["ts"] <= b), None)
+            if i is None:
+                continue  # the untimed first run
+            name = e["name"][: -len("_kernel_time")]
+            args = e.get("args", {})
+            first = (args.get("input_type_shape") or [{}])[0]
+            kinds[name] = (args.get("op_name", "?"), ORT_TYPES.get(next(iter(first), "?"), next(iter(first), "?")))
+            per_run[i][name] = per_run[i].get(name, 0.0) + e["dur"] / 1000.0
+        out = summarize_layers(per_run, kinds, "onnxruntime profiler (kernel time)",
+                               [(b - a) / 1000.0 for a, b in model_runs])
+        out["trace"] = trace.name
+        return out
 
     def _close(self):
         self.session = None

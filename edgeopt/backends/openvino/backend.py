@@ -82,6 +82,9 @@ class OpenVinoBackend(Backend):
         # save_model compresses weights to FP16 by default: only the fp16 artifact wants that.
         ov.save_model(model, str(xml), compress_to_fp16=(req.precision == "fp16"))
         config = self.runtime_config(req.target, req.precision, req.options)
+        choice = (meta.get("int8") or {}).get("runtime_choice")
+        if choice:  # measured while quantizing: the settings the artifact runs with, and why
+            config = dict(choice["config"])
         return {**meta, "model_file": IR_FILE, "device": req.target.device, "runtime_config": config,
                 "weights": "fp16" if req.precision == "fp16" else ("int8" if req.precision == "int8" else "fp32")}
 

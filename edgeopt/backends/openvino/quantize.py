@@ -18,16 +18,57 @@ from edgeopt.compress.common import (
     nncf_preset,
     quiet_nncf,
 )
-from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, measure_candidate, task_validator
+from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, score, task_validator, vs_text
+from edgeopt.core.profile import race
 from edgeopt.core.tasks import describe
 
 
-def _measure(name, model, req, cfg, feed1) -> dict:
-    """Quick batch-1 timing and the guard's score of one quantized ov.Model, run as the artifact will be."""
+NOISE = 0.05  # runtime settings whose quick timings are this close are a tie, won by the exact f32
+
+
+def _measure(name, model, req, cfg, feed1, fp32_model=None, settings: bool = False) -> tuple[dict, dict | None]:
+    """One quantized ov.Model timed in interleaved rounds against the FP32 model (both run as their artifacts
+    will be), then scored by the guard. With ``settings``, the float remainder's inference precision is a
+    candidate too: the device's default (bf16 on CPUs that have it) against f32, timed in the same rounds.
+    Returns (the candidate's result, the runtime choice or None)."""
     from edgeopt.backends.openvino.runner import OvRunner, runtime_config
 
-    runner = OvRunner(model, req.spec, req.target.device, runtime_config("int8", req.target.options))
-    return measure_candidate(name, runner, req, cfg, feed1)
+    default = runtime_config("int8", req.target.options)
+    runners = {name: OvRunner(model, req.spec, req.target.device, default)}
+    if fp32_model is not None:
+        runners["fp32"] = OvRunner(fp32_model, req.spec, req.target.device, runtime_config("fp32", req.target.options))
+    try:
+        for r in runners.values():
+            r.activate()
+        hint = runners[name].properties().get("INFERENCE_PRECISION_HINT", "")
+        f32 = f"{name} precision f32"
+        if settings and "f32" not in hint.lower():
+            runners[f32] = OvRunner(model, req.spec, req.target.device, {**default, "INFERENCE_PRECISION_HINT": "f32"})
+            runners[f32].activate()
+        timed = race({n: r.timed_call(feed1) for n, r in runners.items()}, cfg.timing_s,
+                     baseline="fp32" if "fp32" in runners else None)
+        result = {"candidate": name, **timed[name]}
+        if "fp32" in timed:
+            result["fp32_quick"] = timed["fp32"]
+        choice = None
+        if f32 in timed:
+            d, f = timed[name]["latency_ms_b1"], timed[f32]["latency_ms_b1"]
+            pick_f32 = f <= d * (1 + NOISE)
+            choice = {"setting": "INFERENCE_PRECISION_HINT", "chosen": "f32" if pick_f32 else f"device default ({hint})",
+                      "config": {**default, "INFERENCE_PRECISION_HINT": "f32"} if pick_f32 else default,
+                      "figures": {f"default ({hint})": timed[name], "f32": timed[f32]},
+                      "why": (f"the float remainder of the INT8 model ran {d:.3f} ms at batch 1 with the device default "
+                              f"({hint}) and {f:.3f} ms with f32, timed in the same interleaved rounds; "
+                              + ("f32 is faster or within 5% (a tie goes to the exact f32)" if pick_f32 else
+                                 "the default is more than 5% faster"))}
+            if pick_f32:
+                result.update({k: v for k, v in timed[f32].items() if k != "unstable"})
+        chosen = runners[f32] if choice and choice["chosen"] == "f32" else runners[name]
+        result.update(score(lambda feed: chosen.infer(feed, check=False), req))
+        return result, choice
+    finally:
+        for r in runners.values():
+            r.close()
 
 
 OV_HEAVY = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul",
@@ -122,8 +163,11 @@ def quantize_for_openvino(req, model):
         with tempfile.TemporaryDirectory(prefix="edgeopt-ov-int8-") as tmp:
             ov.save_model(q, f"{tmp}/model.xml", compress_to_fp16=False)
             store(key, {"model.xml": Path(tmp) / "model.xml", "model.bin": Path(tmp) / "model.bin"})
-    results = [_measure("nncf-ov", q, req, cfg, feed1) | {"calibration_cache": cache} | notes]
-    req.log(f"int8 nncf-ov: {results[0]['latency_ms_b1']:.3f} ms at batch 1" +
+    first, choice = _measure("nncf-ov", q, req, cfg, feed1, fp32_model=model, settings=True)
+    results = [first | {"calibration_cache": cache} | notes]
+    if choice:
+        req.log(f"int8 nncf-ov runtime: {choice['setting']} {choice['chosen']}: {choice['why']}")
+    req.log(f"int8 nncf-ov: {results[0]['latency_ms_b1']:.3f} ms at batch 1 ({vs_text(results[0])})" +
             (f", {describe(results[0]['accuracy'])}" if "accuracy" in results[0] else "") +
             (f", cosine {results[0]['cosine']:.4f}" if results[0].get("cosine") is not None else ""))
     if not results[0]["within_budget"] and cfg.accuracy_control and can_control_accuracy(req):
@@ -132,7 +176,8 @@ def quantize_for_openvino(req, model):
             q = nncf.quantize_with_accuracy_control(
                 model, nncf.Dataset(feeds), nncf.Dataset(req.judge_set.feeds), task_validator(req, _ov_infer),
                 max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw)
-            r = _measure("nncf-ov-ac", q, req, cfg, feed1) | {"calibration_cache": "off"} | notes
+            ac, choice = _measure("nncf-ov-ac", q, req, cfg, feed1, fp32_model=model, settings=True)
+            r = ac | {"calibration_cache": "off"} | notes
             if not any(op.get_type_name() == "FakeQuantize" for op in q.get_ops()):
                 r.update(within_budget=False, why="accuracy control kept every layer in float: no INT8 left")
             results.append(r)
@@ -145,5 +190,5 @@ def quantize_for_openvino(req, model):
             + "; ".join(f"{r['candidate']}: {r.get('why') or r.get('error')}" for r in results),
             "Raise [compression] max_drop (or lower min_cosine), give more or better calibration data, or ship fp32.")
     return q, {"int8": {"recipe": win["candidate"], "preset": preset_name, "model_type": req.model_kind,
-                        "target_device": req.target.device, "candidates": results,
+                        "target_device": req.target.device, "candidates": results, "runtime_choice": choice,
                         "calibration_samples": len(feeds), "compression": cfg.to_dict()}}
