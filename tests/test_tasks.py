@@ -218,7 +218,7 @@ def test_a_text_bundle_goes_from_a_sentence_to_an_embedding_without_torch(tmp_pa
         "profile": {"batches": [1], "duration_s": 0.05, "min_iterations": 3, "warmup": 1},
         "evaluation": {"source": str(tmp_path / "eval.npz")},
     }, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
-    assert m["model"]["tokenizer"]["max_length"] == 12 and (tmp_path / "out" / "tokenizer.json").is_file()
+    assert m["model"]["tokenizer"]["max_length"] == 12 and (tmp_path / "out" / "reference" / "tokenizer.json").is_file()
     path = bundle(tmp_path / "out", tmp_path / "text")
     code = f"""
 import sys, json

@@ -238,6 +238,7 @@ def _files_intact(root: Path, files: list[dict]) -> bool:
 
 
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_PATH = "reference/tokenizer.json"  # travels with the reference data in bundles
 
 
 def tokenizer_folder(r: Recipe) -> Path | None:
@@ -265,8 +266,8 @@ def ship_tokenizer(ctx: BuildContext) -> dict | None:
         return None
     seq = ints[0].shape[1]
     length = seq if isinstance(seq, int) else spec.dims[seq].opt
-    write_bytes_atomic(ctx.out / TOKENIZER_FILE, (folder / TOKENIZER_FILE).read_bytes())
-    return {"path": TOKENIZER_FILE, "sha256": sha256_file(ctx.out / TOKENIZER_FILE), "max_length": int(length),
+    write_bytes_atomic(ctx.out / TOKENIZER_PATH, (folder / TOKENIZER_FILE).read_bytes())
+    return {"path": TOKENIZER_PATH, "sha256": sha256_file(ctx.out / TOKENIZER_PATH), "max_length": int(length),
             "fixed_length": isinstance(seq, int), "inputs": [t.name for t in ints]}
 
 
@@ -427,7 +428,7 @@ def gate_by_task(plan: Plan, rep: dict, accuracy: dict | None) -> None:
 
 def stage_judge_set(ctx: BuildContext, manifest: Manifest) -> None:
     """The real samples every artifact is judged on, the FP32 model's outputs on them, the resolved task and
-    the FP32 model's task metric. Written to OUT/task_reference.npz (a sample of it) for bundles' self-tests."""
+    the FP32 model's task metric. (Bundles' self-tests use the real samples among the reference samples.)"""
     from edgeopt.backends.onnxruntime.runner import run_onnx
     from edgeopt.core.metrics import eval_batch_size
     from edgeopt.core.tasks import Outputs, dataset_feeds
@@ -445,30 +446,11 @@ def stage_judge_set(ctx: BuildContext, manifest: Manifest) -> None:
     shapes = {n: np.asarray(a).shape for n, a in outs[0].items()}
     ctx.task = ctx.recipe.task.resolve(ctx.model.kind, shapes, labels is not None)
     ctx.fp32_metric = evaluate_outputs(ctx, ctx.judge)
-    keep = _reference_batches(feeds)
-    save_reference(ctx.out / TASK_REFERENCE, feeds[:keep], outs[:keep])
-    if labels is not None:
-        np.save(ctx.out / TASK_LABELS, labels[:sum(len(next(iter(f.values()))) for f in feeds[:keep])])
     manifest.data["task"] = {"config": ctx.task.to_dict(), "source": source, "samples": len(ds),
-                             "fp32": ctx.fp32_metric, "reference": TASK_REFERENCE,
-                             "labels": TASK_LABELS if labels is not None else None}
+                             "fp32": ctx.fp32_metric, "labels": labels is not None}
     manifest.data["fp32_metric"] = ctx.fp32_metric
     ctx.reporter.info(f"Task: {ctx.task.type}, judged on {len(ds)} real samples ({source}); "
                       f"FP32 {describe(ctx.fp32_metric)}")
-
-
-TASK_REFERENCE = "task_reference.npz"
-TASK_LABELS = "task_labels.npy"
-
-
-def _reference_batches(feeds: list[dict], samples: int = 64) -> int:
-    """How many leading batches hold about ``samples`` samples: what a bundle's self-test re-scores."""
-    n = 0
-    for i, f in enumerate(feeds):
-        n += int(np.asarray(next(iter(f.values()))).shape[0]) if np.ndim(next(iter(f.values()))) else 1
-        if n >= samples:
-            return i + 1
-    return len(feeds)
 
 
 def evaluate_outputs(ctx: BuildContext, got) -> dict:
