@@ -5,7 +5,7 @@
 
 Builds ResNet-18 (torchvision architecture, random weights) for openvino-cpu in FP32 and INT8 (reused when
 already built), then for each artifact times interleaved pairs: edgeopt's profiler (profile_artifact, the
-runner's timed call) and `benchmark_app` (batch 1, latency hint, 1 stream, 1 request, the artifact's
+runner's timed call) and `benchmark_app` (batch 1, 1 stream (what edgeopt's latency hint gives), 1 request, the artifact's
 inference precision, the same thread count), the order alternating per pair. The figure is edgeopt's median
 over benchmark_app's median, per pair; the target is a median ratio within 0.95-1.05. The machine's load
 before and after is printed and recorded: on a shared machine, compare the ratio, not the milliseconds.
@@ -48,8 +48,8 @@ def build_resnet18(out: Path):
 def benchmark_app(xml: Path, config: dict, threads: int, seconds: float) -> float:
     """benchmark_app's median latency (ms) at batch 1 with ``config``'s inference precision."""
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
-    cmd = [exe, "-m", str(xml), "-d", "CPU", "-b", "1", "-hint", "latency", "-nstreams", "1", "-nireq", "1",
-           "-nthreads", str(threads), "-t", str(seconds)]
+    cmd = [exe, "-m", str(xml), "-d", "CPU", "-b", "1", "-hint", "none", "-nstreams", "1", "-nireq", "1",
+           "-nthreads", str(threads), "-t", str(max(1, round(seconds)))]
     if config.get("INFERENCE_PRECISION_HINT"):
         cmd += ["-infer_precision", str(config["INFERENCE_PRECISION_HINT"])]
     with tempfile.TemporaryDirectory(prefix="edgeopt-bapp-") as home:  # nothing into the real HOME
