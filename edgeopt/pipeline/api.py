@@ -12,7 +12,7 @@ from edgeopt.pipeline.build import (
     stage_export,
     stage_intake,
 )
-from edgeopt.errors import UserInputError
+from edgeopt.errors import ArtifactLoadError, UserInputError
 from edgeopt.core.hostinfo import host_info
 from edgeopt.core.lock import out_lock
 from edgeopt.core.manifest import Manifest, load_consistent, load_manifest, mark_incomplete
@@ -116,6 +116,9 @@ def _time_together(named: dict, out: Path | None, cfg: ProfileConfig, threads, r
     reporter.step(f"Timing {', '.join(named)} in {cfg.rounds} interleaved rounds at batch "
                   f"{','.join(map(str, cfg.batches))}")
     results, failed = profile_together(named, cfg.batches, cfg, threads, log=reporter.info)
+    if failed and not results:  # nothing could be timed: an error, not a warning and exit 0
+        aid, why = next(iter(failed.items()))
+        raise ArtifactLoadError(f"{aid}: {why}", "Rebuild it (edgeopt build -o OUT), or check a bundle with edgeopt verify.")
     for aid, why in failed.items():
         reporter.warn(f"{aid}: not timed: {why}")
     for aid, prof in results.items():
