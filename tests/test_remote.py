@@ -305,7 +305,7 @@ def test_setup_installs_the_wheel_into_a_venv(sshd, opts, tmp_path):
 
 
 def test_classify_messages():
-    from edgeopt.device.remote import _Result, classify, check_host, host_slug, rpath
+    from edgeopt.device.remote import SshResult as _Result, classify, check_host, host_slug, rpath
     from edgeopt.errors import UserInputError
 
     assert classify("h", _Result(1, b"", "tar: model.onnx: Cannot write: No space left on device", False), "x").kind == "disk-full"
