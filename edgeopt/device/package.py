@@ -254,7 +254,7 @@ def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
     if form == "fp32":
         _copy_onnx(src.onnx_path, dst)
     elif form == "fp16":
-        from edgeopt.backends.tensorrt.backend import convert_to_fp16
+        from edgeopt.backends.tensorrt.prepare import convert_to_fp16
 
         log(f"{src.id}: converting the ONNX to FP16 (FP32 inputs/outputs kept) for TensorRT {src.target.hardware.get('tensorrt')}")
         convert_to_fp16(src.onnx_path, dst)
@@ -751,14 +751,14 @@ def _dpkg_version(package: str) -> str | None:
 
 
 def _tensorrt_version() -> str | None:
-    from edgeopt.backends.tensorrt.backend import installed_tensorrt_version
+    from edgeopt.backends.tensorrt.install import installed_tensorrt_version
 
     return installed_tensorrt_version(deb_version=_dpkg_version)
 
 
 def _gpu() -> dict | None:
     try:
-        from edgeopt.backends.tensorrt.backend import probe_cuda_python  # cuda-python only: no torch here
+        from edgeopt.backends.tensorrt.cuda import probe_cuda_python  # cuda-python only: no torch here
 
         gpu, _ = probe_cuda_python(0)
         if gpu:
