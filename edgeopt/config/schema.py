@@ -198,6 +198,7 @@ RECIPE = {
         "max_drop": number(0, 100), "drop_type": text(16), "min_cosine": number(-1, 1),
         "candidates": list_of(text(64), 0, 32), "accuracy_control": boolean, "subset_size": integer(1, 1_000_000),
         "preset": text(16), "timing_s": number(0, 600), "float_head": text(8),
+        "ac_max_iterations": integer(1, 1_000_000), "ac_ranking_subset": integer(1, 1_000_000),
     }, "[compression]"),
     "pruning": table({
         "method": text(16), "ratio": number(0, 1), "macs_target": number(0, 1), "round_to": integer(1, 4096),
