@@ -147,12 +147,11 @@ def test_a_carried_over_artifact_is_retimed_with_the_new_baseline(tmp_path):
     m = build(_recipe(), out, targets=("openvino-cpu",), precisions=("fp32",), reporter=Reporter(quiet=True))
     ort = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-fp32")
     assert ort.get("reused") and ort["timing_run"] == m["baseline"]["timing_run"] == m["timing"]["id"]
-    # ORT's load-time optimisation level was chosen by measurement, and the artifact opens with it.
+    # ORT's load-time optimisation level was chosen by measurement, and the artifact opens with it
+    # (tests/test_runtime_settings.py checks the rule and the thread count).
     choice = ort["meta"]["runtime_choice"]
     assert set(choice["figures"]) == {"all", "extended"} and choice["chosen"] in choice["figures"]
-    assert ort["meta"]["runtime_options"] == {"graph_optimization_level": choice["chosen"]}
-    figs = {k: v["latency_ms_b1"] for k, v in choice["figures"].items()}
-    assert (choice["chosen"] == "extended") == (figs["extended"] < figs["all"] * 0.95)
+    assert ort["meta"]["runtime_options"]["graph_optimization_level"] == choice["chosen"]
     from edgeopt.backends.artifact import open_artifact
 
     runner, _ = open_artifact(out / "ort-cpu-fp32")
