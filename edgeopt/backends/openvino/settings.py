@@ -17,9 +17,11 @@ BATCH = 8  # the batch the settings are timed at (the model's largest if smaller
 def choose_streams(model, req, config: dict) -> dict | None:
     """Race the artifact's settings (``config``) against the THROUGHPUT hint's streams at batch ``BATCH``.
     None where there is nothing to choose: no batch axis, a largest batch of 1, a device that gives one
-    stream, or target option ``measure_runtime_settings = false``."""
+    stream, a target with a hint of its own (THROUGHPUT), or target option ``measure_runtime_settings = false``."""
     if not req.options.get("measure_runtime_settings", True) or not req.spec.batch_dim:
         return None
+    if str(config.get("PERFORMANCE_HINT", "LATENCY")).upper() != "LATENCY":
+        return None  # the target asks for its own streams: they stand
     batch = min(BATCH, req.spec.batch_range()[1])
     if batch < 2:
         return None
