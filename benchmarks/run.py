@@ -132,8 +132,46 @@ def rows_of(manifest: dict) -> list[dict]:
             row["cosine"] = a["parity"]["cosine"]
         if a["precision"] == "int8" and a.get("meta", {}).get("int8"):
             row["int8_recipe"] = a["meta"]["int8"]["recipe"]
+        row["settings"] = settings_of(a)
         rows.append(row)
     return rows
+
+
+def settings_of(a: dict) -> dict:
+    """The runtime settings an artifact ran with and which of them were chosen by measurement (with why):
+    for OpenVINO INT8 the inference precision of the float remainder, the streams for batch 8; for ONNX
+    Runtime the load-time optimisation level and the intra-op threads."""
+    meta, runtime = a.get("meta") or {}, a.get("runtime") or {}
+    out = {}
+    if "INFERENCE_PRECISION_HINT" in runtime and a["precision"] == "int8":
+        choice = (meta.get("int8") or {}).get("runtime_choice")
+        out["float_precision"] = runtime["INFERENCE_PRECISION_HINT"]
+        out["float_precision_how"] = (f"chosen: {choice['why']}" if choice else
+                                      "the device's default is already f32: nothing to choose")
+        if choice:
+            out["float_precision_figures"] = {k: v["latency_ms_b1"] for k, v in choice["figures"].items()}
+    if meta.get("streams_choice"):
+        out["streams_b8"] = meta["streams_choice"]["chosen"]
+    if meta.get("runtime_choice") and a.get("backend") != "openvino":
+        out["graph_optimization_level"] = meta["runtime_choice"]["chosen"]
+    if meta.get("threads_choice"):
+        out["intra_op_threads"] = meta["threads_choice"]["chosen"] or "default"
+    return out
+
+
+def settings_note(r: dict) -> str:
+    s = r.get("settings") or {}
+    parts = []
+    if "float_precision" in s:
+        how = "measured" if s["float_precision_how"].startswith("chosen") else "device default, nothing to choose"
+        figs = s.get("float_precision_figures")
+        parts.append(f"float part {s['float_precision']} ({how}"
+                     + (": " + ", ".join(f"{k} {v:.2f} ms" for k, v in figs.items()) if figs else "") + ")")
+    if "streams_b8" in s:
+        parts.append(f"b8: {s['streams_b8']}")
+    if "graph_optimization_level" in s or "intra_op_threads" in s:
+        parts.append(f"ort level {s.get('graph_optimization_level', '-')}, threads {s.get('intra_op_threads', '-')}")
+    return ", ".join(parts)
 
 
 def _quality(r: dict) -> str:
@@ -163,7 +201,7 @@ def markdown(results: dict) -> str:
             note = "; ".join(filter(None, [r.get("status") if r.get("status") not in (None, "ok") else "",
                                            r.get("reason") or "", *r.get("flags", []),
                                            f"int8: {r['int8_recipe']}" if r.get("int8_recipe") else "",
-                                           _quality(r)]))
+                                           settings_note(r), _quality(r)]))
             lines.append(f"| {model} | {r['artifact']} | {cell(1)} | {cell(8)} | {note} |")
     return "\n".join(lines) + "\n"
 
