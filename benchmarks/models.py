@@ -189,12 +189,16 @@ YOLO_EVAL_PHOTOS = ("bus.jpg", "zidane.jpg")  # people (the class the model was 
 def _quiet_ultralytics():
     """Ultralytics writes settings.json under HOME on import and may send usage events: point its config folder
     at a temporary one and keep it offline (values the user set are kept)."""
+    import atexit
     import os
+    import shutil
     import tempfile
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="edgeopt-bench-yolo-"))
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        os.environ["YOLO_CONFIG_DIR"] = tmp = tempfile.mkdtemp(prefix="edgeopt-bench-yolo-")
+        atexit.register(shutil.rmtree, tmp, True)
 
 
 def _ultralytics_assets():
