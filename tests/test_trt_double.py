@@ -561,7 +561,9 @@ def test_a_detector_with_the_nms_plugin_builds_and_runs(trt, tmp_path):
     assert n == len(want_idx) and n > 1  # the same detections as torchvision's batched_nms
     np.testing.assert_allclose(det_scores[0, :n], want_scores, rtol=1e-5)
     np.testing.assert_array_equal(det_classes[0, :n], want_cls)
-    np.testing.assert_allclose(det_boxes[0, :n], boxes[0][want_idx], rtol=1e-5)
+    b = boxes[0][want_idx]  # centre-size in; the plugin always gives corners
+    np.testing.assert_allclose(det_boxes[0, :n], np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1),
+                               rtol=1e-5)
     assert not det_boxes[0, n:].any() and not det_scores[0, n:].any()  # fixed size, zero-padded
 
 

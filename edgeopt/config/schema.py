@@ -213,6 +213,27 @@ RECIPE = {
     }, "[select]"),
     "preprocess": PREPROCESS,
 }
+def OPTION_VALUE(v, where):  # noqa: N802 - a check, named like the other schema constants
+    """A target option: true/false, a finite number or a short text (tables and lists are not options)."""
+    if isinstance(v, bool) or (isinstance(v, int) and abs(v) <= MAX_INT):
+        return
+    if isinstance(v, float) and math.isfinite(v):
+        return
+    if isinstance(v, str) and 0 < len(v) <= MAX_NAME_CHARS and v.isprintable():
+        return
+    raise _bad(where, v, "true/false, a finite number or a short text")
+
+
+def _options_table(v, where):
+    if not isinstance(v, dict):
+        raise UserInputError(f"Recipe {where} is {_kind(v)}, not a table.",
+                             "Write [options.BACKEND] or [options.TARGET] tables, e.g. [options.tensorrt] nms = \"plugin\".")
+    for k, x in v.items():
+        text(64)(k, f"{where} key")
+        OPTION_VALUE(x, f"{where} {k}")
+
+
+RECIPE["options"] = map_of(_options_table, "options")
 TOP_LEVEL_VALUES = ("targets", "precisions", "outputs", "inputs")  # the rest are [sections]
 
 

@@ -31,7 +31,7 @@ from edgeopt.backends.tensorrt.cuda import probe_gpu, require_gpu
 from edgeopt.backends.tensorrt.install import INSTALL_FIX, INSTALL_HINT, import_tensorrt, installed_tensorrt_version
 from edgeopt.backends.tensorrt.operators import parse_version
 from edgeopt.backends.tensorrt.plan import build_plan
-from edgeopt.backends.tensorrt.prepare import prepare_onnx
+from edgeopt.backends.tensorrt.prepare import INT32_ONNX, prepare_onnx, with_int32_outputs
 from edgeopt.backends.tensorrt.record import (BUILD_RECIPE, ENGINE_FILE, RECORD_FILE, TIMING_CACHE_FILE, board_model,
                                               cache_material, engine_record, target_mismatch, tensorrt_mismatch)
 from edgeopt.backends.tensorrt.runner import TrtRunner
@@ -74,6 +74,18 @@ class TensorRTBackend(Backend):
                                  'Add tensorrt = "10.3" (for example) under [hardware] in its target file.')
         plan = build_plan(spec, target, precision, dict(target.options), version)
         return plan.onnx, plan
+
+    def package_graph(self, onnx_path: Path, target: Target, task, detector: bool) -> dict | None:
+        """A detector's NMS as chosen (``nms`` option: the plugin, or outside the engine) and INT64 outputs cast
+        to INT32 (see :mod:`edgeopt.backends.tensorrt.nms`)."""
+        from edgeopt.backends.tensorrt.nms import rewrite_for_tensorrt
+
+        return rewrite_for_tensorrt(onnx_path, task, dict(target.options), detector)
+
+    def package_reference(self, outputs: dict, graph: dict) -> dict:
+        from edgeopt.backends.tensorrt.nms import expected_outputs
+
+        return expected_outputs(outputs, graph)
 
     def package_preflight(self, onnx_path: Path, target: Target, spec: IOSpec, plan):
         from edgeopt.backends.tensorrt.lint import lint
@@ -173,6 +185,7 @@ class TensorRTBackend(Backend):
         from edgeopt.backends.tensorrt.lint import lint_or_raise
 
         source = prepare_onnx(Path(req.onnx_path), plan, work)
+        source, int64 = with_int32_outputs(source, work / INT32_ONNX)  # TensorRT 10.x: INT64 outputs as INT32
         report = lint_or_raise(source, req.target, req.spec, tensorrt_version=version)
         onnx_sha = onnx_digest(source)
         board = board_model()
@@ -210,6 +223,7 @@ class TensorRTBackend(Backend):
             "engine_cache": "hit" if hit else ("miss" if cache_root else "off"),
             "build_seconds": build["build_seconds"], "dla_fallback_layers": build["dla_fallback_layers"],
             "builder_warnings": build["builder_warnings"], "lint_warnings": [f.to_dict() for f in report.warnings],
+            "int64_outputs": int64,
             "notes": notes,
         }
 

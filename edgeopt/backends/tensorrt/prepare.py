@@ -81,3 +81,74 @@ def prepare_onnx(source: Path, plan: BuildPlan, work_dir: Path) -> Path:
                            "Compile the INT8 Q/DQ ONNX from the compression stage for this target "
                            "(signed INT8, zero point 0).")
     return Path(source)
+
+
+# ---- INT64 outputs -----------------------------------------------------------------------------------------
+INT64_OUTPUTS_KEY = "edgeopt.int64_outputs"  # metadata_props: the outputs cast from INT64 to INT32, comma-separated
+INT32_ONNX = "model_int32_outputs.onnx"
+_INT64, _INT32 = 7, 6  # onnx.TensorProto.INT64, INT32
+
+
+def int64_outputs(model) -> list[str]:
+    """The outputs an ONNX ``model`` (ModelProto) already had cast from INT64 to INT32 by edgeopt."""
+    for p in model.metadata_props:
+        if p.key == INT64_OUTPUTS_KEY:
+            return [n for n in p.value.split(",") if n]
+    return []
+
+
+def cast_int64_outputs(model) -> list[str]:
+    """Cast every INT64 graph output of ``model`` (ModelProto, changed in place) to INT32 at the end of the graph;
+    return their names (also recorded in the model's metadata, so the runner gives them back as int64).
+
+    TensorRT 10.x supports INT64 only in a few layers and as a binding type it may refuse or compute in INT32
+    (labels, indices, counts); an INT32 output is what every TensorRT version takes. The output keeps its name:
+    its producer writes ``NAME__int64`` and a ``Cast`` (to INT32) writes ``NAME``. Values beyond the INT32 range
+    would wrap: labels and indices fit.
+    """
+    from onnx import helper
+
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output}
+    done = []
+    for out in g.output:
+        if out.type.tensor_type.elem_type != _INT64 or out.name not in producers:
+            continue  # an INT64 input or initializer passed straight through stays as it is
+        wide = f"{out.name}__int64"
+        for n in g.node:
+            for i, x in enumerate(n.output):
+                if x == out.name:
+                    n.output[i] = wide
+            for i, x in enumerate(n.input):
+                if x == out.name:
+                    n.input[i] = wide
+        g.node.append(helper.make_node("Cast", [wide], [out.name], to=_INT32, name=f"edgeopt_int32_{out.name}"))
+        out.type.tensor_type.elem_type = _INT32
+        done.append(out.name)
+    if done:
+        names = [*int64_outputs(model), *done]
+        kept = [p for p in model.metadata_props if p.key != INT64_OUTPUTS_KEY]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        model.metadata_props.add(key=INT64_OUTPUTS_KEY, value=",".join(names))
+    return done
+
+
+def with_int32_outputs(source: Path, dst: Path) -> tuple[Path, list[str]]:
+    """``source`` when it has no INT64 outputs (and the names cast earlier, from its metadata), else ``dst``: a copy
+    with them cast to INT32 (:func:`cast_int64_outputs`)."""
+    from edgeopt.errors import require
+
+    onnx = require("onnx", "tensorrt", "cast INT64 outputs to INT32 for TensorRT")
+    head = onnx.load(str(source), load_external_data=False)
+    if not any(o.type.tensor_type.elem_type == _INT64 for o in head.graph.output):
+        return Path(source), int64_outputs(head)
+    model = onnx.load(str(source))
+    cast_int64_outputs(model)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > 1_500_000_000:
+        onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{dst.name}.data")
+    else:
+        onnx.save(model, str(dst))
+    return dst, int64_outputs(model)

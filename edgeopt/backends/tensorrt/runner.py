@@ -37,6 +37,8 @@ class TrtRunner(Runner):
         self.dir, self.meta = Path(artifact_dir), meta
         self.engine_path = confined(self.dir, meta.get("model_file", ENGINE_FILE), "TensorRT engine file")
         self.dla_core = (meta.get("plan") or {}).get("dla_core")
+        # Outputs the engine gives as INT32 that the model gives as INT64 (cast for TensorRT): given back as int64.
+        self.int64_outputs = {str(n) for n in meta.get("int64_outputs") or ()}
         self.engine = self.context = self.mem = None
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
 
@@ -115,6 +117,8 @@ class TrtRunner(Runner):
         if events:
             self.mem.record(events[3])
         self.mem.synchronize()
+        for name in self.int64_outputs & set(outs):
+            outs[name] = outs[name].astype(np.int64)
         return outs
 
     def _infer(self, feed):
