@@ -21,6 +21,7 @@ class CompressionConfig:
     preset: str | None = None  # NNCF preset: performance | mixed (default: by model kind)
     timing_s: float = 0.4  # seconds of quick timing per candidate
     float_head: str = "auto"  # keep a detector's post-processing in float: auto (detectors) | on | off
+    float_nodes: tuple[str, ...] = ()  # more ONNX nodes every INT8 recipe leaves in float: names or name prefixes
 
     def __post_init__(self):
         if self.drop_type not in ("absolute", "relative"):
@@ -34,6 +35,9 @@ class CompressionConfig:
         if self.float_head not in ("auto", "on", "off"):
             raise UserInputError(f"[compression] float_head {self.float_head!r} is unknown.",
                                  'Use "auto" (detectors), "on" or "off".')
+        if not isinstance(self.float_nodes, tuple) or not all(isinstance(n, str) and n for n in self.float_nodes):
+            raise UserInputError("[compression] float_nodes must be a list of node names or name prefixes.",
+                                 'For example float_nodes = ["/head/"] (every node whose name starts with /head/).')
         if self.preset not in (None, "performance", "mixed"):
             raise UserInputError(f"[compression] preset {self.preset!r} is unknown.", "Use performance or mixed.")
 
@@ -45,8 +49,9 @@ class CompressionConfig:
         if unknown:
             raise UserInputError(f"Recipe section [compression] has unknown keys {unknown}.",
                                  f"Allowed keys: {', '.join(sorted(allowed))}.")
-        if "candidates" in data:
-            data["candidates"] = tuple(data["candidates"])
+        for key in ("candidates", "float_nodes"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         return cls(**data)
 
     def allowed_drop(self, fp32_value: float) -> float:
