@@ -94,6 +94,18 @@ def onnx_float_head_of(path) -> list[str]:
     return onnx_float_head(onnx.load(str(path), load_external_data=False))
 
 
+def named(names: Iterable[str], wanted: Iterable[str]) -> list[str]:
+    """The ``names`` that ``[compression] float_nodes`` (``wanted``: names or name prefixes) picks, in order."""
+    wanted = tuple(wanted)
+    return [n for n in names if n and n.startswith(wanted)] if wanted else []
+
+
+def float_nodes_of(req) -> tuple[str, ...]:
+    """``[compression] float_nodes`` of a CompileRequest (empty without a compression section)."""
+    cfg = getattr(req, "compression", None)
+    return tuple(getattr(cfg, "float_nodes", ()) or ())
+
+
 def summary(nodes: list[str], limit: int = 40) -> dict:
     """What the manifest records: how many nodes stayed in float, and their names (the first ``limit``)."""
     return {"count": len(nodes), "nodes": list(nodes[:limit]), "more": max(0, len(nodes) - limit)}

@@ -23,6 +23,7 @@ class CompressionConfig:
     preset: str | None = None  # NNCF preset: performance | mixed (default: by model kind)
     timing_s: float = 0.4  # seconds of quick timing per candidate
     float_head: str = "auto"  # keep a detector's post-processing in float: auto (detectors) | on | off
+    float_nodes: tuple[str, ...] = ()  # more ONNX nodes every INT8 recipe leaves in float: names or name prefixes
 
     def __post_init__(self):
         if self.drop_type not in ("absolute", "relative"):
@@ -41,6 +42,9 @@ class CompressionConfig:
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise UserInputError(f"[compression] {name} = {v!r} is not a positive integer.",
                                      f"For example {name} = 10, or leave it out (no limit).")
+        if not isinstance(self.float_nodes, tuple) or not all(isinstance(n, str) and n for n in self.float_nodes):
+            raise UserInputError("[compression] float_nodes must be a list of node names or name prefixes.",
+                                 'For example float_nodes = ["/head/"] (every node whose name starts with /head/).')
         if self.preset not in (None, "performance", "mixed"):
             raise UserInputError(f"[compression] preset {self.preset!r} is unknown.", "Use performance or mixed.")
 
@@ -52,8 +56,9 @@ class CompressionConfig:
         if unknown:
             raise UserInputError(f"Recipe section [compression] has unknown keys {unknown}.",
                                  f"Allowed keys: {', '.join(sorted(allowed))}.")
-        if "candidates" in data:
-            data["candidates"] = tuple(data["candidates"])
+        for key in ("candidates", "float_nodes"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         return cls(**data)
 
     def allowed_drop(self, fp32_value: float) -> float:

@@ -105,7 +105,7 @@ class ParityConfig:
         for p, t in self.tolerances.items():
             if p not in DEFAULT_TOLERANCES:
                 raise UserInputError(f"[parity.tolerances] names unknown precision {p!r}.", f"Use {list(PRECISIONS)}.")
-            _reject_unknown(f"parity.tolerances.{p}", t, ("atol", "rtol", "min_cosine"))
+            _reject_unknown(f"parity.tolerances.{p}", t, ("atol", "rtol", "min_cosine", "max_map_drop"))
 
 
 

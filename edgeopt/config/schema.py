@@ -167,7 +167,8 @@ def DATA(v, where):  # noqa: N802 - a check, named like the other schema constan
         _DATA_TABLE(v, where)
     else:
         raise _bad(where, v, "a table with source = PATH (or a path)")
-TOLERANCE = _sub({"atol": number(0, 1e6), "rtol": number(0, 1e6), "min_cosine": number(-1, 1)})
+TOLERANCE = _sub({"atol": number(0, 1e6), "rtol": number(0, 1e6), "min_cosine": number(-1, 1),
+                  "max_map_drop": number(0, 100)})
 INPUT = _sub({
     "name": text(), "dtype": text(16),
     "shape": list_of(either(integer(1, MAX_INT), text(64), want="a size from 1 or a dynamic axis name"), 0, 16),
@@ -199,6 +200,7 @@ RECIPE = {
         "candidates": list_of(text(64), 0, 32), "accuracy_control": boolean, "subset_size": integer(1, 1_000_000),
         "preset": text(16), "timing_s": number(0, 600), "float_head": text(8),
         "ac_max_iterations": integer(1, 1_000_000), "ac_ranking_subset": integer(1, 1_000_000),
+        "float_nodes": list_of(text(1024), 0, 4096),
     }, "[compression]"),
     "pruning": table({
         "method": text(16), "ratio": number(0, 1), "macs_target": number(0, 1), "round_to": integer(1, 4096),

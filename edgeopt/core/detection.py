@@ -463,3 +463,32 @@ def detection_metric(task, got, ref) -> dict:
             "map50_95": ap["map50_95"], "budget": "points", "against": against, "samples": len(found),
             "detections": int(sum(len(f) for f in found)), "ground_truth": int(sum(len(t) for t in truth)),
             "format": task.format, "scores": score_statistics(task, got.outputs)}
+
+
+def agreement(refs: list[dict], gots: list[dict]) -> dict | None:
+    """How well one model's final detections (torchvision-style outputs) reproduce another's on the same
+    samples: COCO mAP50 and mAP50:95 of ``gots`` against every detection of ``refs`` as ground truth, over all
+    the samples at once, and the drops from 100 in points. None when the outputs are not final detections (a
+    raw head), the reference detects nothing, or the COCO evaluator is not installed."""
+    from types import SimpleNamespace
+
+    from edgeopt.errors import EdgeoptError
+
+    # what decode() reads of a [task]: torchvision-style outputs under their usual names, every detection
+    task = SimpleNamespace(format="torchvision", boxes=None, scores=None, labels=None, score_threshold=0.0,
+                           max_detections=10000)
+    try:
+        truth, found = decode(task, refs), decode(task, gots)
+    except EdgeoptError:
+        return None
+    n_truth = sum(len(t) for t in truth)
+    if len(truth) != len(found) or n_truth == 0:
+        return None
+    most = max(len(d) for d in truth + found)
+    try:
+        ap = mean_ap(truth, found, max(most, 100))
+    except EdgeoptError:  # pycocotools missing
+        return None
+    return {"map50": ap["map50"], "map50_95": ap["map50_95"], "drop50": (1.0 - ap["map50"]) * 100,
+            "drop50_95": (1.0 - ap["map50_95"]) * 100, "samples": len(truth), "reference_detections": n_truth,
+            "detections": int(sum(len(f) for f in found))}

@@ -12,17 +12,22 @@ class Tolerance:
     atol: float | None  # max |a - b| allowed, plus rtol * max |reference|
     rtol: float
     min_cosine: float
+    # Detectors returning final detections (boxes, scores, labels): when they are not element-wise equal, the
+    # most points of mAP50 and of mAP50:95 the artifact's detections may lose against the reference's (None:
+    # element-wise only). Discrete selections (top-k, NMS, score thresholds) can pick another, equally valid
+    # set of boxes on near-tied scores, where raw tensors cannot be compared.
+    max_map_drop: float | None = None
 
     def to_dict(self) -> dict:
-        return {"atol": self.atol, "rtol": self.rtol, "min_cosine": self.min_cosine}
+        return {"atol": self.atol, "rtol": self.rtol, "min_cosine": self.min_cosine, "max_map_drop": self.max_map_drop}
 
 
 DEFAULT_TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-5, min_cosine=0.99999),
-    "fp16": Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.999),
+    "fp32": Tolerance(atol=1e-4, rtol=1e-5, min_cosine=0.99999, max_map_drop=1.0),
+    "fp16": Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.999, max_map_drop=1.0),
     # bf16 keeps 8 bits of mantissa: errors grow with depth (random-weight ResNet-50: cosine 0.992, max abs
     # 0.3 of 2.1), so bf16, like int8, is judged by the cosine and by the task metric, not by an absolute bound.
-    "bf16": Tolerance(atol=None, rtol=0.0, min_cosine=0.99),
+    "bf16": Tolerance(atol=None, rtol=0.0, min_cosine=0.99, max_map_drop=1.0),
     # Parity samples are mostly random inputs, out of the data's distribution, where INT8 ranges clip; the
     # task metric on real data (the accuracy guard) is the int8 gate that matters, this one catches breakage.
     "int8": Tolerance(atol=None, rtol=0.0, min_cosine=0.98),
@@ -33,7 +38,8 @@ def tolerance_for(precision: str, overrides: dict | None = None) -> Tolerance:
     base = DEFAULT_TOLERANCES[precision]
     o = (overrides or {}).get(precision, {})
     return Tolerance(atol=o.get("atol", base.atol), rtol=o.get("rtol", base.rtol),
-                     min_cosine=o.get("min_cosine", base.min_cosine))
+                     min_cosine=o.get("min_cosine", base.min_cosine),
+                     max_map_drop=o.get("max_map_drop", base.max_map_drop))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -69,7 +75,9 @@ def parity(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]],
            kind: str = "generic") -> dict:
     """Per output, worst case over all samples; ``passed`` applies the tolerance of the precision.
 
-    For ``kind="detector"`` the detections are first aligned (see :func:`align_detections`)."""
+    For ``kind="detector"`` the detections are first aligned (see :func:`align_detections`); when they still
+    differ (another number of detections, other boxes) and the outputs are final detections, the verdict is
+    the detection agreement (see :func:`judge_detections`)."""
     per: dict[str, dict] = {}
     for ref, got in zip(refs, gots, strict=True):
         if kind == "detector":
@@ -80,8 +88,14 @@ def parity(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]],
                     "max_abs": None, "max_rel": None, "cosine": None, "outputs": {}, "samples": len(refs),
                     "tolerance": tol.to_dict()}
         for name, r in ref.items():
-            c = compare_arrays(r, got[name])
+            g = got[name]
             w = per.setdefault(name, {"max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0, "ref_max_abs": 0.0})
+            if kind == "detector" and _is_detection_output(name) and _count_differs(r, g):
+                # Another number of detections: compared on the ones both have (in score order), and reported
+                w["count_mismatch"] = f"{np.shape(r)[0]} detections vs {np.shape(g)[0]}"
+                n = min(np.shape(r)[0], np.shape(g)[0])
+                r, g = np.asarray(r)[:n], np.asarray(g)[:n]
+            c = compare_arrays(r, g)
             for k in ("max_abs", "max_rel", "ref_max_abs"):
                 w[k] = max(w[k], c[k])
             w["cosine"] = min(w["cosine"], c["cosine"])
@@ -89,6 +103,8 @@ def parity(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]],
                 w["shape_mismatch"] = f"{c['shape_ref']} vs {c['shape_got']}"
     reasons = []
     for name, w in per.items():
+        if "count_mismatch" in w:  # not a broken output: another set of detections
+            reasons.append(f"{name}: {w['count_mismatch']}")
         if "shape_mismatch" in w:
             reasons.append(f"{name}: shape {w['shape_mismatch']}")
             continue
@@ -96,7 +112,7 @@ def parity(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]],
             reasons.append(f"{name}: max abs error {w['max_abs']:.3g} > {tol.atol:g} + {tol.rtol:g} x {w['ref_max_abs']:.3g}")
         if w["cosine"] < tol.min_cosine:
             reasons.append(f"{name}: cosine {w['cosine']:.6f} < {tol.min_cosine}")
-    return {
+    rep = {
         "passed": not reasons,
         "reason": "; ".join(reasons) or None,
         "max_abs": max(w["max_abs"] for w in per.values()) if per else 0.0,
@@ -106,9 +122,48 @@ def parity(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]],
         "samples": len(refs),
         "tolerance": tol.to_dict(),
     }
+    if reasons and kind == "detector" and not any("shape_mismatch" in w or not np.isfinite(w["max_abs"])
+                                                  for w in per.values()):
+        judge_detections(rep, refs, gots, tol)
+    return rep
+
+
+def judge_detections(rep: dict, refs: list[dict], gots: list[dict], tol: Tolerance) -> None:
+    """Judge a detector whose detections differ element-wise by what a user of the detections sees: the
+    mAP50 and mAP50:95 of the artifact's detections against every detection of the reference, over all the
+    samples (COCO evaluator). Within ``tol.max_map_drop`` points on both, the artifact passes; the element-wise
+    figures stay in the report (``elementwise``). Leaves ``rep`` as it is when the outputs are not final
+    detections (a raw head is compared element-wise) or the reference detects nothing."""
+    from edgeopt.core.detection import agreement
+
+    agree = agreement(refs, gots)
+    if agree is None:
+        return
+    rep["detections"] = agree
+    if tol.max_map_drop is None:
+        return
+    drop = max(agree["drop50"], agree["drop50_95"])
+    rep["elementwise"] = rep["reason"]
+    rep["judged_by"] = "detections"
+    rep["passed"] = drop <= tol.max_map_drop + 1e-9
+    rep["reason"] = None if rep["passed"] else (
+        f"detections: mAP50 {agree['map50'] * 100:.2f}, mAP50:95 {agree['map50_95'] * 100:.2f} against the "
+        f"reference's {agree['reference_detections']} detections on {agree['samples']} samples (drop "
+        f"{agree['drop50']:.2f} / {agree['drop50_95']:.2f} points > {tol.max_map_drop:g}; element-wise: "
+        f"{rep['elementwise']})")
+
+
+def _count_differs(r, g) -> bool:
+    r, g = np.shape(r), np.shape(g)
+    return len(r) == len(g) >= 1 and r[0] != g[0] and r[1:] == g[1:]
+
+
+def _is_detection_output(name: str) -> bool:
+    return any(name == k or name.endswith("_" + k) for k in ("boxes", "scores", "labels"))
 
 
 PARITY_SUMMARY_KEYS = ("max_abs", "max_rel", "cosine", "passed", "samples", "tolerance", "reason")
+OPTIONAL_SUMMARY_KEYS = ("gate", "task_metric", "judged_by", "elementwise", "detections")
 
 
 def parity_summary(rep: dict) -> dict:
@@ -116,13 +171,25 @@ def parity_summary(rep: dict) -> dict:
     and the gate and task metric when the build judged the artifact on real data."""
     return {**{k: rep.get(k) for k in PARITY_SUMMARY_KEYS},
             "outputs": {n: dict(o) for n, o in (rep.get("outputs") or {}).items()},
-            **{k: rep[k] for k in ("gate", "task_metric") if k in rep}}
+            **{k: rep[k] for k in OPTIONAL_SUMMARY_KEYS if k in rep}}
+
+
+def in_words(rep: dict) -> str:
+    """What a passed parity check found, for progress lines: the worst element-wise error, or, for detectors
+    judged by their detections, how well those reproduce the reference's."""
+    if rep.get("judged_by") == "detections":
+        d = rep["detections"]
+        return (f"detections mAP50 {d['map50'] * 100:.2f}, mAP50:95 {d['map50_95'] * 100:.2f} against the reference's "
+                f"(element-wise they differ: {rep['elementwise']})")
+    return f"max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
 
 
 def figures(rep: dict) -> str:
     """The numbers of a parity report in one phrase, for error messages."""
     if rep.get("max_abs") is None:
         return f"{rep['samples']} samples"
+    if rep.get("judged_by") == "detections":
+        return f"{rep['samples']} samples"  # the reason has the detection figures and the element-wise ones
     return f"max abs {rep['max_abs']:.3g}, cosine {rep['cosine']:.6f}, {rep['samples']} samples"
 
 

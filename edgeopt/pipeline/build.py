@@ -29,7 +29,7 @@ from edgeopt.core.fsutil import (
 from edgeopt.core.hostinfo import host_info, version_of
 from edgeopt.core.lock import OUT_LOCK, out_lock
 from edgeopt.core.manifest import MANIFEST, Manifest, load_manifest, mark_incomplete
-from edgeopt.core.parity import figures, parity, parity_summary, tolerance_for
+from edgeopt.core.parity import figures, in_words, parity, parity_summary, tolerance_for
 from edgeopt.config.recipe import Recipe, load_recipe
 from edgeopt.config.schema import check_inputs_fit
 from edgeopt.core.reference import REFERENCE_FILE, parity_feeds, save_reference
@@ -220,8 +220,7 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
     if model.module is not None:
         record["parity"] = parity_summary(check_export_parity(model, ctx.onnx_path, ctx.feeds, ctx.refs,
                                                                r.parity.tolerances))
-        ctx.reporter.info(f"Exported ONNX matches PyTorch: max abs {record['parity']['max_abs']:.2e}, "
-                          f"cosine {record['parity']['cosine']:.6f}")
+        ctx.reporter.info(f"Exported ONNX matches PyTorch: {in_words(record['parity'])}")
     manifest.data["export"] = record
     manifest.data["model"] = {**model.describe(), "preprocess": r.shipped_preprocess(),
                               "labels": list(r.model.labels) or None, "tokenizer": ship_tokenizer(ctx)}
@@ -360,7 +359,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     except EdgeoptError as exc:
         ctx.reporter.error(f"{plan.id}: {exc}")
         return {**rec, "status": Status.FAILED, "reason": exc.problem, "files": [], "key": key}
-    ctx.reporter.info(f"{plan.id}: parity max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
+    ctx.reporter.info(f"{plan.id}: parity {in_words(rep)}"
                       + (f", {describe(accuracy)}" if accuracy else ""))
     return {**rec, "status": Status.OK, "reason": None, "key": key, "generation": ctx.generation,
             "compile_s": round(compile_s, 3),

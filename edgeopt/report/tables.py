@@ -153,10 +153,13 @@ SHORT_STATUS = {Status.BASELINE: "base", Status.NOT_BUILT_HERE: "device", Status
 
 
 def _parity_cell(a: dict) -> str | None:
-    """Max abs error where the precision is judged by it (fp32, fp16); the cosine for bf16 and int8."""
+    """Max abs error where the precision is judged by it (fp32, fp16); the cosine for bf16 and int8; mAP50
+    against PyTorch's detections for a detector whose detections differ element-wise."""
     p = a.get("parity") or {}
     if p.get("max_abs") is None:
         return None
+    if p.get("judged_by") == "detections":  # detections that differ element-wise, judged by mAP50 vs PyTorch
+        return f"mAP {p['detections']['map50'] * 100:.1f}"
     return f"cos {p['cosine']:.4f}" if p.get("tolerance", {}).get("atol") is None else f"{p['max_abs']:.1e}"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgeopt.errors import CompileError
 from edgeopt.core.fsutil import working_dir
-from edgeopt.compress import INT8_RECIPES_VERSION, head
+from edgeopt.compress import INT8_RECIPES_VERSION, failure, head
 from edgeopt.compress.cache import calibration_key, lookup, store
 from edgeopt.compress.common import (
     FeedReader,
@@ -85,9 +85,26 @@ def _ort_dynamic(src, dst, exclude=()):
                      nodes_to_exclude=list(exclude))
 
 
+FEEDS_TRIED = 4  # calibration samples a failure's diagnosis runs
+
+
+def _clip(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text, cut to ``limit`` characters (the node names it holds are searched in full first)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _float_head(req, src) -> list[str]:
-    """The nodes of a detector's post-processing in ``src``, left in float by every recipe (compress/head.py)."""
-    return head.onnx_float_head_of(src) if head.wanted(req) else []
+    """The nodes of a detector's post-processing in ``src``, left in float by every recipe (compress/head.py),
+    and those ``[compression] float_nodes`` names."""
+    found = head.onnx_float_head_of(src) if head.wanted(req) else []
+    extra = head.float_nodes_of(req)
+    if extra:
+        import onnx
+
+        names = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node]
+        found += [n for n in head.named(names, extra) if n not in set(found)]
+    return found
 
 
 def _nncf_qdq(src, dst, feeds, req, cfg, accuracy_control=False, exclude=()):
@@ -136,8 +153,10 @@ def _measure(paths: dict[str, Path], req, cfg, feed1) -> dict[str, dict]:
     runners, results = {}, {}
 
     def failed(name, exc):
-        why = f"running it failed: {type(exc).__name__}: {str(exc)[:200]}"
-        results[name] = {"candidate": name, "error": why, "within_budget": False, "why": why}
+        why, where = failure.with_nodes(f"running it failed: {type(exc).__name__}: {_clip(exc)}",
+                                        paths.get(name, req.onnx_path), str(exc))
+        results[name] = {"candidate": name, "error": why, "within_budget": False, "why": why,
+                         **({"nodes": where["nodes"]} if where else {})}
 
     try:
         runners["fp32"] = _runner(req.onnx_path, req)
@@ -213,7 +232,8 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
                 paths["nncf-qdq-ac"] = path
                 within = [r] if r["within_budget"] else []
             except Exception as exc:  # noqa: BLE001 - accuracy control can give up; the numbers above stand
-                results.append({"candidate": "nncf-qdq-ac", "error": str(exc)[:300], "within_budget": False})
+                results.append({"candidate": "nncf-qdq-ac", "within_budget": False,
+                                "error": failure.with_nodes(_clip(exc, 300), req.onnx_path, str(exc))[0]})
         if not within:
             raise CompileError(
                 "No INT8 recipe for ONNX Runtime meets the accuracy budget: "
@@ -258,9 +278,11 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
     params = {"subset": len(feeds), "kind": req.model_kind, "preset": cfg.preset}
     if fused:
         params["rewrites"] = INT8_RECIPES_VERSION
-    float_head = head.wanted(req)
+    float_head = head.wanted(req) or bool(head.float_nodes_of(req))
     if float_head:
         params["float_head"] = head.VERSION
+    if head.float_nodes_of(req):
+        params["float_nodes"] = list(head.float_nodes_of(req))
     key = calibration_key(onnx_sha, getattr(req.calibration, "sha256", None), name, params)
     hit = lookup(key)
     if hit is not None:
@@ -292,7 +314,8 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
             elif name == "nncf-qdq":
                 _nncf_qdq(src, dst, feeds, req, cfg, exclude=exclude)
     except Exception as exc:  # noqa: BLE001 - one failing recipe does not stop the others
-        return None, f"quantization failed: {type(exc).__name__}: {str(exc)[:200]}", {}
+        return None, failure.with_nodes(f"quantization failed: {type(exc).__name__}: {_clip(exc)}", src,
+                                        str(exc), feeds[:FEEDS_TRIED])[0], {}
     (work / f"{name}.notes.json").write_text(json.dumps(notes))
     store(key, {"model.onnx": dst, "notes.json": work / f"{name}.notes.json"})
     return dst, "miss", notes

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from edgeopt.errors import CompileError
-from edgeopt.compress import head
+from edgeopt.compress import failure, head
 from edgeopt.compress.cache import calibration_key, lookup, store
 from edgeopt.compress.common import (
     calibration_feeds,
@@ -142,8 +142,13 @@ def quantize_for_openvino(req, model):
               subset_size=min(cfg.subset_size, len(feeds)), model_type=nncf_model_type(nncf, req.model_kind))
     params = {"subset": kw["subset_size"], "preset": preset_name, "device": req.target.device, "kind": req.model_kind}
     notes = {}
-    if head.wanted(req):
-        exclude = float_head(model)
+    extra = head.float_nodes_of(req)
+    if head.wanted(req) or extra:
+        exclude = float_head(model) if head.wanted(req) else []
+        if extra:
+            exclude += [n for n in head.named([op.get_friendly_name() for op in model.get_ordered_ops()], extra)
+                        if n not in set(exclude)]
+            params["float_nodes"] = list(extra)
         kw["ignored_scope"] = nncf.IgnoredScope(names=exclude, validate=False)
         params["float_head"] = head.VERSION
         notes["float_head"] = head.summary(exclude)
@@ -157,9 +162,11 @@ def quantize_for_openvino(req, model):
         try:
             q = nncf.quantize(model, nncf.Dataset(feeds), **kw)
         except Exception as exc:  # noqa: BLE001 - NNCF's own errors (InternalError ...) are a failed candidate
-            raise CompileError(f"NNCF could not quantize this model for OpenVINO: {type(exc).__name__}: "
-                               f"{str(exc)[:300]}", "Ship fp32 (or fp16) for OpenVINO, or report the model with "
-                               "this message.") from exc
+            text = " ".join(str(exc).split())
+            why, where = failure.with_nodes(f"NNCF could not quantize this model for OpenVINO: {type(exc).__name__}: "
+                                            f"{text[:300]}", req.onnx_path, text, feeds[:4])
+            raise CompileError(why, "Follow the hint after the message, or ship fp32 (or fp16) for OpenVINO." if where
+                               else "Ship fp32 (or fp16) for OpenVINO, or report the model with this message.") from exc
         cache = "miss"
         with tempfile.TemporaryDirectory(prefix="edgeopt-ov-int8-") as tmp:
             ov.save_model(q, f"{tmp}/model.xml", compress_to_fp16=False)
@@ -184,7 +191,9 @@ def quantize_for_openvino(req, model):
                 r.update(within_budget=False, why="accuracy control kept every layer in float: no INT8 left")
             results.append(r)
         except Exception as exc:  # noqa: BLE001 - accuracy control can give up; report the numbers
-            results.append({"candidate": "nncf-ov-ac", "error": str(exc)[:300], "within_budget": False})
+            text = " ".join(str(exc).split())
+            results.append({"candidate": "nncf-ov-ac", "error": failure.with_nodes(text[:300], req.onnx_path, text)[0],
+                            "within_budget": False})
     win = results[-1]
     if not win.get("within_budget"):
         raise CompileError(
