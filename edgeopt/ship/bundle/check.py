@@ -117,12 +117,13 @@ def tolerance_of(rec: dict):
     parity = rec.get("parity")
     t = parity.get("tolerance") if isinstance(parity, dict) else None
     if isinstance(t, dict) and {"atol", "rtol", "min_cosine"} <= set(t):
-        values = [t["atol"], t["rtol"], t["min_cosine"]]
+        values = [t["atol"], t["rtol"], t["min_cosine"], t.get("max_map_drop")]
         if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
                    for v in values):
             raise IntegrityError(f"Artifact {rec['id']}: the manifest's parity tolerance {printable(repr(t), 120)} "
                                  "is not made of finite numbers.", GET_AGAIN)
-        return Tolerance(atol=t["atol"], rtol=t["rtol"], min_cosine=t["min_cosine"])
+        return Tolerance(atol=t["atol"], rtol=t["rtol"], min_cosine=t["min_cosine"],
+                         max_map_drop=t.get("max_map_drop"))
     from edgeopt.core.parity import DEFAULT_TOLERANCES
 
     if rec["precision"] not in DEFAULT_TOLERANCES:
