@@ -126,3 +126,11 @@ def test_no_module_outside_a_backend_folder_branches_on_a_backend_name():
                 found += [f"{rel}:{node.lineno} compares with {c.value!r}" for c in consts
                           if isinstance(c, ast.Constant) and c.value in names]
     assert not found, found
+
+
+def test_no_module_is_shadowed_by_a_package_of_the_same_name():
+    # A merge once brought back ship/bundle.py beside the ship/bundle/ package that replaced it: Python imports
+    # the package, so edits to the module were silently dead code.
+    pkg = Path(edgeopt.__file__).resolve().parent
+    shadowed = [str(p.relative_to(ROOT)) for p in pkg.rglob("*.py") if p.with_suffix("").is_dir()]
+    assert not shadowed, f"modules shadowed by a package of the same name: {shadowed}"
