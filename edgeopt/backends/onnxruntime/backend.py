@@ -83,6 +83,9 @@ class OnnxRuntimeBackend(Backend):
         if chosen["threads"]:
             meta["threads_choice"] = chosen["threads"]
             threads = chosen["threads"]["chosen"]
+        for c in (chosen["level"], chosen["threads"]):
+            if c:
+                req.log(f"onnxruntime runtime: {c['setting']} {c['chosen']}: {c['why']}")
         if chosen["level"] or chosen["threads"]:  # what the runner opens the artifact with
             meta["runtime_options"] = {"graph_optimization_level": level, "intra_op_threads": threads}
         return {

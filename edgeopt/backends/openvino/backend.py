@@ -90,6 +90,7 @@ class OpenVinoBackend(Backend):
         streams = choose_streams(model, req, config)
         if streams:  # feeds of several items: split over streams only where that measured faster
             meta["streams_choice"] = streams
+            req.log(f"openvino runtime: {streams['setting']}: {streams['chosen']}: {streams['why']}")
             if streams["config"]:
                 meta["batch_runtime_config"] = dict(streams["config"])
         return {**meta, "model_file": IR_FILE, "device": req.target.device, "runtime_config": config,
