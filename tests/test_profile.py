@@ -147,12 +147,11 @@ def test_a_carried_over_artifact_is_retimed_with_the_new_baseline(tmp_path):
     m = build(_recipe(), out, targets=("openvino-cpu",), precisions=("fp32",), reporter=Reporter(quiet=True))
     ort = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-fp32")
     assert ort.get("reused") and ort["timing_run"] == m["baseline"]["timing_run"] == m["timing"]["id"]
-    # ORT's load-time optimisation level was chosen by measurement, and the artifact opens with it.
+    # ORT's load-time optimisation level was chosen by measurement, and the artifact opens with it
+    # (tests/test_runtime_settings.py checks the rule and the thread count).
     choice = ort["meta"]["runtime_choice"]
     assert set(choice["figures"]) == {"all", "extended"} and choice["chosen"] in choice["figures"]
-    assert ort["meta"]["runtime_options"] == {"graph_optimization_level": choice["chosen"]}
-    figs = {k: v["latency_ms_b1"] for k, v in choice["figures"].items()}
-    assert (choice["chosen"] == "extended") == (figs["extended"] < figs["all"] * 0.95)
+    assert ort["meta"]["runtime_options"]["graph_optimization_level"] == choice["chosen"]
     from edgeopt.backends.artifact import open_artifact
 
     runner, _ = open_artifact(out / "ort-cpu-fp32")
@@ -207,3 +206,27 @@ def test_profile_layers_for_onnxruntime_and_openvino(example_out, tmp_path, run_
     assert code == 0, err
     html = (out / "report" / "report.html").read_text()
     assert "Slowest layers: ort-cpu-int8" in html and "Slowest layers: openvino-cpu-int8" in html
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("EDGEOPT_STATISTICAL_TESTS"),
+                    reason="statistical: a 95% interval misses by chance, more often on a shared machine; "
+                           "set EDGEOPT_STATISTICAL_TESTS=1 to run it")
+def test_intervals_under_a_cpu_hog_hold_the_quiet_speedups(tmp_path, capsys):
+    """The issue's check: the example built beside a CPU hog warns, and every speed-up it prints comes with an
+    interval that holds the speed-up measured once the hog is gone (a rebuild re-times everything)."""
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
+
+    out = tmp_path / "o"
+    kw = dict(targets=("ort-cpu", "openvino-cpu"), precisions=("fp32",))
+    hogs = _hogs(machine_load(0.1)["cpus"])
+    try:
+        loaded = build(_recipe(), out, reporter=Reporter(), **kw)
+    finally:
+        _stop(hogs)
+    assert "The machine is busy" in " ".join(capsys.readouterr().err.split())
+    quiet = build(_recipe(), out, reporter=Reporter(quiet=True), **kw)
+    q = {a["id"]: a["speedup_vs_torch"] for a in quiet["artifacts"]}
+    missed = [(a["id"], b, a["speedup_interval"][b], q[a["id"]][b]) for a in loaded["artifacts"]
+              for b in a["speedup_vs_torch"] if not a["speedup_interval"][b][0] <= q[a["id"]][b] <= a["speedup_interval"][b][1]]
+    assert loaded["artifacts"] and not missed, f"intervals under load that miss the quiet speed-up: {missed}"

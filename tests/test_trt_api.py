@@ -308,7 +308,7 @@ def test_edgeopt_touches_only_names_every_supported_version_has(trt_v, cuda_v):
         if problems:
             hard[path.relative_to(ROOT).as_posix()] = problems
     assert not hard, f"{s.name}: {hard}"
-    errors = uses_of_parser_errors((ROOT / "edgeopt/backends/tensorrt/backend.py").read_text())
+    errors = uses_of_parser_errors((ROOT / "edgeopt/backends/tensorrt/builder.py").read_text())
     assert errors == {"node", "node_name", "node_operator", "code", "desc"}
     assert errors <= set(s.trt["classes"]["ParserError"]["methods"])
 
@@ -326,8 +326,6 @@ def test_feature_detected_names_exist_in_some_version():
 def test_the_scan_sees_edgeopt_calls():
     """The scan really follows edgeopt's objects (a scan that saw nothing would pass everything)."""
     s = Surface("10.3", "12.6")
-    f = Finder(s)
-    src = (ROOT / "edgeopt/backends/tensorrt/backend.py").read_text()
     seen = []
     orig = s.lookup
 
@@ -336,7 +334,8 @@ def test_the_scan_sees_edgeopt_calls():
         return orig(kind, detail, attr)
 
     s.lookup = spy
-    f.visit(ast.parse(src))
+    for path in SOURCES:  # each module on its own, as the check above scans them
+        Finder(s).visit(ast.parse(path.read_text()))
     for expected in [("obj", "IBuilderConfig", "set_timing_cache"), ("obj", "IExecutionContext", "execute_async_v3"),
                      ("obj", "ICudaEngine", "get_tensor_mode"), ("mod", "trt", "init_libnvinfer_plugins"),
                      ("mod", "cuda", "cudaMemcpyAsync"), ("cudaobj", "cudaDeviceProp", "totalGlobalMem"),
@@ -366,7 +365,7 @@ def test_a_misspelt_or_removed_name_fails_the_check(snippet, version, needle):
 
 
 def test_10_x_builder_flags_edgeopt_plans_exist_and_11_plans_none():
-    from edgeopt.backends.tensorrt.backend import builder_config_choice
+    from edgeopt.backends.tensorrt.plan import builder_config_choice
 
     flags10 = set(api.trt_surface("10.3")["enums"]["BuilderFlag"])
     for precision in ("fp32", "fp16", "bf16", "int8"):

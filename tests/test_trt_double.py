@@ -21,6 +21,13 @@ from trt_double import Device, state
 
 from edgeopt.backends.base import CompileRequest
 from edgeopt.backends.tensorrt import backend as trtb
+from edgeopt.backends.tensorrt import builder as tbuild
+from edgeopt.backends.tensorrt import cuda as tcuda
+from edgeopt.backends.tensorrt import install as tinst
+from edgeopt.backends.tensorrt import plan as tplan
+from edgeopt.backends.tensorrt import record as trec
+from edgeopt.backends.tensorrt import runner as trun
+from edgeopt.core.fsutil import sha256_file
 from edgeopt.core.spec import Dim, IOSpec, TensorSpec
 from edgeopt.core.targets import Target
 from edgeopt.errors import CompileError, EdgeoptError, IntegrityError, UserInputError
@@ -38,14 +45,14 @@ def _device(surface: str, **kw) -> Device:
 def trt(request, tmp_path, monkeypatch):
     board = tmp_path / "device-tree-model"
     board.write_bytes(AGX.encode() + b"\x00")
-    monkeypatch.setattr(trtb, "DEVICE_TREE_MODEL", board)
+    monkeypatch.setattr(trec, "DEVICE_TREE_MODEL", board)
     mod = trt_double.activate(request.param, _device(request.param))
     yield mod
     trt_double.deactivate()
 
 
 def set_board(text: str) -> None:
-    trtb.DEVICE_TREE_MODEL.write_bytes(text.encode() + b"\x00")
+    trec.DEVICE_TREE_MODEL.write_bytes(text.encode() + b"\x00")
 
 
 # ---- models -------------------------------------------------------------------------------------------
@@ -106,10 +113,10 @@ def test_build_run_and_time_fp32_and_fp16(trt, tmp_path):
     ref = reference(src, X)
     for precision, atol in (("fp32", 1e-5), ("fp16", 1e-2)):
         out, meta, req = compile_to(trt, tmp_path, src, precision)
-        assert meta["engine_cache"] == "miss" and (out / trtb.ENGINE_FILE).is_file()
-        assert meta["tensorrt"] == trt.__version__ and meta["board"] == AGX and meta["build_recipe"] == trtb.BUILD_RECIPE
+        assert meta["engine_cache"] == "miss" and (out / trec.ENGINE_FILE).is_file()
+        assert meta["tensorrt"] == trt.__version__ and meta["board"] == AGX and meta["build_recipe"] == trec.BUILD_RECIPE
         assert meta["tf32"] is (precision != "fp32")  # fix 1: TF32 cleared for fp32, and recorded
-        record = json.loads((out / trtb.RECORD_FILE).read_text())
+        record = json.loads((out / trec.RECORD_FILE).read_text())
         assert record["material"]["builder"]["tf32"] is (precision != "fp32") and record["tf32"] == meta["tf32"]
         with trtb.BACKEND.open(out, meta, req.spec, req.target) as runner:
             got = runner.infer({"image": X})["logits"]
@@ -148,13 +155,13 @@ def test_engine_cache_hit_and_board_in_the_key(trt, tmp_path):
     set_board(AGX)
     with pytest.raises(IntegrityError, match="built on a " + NANO):
         trtb.BACKEND.open(out, nano, req.spec, req.target).__enter__()
-    assert "this board is a " + AGX in trtb.tensorrt_mismatch(nano, trt.__version__, trtb.probe_gpu()[0])
+    assert "this board is a " + AGX in trec.tensorrt_mismatch(nano, trt.__version__, tcuda.probe_gpu()[0])
 
 
 def test_timing_cache_is_kept_checked_and_reused(trt, tmp_path):
     src = conv_onnx(tmp_path / "model.onnx")
     out, first, _ = compile_to(trt, tmp_path, src, "fp16")
-    assert first["timing_cache"] == "new" and (out / trtb.TIMING_CACHE_FILE).is_file()
+    assert first["timing_cache"] == "new" and (out / trec.TIMING_CACHE_FILE).is_file()
     layers = int(state.device.log[-1].split()[-2])  # 5, and 7 with the casts of TensorRT 11's FP16 ONNX
     assert state.device.log[-1] == f"tactic timing: {layers} of {layers} layers" and layers >= 5
     # Another engine of the same layers on this device: the stored cache is loaded and nothing is timed again.
@@ -174,7 +181,7 @@ def test_timing_cache_is_kept_checked_and_reused(trt, tmp_path):
     assert fourth["timing_cache"] == "from another device or TensorRT: started afresh"
     # No timing cache set: get_timing_cache() is None and nothing is written.
     config = trt.Builder(trt.Logger()).create_builder_config()
-    assert config.get_timing_cache() is None and trtb._serialized_timing_cache(config) is None
+    assert config.get_timing_cache() is None and tbuild._serialized_timing_cache(config) is None
     _, off, _ = compile_to(trt, tmp_path, src, "fp32", name="off", timing_cache=False, builder_optimization_level=0)
     assert off["timing_cache"] == "off" and off["timing_cache_file"] is None
 
@@ -202,9 +209,9 @@ def test_dla_with_gpu_fallback(trt, tmp_path):
     with pytest.raises(CompileError, match=f"{len(fallback)} layer"):
         compile_to(trt, tmp_path, src, "fp16", name="strict", dla_core=1, gpu_fallback=False)
     state.device.dla_cores = 1  # an Orin NX 8GB: one DLA core
-    plan = trtb.build_plan(spec(), target(trt, dla_core=1), "fp16", {"dla_core": 1}, trt.__version__)
+    plan = tplan.build_plan(spec(), target(trt, dla_core=1), "fp16", {"dla_core": 1}, trt.__version__)
     with pytest.raises(CompileError, match="has 1 DLA core"):
-        trtb.build_engine(trt, src, plan)
+        tbuild.build_engine(trt, src, plan)
 
 
 def test_plugins_are_registered_before_parsing_and_loading(trt, tmp_path):
@@ -214,18 +221,18 @@ def test_plugins_are_registered_before_parsing_and_loading(trt, tmp_path):
     nms = helper.make_node("EfficientNMS_TRT", ["logits"], ["num_detections"], name="nms", domain="")
     src = conv_onnx(tmp_path / "model.onnx", [nms],
                     [helper.make_tensor_value_info("num_detections", TensorProto.INT32, ["batch", 1])])
-    plan = trtb.build_plan(spec(), target(trt), "fp16", None, trt.__version__)
+    plan = tplan.build_plan(spec(), target(trt), "fp16", None, trt.__version__)
     logger = trt.Logger()
     parser = trt.OnnxParser(trt.Builder(logger).create_network(0), logger)  # as edgeopt did before the fix
     assert not parser.parse_from_file(str(src)) and "Plugin not found" in parser.get_error(0).desc()
-    engine, _, report = trtb.build_engine(trt, src, plan)
+    engine, _, report = tbuild.build_engine(trt, src, plan)
     assert report["plugins_registered"] is True
     out = tmp_path / "plugin"
     out.mkdir()
-    (out / trtb.ENGINE_FILE).write_bytes(engine)
-    gpu = trtb.probe_gpu()[0]
-    material = trtb.cache_material("x", trt.__version__, gpu["name"], gpu["compute_capability"], plan, AGX)
-    (out / trtb.RECORD_FILE).write_text(json.dumps(trtb.engine_record(material, trtb.sha256_file(out / trtb.ENGINE_FILE))))
+    (out / trec.ENGINE_FILE).write_bytes(engine)
+    gpu = tcuda.probe_gpu()[0]
+    material = trec.cache_material("x", trt.__version__, gpu["name"], gpu["compute_capability"], plan, AGX)
+    (out / trec.RECORD_FILE).write_text(json.dumps(trec.engine_record(material, sha256_file(out / trec.ENGINE_FILE))))
     state.plugins_registered = False  # a fresh process on the device: the runner must register them itself
     runner = trtb.BACKEND.open(out, {"plan": plan.to_dict()}, spec(), target(trt))
     with runner:
@@ -236,27 +243,27 @@ def test_parse_and_build_errors_name_the_cause(trt, tmp_path):
     from onnx import helper
 
     bad = conv_onnx(tmp_path / "bad.onnx", [helper.make_node("Unique", ["logits"], ["u"], name="uniq")])
-    plan = trtb.build_plan(spec(), target(trt), "fp32", None, trt.__version__)
+    plan = tplan.build_plan(spec(), target(trt), "fp32", None, trt.__version__)
     with pytest.raises(CompileError, match=r"node uniq \(Unique\)") as info:
-        trtb.build_engine(trt, bad, plan)
+        tbuild.build_engine(trt, bad, plan)
     assert "edgeopt lint" in info.value.fix
     src = conv_onnx(tmp_path / "model.onnx")
     # A weakly typed plan (10.x flags) given to a strongly typed network: TensorRT refuses to build.
-    mixed = trtb.BuildPlan(**{**plan.__dict__, "strongly_typed": True,
+    mixed = tplan.BuildPlan(**{**plan.__dict__, "strongly_typed": True,
                               "builder_flags": ("FP16",) if hasattr(trt.BuilderFlag, "FP16") else ()})
     if hasattr(trt.BuilderFlag, "FP16"):
         with pytest.raises(CompileError, match="strongly typed"):
-            trtb.build_engine(trt, src, mixed)
+            tbuild.build_engine(trt, src, mixed)
     else:  # TensorRT 11: the flag itself is gone (feature-detected, never an AttributeError)
-        old = trtb.BuildPlan(**{**plan.__dict__, "builder_flags": ("FP16",)})
+        old = tplan.BuildPlan(**{**plan.__dict__, "builder_flags": ("FP16",)})
         with pytest.raises(CompileError, match="has no BuilderFlag.FP16"):
-            trtb.build_engine(trt, src, old)
-    fixed = trtb.BuildPlan(**{**plan.__dict__, "profiles": {"image": {w: [2, 3, 16, 16] for w in ("min", "opt", "max")}}})
+            tbuild.build_engine(trt, src, old)
+    fixed = tplan.BuildPlan(**{**plan.__dict__, "profiles": {"image": {w: [2, 3, 16, 16] for w in ("min", "opt", "max")}}})
     static = conv_onnx(tmp_path / "static.onnx", batch=1)
     with pytest.raises(CompileError, match="fixed at 1"):
-        trtb.build_engine(trt, static, fixed)
+        tbuild.build_engine(trt, static, fixed)
     with pytest.raises(CompileError, match="no shapes in the build plan"):
-        trtb.build_engine(trt, src, trtb.BuildPlan(**{**plan.__dict__, "profiles": {}}))
+        tbuild.build_engine(trt, src, tplan.BuildPlan(**{**plan.__dict__, "profiles": {}}))
 
 
 def test_data_dependent_outputs_are_refused_before_the_build_and_by_the_runner(trt, tmp_path):
@@ -268,14 +275,14 @@ def test_data_dependent_outputs_are_refused_before_the_build_and_by_the_runner(t
         compile_to(trt, tmp_path, src, "fp32")  # the preflight says so before any build on the device
     assert not any(line.startswith("tactic timing") for line in state.device.log)
     # An engine built anyway (TensorRT itself builds it) is refused by the runner, which allocates outputs first.
-    plan = trtb.build_plan(spec(), target(trt), "fp32", None, trt.__version__)
-    engine, _, _ = trtb.build_engine(trt, src, plan)
+    plan = tplan.build_plan(spec(), target(trt), "fp32", None, trt.__version__)
+    engine, _, _ = tbuild.build_engine(trt, src, plan)
     out = tmp_path / "built"
     out.mkdir()
-    (out / trtb.ENGINE_FILE).write_bytes(engine)
-    gpu = trtb.probe_gpu()[0]
-    material = trtb.cache_material("x", trt.__version__, gpu["name"], gpu["compute_capability"], plan, AGX)
-    (out / trtb.RECORD_FILE).write_text(json.dumps(trtb.engine_record(material, trtb.sha256_file(out / trtb.ENGINE_FILE))))
+    (out / trec.ENGINE_FILE).write_bytes(engine)
+    gpu = tcuda.probe_gpu()[0]
+    material = trec.cache_material("x", trt.__version__, gpu["name"], gpu["compute_capability"], plan, AGX)
+    (out / trec.RECORD_FILE).write_text(json.dumps(trec.engine_record(material, sha256_file(out / trec.ENGINE_FILE))))
     with trtb.BACKEND.open(out, {"plan": plan.to_dict()}, spec(), target(trt)) as runner:
         with pytest.raises(CompileError, match="data-dependent shape"):
             runner.infer({"image": X})
@@ -284,17 +291,17 @@ def test_data_dependent_outputs_are_refused_before_the_build_and_by_the_runner(t
 def test_engines_load_only_where_they_were_built(trt, tmp_path):
     src = conv_onnx(tmp_path / "model.onnx")
     out, meta, req = compile_to(trt, tmp_path, src, "fp32")
-    (out / trtb.RECORD_FILE).rename(tmp_path / "record.json")
+    (out / trec.RECORD_FILE).rename(tmp_path / "record.json")
     with pytest.raises(IntegrityError, match="missing beside the engine"):
         trtb.BACKEND.open(out, meta, req.spec, req.target).__enter__()
-    (tmp_path / "record.json").rename(out / trtb.RECORD_FILE)
+    (tmp_path / "record.json").rename(out / trec.RECORD_FILE)
     # An engine whose bytes TensorRT refuses (here: another TensorRT's plan under a valid record).
-    other = trt._ENGINE_MAGIC + (out / trtb.ENGINE_FILE).read_bytes()[len(trt._ENGINE_MAGIC):].replace(
+    other = trt._ENGINE_MAGIC + (out / trec.ENGINE_FILE).read_bytes()[len(trt._ENGINE_MAGIC):].replace(
         trt.__version__.encode(), (trt.__version__[:-2] + "99").encode(), 1)
-    (out / trtb.ENGINE_FILE).write_bytes(other)
-    record = json.loads((out / trtb.RECORD_FILE).read_text())
-    record["engine_sha256"] = trtb.sha256_file(out / trtb.ENGINE_FILE)
-    (out / trtb.RECORD_FILE).write_text(json.dumps(record))
+    (out / trec.ENGINE_FILE).write_bytes(other)
+    record = json.loads((out / trec.RECORD_FILE).read_text())
+    record["engine_sha256"] = sha256_file(out / trec.ENGINE_FILE)
+    (out / trec.RECORD_FILE).write_text(json.dumps(record))
     with pytest.raises(IntegrityError, match="could not deserialize"):
         trtb.BACKEND.open(out, meta, req.spec, req.target).__enter__()
     assert trtb.BACKEND.artifact_fits_here("a", meta, None, trt.__version__) == (None, ())
@@ -311,18 +318,18 @@ def test_backend_here(trt, tmp_path):
     assert "not the agx device" in b.unavailable_reason(other)
     assert b.precision_unavailable(t, "fp8") == "agx does not offer fp8"
     state.device.cc = (7, 5)
-    trtb.probe_gpu.cache_clear()
+    tcuda.probe_gpu.cache_clear()
     if trt.__version__.startswith("10"):
         assert "has no bf16" in b.precision_unavailable(t, "bf16")
 
 
 def test_probe_without_a_usable_gpu(trt, monkeypatch):
     state.device.driver_cuda = 11040  # a driver older than this cuda-python
-    trtb.probe_gpu.cache_clear()
-    gpu, why = trtb.probe_gpu()
+    tcuda.probe_gpu.cache_clear()
+    gpu, why = tcuda.probe_gpu()
     assert gpu is None and "insufficient" in why and "cuda-python>=12.6,<13" in why
     with pytest.raises(EdgeoptError, match="No usable NVIDIA GPU"):
-        trtb._require_gpu()
+        tcuda.require_gpu()
     assert "no usable NVIDIA GPU" in trtb.BACKEND.device_missing(target(state_trt()))
 
 
@@ -336,19 +343,19 @@ def test_cuda_python_13_on_a_jetpack_6_driver_finds_no_gpu(tmp_path):
     """Fix 2: what `pip install 'edgeopt[tensorrt]'` gave before (cuda-python 13 on JetPack 6's CUDA 12.6)."""
     try:
         trt_double.activate("10.3", Device(driver_cuda=12060), cuda_layout="13.5")
-        gpu, why = trtb.probe_gpu()
+        gpu, why = tcuda.probe_gpu()
         assert gpu is None and "CUDA driver version is insufficient" in why and "JetPack 6" in why
     finally:
         trt_double.deactivate()
     try:
         trt_double.activate("10.3", Device(driver_cuda=12060), cuda_layout="legacy")  # only cuda.cudart
-        assert trtb._cudart().__name__ == "cuda.cudart" and trtb.probe_gpu()[0]["name"] == "Orin"
+        assert tcuda._cudart().__name__ == "cuda.cudart" and tcuda.probe_gpu()[0]["name"] == "Orin"
     finally:
         trt_double.deactivate()
 
 
 def test_device_memory_errors_are_clear(trt):
-    mem = trtb.cuda_memory()
+    mem = tcuda.cuda_memory()
     ptr = mem.malloc(16)
     with pytest.raises(EdgeoptError, match="CUDA call failed: out of memory"):
         mem.malloc(state.device.memory * 2)
@@ -362,17 +369,17 @@ def test_device_memory_errors_are_clear(trt):
 def test_without_cuda_python_or_with_broken_tensorrt_libraries(tmp_path):
     try:
         trt_double.activate("10.3", cuda_layout="none")
-        gpu, why = trtb.probe_gpu()
+        gpu, why = tcuda.probe_gpu()
         assert gpu is None and "cuda-python is not installed" in why and "edgeopt[tensorrt]" in why
         with pytest.raises(EdgeoptError) as info:
-            trtb.cuda_memory()
+            tcuda.cuda_memory()
         assert "cuda-python>=" not in info.value.fix and "edgeopt[tensorrt]" in info.value.fix
     finally:
         trt_double.deactivate()
     try:
         trt_double.activate("10.3", broken_libs=True)
         with pytest.raises(EdgeoptError, match="libraries do not load") as info:
-            trtb.import_tensorrt()
+            tinst.import_tensorrt()
         assert "--system-site-packages" in info.value.fix
         assert trtb.BACKEND.version() is None
         assert "libnvinfer" in trtb.BACKEND.device_missing(Target.from_dict(
@@ -394,7 +401,7 @@ def test_runner_and_build_edges(trt, tmp_path):
         with pytest.raises(EdgeoptError, match="execute_async_v3 returned False"):
             runner._execute()
     with pytest.raises(CompileError, match="numpy cannot hold"):
-        trtb._np_dtype(trt, trt.DataType.BF16, "x")
+        trun._np_dtype(trt, trt.DataType.BF16, "x")
     # An input TensorRT reads as a shape (a Reshape's target shape) has no profile edgeopt can derive.
     shape_in = helper.make_tensor_value_info("shape", TensorProto.INT64, [2])
     graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")], "g",
@@ -403,10 +410,10 @@ def test_runner_and_build_edges(trt, tmp_path):
     import onnx
 
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "reshape.onnx"))
-    plan = trtb.build_plan(IOSpec((TensorSpec("x", (2, 3)), TensorSpec("shape", (2,), "int64"))), target(trt),
+    plan = tplan.build_plan(IOSpec((TensorSpec("x", (2, 3)), TensorSpec("shape", (2,), "int64"))), target(trt),
                            "fp32", None, trt.__version__)
     with pytest.raises(CompileError, match="shape tensor"):
-        trtb.build_engine(trt, tmp_path / "reshape.onnx", plan)
+        tbuild.build_engine(trt, tmp_path / "reshape.onnx", plan)
 
 
 def test_compile_notes_and_engine_cache_edges(trt, tmp_path):
@@ -419,9 +426,9 @@ def test_compile_notes_and_engine_cache_edges(trt, tmp_path):
     assert meta["engine_cache"] == "off" and f"the target declares TensorRT {declared}" in meta["notes"][-1]
     _, first, _ = compile_to(trt, tmp_path, src, "fp32", name="a")
     entry = tmp_path / "cache" / "tensorrt" / "engines" / first["cache_key"]
-    (entry / trtb.ENGINE_FILE).write_bytes(b"damaged")
+    (entry / trec.ENGINE_FILE).write_bytes(b"damaged")
     _, again, _ = compile_to(trt, tmp_path, src, "fp32", name="b")
-    assert again["engine_cache"] == "miss" and trtb.sha256_file(entry / trtb.ENGINE_FILE) != trtb.sha256_file(src)
+    assert again["engine_cache"] == "miss" and sha256_file(entry / trec.ENGINE_FILE) != sha256_file(src)
     _, third, _ = compile_to(trt, tmp_path, src, "fp32", name="c")
     assert third["engine_cache"] == "hit"
 
@@ -444,7 +451,7 @@ def _package(tmp_path, trt, precision: str) -> Path:
                         .replace('tensorrt = "10.13"', 'tensorrt = "11.4"'))
         t = get_target(str(path))
         state.device.name, state.device.cc = "NVIDIA Thor", (11, 0)
-        trtb.probe_gpu.cache_clear()
+        tcuda.probe_gpu.cache_clear()
     src = conv_onnx(tmp_path / "model.onnx")
     feeds = [{"image": X[:1]}, {"image": X[:2]}]
     save_reference(tmp_path / "reference.npz", feeds, [{"logits": reference(src, f["image"])} for f in feeds])
@@ -469,7 +476,7 @@ def test_device_compile_a_package(trt, tmp_path, precision):
     report = json.loads((folder / REPORT_JSON).read_text())
     assert report["meta"]["tf32"] is (precision != "fp32") and report["meta"]["board"] == NANO
     assert report["device"]["gpu"]["via"] == "cuda-python" and report["device"]["tensorrt"] == trt.__version__
-    assert (folder / trtb.ENGINE_FILE).is_file() and json.loads((folder / PACKAGE_JSON).read_text())["status"] == "ok"
+    assert (folder / trec.ENGINE_FILE).is_file() and json.loads((folder / PACKAGE_JSON).read_text())["status"] == "ok"
     assert set(res["gpu_timing"]["1"]) == {"gpu_compute_ms", "end_to_end_ms", "host_ms"}
 
 
@@ -482,7 +489,7 @@ def test_device_compile_dot_inside_the_package(trt, tmp_path, monkeypatch):
     monkeypatch.chdir(folder)
     code, _, stderr = invoke_cli("device-compile", ".", "--duration", "0.05")
     assert code == 0, stderr
-    assert read_package(folder)["status"] == "ok" and (folder / trtb.ENGINE_FILE).is_file()
+    assert read_package(folder)["status"] == "ok" and (folder / trec.ENGINE_FILE).is_file()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".staging")]
 
 
@@ -554,7 +561,9 @@ def test_a_detector_with_the_nms_plugin_builds_and_runs(trt, tmp_path):
     assert n == len(want_idx) and n > 1  # the same detections as torchvision's batched_nms
     np.testing.assert_allclose(det_scores[0, :n], want_scores, rtol=1e-5)
     np.testing.assert_array_equal(det_classes[0, :n], want_cls)
-    np.testing.assert_allclose(det_boxes[0, :n], boxes[0][want_idx], rtol=1e-5)
+    b = boxes[0][want_idx]  # centre-size in; the plugin always gives corners
+    np.testing.assert_allclose(det_boxes[0, :n], np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1),
+                               rtol=1e-5)
     assert not det_boxes[0, n:].any() and not det_scores[0, n:].any()  # fixed size, zero-padded
 
 

@@ -222,6 +222,15 @@ class Backend(ABC):
                 f"Build {target.name} int8 with `edgeopt build` on the host (the artifact is portable), or package fp32.")
         return "fp32", None
 
+    def package_graph(self, onnx_path: Path, target: Target, task, detector: bool) -> dict | None:
+        """Rewrite a package's ONNX (in place) into the graph this backend's device build takes, and say what was
+        done (recorded in package.json): ``{"outputs": [the graph's outputs], ...}``; None: used as it is."""
+        return None
+
+    def package_reference(self, outputs: dict, graph: dict) -> dict:
+        """One sample's reference outputs as the graph :meth:`package_graph` made gives them."""
+        return outputs
+
     def package_preflight(self, onnx_path: Path, target: Target, spec: IOSpec, plan) -> object | None:
         """A preflight report of a package's ONNX (``ok``, ``errors``, ``to_dict()``), or None when there is none."""
         return None

@@ -31,6 +31,19 @@ def nncf_preset(nncf, cfg: CompressionConfig, kind: str):
     return {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[name], name
 
 
+def nncf_restorer(cfg: CompressionConfig) -> dict:
+    """Keyword arguments bounding NNCF's accuracy control ([compression] ac_max_iterations, ac_ranking_subset):
+    empty when neither is set (NNCF's defaults: no limit, rank on the whole judge set)."""
+    if cfg.ac_max_iterations is None and cfg.ac_ranking_subset is None:
+        return {}
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    kw = {"ranking_subset_size": cfg.ac_ranking_subset}
+    if cfg.ac_max_iterations is not None:
+        kw["max_num_iterations"] = cfg.ac_max_iterations
+    return {"advanced_accuracy_restorer_parameters": AdvancedAccuracyRestorerParameters(**kw)}
+
+
 def nncf_model_type(nncf, kind: str):
     return nncf.ModelType.TRANSFORMER if kind == "transformer" else None
 

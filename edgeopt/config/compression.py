@@ -18,6 +18,8 @@ class CompressionConfig:
     candidates: tuple[str, ...] = ()  # ONNX Runtime recipes to try (default: by model kind)
     accuracy_control: bool = True  # when over budget, let NNCF keep the most sensitive layers in float
     subset_size: int = 300  # calibration samples NNCF uses at most
+    ac_max_iterations: int | None = None  # accuracy control: at most this many layer groups reverted to float
+    ac_ranking_subset: int | None = None  # accuracy control: judge-set samples used to rank layers (default all)
     preset: str | None = None  # NNCF preset: performance | mixed (default: by model kind)
     timing_s: float = 0.4  # seconds of quick timing per candidate
     float_head: str = "auto"  # keep a detector's post-processing in float: auto (detectors) | on | off
@@ -34,6 +36,11 @@ class CompressionConfig:
         if self.float_head not in ("auto", "on", "off"):
             raise UserInputError(f"[compression] float_head {self.float_head!r} is unknown.",
                                  'Use "auto" (detectors), "on" or "off".')
+        for name in ("ac_max_iterations", "ac_ranking_subset"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise UserInputError(f"[compression] {name} = {v!r} is not a positive integer.",
+                                     f"For example {name} = 10, or leave it out (no limit).")
         if self.preset not in (None, "performance", "mixed"):
             raise UserInputError(f"[compression] preset {self.preset!r} is unknown.", "Use performance or mixed.")
 

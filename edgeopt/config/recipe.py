@@ -20,6 +20,9 @@ range = [0.0, 1.0]                 # values for random samples
 min = 1
 opt = 1
 max = 32
+
+[options.tensorrt]                 # options for every target of a backend, or [options.TARGET] for one target:
+nms = "plugin"                     # added to (and over) the target file's [options]
 ```
 """
 
@@ -122,6 +125,7 @@ class Recipe:
     preprocess: object = None  # data.Preprocess: how raw images become the model's input (shipped in bundles)
     select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
     task: TaskConfig = field(default_factory=TaskConfig)  # what the model is for: how every artifact is judged
+    options: dict = field(default_factory=dict)  # [options.BACKEND] / [options.TARGET]: target options, per recipe
     base_dir: Path = Path(".")
     path: str = ""
 
@@ -147,13 +151,19 @@ class Recipe:
                 return pre.to_dict()
         return None
 
+    def target_options(self, target):
+        """``target`` with this recipe's options added to its own: ``[options.<backend>]`` for every target of
+        that backend, then ``[options.<target name>]`` (the more specific wins)."""
+        extra = {**self.options.get(target.backend, {}), **self.options.get(target.name, {})}
+        return replace(target, options={**target.options, **extra}) if extra else target
+
     def with_overrides(self, **kw) -> "Recipe":
         kw = {k: v for k, v in kw.items() if v not in (None, (), [])}
         return replace(self, **kw)
 
 
 TOP_KEYS = ("model", "inputs", "dims", "outputs", "targets", "precisions", "export", "parity", "profile",
-            "calibration", "evaluation", "compression", "pruning", "select", "preprocess", "task")
+            "calibration", "evaluation", "compression", "pruning", "select", "preprocess", "task", "options")
 
 
 def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
@@ -195,6 +205,7 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         pruning=PruningConfig.from_dict(data.get("pruning")),
         task=TaskConfig.from_dict(data.get("task")),
         select=Budgets.from_dict(data["select"]) if data.get("select") else None, base_dir=base_dir, path=path,
+        options={str(k): dict(v) for k, v in (data.get("options") or {}).items()},
     )
     data_sections = {}
     for key in ("calibration", "evaluation"):

@@ -198,6 +198,7 @@ RECIPE = {
         "max_drop": number(0, 100), "drop_type": text(16), "min_cosine": number(-1, 1),
         "candidates": list_of(text(64), 0, 32), "accuracy_control": boolean, "subset_size": integer(1, 1_000_000),
         "preset": text(16), "timing_s": number(0, 600), "float_head": text(8),
+        "ac_max_iterations": integer(1, 1_000_000), "ac_ranking_subset": integer(1, 1_000_000),
     }, "[compression]"),
     "pruning": table({
         "method": text(16), "ratio": number(0, 1), "macs_target": number(0, 1), "round_to": integer(1, 4096),
@@ -212,6 +213,27 @@ RECIPE = {
     }, "[select]"),
     "preprocess": PREPROCESS,
 }
+def OPTION_VALUE(v, where):  # noqa: N802 - a check, named like the other schema constants
+    """A target option: true/false, a finite number or a short text (tables and lists are not options)."""
+    if isinstance(v, bool) or (isinstance(v, int) and abs(v) <= MAX_INT):
+        return
+    if isinstance(v, float) and math.isfinite(v):
+        return
+    if isinstance(v, str) and 0 < len(v) <= MAX_NAME_CHARS and v.isprintable():
+        return
+    raise _bad(where, v, "true/false, a finite number or a short text")
+
+
+def _options_table(v, where):
+    if not isinstance(v, dict):
+        raise UserInputError(f"Recipe {where} is {_kind(v)}, not a table.",
+                             "Write [options.BACKEND] or [options.TARGET] tables, e.g. [options.tensorrt] nms = \"plugin\".")
+    for k, x in v.items():
+        text(64)(k, f"{where} key")
+        OPTION_VALUE(x, f"{where} {k}")
+
+
+RECIPE["options"] = map_of(_options_table, "options")
 TOP_LEVEL_VALUES = ("targets", "precisions", "outputs", "inputs")  # the rest are [sections]
 
 

@@ -131,6 +131,77 @@ def decode_yolo(head: np.ndarray, score_threshold: float, iou_threshold: float, 
     return out
 
 
+EFFICIENT_NMS_TOP = 4096  # TensorRT's EfficientNMS_TRT runs NMS over the 4096 best (anchor, class) pairs
+
+
+def per_class_nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, iou_threshold: float,
+                  max_detections: int, background_class: int = -1, class_agnostic: bool = False) -> Detections:
+    """One image's pre-NMS outputs, boxes [N, 4] (x1y1x2y2) and per-class scores [N, C], to detections with the
+    semantics of TensorRT's ``EfficientNMS_TRT`` plugin, so that NMS outside the graph (on the host) and NMS as
+    that plugin give the same detections: every (box, class) pair scoring ``>= score_threshold`` (the background
+    class excluded) is a candidate, the best 4096 by score enter a greedy NMS that drops a candidate whose IoU
+    with a kept one of the same class (any class when ``class_agnostic``) is ``>= iou_threshold``, and at most
+    ``max_detections`` are kept, best first. An anchor may so give detections of several classes."""
+    boxes = np.asarray(boxes, np.float32)
+    scores = np.asarray(scores, np.float32)
+    if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.ndim != 2 or scores.shape[0] != boxes.shape[0]:
+        raise DataError(f"Pre-NMS outputs of unexpected shapes: boxes {list(boxes.shape)}, scores "
+                        f"{list(scores.shape)}.", "Boxes are [anchors, 4] and scores [anchors, classes] per image.")
+    ok = np.isfinite(scores) & (scores >= score_threshold) & np.all(np.isfinite(boxes), axis=1)[:, None]
+    if 0 <= background_class < scores.shape[1]:
+        ok[:, background_class] = False
+    idx, cls = np.nonzero(ok)
+    s = scores[idx, cls]
+    order = np.argsort(-s, kind="stable")[:EFFICIENT_NMS_TOP]
+    idx, cls, s = idx[order], cls[order], s[order]
+    lo, hi = np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])  # IoU on ordered corners
+    b = np.concatenate([lo, hi], axis=1)[idx]
+    alive = np.ones(idx.size, dtype=bool)
+    keep: list[int] = []
+    for i in range(idx.size):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        if len(keep) == max_detections:
+            break
+        rest = np.arange(i + 1, idx.size)
+        rest = rest[alive[rest] & ((cls[rest] == cls[i]) | bool(class_agnostic))]
+        if rest.size:
+            alive[rest[box_iou(b[i:i + 1], b[rest])[0] >= iou_threshold]] = False
+    k = np.asarray(keep, dtype=np.int64)
+    return Detections(boxes[idx[k]], s[k], cls[k].astype(np.int64))
+
+
+def padded(dets: list[Detections], max_detections: int) -> dict[str, np.ndarray]:
+    """Detections per image as the fixed-size outputs of ``EfficientNMS_TRT``: num_detections [B, 1] int32, then
+    detection_boxes [B, max, 4], detection_scores [B, max] and detection_classes [B, max] int32, zero-padded."""
+    n = len(dets)
+    out = {"num_detections": np.zeros((n, 1), np.int32),
+           "detection_boxes": np.zeros((n, max_detections, 4), np.float32),
+           "detection_scores": np.zeros((n, max_detections), np.float32),
+           "detection_classes": np.zeros((n, max_detections), np.int32)}
+    for i, d in enumerate(dets):
+        k = min(len(d), max_detections)
+        out["num_detections"][i, 0] = k
+        out["detection_boxes"][i, :k], out["detection_scores"][i, :k] = d.boxes[:k], d.scores[:k]
+        out["detection_classes"][i, :k] = d.labels[:k]
+    return out
+
+
+def unpadded(out: dict[str, np.ndarray]) -> list[Detections] | None:
+    """The detections in ``EfficientNMS_TRT``-style outputs (see :func:`padded`), or None when ``out`` has none."""
+    names = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+    if not all(k in out for k in names):
+        return None
+    num, b, s, c = (np.asarray(out[k]) for k in names)
+    images = []
+    for i in range(num.shape[0]):
+        k = int(num.reshape(num.shape[0], -1)[i, 0])
+        images.append(Detections(b[i, :k].astype(np.float32), s[i, :k].astype(np.float32),
+                                 np.rint(c[i, :k]).astype(np.int64)))
+    return images
+
+
 def _find(names: list[str], wanted: str) -> list[str]:
     return [k for k in names if k == wanted or k.endswith("_" + wanted)]
 
@@ -173,6 +244,17 @@ def _torchvision_images(task, out: dict[str, np.ndarray]) -> list[Detections]:
     return images
 
 
+def _pre_nms(task, out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(boxes [B, N, 4], scores [B, N, C]) when ``out`` holds a detector's outputs before NMS, else None."""
+    kb, ks = task.boxes or "boxes", task.scores or "scores"
+    if kb not in out or ks not in out:
+        return None
+    b, s = np.asarray(out[kb]), np.asarray(out[ks])
+    if b.ndim == 3 and b.shape[-1] == 4 and s.ndim == 3 and s.shape[:2] == b.shape[:2]:
+        return b, s
+    return None
+
+
 def decode(task, outputs: list[dict[str, np.ndarray]]) -> list[Detections]:
     """Every image's detections over a list of per-batch outputs, in sample order."""
     images: list[Detections] = []
@@ -184,6 +266,14 @@ def decode(task, outputs: list[dict[str, np.ndarray]]) -> list[Detections]:
                                 "Name the raw head in [task] output.")
             images.extend(decode_yolo(out[name], task.score_threshold, task.iou_threshold, task.max_detections,
                                       name))
+        elif unpadded(out) is not None:  # NMS as TensorRT's plugin: its fixed-size outputs
+            for d in unpadded(out):
+                d = d.keep(np.isfinite(d.scores) & (d.scores >= task.score_threshold))
+                images.append(d.keep(np.argsort(-d.scores, kind="stable")[:task.max_detections]))
+        elif _pre_nms(task, out) is not None:  # the graph ends before NMS: NMS here, as the plugin does it
+            b, s = _pre_nms(task, out)
+            images.extend(per_class_nms(b[i], s[i], task.score_threshold, task.iou_threshold, task.max_detections,
+                                        task.background_class) for i in range(b.shape[0]))
         else:
             for d in _torchvision_images(task, out):
                 d = d.keep(np.isfinite(d.scores) & (d.scores >= task.score_threshold))

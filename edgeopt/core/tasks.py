@@ -46,6 +46,7 @@ class TaskConfig:
     max_detections: int = 300
     label_threshold: float = 0.25  # without annotations: FP32's detections scoring this or more are the labels
     annotations: str | None = None  # COCO JSON or a folder of YOLO txt files; default: FP32's detections
+    background_class: int = -1  # per-class scores before NMS: the "no object" class (torchvision SSD: 0), or -1
 
     def __post_init__(self):
         if self.type not in (*TASK_TYPES, "auto"):
@@ -62,6 +63,10 @@ class TaskConfig:
                 or not 1 <= self.max_detections <= 10000:
             raise UserInputError(f"[task] max_detections = {self.max_detections!r} is not in 1..10000.",
                                  "For example max_detections = 300.")
+        if not isinstance(self.background_class, int) or isinstance(self.background_class, bool) \
+                or not -1 <= self.background_class <= 100_000:
+            raise UserInputError(f"[task] background_class = {self.background_class!r} is not a class index or -1.",
+                                 "For example background_class = 0 (torchvision's SSD), or -1 for none.")
         for name in ("output", "mask_input", "boxes", "scores", "labels", "annotations"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or not v or len(v) > 4096):

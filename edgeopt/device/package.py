@@ -97,7 +97,7 @@ def write_device_package(ctx, plan, folder: Path, rec: dict) -> dict:
     source = PackageSource(
         target=plan.target, precision=plan.precision, spec=spec, model_kind=kind, onnx_path=Path(ctx.onnx_path),
         reference_path=Path(ctx.out) / REFERENCE_FILE, tolerance=tolerance.to_dict(),
-        calibration=ctx.calibration, compression=ctx.recipe.compression,
+        calibration=ctx.calibration, compression=ctx.recipe.compression, task=getattr(ctx, "task", None) or ctx.recipe.task,
         model={k: v for k, v in (ctx.model.describe() or {}).items() if k in ("name", "source", "sha256", "kind")},
         why_not_here=plan.reason)
     reporter.step(f"{plan.id}: writing a device package (the engine is built on the device)")
@@ -157,11 +157,18 @@ class PackageSource:
 
     def __init__(self, *, target, precision: str, spec, model_kind: str, onnx_path: Path, reference_path: Path,
                  tolerance: dict, calibration=None, compression=None, model: dict | None = None,
-                 why_not_here: str | None = None):
+                 why_not_here: str | None = None, task=None):
         self.target, self.precision, self.spec, self.model_kind = target, precision, spec, model_kind
         self.onnx_path, self.reference_path, self.tolerance = Path(onnx_path), Path(reference_path), tolerance
         self.calibration, self.compression, self.model = calibration, _plain(compression), dict(model or {})
         self.why_not_here = why_not_here
+        from edgeopt.core.tasks import TaskConfig
+
+        self.task = task if task is not None else TaskConfig()
+
+    @property
+    def detector(self) -> bool:
+        return self.task.type == "detection" or (self.task.type == "auto" and self.model_kind == "detector")
 
     @property
     def id(self) -> str:
@@ -180,7 +187,7 @@ class PackageSource:
                             "target": self.target.to_dict(), "precision": self.precision,
                             "spec": self.spec.to_dict(), "kind": self.model_kind, "tolerance": self.tolerance,
                             "calibration": getattr(self.calibration, "sha256", None),
-                            "compression": self.compression, "edgeopt": __version__})
+                            "compression": self.compression, "task": self.task.to_dict(), "edgeopt": __version__})
 
 
 def _plain(obj):
@@ -204,8 +211,19 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
     backend = get_backend(target.backend)
     form, plan = backend.package_plan(src.spec, target, precision)
     onnx_meta = _write_onnx(stage, src, form, log)
+    spec = src.spec
+    graph = backend.package_graph(stage / PACKAGE_ONNX, target, src.task, src.detector)
+    if graph:  # the graph the device's build takes (a detector's NMS, INT64 outputs cast to INT32 ...)
+        onnx_meta.update(graph=graph, sha256=onnx_digest(stage / PACKAGE_ONNX))
+        if spec.outputs:
+            spec = spec.with_outputs(graph["outputs"])
+        nms = graph.get("nms") or {}
+        if nms:
+            log(f"{src.id}: NMS {'as ' + nms['plugin'] if nms['where'] == 'plugin' else 'outside the engine'}")
+        if graph.get("int64_outputs"):
+            log(f"{src.id}: INT64 outputs {graph['int64_outputs']} cast to INT32 for TensorRT (given back as int64)")
     lint_summary = None
-    report = backend.package_preflight(stage / PACKAGE_ONNX, target, src.spec, plan)
+    report = backend.package_preflight(stage / PACKAGE_ONNX, target, spec, plan)
     if report is not None:
         if not report.ok:
             raise PackageLintError(report)
@@ -214,13 +232,19 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
         write_json_atomic(stage / LINT_JSON, lint_summary)
     if plan is not None:
         write_json_atomic(stage / PLAN_JSON, plan.to_dict())
-    shutil.copyfile(src.reference_path, stage / REFERENCE_NPZ)
+    if graph:
+        from edgeopt.core.reference import load_reference, save_reference
+
+        ref_feeds, ref_outs = load_reference(src.reference_path)
+        save_reference(stage / REFERENCE_NPZ, ref_feeds, [backend.package_reference(o, graph) for o in ref_outs])
+    else:
+        shutil.copyfile(src.reference_path, stage / REFERENCE_NPZ)
     reason = _reason(src, plan)
     meta = {"package": True, "status": Status.NOT_BUILT_HERE, "onnx": PACKAGE_ONNX, "onnx_form": form,
             **({"plan": plan.to_dict()} if plan else {})}
     write_json_atomic(stage / "artifact.json", {
         "id": src.id, "backend": target.backend, "precision": precision, "target": target.to_dict(),
-        "spec": src.spec.to_dict(), "meta": meta, "key": key, "edgeopt_version": __version__,
+        "spec": spec.to_dict(), "meta": meta, "key": key, "edgeopt_version": __version__,
         "backend_version": None})
     write_text_atomic(stage / INSTRUCTIONS, instructions(src, plan, lint_summary))
     from edgeopt.core.reference import load_reference
@@ -254,7 +278,7 @@ def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
     if form == "fp32":
         _copy_onnx(src.onnx_path, dst)
     elif form == "fp16":
-        from edgeopt.backends.tensorrt.backend import convert_to_fp16
+        from edgeopt.backends.tensorrt.prepare import convert_to_fp16
 
         log(f"{src.id}: converting the ONNX to FP16 (FP32 inputs/outputs kept) for TensorRT {src.target.hardware.get('tensorrt')}")
         convert_to_fp16(src.onnx_path, dst)
@@ -483,10 +507,19 @@ def package_from_out(out: Path, target_name: str, precision: str, dest: Path) ->
             break
     src = PackageSource(target=target, precision=precision, spec=spec, model_kind=model.get("kind", "generic"),
                         onnx_path=onnx_path, reference_path=out / REFERENCE_FILE, tolerance=tol,
-                        model={k: model.get(k) for k in ("name", "source", "sha256", "kind")})
+                        model={k: model.get(k) for k in ("name", "source", "sha256", "kind")},
+                        task=_recorded_task(m))
     key = src.key()
     with staged_dir(Path(dest)) as stage:
         return write_package_files(stage, src, key)
+
+
+def _recorded_task(manifest: dict):
+    """The build's resolved [task] from its manifest (None when it recorded none)."""
+    from edgeopt.core.tasks import TaskConfig
+
+    config = (manifest.get("task") or {}).get("config")
+    return TaskConfig.from_dict(config) if isinstance(config, dict) else None
 
 
 # =============================================================================================
@@ -751,14 +784,14 @@ def _dpkg_version(package: str) -> str | None:
 
 
 def _tensorrt_version() -> str | None:
-    from edgeopt.backends.tensorrt.backend import installed_tensorrt_version
+    from edgeopt.backends.tensorrt.install import installed_tensorrt_version
 
     return installed_tensorrt_version(deb_version=_dpkg_version)
 
 
 def _gpu() -> dict | None:
     try:
-        from edgeopt.backends.tensorrt.backend import probe_cuda_python  # cuda-python only: no torch here
+        from edgeopt.backends.tensorrt.cuda import probe_cuda_python  # cuda-python only: no torch here
 
         gpu, _ = probe_cuda_python(0)
         if gpu:

@@ -114,6 +114,12 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
     explicit = bool(names)
     wanted_prec = precisions or recipe.precisions
     chosen = [get_target(n) for n in names] if explicit else list(load_targets().values())
+    known = {n for t in load_targets().values() for n in (t.name, t.backend)}
+    unknown = sorted(set(recipe.options) - known)
+    if unknown:
+        raise UserInputError(f"The recipe has [options.NAME] for {unknown}, which is no target or backend.",
+                             f"Name a target or a backend: {', '.join(sorted(known))}.")
+    chosen = [recipe.target_options(t) for t in chosen]  # [options.BACKEND] / [options.TARGET] of the recipe
     plans: list[Plan] = []
     for t in chosen:
         backend = get_backend(t.backend)

@@ -68,6 +68,6 @@ def deactivate() -> None:
 
 
 def _clear_edgeopt_caches() -> None:
-    mod = sys.modules.get("edgeopt.backends.tensorrt.backend")
+    mod = sys.modules.get("edgeopt.backends.tensorrt.cuda")
     if mod is not None:
         mod.probe_gpu.cache_clear()

@@ -11,7 +11,7 @@ from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 
-from edgeopt.backends.onnxruntime.runner import LEVELS, MODEL_FILE, OrtRunner, session_options
+from edgeopt.backends.onnxruntime.runner import LEVELS, MODEL_FILE, OrtRunner, physical_cores, session_options
 from edgeopt.core.untrusted import check_settings, confined, int_in, one_of
 
 # The session settings an artifact may carry (no path: optimized_model_filepath, profiling and the like).
@@ -75,17 +75,22 @@ class OnnxRuntimeBackend(Backend):
             if extra.name != f"{MODEL_FILE}.data":
                 extra.unlink()
         level = req.options.get("graph_optimization_level", "all")
-        choice = choose_load_level(out, req, level)
-        if choice:
-            meta["runtime_choice"] = choice
-            meta["runtime_options"] = {"graph_optimization_level": choice["chosen"]}
-            level = choice["chosen"]
+        threads = int(req.options.get("intra_op_threads", 0) or 0)
+        chosen = choose_runtime_options(out, req, level, threads)
+        if chosen["level"]:
+            meta["runtime_choice"] = chosen["level"]
+            level = chosen["level"]["chosen"]
+        if chosen["threads"]:
+            meta["threads_choice"] = chosen["threads"]
+            threads = chosen["threads"]["chosen"]
+        if chosen["level"] or chosen["threads"]:  # what the runner opens the artifact with
+            meta["runtime_options"] = {"graph_optimization_level": level, "intra_op_threads": threads}
         return {
             **meta,
             "model_file": MODEL_FILE,
             "offline_optimization_level": offline,
             "graph_optimization_level": level,
-            "intra_op_threads": int(req.options.get("intra_op_threads", 0) or 0),
+            "intra_op_threads": threads,
             "execution_provider": "CPUExecutionProvider",
         }
 
@@ -102,39 +107,80 @@ class OnnxRuntimeBackend(Backend):
         return OrtRunner(model, spec, options)
 
 
-NOISE = 0.05  # load-time levels closer than this are a tie, won by the target's own level
+NOISE = 0.05  # a setting must be more than this much faster (and its interval above 1) to replace the default
 
 
-def choose_load_level(model: Path, req: CompileRequest, default: str) -> dict | None:
-    """The graph optimisation level applied at load time, by measurement: the target's level (``all``: layout
-    transforms and fusions tuned to this CPU) against ``extended`` (what the saved model already has), timed
-    at batch 1 in the same interleaved rounds. Target option ``measure_runtime_settings = false`` keeps the
-    target's level untimed."""
+def thread_candidates(default: int) -> list[int]:
+    """Intra-op thread counts worth racing against ``default`` (0: ONNX Runtime's own, one per physical
+    core): one thread (no pool to synchronise: often the fastest for small models) and half the cores."""
+    cores = physical_cores()
+    ran = default or cores
+    return [n for n in dict.fromkeys([1, max(1, cores // 2)]) if n != ran and cores > 1]
+
+
+def measurably_faster(timed: dict, name: str, base: str) -> bool:
+    """``name`` beat ``base`` by more than NOISE, and the interval of the speed-up lies above 1."""
+    s = timed[name].get(f"vs_{base}") or {}
+    return s.get("value", 0) > 1 + NOISE and (s.get("low") or 0) > 1.0
+
+
+def choose_runtime_options(model: Path, req: CompileRequest, level: str, threads: int) -> dict:
+    """The session settings applied at load time, by measurement at batch 1, every candidate in the same
+    interleaved rounds against the target's own settings: the graph optimisation level (the target's, ``all``:
+    layout transforms and fusions tuned to this CPU, against ``extended``: what the saved model already has)
+    and the intra-op thread count (the target's, 0 = one per physical core, against fewer). A candidate
+    replaces the target's setting only when measurably faster (``measurably_faster``). Returns
+    {"level": choice or None, "threads": choice or None}; target option ``measure_runtime_settings = false``
+    keeps the target's settings untimed."""
     if not req.options.get("measure_runtime_settings", True):
-        return None
+        return {"level": None, "threads": None}
     import numpy as np
 
     from edgeopt.core.profile import race
 
-    levels = list(dict.fromkeys([default, "extended"]))
-    if len(levels) < 2:
-        return None
+    base = {**req.options, "graph_optimization_level": level, "intra_op_threads": threads}
+    contenders = {"target": base}
+    if level != "extended":
+        contenders["extended"] = {**base, "graph_optimization_level": "extended"}
+    for n in thread_candidates(threads):
+        contenders[f"{n} thread{'s' if n > 1 else ''}"] = {**base, "intra_op_threads": n}
+    if len(contenders) < 2:
+        return {"level": None, "threads": None}
     feed = req.spec.random_feed(np.random.default_rng(0), batch=1 if req.spec.batch_dim else None)
-    runners = {lv: OrtRunner(model, req.spec, {**req.options, "graph_optimization_level": lv}) for lv in levels}
+    runners = {name: OrtRunner(model, req.spec, opts) for name, opts in contenders.items()}
     try:
         for r in runners.values():
             r.activate()
         seconds = getattr(req.compression, "timing_s", None) or 0.4
-        timed = race({lv: r.timed_call(feed) for lv, r in runners.items()}, seconds, baseline=default)
+        timed = race({name: r.timed_call(feed) for name, r in runners.items()}, seconds, baseline="target")
     finally:
         for r in runners.values():
             r.close()
-    d, o = timed[default]["latency_ms_b1"], timed["extended"]["latency_ms_b1"]
-    chosen = "extended" if o < d * (1 - NOISE) else default
-    return {"setting": "graph_optimization_level (at load)", "chosen": chosen, "figures": timed,
-            "why": (f"batch 1 in the same interleaved rounds: {default} {d:.3f} ms, extended {o:.3f} ms; "
-                    + ("extended is more than 5% faster" if chosen == "extended" else
-                       f"{default} is faster or within 5% (a tie keeps the target's level)"))}
+    ms = {name: t["latency_ms_b1"] for name, t in timed.items()}
+    rule = (f"a setting replaces the target's when more than {NOISE:.0%} faster with its 95% interval above 1x, "
+            "timed at batch 1 in the same interleaved rounds")
+
+    def vs(name: str) -> str:
+        s = timed[name].get("vs_target") or {}
+        iv = f" ({s['low']:.2f}-{s['high']:.2f})" if s.get("low") is not None else ""
+        return f"{name} {ms[name]:.3f} ms = {s.get('value', 0):.2f}x{iv}"
+
+    out: dict = {"level": None, "threads": None}
+    if "extended" in timed:
+        pick = "extended" if measurably_faster(timed, "extended", "target") else level
+        out["level"] = {"setting": "graph_optimization_level (at load)", "chosen": pick,
+                        "figures": {level: timed["target"], "extended": timed["extended"]},
+                        "why": f"{level} {ms['target']:.3f} ms, {vs('extended')}; {rule}"}
+    alts = [n for n in timed if n.endswith(("thread", "threads"))]
+    if alts:
+        shown = f"default ({threads or physical_cores()})" if not threads else str(threads)
+        best = min(alts, key=lambda n: ms[n])
+        pick = int(best.split()[0]) if measurably_faster(timed, best, "target") else threads
+        out["threads"] = {"setting": "intra_op_threads", "chosen": pick, "default": threads,
+                          "figures": {f"{shown} threads": timed["target"], **{n: timed[n] for n in alts}},
+                          "why": f"{shown} threads {ms['target']:.3f} ms, " + ", ".join(vs(n) for n in alts)
+                          + f"; {rule}"}
+    return out
 
 
 BACKEND = OnnxRuntimeBackend()

@@ -27,6 +27,7 @@ from edgeopt.compress.common import (
     nncf_model_type,
     nncf_module,
     nncf_preset,
+    nncf_restorer,
     quiet_logging,
     quiet_nncf,
 )
@@ -104,7 +105,7 @@ def _nncf_qdq(src, dst, feeds, req, cfg, accuracy_control=False, exclude=()):
     if accuracy_control:
         q = nncf.quantize_with_accuracy_control(
             model, calib, nncf.Dataset(req.judge_set.feeds), task_validator(req, _onnx_infer),
-            max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw)
+            max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw, **nncf_restorer(cfg))
     else:
         q = nncf.quantize(model, calib, **kw)
     onnx.save(q, str(dst))

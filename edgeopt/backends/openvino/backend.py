@@ -85,6 +85,13 @@ class OpenVinoBackend(Backend):
         choice = (meta.get("int8") or {}).get("runtime_choice")
         if choice:  # measured while quantizing: the settings the artifact runs with, and why
             config = dict(choice["config"])
+        from edgeopt.backends.openvino.settings import choose_streams
+
+        streams = choose_streams(model, req, config)
+        if streams:  # feeds of several items: split over streams only where that measured faster
+            meta["streams_choice"] = streams
+            if streams["config"]:
+                meta["batch_runtime_config"] = dict(streams["config"])
         return {**meta, "model_file": IR_FILE, "device": req.target.device, "runtime_config": config,
                 "weights": "fp16" if req.precision == "fp16" else ("int8" if req.precision == "int8" else "fp32")}
 
@@ -93,13 +100,17 @@ class OpenVinoBackend(Backend):
         # artifact.json is untrusted (it may come from a bundle): settings from an allow-list, no paths
         # (CACHE_DIR and the like), the model file inside the artifact folder.
         config = check_settings(meta.get("runtime_config"), RUNTIME_SETTINGS, "OpenVINO runtime setting")
+        batch_config = (check_settings(meta["batch_runtime_config"], RUNTIME_SETTINGS, "OpenVINO runtime setting")
+                        if meta.get("batch_runtime_config") else None)
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+            if batch_config:
+                batch_config["INFERENCE_NUM_THREADS"] = threads
         xml = confined(Path(artifact_dir), meta.get("model_file", IR_FILE), "OpenVINO model file")
         if not _DEVICE_RE.match(str(target.device)):
             raise IntegrityError(f"Refused OpenVINO device {printable(target.device, 80)!r}: not a device name.",
                                  "Rebuild the artifact (or get the bundle again from its source).")
-        return OvRunner(xml, spec, target.device, config)
+        return OvRunner(xml, spec, target.device, config, batch_config)
 
 
 BACKEND = OpenVinoBackend()

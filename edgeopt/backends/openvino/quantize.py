@@ -16,6 +16,7 @@ from edgeopt.compress.common import (
     nncf_model_type,
     nncf_module,
     nncf_preset,
+    nncf_restorer,
     quiet_nncf,
 )
 from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, score, task_validator, vs_text
@@ -175,7 +176,8 @@ def quantize_for_openvino(req, model):
         try:
             q = nncf.quantize_with_accuracy_control(
                 model, nncf.Dataset(feeds), nncf.Dataset(req.judge_set.feeds), task_validator(req, _ov_infer),
-                max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw)
+                max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw,
+                **nncf_restorer(cfg))
             ac, choice = _measure("nncf-ov-ac", q, req, cfg, feed1, fp32_model=model, settings=True)
             r = ac | {"calibration_cache": "off"} | notes
             if not any(op.get_type_name() == "FakeQuantize" for op in q.get_ops()):

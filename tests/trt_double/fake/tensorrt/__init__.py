@@ -753,14 +753,27 @@ def _data_dependent_outputs(model: bytes) -> set[str]:
 
 # ---- plugins the double executes (numpy), after ONNX Runtime has run the graph up to their inputs -------------
 def _efficient_nms(attrs: dict, boxes: np.ndarray, scores: np.ndarray) -> list[np.ndarray]:
-    """EfficientNMS_TRT as TensorRT documents it: per-class NMS over (box, class) pairs scoring at least
-    score_threshold, best max_output_boxes kept, outputs zero-padded to that size."""
+    """EfficientNMS_TRT (standard NMS mode: boxes [B, N, 4], scores [B, N, C]) as TensorRT documents it and its
+    kernels (plugin/efficientNMSPlugin, efficientNMSInference.cu) compute it, written here independently of edgeopt:
+
+    - every (anchor, class) pair whose score is >= score_threshold is a candidate; the background_class is not
+      (with score_activation the threshold is compared with sigmoid(score), as the kernel's inverse-sigmoid
+      threshold on raw scores does);
+    - candidates are sorted by score, highest first; the best 4096 enter NMS;
+    - greedy NMS: a candidate is dropped when its IoU (on reordered corners) with a kept candidate of the same class
+      (any class when class_agnostic) is >= iou_threshold; at most max_output_boxes are kept;
+    - outputs: num_detections [B, 1] int32, detection_boxes [B, max, 4] always in corner coding (box_coding 1:
+      centre-size converted), detection_scores [B, max] (sigmoid applied when score_activation), detection_classes
+      [B, max] int32; everything past num_detections is zero."""
     n_max = int(attrs["max_output_boxes"])
     thr, iou_thr = float(attrs.get("score_threshold", 0.0)), float(attrs.get("iou_threshold", 0.5))
     bg = int(attrs.get("background_class", -1))
+    agnostic = bool(attrs.get("class_agnostic", 0))
+    if boxes.ndim != 3 or boxes.shape[-1] != 4 or scores.ndim != 3 or scores.shape[:2] != boxes.shape[:2]:
+        raise ValueError(f"EfficientNMS_TRT: boxes {boxes.shape} / scores {scores.shape} are not [B, N, 4] / [B, N, C]")
     scores = scores.astype(np.float32)
     if attrs.get("score_activation", 0):
-        scores = 1.0 / (1.0 + np.exp(-scores))
+        scores = (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
     corners = boxes.astype(np.float32)
     if attrs.get("box_coding", 0):
         c, wh = corners[..., :2], corners[..., 2:]
@@ -771,25 +784,28 @@ def _efficient_nms(attrs: dict, boxes: np.ndarray, scores: np.ndarray) -> list[n
     out_scores = np.zeros((batch, n_max), np.float32)
     out_classes = np.zeros((batch, n_max), np.int32)
     for b in range(batch):
-        idx, cls = np.nonzero(scores[b] >= thr)
-        keep_mask = cls != bg
-        idx, cls = idx[keep_mask], cls[keep_mask]
-        order = np.argsort(-scores[b, idx, cls], kind="stable")
-        kept: list[tuple[int, int]] = []
-        for i, k in zip(idx[order], cls[order]):
-            if all(kc != k or _iou(corners[b, i], corners[b, ki]) <= iou_thr for ki, kc in kept):
-                kept.append((i, k))
-                if len(kept) == n_max:
-                    break
+        anchors, classes = np.nonzero(scores[b] >= thr)
+        cand = [(float(scores[b, i, k]), int(i), int(k)) for i, k in zip(anchors, classes) if k != bg]
+        cand.sort(key=lambda t: -t[0])
+        kept: list[tuple[float, int, int]] = []
+        for score, i, k in cand[:4096]:
+            if len(kept) == n_max:
+                break
+            if all((kc != k and not agnostic) or _iou(corners[b, i], corners[b, ki]) < iou_thr for _, ki, kc in kept):
+                kept.append((score, i, k))
         num[b, 0] = len(kept)
-        for j, (i, k) in enumerate(kept):
-            out_boxes[b, j], out_scores[b, j], out_classes[b, j] = boxes[b, i], scores[b, i, k], k
+        for j, (score, i, k) in enumerate(kept):
+            out_boxes[b, j], out_scores[b, j], out_classes[b, j] = corners[b, i], score, k
     return [num, out_boxes, out_scores, out_classes]
 
 
 def _iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    a = (min(a[0], a[2]), min(a[1], a[3]), max(a[0], a[2]), max(a[1], a[3]))
+    b = (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3]))
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
     inter = w * h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
