@@ -466,9 +466,10 @@ def test_load_prefers_the_fastest_batch1_artifact():
              "latency": [{"batch": 8, "median_ms": 0.5}, {"batch": 1, "median_ms": 1.0}]},
             {"id": "c", "target": "t3", "status": "ok"},
             {"id": "d", "target": "t1", "status": "failed"}]
+    arts = [{**a, "backend": "onnxruntime", "precision": "fp32", "files": []} for a in arts]  # whole records
     b = Bundle(Path("x"), Path("x"), {"artifacts": arts}, "bundle folder")
-    assert [r["id"] for r in candidates(b)] == ["b", "a", "c"]
-    assert [r["id"] for r in candidates(b, "t1")] == ["a"] and [r["id"] for r in candidates(b, "c")] == ["c"]
+    assert [r.id for r in candidates(b)] == ["b", "a", "c"]
+    assert [r.id for r in candidates(b, "t1")] == ["a"] and [r.id for r in candidates(b, "c")] == ["c"]
 
 
 def test_unknown_target_is_refused(tarball):

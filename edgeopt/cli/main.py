@@ -10,7 +10,7 @@ import click
 
 from edgeopt import __version__
 from edgeopt.cli.common import chatter_to_log, echo, emit_json, handle_errors, parse_batches, reporter, stdout_guard
-from edgeopt.core.records import Status
+from edgeopt.core.records import Status, records_of
 
 
 def _recipe_with_cli(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind=None, calib=None,
@@ -171,17 +171,18 @@ def _finish(m: dict, json_out: bool, output, wide: bool = False, asked=()) -> No
     sel = m.get("selection")
     if sel is not None and not json_out:
         echo(f"selected: {sel['selected']}" if sel.get("selected") else f"selection: {sel.get('error')}")
-    failed = [a["id"] for a in m["artifacts"] if a["status"] == Status.FAILED]
+    records = records_of(m)
+    failed = [a.id for a in records if a.status is Status.FAILED]
     if sel is not None and not sel.get("selected"):
         echo("error: no artifact meets the recipe's [select] budgets (see above).", err=True)
         sys.exit(9)
     if failed:
         echo(f"error: {len(failed)} artifact(s) failed: {', '.join(failed)} (see the table and the manifest).", err=True)
         sys.exit(5)
-    skipped = [a for a in m["artifacts"] if a["status"] == Status.SKIPPED and a["target"] in asked]
+    skipped = [a for a in records if a.status is Status.SKIPPED and a.target in asked]
     if skipped:  # a target asked for by name that could not be built is not a success
         for a in skipped:
-            echo(f"error: {a['id']} was skipped: {a.get('reason')}", err=True)
+            echo(f"error: {a.id} was skipped: {a.reason}", err=True)
         echo("fix: build it on a machine that has what it needs (`edgeopt targets` says what runs here), or "
                    "drop it from -t/--target.", err=True)
         sys.exit(3)

@@ -11,12 +11,11 @@ from edgeopt import __version__
 from edgeopt.errors import IntegrityError, UserInputError
 from edgeopt.core.fsutil import write_json_atomic
 from edgeopt.core.untrusted import load_json, printable
-from edgeopt.core.records import Status
+from edgeopt.core.records import ArtifactRecord, Status, records_of
 
 MANIFEST = "manifest.json"
 SCHEMA = "edgeopt.manifest/1"
 REQUIRED = ("schema", "edgeopt_version", "created", "host", "model", "artifacts")
-ARTIFACT_REQUIRED = ("id", "target", "backend", "precision", "status", "files")
 
 
 @dataclass
@@ -48,6 +47,11 @@ class Manifest:
         write_json_atomic(Path(out) / MANIFEST, self.data)
 
     @property
+    def records(self) -> list[ArtifactRecord]:
+        """The artifact records, typed."""
+        return records_of(self.data)
+
+    @property
     def generation(self) -> str | None:
         return self.data.get("generation")
 
@@ -74,18 +78,7 @@ def validate(data: dict) -> None:
         if not isinstance(data[k], dict):
             raise IntegrityError(f"The manifest's {k} is not a record.", "Rebuild with this edgeopt version.")
     for a in data["artifacts"]:
-        gone = [k for k in ARTIFACT_REQUIRED if k not in a]
-        if gone:
-            raise IntegrityError(f"Manifest artifact {printable(repr(a.get('id', '?')), 80)} lacks {gone}.",
-                                 "Rebuild the artifact.")
-        bad = [k for k in ARTIFACT_REQUIRED[:-1] if not _plain(a[k])]
-        if bad:
-            raise IntegrityError(f"Manifest artifact {printable(repr(a['id']), 80)}: {', '.join(bad)} must be short "
-                                 "printable text.", "Rebuild the artifact.")
-        if not isinstance(a["files"], list) or not all(isinstance(f, dict) for f in a["files"]):
-            raise IntegrityError(f"Manifest artifact {a['id']}: files is not a list of records.", "Rebuild the artifact.")
-        if a.get("reason") is not None and not isinstance(a["reason"], str):
-            raise IntegrityError(f"Manifest artifact {a['id']}: reason is not text.", "Rebuild the artifact.")
+        ArtifactRecord.from_dict(a)  # raises on a field that is not what edgeopt writes
 
 
 def new_generation() -> str:
@@ -159,10 +152,6 @@ def load_consistent(out: Path) -> Manifest:
     m = load_manifest(out)
     check_consistent(out, m.data)
     return m
-
-
-def _plain(value) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
 
 
 def load_manifest(out: Path, missing_ok: bool = False) -> Manifest | None:

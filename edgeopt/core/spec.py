@@ -124,23 +124,20 @@ class IOSpec:
                     raise UserInputError(f"Input {t.name!r} has a dimension {d} < 1.", "Use positive sizes.")
 
     # ---- shapes -------------------------------------------------------------------------------
+    def _first_axis(self) -> str | int | None:
+        """Axis 0 of every input when they all share it (a dim name or a size), else None."""
+        firsts = {t.shape[0] if t.shape else None for t in self.inputs}
+        return next(iter(firsts)) if len(firsts) == 1 else None
+
     @property
     def batch_dim(self) -> str | None:
         """The dynamic axis that is axis 0 of every input, if there is one."""
-        firsts = {t.shape[0] if t.shape else None for t in self.inputs}
-        if len(firsts) == 1:
-            (d,) = firsts
-            if isinstance(d, str):
-                return d
-        return None
+        d = self._first_axis()
+        return d if isinstance(d, str) else None
 
     def fixed_batch(self) -> int | None:
-        firsts = {t.shape[0] if t.shape else None for t in self.inputs}
-        if len(firsts) == 1:
-            (d,) = firsts
-            if isinstance(d, int):
-                return d
-        return None
+        d = self._first_axis()
+        return d if isinstance(d, int) else None
 
     def batch_range(self) -> tuple[int, int]:
         b = self.batch_dim

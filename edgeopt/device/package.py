@@ -51,7 +51,7 @@ from edgeopt.core.fsutil import (
     write_json_atomic,
     write_text_atomic,
 )
-from edgeopt.core.records import Status
+from edgeopt.core.records import Status, records_of
 
 PACKAGE_JSON = "package.json"
 PACKAGE_SCHEMA = "edgeopt.device-package/1"
@@ -501,9 +501,9 @@ def package_from_out(out: Path, target_name: str, precision: str, dest: Path) ->
     if not onnx_path.is_file() and str(model.get("source", "")).endswith(".onnx"):
         onnx_path = Path(model["source"])
     tol = tolerance_for(precision).to_dict()
-    for a in m.get("artifacts", []):  # the build's tolerance for that precision, where it recorded one
-        if a.get("precision") == precision and (a.get("parity") or {}).get("tolerance"):
-            tol = Tolerance(**a["parity"]["tolerance"]).to_dict()
+    for a in records_of(m):  # the build's tolerance for that precision, where it recorded one
+        if a.precision == precision and a.tolerance:
+            tol = Tolerance(**a.tolerance).to_dict()
             break
     src = PackageSource(target=target, precision=precision, spec=spec, model_kind=model.get("kind", "generic"),
                         onnx_path=onnx_path, reference_path=out / REFERENCE_FILE, tolerance=tol,

@@ -19,7 +19,6 @@ from edgeopt.core.manifest import Manifest, load_consistent, load_manifest, mark
 from edgeopt.core.profile import ProfileConfig
 from edgeopt.config.recipe import Recipe, load_recipe
 from edgeopt.report.progress import Reporter
-from edgeopt.core.records import Status
 
 
 def _recipe(recipe) -> Recipe:
@@ -89,7 +88,7 @@ def profile(path: str | Path, batches=(1,), iterations: int | None = None, warmu
         return {"host": host_info(), "timing": run, "artifacts": results, "failed": failed, "layers": layer_profiles}
     with out_lock(path, "profile"):  # it rewrites the manifest: not while a build writes OUT
         manifest = load_consistent(path)  # read again under the lock: a build may have just finished
-        named = {a["id"]: path / a["id"] for a in manifest.data["artifacts"] if a["status"] == Status.OK}
+        named = {a.id: path / a.id for a in manifest.records if a.ok}
         run, results, failed, layer_profiles = _time_together(named, path, cfg, threads, reporter, layers, layer_runs)
         for a in manifest.data["artifacts"]:
             if a["id"] in results:

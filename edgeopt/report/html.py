@@ -34,7 +34,7 @@ from edgeopt.report.tables import (
     speedup_cell,
     timing_notes,
 )
-from edgeopt.core.records import Status
+from edgeopt.core.records import Status, records_of
 
 REPORT_DIR = "report"
 MARKDOWN = "report.md"
@@ -89,21 +89,21 @@ def _num(v, fmt: str) -> str:
 
 
 def batches_of(m: dict) -> list[int]:
-    rows = [r for a in m.get("artifacts", []) for r in a.get("latency") or []]
+    rows = [r for a in records_of(m) for r in a.latency or ()]
     rows += (m.get("baseline") or {}).get("latency") or []
     return sorted({r["batch"] for r in rows})
 
 
 def metric_name(m: dict) -> str:
     acc = ((m.get("baseline") or {}).get("accuracy")
-           or next((a["accuracy"] for a in m.get("artifacts", []) if a.get("accuracy")), None) or {})
+           or next((a.accuracy for a in records_of(m) if a.accuracy), None) or {})
     return acc.get("metric", "accuracy")
 
 
 def table_rows(m: dict) -> dict:
     """Header and formatted cells of the artifact table, shared by the Markdown and the HTML."""
     batches = batches_of(m)
-    by_id = {a["id"]: a for a in m.get("artifacts", [])}
+    by_id = {a.id: a for a in records_of(m)}
     header = ["artifact", "precision", "status", "size MB", f"{metric_name(m)} %", "drop pt", "parity max abs",
               "parity cosine"]
     for b in batches:
@@ -111,7 +111,8 @@ def table_rows(m: dict) -> dict:
     header.append("notes")
     rows = []
     for row in artifact_rows(m):
-        parity = (by_id.get(row["id"]) or {}).get("parity") or {}
+        rec = by_id.get(row["id"])
+        parity = (rec.parity if rec is not None else None) or {}
         cells = [row["id"], row["precision"], row["status"], _num(row["size_mb"], ".2f"),
                  _num(None if row["accuracy"] is None else row["accuracy"] * 100, ".2f"), _num(row["drop"], "+.2f"),
                  _num(parity.get("max_abs"), ".2e"), _num(parity.get("cosine"), ".6f")]
@@ -148,8 +149,8 @@ def _png(fig) -> bytes:
 def artifact_colors(m: dict) -> dict[str, str]:
     """One colour per artifact id, the same in every plot; grey for the baseline, red for an artifact not ok."""
     colors = {(m.get("baseline") or {}).get("name", "torch-eager-fp32"): BASELINE_COLOR}
-    for i, a in enumerate(m.get("artifacts", [])):
-        colors[a["id"]] = PALETTE[i % len(PALETTE)] if a.get("status") == Status.OK else FAILED_COLOR
+    for i, a in enumerate(records_of(m)):
+        colors[a.id] = PALETTE[i % len(PALETTE)] if a.ok else FAILED_COLOR
     return colors
 
 
@@ -160,11 +161,11 @@ def latency_series(m: dict) -> list[dict]:
     if base and base.get("latency"):
         out.append({"id": base["name"], "precision": "fp32", "status": Status.BASELINE, "baseline": True,
                     "latency": base["latency"], "accuracy": (base.get("accuracy") or {}).get("value"), "cosine": 1.0})
-    for a in m.get("artifacts", []):
-        if a.get("latency"):
-            out.append({"id": a["id"], "precision": a["precision"], "status": a["status"], "baseline": False,
-                        "latency": a["latency"], "accuracy": (a.get("accuracy") or {}).get("value"),
-                        "cosine": (a.get("parity") or {}).get("cosine")})
+    for a in records_of(m):
+        if a.latency:
+            out.append({"id": a.id, "precision": a.precision, "status": a.status, "baseline": False,
+                        "latency": list(a.latency), "accuracy": (a.accuracy or {}).get("value"),
+                        "cosine": (a.parity or {}).get("cosine")})
     return out
 
 
@@ -298,13 +299,13 @@ def plot_tradeoff(m: dict, series: list[dict], colors: dict[str, str]) -> Plot |
 
 
 def plot_parity(m: dict, series: list[dict], colors: dict[str, str]) -> Plot | None:
-    items = [(a, a["parity"]) for a in m.get("artifacts", []) if (a.get("parity") or {}).get("max_abs") is not None]
+    items = [(a, a.parity) for a in records_of(m) if (a.parity or {}).get("max_abs") is not None]
     if not items:
         return None
     fig = _figure(8.5, 1.4 + 0.55 * len(items))
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
     ys = list(range(len(items)))[::-1]
-    bar_colors = [colors.get(a["id"], FAILED_COLOR) for a, _ in items]
+    bar_colors = [colors.get(a.id, FAILED_COLOR) for a, _ in items]
     floor = 1e-12
     ax1.barh(ys, [max(p["max_abs"], floor) for _, p in items], color=bar_colors, height=0.6)
     ax2.barh(ys, [max(1.0 - p["cosine"], floor) if p.get("cosine") is not None else floor for _, p in items],
@@ -316,7 +317,7 @@ def plot_parity(m: dict, series: list[dict], colors: dict[str, str]) -> Plot | N
         if tol.get("min_cosine") is not None:
             ax2.plot([max(1.0 - tol["min_cosine"], floor)], [y], marker="|", markersize=16, markeredgewidth=2,
                      color="black")
-    ax1.set_yticks(ys, [a["id"] for a, _ in items])
+    ax1.set_yticks(ys, [a.id for a, _ in items])
     for ax, name in ((ax1, "max |artifact - PyTorch|"), (ax2, "1 - cosine")):
         ax.set_xscale("log")
         ax.set_xlabel(name)
@@ -360,30 +361,30 @@ def device_rows(m: dict) -> list[tuple[str, str]]:
     """Per artifact, what it was built for and ran on: target, backend, device; the GPU / TensorRT record of
     an engine; the runtime's threads and the peak memory when profiled."""
     rows = []
-    for a in m.get("artifacts", []):
-        meta = a.get("meta") or {}
-        parts = [f"target {a.get('target')}", f"backend {a.get('backend')}"]
+    for a in records_of(m):
+        meta = a.meta or {}
+        parts = [f"target {a.target}", f"backend {a.backend}"]
         parts += [f"{k.replace('_', ' ')} {meta[k]}" for k in DEVICE_META_KEYS if meta.get(k) not in (None, "")]
-        fp = a.get("device_fingerprint") or a.get("device_info")
+        fp = a.extra.get("device_fingerprint") or a.extra.get("device_info")
         if isinstance(fp, dict):
             parts += [f"{k} {v}" for k, v in fp.items()]
-        if a.get("threads") is not None:
-            parts.append(f"{a['threads']} threads")
-        if a.get("peak_rss_mb") is not None:
-            parts.append(f"peak RSS {a['peak_rss_mb']:.0f} MB")
-        if a.get("status") != Status.OK:
-            parts.append(f"status {a.get('status')}")
-        rows.append((a["id"], ", ".join(parts)))
+        if a.threads is not None:
+            parts.append(f"{a.threads} threads")
+        if a.peak_rss_mb is not None:
+            parts.append(f"peak RSS {a.peak_rss_mb:.0f} MB")
+        if not a.ok:
+            parts.append(f"status {a.status}")
+        rows.append((a.id, ", ".join(parts)))
     return rows
 
 
 def parity_detail(m: dict) -> list[list[str]]:
     rows = []
-    for a in m.get("artifacts", []):
-        p = a.get("parity") or {}
+    for a in records_of(m):
+        p = a.parity or {}
         for out, o in (p.get("outputs") or {}).items():
             tol = p.get("tolerance") or {}
-            rows.append([a["id"], out, _num(o.get("max_abs"), ".2e"), _num(o.get("max_rel"), ".2e"),
+            rows.append([a.id, out, _num(o.get("max_abs"), ".2e"), _num(o.get("max_rel"), ".2e"),
                          _num(o.get("cosine"), ".6f"), _num(o.get("ref_max_abs"), ".3g"),
                          f"atol {tol.get('atol')}, rtol {tol.get('rtol')}, min cosine {tol.get('min_cosine')}",
                          "passed" if p.get("passed") else (p.get("reason") or "failed")])
@@ -417,8 +418,8 @@ LAYER_HEADER = ["layer", "type", "precision", "ms", "share"]
 def layer_sections(m: dict, top: int = 10) -> list[tuple[str, str, list[list[str]]]]:
     """(artifact id, summary line, rows of its slowest layers) for every artifact with a per-layer profile
     (``edgeopt profile OUT --layers``)."""
-    return [(a["id"], f"batch {a['layers'].get('batch', '?')}: " + layer_summary(a["layers"]), layer_rows(a["layers"], top))
-            for a in m.get("artifacts", []) if (a.get("layers") or {}).get("layers")]
+    return [(a.id, f"batch {a.layers.get('batch', '?')}: " + layer_summary(a.layers), layer_rows(a.layers, top))
+            for a in records_of(m) if (a.layers or {}).get("layers")]
 
 
 def render_markdown(m: dict, table: dict, plots: list[Plot]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeopt.core.records import Status
+from edgeopt.core.records import ArtifactRecord, Status, records_of
 
 
 def ms(v) -> str:
@@ -14,13 +14,13 @@ def latency_at(rec: dict, batch: int) -> dict | None:
     return next((r for r in rec.get("latency") or [] if r["batch"] == batch), None)
 
 
-def same_run(manifest: dict, rec: dict) -> bool:
+def same_run(manifest: dict, rec: ArtifactRecord) -> bool:
     """Whether ``rec``'s timings and the baseline's come from one interleaved run: only then is a ratio shown.
     (Manifests written before timing runs were recorded carry no run ids and are shown as they were.)"""
     base = manifest.get("baseline") or {}
-    if "timing" not in manifest and "timing_run" not in rec and "timing_run" not in base:
+    if "timing" not in manifest and rec.timing_run is None and "timing_run" not in base:
         return True
-    return rec.get("timing_run") is not None and rec.get("timing_run") == base.get("timing_run")
+    return rec.timing_run is not None and rec.timing_run == base.get("timing_run")
 
 
 def speedup_cell(row: dict, batch: int) -> str:
@@ -40,10 +40,8 @@ def median_cell(lat: dict | None) -> str:
 
 def metric_label(manifest: dict) -> str:
     """The task metric's column name ("top-1", "agree", "emb cos", "mAP50", "cos"); "top-1" when none was measured."""
-    for rec in [manifest.get("baseline") or {}, *manifest.get("artifacts", [])]:
-        if (rec.get("accuracy") or {}).get("label"):
-            return rec["accuracy"]["label"]
-    return "top-1"
+    tables = [(manifest.get("baseline") or {}).get("accuracy"), *(a.accuracy for a in records_of(manifest))]
+    return next((acc["label"] for acc in tables if (acc or {}).get("label")), "top-1")
 
 
 def quality_cell(acc: dict | None) -> str:
@@ -65,19 +63,19 @@ def artifact_rows(manifest: dict) -> list[dict]:
                      "latency": base["latency"],
                      "speedup": {str(r["batch"]): 1.0 for r in base["latency"]}, "interval": {}, "parity": None,
                      "parity_cell": None, "note": ""})
-    for a in manifest.get("artifacts", []):
-        rec = a.get("accuracy") or {}
+    for a in records_of(manifest):
+        rec = a.accuracy or {}
         acc = rec.get("value")
-        size = sum(f["bytes"] for f in a.get("files", []) if not f["path"].endswith(".json")) / 1e6
+        size = sum(f.bytes or 0 for f in a.files if not f.path.endswith(".json")) / 1e6
         rows.append({
-            "id": a["id"], "precision": a["precision"], "status": a["status"], "size_mb": size if a.get("files") else None,
+            "id": a.id, "precision": a.precision, "status": a.status, "size_mb": size if a.files else None,
             "accuracy": acc, "quality": quality_cell(rec),
             "drop": (ref_acc.get("value") - acc) * 100 if acc is not None and ref_acc.get("value") is not None else None,
-            "latency": a.get("latency") or [],
-            "speedup": (a.get("speedup_vs_torch") or {}) if same_run(manifest, a) else {},
-            "interval": (a.get("speedup_interval") or {}) if same_run(manifest, a) else {},
-            "parity": (a.get("parity") or {}).get("max_abs"), "parity_cell": _parity_cell(a),
-            "note": a.get("reason") or "; ".join(a.get("flags", [])),
+            "latency": list(a.latency or ()),
+            "speedup": (a.speedup_vs_torch or {}) if same_run(manifest, a) else {},
+            "interval": (a.speedup_interval or {}) if same_run(manifest, a) else {},
+            "parity": (a.parity or {}).get("max_abs"), "parity_cell": _parity_cell(a),
+            "note": a.reason or "; ".join(a.flags or ()),
         })
     return rows
 
@@ -152,10 +150,10 @@ SHORT_STATUS = {Status.BASELINE: "base", Status.NOT_BUILT_HERE: "device", Status
                 Status.SKIPPED: "skipped", Status.OK: "ok"}
 
 
-def _parity_cell(a: dict) -> str | None:
+def _parity_cell(a: ArtifactRecord) -> str | None:
     """Max abs error where the precision is judged by it (fp32, fp16); the cosine for bf16 and int8; mAP50
     against PyTorch's detections for a detector whose detections differ element-wise."""
-    p = a.get("parity") or {}
+    p = a.parity or {}
     if p.get("max_abs") is None:
         return None
     if p.get("judged_by") == "detections":  # detections that differ element-wise, judged by mAP50 vs PyTorch
@@ -168,7 +166,7 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
     percent, its drop in points, and per batch the median latency and the speed-up over PyTorch eager; columns
     that do not fit are dropped (the first batch's stay). ``wide``: every column (parity, p99) and no limit.
     Reasons and flags follow the table as numbered notes, word-wrapped."""
-    batches = sorted({r["batch"] for a in manifest.get("artifacts", []) for r in a.get("latency") or []} |
+    batches = sorted({r["batch"] for a in records_of(manifest) for r in a.latency or ()} |
                      {r["batch"] for r in (manifest.get("baseline") or {}).get("latency", [])})
     model = manifest.get("model", {})
     cpu = (manifest.get("host") or {}).get("cpu", {})

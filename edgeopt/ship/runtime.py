@@ -24,17 +24,18 @@ from edgeopt.ship.bundle import (
     select_records,
 )
 from edgeopt.errors import UserInputError
+from edgeopt.core.records import ArtifactRecord
 
 
-def batch1_median_ms(rec: dict) -> float:
+def batch1_median_ms(rec: ArtifactRecord) -> float:
     """The manifest's batch-1 median latency of an artifact (inf when it was not profiled)."""
-    for row in rec.get("latency") or []:
-        if row.get("batch") == 1 and isinstance(row.get("median_ms"), (int, float)):
+    for row in rec.latency or ():
+        if row["batch"] == 1 and row.get("median_ms") is not None:
             return float(row["median_ms"])
     return math.inf
 
 
-def candidates(b: Bundle, target: str | None = None) -> list[dict]:
+def candidates(b: Bundle, target: str | None = None) -> list[ArtifactRecord]:
     """The "ok" artifacts (of ``target``: a target name or an artifact id), fastest first by the manifest's
     batch-1 median latency; manifest order breaks ties."""
     return sorted(select_records(b, target), key=batch1_median_ms)
@@ -63,12 +64,12 @@ def load(bundle_or_folder: str | Path, target: str | None = None, verify: bool =
     for rec in candidates(b, target):
         c = check_compatibility(b, rec)
         if not c.ok:
-            tried.append((rec["id"], c.reason, c.fix))
+            tried.append((rec.id, c.reason, c.fix))
             continue
         try:
             runner, art = open_runner(b, rec, threads=threads)
         except IncompatibleError as exc:
-            tried.append((rec["id"], exc.problem, exc.fix))
+            tried.append((rec.id, exc.problem, exc.fix))
             continue
         try:
             verification = {"files_checked": b.files_checked, "signature": b.signature,
@@ -92,16 +93,16 @@ class Model:
     """A loaded artifact. ``infer`` takes a dict of named arrays (or one array for a one-input model) and
     returns a dict of named numpy outputs. Close it (or use ``with``) to free the backend's memory."""
 
-    def __init__(self, b: Bundle, record: dict, art: dict, runner, verification: dict | None):
+    def __init__(self, b: Bundle, record: ArtifactRecord, art: dict, runner, verification: dict | None):
         self.bundle = b
         self.record = record
         self.runner = runner
         self.verification = verification
         self.spec = runner.spec
-        self.id: str = record["id"]
-        self.target: str = record["target"]
-        self.backend: str = record["backend"]
-        self.precision: str = record["precision"]
+        self.id: str = record.id
+        self.target: str = record.target
+        self.backend: str = record.backend
+        self.precision: str = record.precision
         self.backend_version: str | None = art.get("backend_version")
 
     # ---- metadata ---------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from pathlib import Path
 from edgeopt.config.budgets import Budgets
 from edgeopt.errors import EdgeoptError, UserInputError
 from edgeopt.core.manifest import load_consistent
-from edgeopt.report.tables import artifact_rows, latency_at
-from edgeopt.core.records import Status
+from edgeopt.report.tables import artifact_rows
+from edgeopt.core.records import ArtifactRecord, records_of
 
 
 class NoArtifactQualifiesError(EdgeoptError):
@@ -50,21 +50,21 @@ def select(out_dir: str | Path, max_drop: float | None = None, p99_ms: float | N
 def select_manifest(m: dict, budgets: Budgets) -> dict:
     """:func:`select` on a manifest already in memory (``edgeopt build`` ends with this)."""
     b = budgets.batch
-    artifacts = m.get("artifacts", [])
-    if budgets.target is not None and not any(a.get("target") == budgets.target for a in artifacts):
-        known = sorted({a.get("target") for a in artifacts})
+    artifacts = records_of(m)
+    if budgets.target is not None and not any(a.target == budgets.target for a in artifacts):
+        known = sorted({a.target for a in artifacts})
         raise UserInputError(f"No artifact in this build is for target {budgets.target!r}.",
                              f"Pick one of {known}, or build it: edgeopt build --target {budgets.target}.")
     rows = {r["id"]: r for r in artifact_rows(m)}
     base_acc = ((m.get("baseline") or {}).get("accuracy") or {}).get("value")
     candidates = []
     for a in artifacts:
-        row = rows[a["id"]]
-        lat = latency_at(a, b)
-        c = {"id": a["id"], "target": a.get("target"), "precision": a.get("precision"), "status": a.get("status"),
+        row = rows[a.id]
+        lat = a.latency_at(b)
+        c = {"id": a.id, "target": a.target, "precision": a.precision, "status": a.status,
              "median_ms": lat["median_ms"] if lat else None, "p99_ms": lat.get("p99_ms") if lat else None,
              "size_mb": row["size_mb"], "accuracy": row["accuracy"], "drop": row["drop"],
-             "cosine": (a.get("parity") or {}).get("cosine"), "flags": list(a.get("flags") or []),
+             "cosine": (a.parity or {}).get("cosine"), "flags": list(a.flags or []),
              "qualifies": False, "reasons": _budget_reasons(a, c_lat=lat, row=row, budgets=budgets, base_acc=base_acc)}
         c["qualifies"] = not c["reasons"]
         candidates.append(c)
@@ -79,7 +79,7 @@ def select_manifest(m: dict, budgets: Budgets) -> dict:
                                    c["median_ms"] if c["median_ms"] is not None else float("inf"), c["id"]))
     result = {"selected": winner["id"] if winner else None, "batch": b,
               "budgets": {k: v for k, v in asdict(budgets).items() if v is not None},
-              "artifact": _summary(next(a for a in artifacts if a["id"] == winner["id"])) if winner else None,
+              "artifact": _summary(next(a for a in artifacts if a.id == winner["id"])) if winner else None,
               "candidates": candidates}
     if winner is None:
         lines = [f"  {c['id']}: {'; '.join(c['reasons'])}" for c in candidates]
@@ -91,18 +91,19 @@ def select_manifest(m: dict, budgets: Budgets) -> dict:
     return result
 
 
-def _budget_reasons(a: dict, c_lat: dict | None, row: dict, budgets: Budgets, base_acc: float | None) -> list[str]:
+def _budget_reasons(a: ArtifactRecord, c_lat: dict | None, row: dict, budgets: Budgets,
+                    base_acc: float | None) -> list[str]:
     """Why ``a`` cannot be selected under ``budgets`` (every budget it misses, with the numbers)."""
     b = budgets.batch
     reasons = []
-    if budgets.target is not None and a.get("target") != budgets.target:
-        reasons.append(f"target {a.get('target')}, not {budgets.target}")
-    if a.get("status") != Status.OK:
-        why = f": {a['reason']}" if a.get("reason") else ""
-        reasons.append(f"status {a.get('status')}{why}")
+    if budgets.target is not None and a.target != budgets.target:
+        reasons.append(f"target {a.target}, not {budgets.target}")
+    if not a.ok:
+        why = f": {a.reason}" if a.reason else ""
+        reasons.append(f"status {a.status}{why}")
         return reasons  # no figures to compare
     if c_lat is None:
-        profiled = sorted(r["batch"] for r in a.get("latency") or [])
+        profiled = sorted(r["batch"] for r in a.latency or ())
         reasons.append(f"not profiled at batch {b}" + (f" (profiled at {profiled})" if profiled else
                                                         " (the build ran without profiling)"))
     elif budgets.p99_ms is not None:
@@ -127,7 +128,7 @@ def _budget_reasons(a: dict, c_lat: dict | None, row: dict, budgets: Budgets, ba
         elif row["size_mb"] > budgets.max_size_mb:
             reasons.append(f"size {row['size_mb']:.2f} MB > {budgets.max_size_mb:g} MB budget")
     if budgets.min_cosine is not None:
-        cos = (a.get("parity") or {}).get("cosine")
+        cos = (a.parity or {}).get("cosine")
         if cos is None:
             reasons.append("no parity cosine recorded, so the --min-cosine budget cannot be checked")
         elif cos < budgets.min_cosine:
@@ -135,6 +136,7 @@ def _budget_reasons(a: dict, c_lat: dict | None, row: dict, budgets: Budgets, ba
     return reasons
 
 
-def _summary(a: dict) -> dict:
-    return {k: a.get(k) for k in ("id", "target", "backend", "device", "precision", "status", "flags", "files")
-            if a.get(k) is not None}
+def _summary(a: ArtifactRecord) -> dict:
+    rec = a.to_dict()
+    return {k: rec.get(k) for k in ("id", "target", "backend", "device", "precision", "status", "flags", "files")
+            if rec.get(k) is not None}

@@ -16,12 +16,10 @@ from edgeopt.errors import EdgeoptError
 from edgeopt.device.remote.ssh import ERROR_MARK, RESULT_MARK
 
 
-
 def _emit(mark: str, obj) -> None:
     sys.stdout.flush()
     sys.stdout.write(mark + json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()
-
 
 
 def _error_dict(exc: BaseException) -> dict:
@@ -36,7 +34,6 @@ def _error_dict(exc: BaseException) -> dict:
             "fix": "Report this as a bug in edgeopt.", "exit_code": 1}
 
 
-
 def _modules() -> dict:
     import importlib.util
 
@@ -48,7 +45,6 @@ def _modules() -> dict:
 
     return {m: present(m) for m in ("numpy", "tomli", "click", "rich", "onnx", "tensorrt", "onnxruntime", "openvino",
                                     "cuda")}
-
 
 
 def _agent_hello(args: dict) -> dict:
@@ -68,7 +64,6 @@ def _agent_hello(args: dict) -> dict:
             "edgeopt_path": str(PACKAGE_DIR)}
 
 
-
 def _venv_system_site() -> bool:
     try:
         text = (Path(sys.prefix) / "pyvenv.cfg").read_text()
@@ -77,12 +72,10 @@ def _venv_system_site() -> bool:
     return bool(re.search(r"include-system-site-packages\s*=\s*true", text, re.I))
 
 
-
 def _agent_info(args: dict) -> dict:
     from edgeopt.device.package import device_fingerprint
 
     return {"fingerprint": device_fingerprint()}
-
 
 
 def _agent_compile(args: dict) -> dict:
@@ -103,7 +96,6 @@ def _agent_compile(args: dict) -> dict:
             reporter.error(f"{name}: {exc}")
             results[name] = {"error": _error_dict(exc)}
     return {"fingerprint": device_fingerprint(), "results": results}
-
 
 
 def _agent_profile(args: dict) -> dict:
@@ -136,7 +128,6 @@ def _agent_profile(args: dict) -> dict:
 
 
 AGENT_ACTIONS = {"hello": _agent_hello, "info": _agent_info, "compile": _agent_compile, "profile": _agent_profile}
-
 
 
 def agent_main(argv: list[str]) -> int:

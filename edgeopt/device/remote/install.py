@@ -20,7 +20,6 @@ from edgeopt.device.remote.ssh import (
 from edgeopt.device.remote.transfer import push
 
 
-
 def info(host: str, options: RemoteOptions | None = None, **overrides) -> dict:
     """The device's edgeopt version, Python, installed backends and device fingerprint."""
     opts = resolve_options(options, overrides)
@@ -31,11 +30,9 @@ def info(host: str, options: RemoteOptions | None = None, **overrides) -> dict:
             "version_matches": h.get("edgeopt_version") == __version__}
 
 
-
 def info_many(hosts, options: RemoteOptions | None = None, reporter=None, **overrides) -> dict:
     opts = resolve_options(options, overrides)
     return for_hosts(hosts, lambda h: info(h, opts), reporter)
-
 
 
 def build_wheel(dest: Path) -> Path:
@@ -64,7 +61,6 @@ def build_wheel(dest: Path) -> Path:
                              "pip needs the build backend (hatchling: pip install hatchling, or network access "
                              "to PyPI); or pass a wheel with --wheel PATH.")
     return wheels[-1]
-
 
 
 def wheel_from_installed(dest: Path) -> Path:
@@ -114,13 +110,11 @@ def wheel_from_installed(dest: Path) -> Path:
     return wheel
 
 
-
 def _device_built_backends() -> list:
     """The backends whose artifacts are compiled on the device (their framework comes with the device's system)."""
     from edgeopt.backends import REGISTRY, get_backend
 
     return [b for b in map(get_backend, REGISTRY) if b.builds_on_device]
-
 
 
 def _base_probe() -> str:
@@ -129,7 +123,6 @@ def _base_probe() -> str:
     return ("import sys, json, importlib.util as u; "
             "print(json.dumps({'version': list(sys.version_info[:3]), 'executable': sys.executable, "
             f"'modules': {{m: u.find_spec(m) is not None for m in {modules!r}}}}}))")
-
 
 
 def setup(host: str, wheel: str | Path | None = None, python: str = "python3", venv: str | None = None,
@@ -220,13 +213,11 @@ def setup(host: str, wheel: str | Path | None = None, python: str = "python3", v
             "system_site_packages": h.get("system_site_packages"), "fingerprint": details.get("fingerprint")}
 
 
-
 def _target_backends(targets) -> list[str]:
     """The backends of the named targets (the device runs them)."""
     from edgeopt.core.targets import get_target
 
     return sorted({get_target(t).backend for t in targets})
-
 
 
 def _remote_cuda(host: str, opts: RemoteOptions) -> str | None:

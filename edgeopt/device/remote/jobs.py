@@ -21,10 +21,8 @@ from edgeopt.device.remote.ssh import (
 from edgeopt.device.remote.transfer import pull, push
 
 
-
 def _job_dir(opts: RemoteOptions) -> str:
     return rjoin(opts.workdir, "jobs", f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")
-
 
 
 def _cleanup(host: str, remote_dir: str, opts: RemoteOptions) -> None:
@@ -34,7 +32,6 @@ def _cleanup(host: str, remote_dir: str, opts: RemoteOptions) -> None:
         run_ssh(host, f"rm -rf -- {rpath(remote_dir)}", opts, 120)
     except EdgeoptError:
         pass
-
 
 
 def _resolve_packages(path: Path, targets, precisions, tmp: Path) -> tuple[list[tuple[str, Path]], Path]:
@@ -83,7 +80,6 @@ def _resolve_packages(path: Path, targets, precisions, tmp: Path) -> tuple[list[
     return out, path
 
 
-
 def remote_compile(hosts, package_or_out, *, targets=(), precisions=(), threads: int | None = None,
                    profile_batches=(1,), duration_s: float = 1.5, force: bool = False, output: str | Path | None = None,
                    reporter=None, options: RemoteOptions | None = None, **overrides) -> dict:
@@ -111,7 +107,6 @@ def remote_compile(hosts, package_or_out, *, targets=(), precisions=(), threads:
     return result
 
 
-
 @contextlib.contextmanager
 def _job_on(host: str, items, verb: str, key: str, args: dict, opts: RemoteOptions, reporter):
     """Upload ``items`` ((id, local path) pairs) into a fresh job folder on ``host`` and run the agent's
@@ -127,7 +122,6 @@ def _job_on(host: str, items, verb: str, key: str, args: dict, opts: RemoteOptio
         yield h, job, res
     finally:
         _cleanup(host, job, opts)
-
 
 
 def _compile_on(host: str, packages, args: dict, out_root: Path, opts: RemoteOptions, reporter) -> dict:
@@ -164,7 +158,6 @@ def _compile_on(host: str, packages, args: dict, out_root: Path, opts: RemoteOpt
             "python": h.get("python"), "path": str(host_dir)}
 
 
-
 def _place(host: str, pulled: Path, final: Path, record: dict) -> dict:
     """Check the pulled files against the device's sha256 list, then swap them in as ``final``."""
     import shutil
@@ -185,7 +178,6 @@ def _place(host: str, pulled: Path, final: Path, record: dict) -> dict:
     return {**{k: record.get(k) for k in keep}, "path": str(final)}
 
 
-
 def _artifact_folders(path: Path, host_dir: Path | None) -> list[tuple[str, Path]]:
     from edgeopt.core.artifact import ARTIFACT_JSON, read_artifact_json
     from edgeopt.core.manifest import MANIFEST, load_manifest
@@ -202,14 +194,12 @@ def _artifact_folders(path: Path, host_dir: Path | None) -> list[tuple[str, Path
     if not (path / MANIFEST).is_file():
         raise UserInputError(f"{path} is neither an artifact folder nor an edgeopt output folder.",
                              "Give OUT (with manifest.json) or OUT/<artifact-id> (with artifact.json).")
-    m = load_manifest(path).data
-    found = {a["id"]: path / a["id"] for a in m["artifacts"] if a["status"] == Status.OK}
+    found = {a.id: path / a.id for a in load_manifest(path).records if a.ok}
     if host_dir is not None and host_dir.is_dir():  # what was compiled on this host earlier
         for p in sorted(host_dir.iterdir()):
             if p.is_dir() and (p / ARTIFACT_JSON).is_file() and not p.name.startswith("."):
                 found[p.name] = p
     return sorted(found.items())
-
 
 
 def remote_profile(hosts, path, *, batches=(1,), threads: int | None = None, duration_s: float = 1.5,
@@ -250,7 +240,6 @@ def remote_profile(hosts, path, *, batches=(1,), threads: int | None = None, dur
     result["output"] = str(out_root)
     _record_in_manifest(base, result, "profiled")
     return result
-
 
 
 def _record_in_manifest(base: Path, result: dict, what: str) -> None:

@@ -38,7 +38,6 @@ ERROR_MARK = "EDGEOPT-ERROR "
 SETUP_FIX = "Run `edgeopt remote setup {host}` (it installs this edgeopt version into a venv on the device)."
 
 
-
 class RemoteError(EdgeoptError):
     """Something failed on (or on the way to) one remote host. ``kind`` says what, for scripts."""
 
@@ -50,7 +49,6 @@ class RemoteError(EdgeoptError):
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "problem": self.problem, "fix": self.fix}
-
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,6 @@ class RemoteOptions:
         return self.remote_python or f"{self.workdir.rstrip('/')}/venv/bin/python"
 
 
-
 def resolve_options(options: RemoteOptions | None, overrides: dict) -> RemoteOptions:
     opts = options or RemoteOptions()
     known = {f.name for f in fields(RemoteOptions)}
@@ -89,7 +86,6 @@ def resolve_options(options: RemoteOptions | None, overrides: dict) -> RemoteOpt
     return opts
 
 
-
 def check_host(host: str) -> str:
     """A host as ssh takes it (``user@host``, an alias from ~/.ssh/config, ``ssh://user@host:port``)."""
     if not host or host.startswith("-") or any(c.isspace() for c in host) or any(c in host for c in "'\"`$;|&<>\\"):
@@ -98,12 +94,10 @@ def check_host(host: str) -> str:
     return host
 
 
-
 def host_slug(host: str) -> str:
     """A folder name for a host: 'user@jetson.local' -> 'user@jetson.local', 'ssh://a@b:22' -> 'a@b_22'."""
     text = host[len("ssh://"):] if host.startswith("ssh://") else host
     return re.sub(r"[^A-Za-z0-9@._-]", "_", text).strip("._") or "host"
-
 
 
 def rpath(path: str) -> str:
@@ -116,10 +110,8 @@ def rpath(path: str) -> str:
     return shlex.quote(path)
 
 
-
 def rjoin(base: str, *parts: str) -> str:
     return str(PurePosixPath(base, *parts)) if not base.startswith("~") else "/".join([base.rstrip("/"), *parts])
-
 
 
 def ssh_argv(host: str, command: str, opts: RemoteOptions) -> list[str]:
@@ -131,14 +123,12 @@ def ssh_argv(host: str, command: str, opts: RemoteOptions) -> list[str]:
     return argv
 
 
-
 @dataclass
 class SshResult:
     rc: int
     stdout: bytes
     stderr: str
     timed_out: bool
-
 
 
 def run_ssh(host: str, command: str, opts: RemoteOptions, timeout: float, *, writer=None, reader=None,
@@ -232,7 +222,6 @@ SSH_FAILURES = (
 )
 
 
-
 def classify(host: str, res: SshResult, doing: str, python: str | None = None) -> RemoteError:
     """One clear error for a failed remote command."""
     err = res.stderr
@@ -265,11 +254,9 @@ def classify(host: str, res: SshResult, doing: str, python: str | None = None) -
                        "See the device's messages above; `edgeopt remote info HOST` checks the setup.", kind="remote")
 
 
-
 def remote_env(opts: RemoteOptions) -> str:
     return (f"EDGEOPT_CACHE_DIR={rpath(rjoin(opts.workdir, 'cache'))} PYTHONUNBUFFERED=1 "
             f"PIP_DISABLE_PIP_VERSION_CHECK=1")
-
 
 
 def run_agent(host: str, action: str, args: dict, opts: RemoteOptions, *, timeout: float | None = None,
@@ -299,7 +286,6 @@ def run_agent(host: str, action: str, args: dict, opts: RemoteOptions, *, timeou
     raise classify(host, res, f"edgeopt {action}", py)
 
 
-
 def hello(host: str, opts: RemoteOptions, python: str | None = None, check_version: bool = True) -> dict:
     """Reach the device and check its edgeopt: version, Python, free space in the work folder."""
     h = run_agent(host, "hello", {}, opts, timeout=max(60.0, opts.connect_timeout * 3), python=python)
@@ -313,7 +299,6 @@ def hello(host: str, opts: RemoteOptions, python: str | None = None, check_versi
                           "needs.", f"Run `edgeopt remote setup {host}` with access to PyPI from the device, or "
                           "install them there (numpy: sudo apt-get install python3-numpy).", kind="not-set-up")
     return h
-
 
 
 def for_hosts(hosts, fn, reporter) -> dict:
@@ -345,7 +330,6 @@ def for_hosts(hosts, fn, reporter) -> dict:
     with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
         results = dict(pool.map(one, hosts))
     return {"ok": all(r["ok"] for r in results.values()), "hosts": results}
-
 
 
 def reporter_or_default(reporter):

@@ -10,7 +10,6 @@ from pathlib import Path, PurePosixPath
 from edgeopt.device.remote.ssh import RemoteError, RemoteOptions, classify, rpath, run_ssh
 
 
-
 def _tar_writer(items: list[tuple[Path, str]]):
     def skip(ti: tarfile.TarInfo):
         name = PurePosixPath(ti.name).name
@@ -27,14 +26,12 @@ def _tar_writer(items: list[tuple[Path, str]]):
     return write
 
 
-
 def _size(items: list[tuple[Path, str]]) -> int:
     total = 0
     for path, _ in items:
         p = Path(path)
         total += p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
     return total
-
 
 
 def push(host: str, items: list[tuple[Path, str]], remote_dir: str, opts: RemoteOptions, free_bytes: int | None = None) -> None:
@@ -51,13 +48,11 @@ def push(host: str, items: list[tuple[Path, str]], remote_dir: str, opts: Remote
         raise classify(host, res, "the upload")
 
 
-
 def _safe_member(name: str) -> PurePosixPath:
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts or not p.parts:
         raise tarfile.TarError(f"unsafe path in the download: {name!r}")
     return p
-
 
 
 def _tar_reader(dest: Path):
@@ -77,7 +72,6 @@ def _tar_reader(dest: Path):
                 else:
                     raise tarfile.TarError(f"the download holds {m.name!r}, which is not a plain file")
     return read
-
 
 
 def pull(host: str, remote_dir: str, names: list[str], dest: Path, opts: RemoteOptions) -> None:

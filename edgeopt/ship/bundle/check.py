@@ -10,10 +10,9 @@ from pathlib import Path
 from edgeopt import __version__
 from edgeopt.errors import ArtifactLoadError, EdgeoptError, IntegrityError, ParityError, UserInputError
 from edgeopt.core.untrusted import printable
-from edgeopt.core.records import Status
+from edgeopt.core.records import ArtifactRecord
 from edgeopt.ship.bundle.format import GET_AGAIN, IncompatibleError, Limits
 from edgeopt.ship.bundle.read import Bundle, open_bundle
-
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,6 @@ class Compatibility:
                 "backend_version": self.backend_version, "warnings": list(self.warnings)}
 
 
-
 def installed_version(backend) -> str | None:
     """The backend's installed version; falls back to the module's ``__version__`` (onnxruntime-gpu,
     JetPack's tensorrt and other builds installed under another distribution name)."""
@@ -44,25 +42,22 @@ def installed_version(backend) -> str | None:
     return None
 
 
-
-def rebuild_fix(rec: dict, needs: str, verb: str = "Rebuild") -> str:
-    return (f"{verb} {rec['id']} for this device: `edgeopt build RECIPE --target {rec['target']} --precision "
-            f"{rec['precision']}` on {needs}, then `edgeopt bundle` again.")
-
+def rebuild_fix(rec: ArtifactRecord, needs: str, verb: str = "Rebuild") -> str:
+    return (f"{verb} {rec.id} for this device: `edgeopt build RECIPE --target {rec.target} --precision "
+            f"{rec.precision}` on {needs}, then `edgeopt bundle` again.")
 
 
-def _other_target_fix(rec: dict, verb: str = "Rebuild") -> str:
+def _other_target_fix(rec: ArtifactRecord, verb: str = "Rebuild") -> str:
     return (f"{verb} for a target this device has: `edgeopt targets` (run here) lists them; then `edgeopt build "
-            f"RECIPE --target TARGET --precision {rec['precision']}` and `edgeopt bundle` again.")
+            f"RECIPE --target TARGET --precision {rec.precision}` and `edgeopt bundle` again.")
 
 
-
-def check_compatibility(b: Bundle, rec: dict) -> Compatibility:
+def check_compatibility(b: Bundle, rec: ArtifactRecord) -> Compatibility:
     """Can ``rec`` run here: backend known and installed, device present, versions that can load it."""
     from edgeopt.backends import get_backend
     from edgeopt.core.targets import Target
 
-    aid = rec["id"]
+    aid = rec.id
     art = b.artifact_json(aid)
     try:
         backend = get_backend(art["backend"])
@@ -83,17 +78,16 @@ def check_compatibility(b: Bundle, rec: dict) -> Compatibility:
     fix = None
     if reason:
         fix = (f"Rebuild the artifact on this device: `edgeopt device-compile PACKAGE` here (or `edgeopt build RECIPE --target "
-               f"{rec['target']} --precision {rec['precision']}` on it), then `edgeopt bundle` again. "
+               f"{rec.target} --precision {rec.precision}` on it), then `edgeopt bundle` again. "
                f"{backend.rebuild_note}").rstrip()
     return Compatibility(aid, reason is None, reason, fix, version, tuple(warnings))
 
 
-
-def _load_fix(b: Bundle, rec: dict) -> str:
+def _load_fix(b: Bundle, rec: ArtifactRecord) -> str:
     from edgeopt.backends import get_backend
 
-    backend = get_backend(rec["backend"])
-    here, built = installed_version(backend), b.artifact_json(rec["id"]).get("backend_version")
+    backend = get_backend(rec.backend)
+    here, built = installed_version(backend), b.artifact_json(rec.id).get("backend_version")
     if built and here and built != here:
         return (f"Install the version that built it (pip install '{backend.distribution}=={built}'), or "
                 + rebuild_fix(rec, f"a machine with {backend.distribution} {here}, the version here", "rebuild"))
@@ -101,63 +95,58 @@ def _load_fix(b: Bundle, rec: dict) -> str:
             "operator this runtime lacks, or a damaged file). " + rebuild_fix(rec, "the build host"))
 
 
-
 def _short(exc: Exception, limit: int = 400) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-
-def tolerance_of(rec: dict):
+def tolerance_of(rec: ArtifactRecord):
     """The tolerance the build checked this artifact with (recipe overrides included), else the default."""
     from edgeopt.core.parity import Tolerance, tolerance_for
 
     import math
 
-    parity = rec.get("parity")
-    t = parity.get("tolerance") if isinstance(parity, dict) else None
+    t = (rec.parity or {}).get("tolerance")
     if isinstance(t, dict) and {"atol", "rtol", "min_cosine"} <= set(t):
         values = [t["atol"], t["rtol"], t["min_cosine"], t.get("max_map_drop")]
         if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
                    for v in values):
-            raise IntegrityError(f"Artifact {rec['id']}: the manifest's parity tolerance {printable(repr(t), 120)} "
+            raise IntegrityError(f"Artifact {rec.id}: the manifest's parity tolerance {printable(repr(t), 120)} "
                                  "is not made of finite numbers.", GET_AGAIN)
         return Tolerance(atol=t["atol"], rtol=t["rtol"], min_cosine=t["min_cosine"],
                          max_map_drop=t.get("max_map_drop"))
     from edgeopt.core.parity import DEFAULT_TOLERANCES
 
-    if rec["precision"] not in DEFAULT_TOLERANCES:
-        raise IntegrityError(f"Artifact {rec['id']} has precision {printable(repr(rec['precision']), 40)}, which "
+    if rec.precision not in DEFAULT_TOLERANCES:
+        raise IntegrityError(f"Artifact {rec.id} has precision {printable(repr(rec.precision), 40)}, which "
                              "this edgeopt does not know.", GET_AGAIN)
-    return tolerance_for(rec["precision"])
+    return tolerance_for(rec.precision)
 
 
-
-def open_runner(b: Bundle, rec: dict, threads: int | None = None):
+def open_runner(b: Bundle, rec: ArtifactRecord, threads: int | None = None):
     """(activated runner, artifact.json) for ``rec``; :class:`IncompatibleError` when the backend installed
     here cannot load it (an opset, operator or IR version it does not know, a corrupt engine ...)."""
     from edgeopt.backends.artifact import open_artifact
 
     runner = None
     try:
-        runner, art = open_artifact(b.artifact_dir(rec["id"]), threads=threads)
+        runner, art = open_artifact(b.artifact_dir(rec.id), threads=threads)
         runner.activate()
         return runner, art
     except ArtifactLoadError as exc:  # the backend's own error is the cause
         cause = exc.__cause__ or exc
-        raise IncompatibleError(f"{rec['backend']} cannot load {rec['id']} on this device: {_short(cause)}",
+        raise IncompatibleError(f"{rec.backend} cannot load {rec.id} on this device: {_short(cause)}",
                                 _load_fix(b, rec)) from cause
     except EdgeoptError:
         raise
     except Exception as exc:  # noqa: BLE001 - each framework raises its own types
         if runner is not None:
             runner.close()
-        raise IncompatibleError(f"{rec['backend']} cannot load {rec['id']} on this device: {_short(exc)}",
+        raise IncompatibleError(f"{rec.backend} cannot load {rec.id} on this device: {_short(exc)}",
                                 _load_fix(b, rec)) from exc
 
 
-
-def run_self_test(b: Bundle, rec: dict, runner=None) -> dict:
+def run_self_test(b: Bundle, rec: ArtifactRecord, runner=None) -> dict:
     """Run the artifact on the stored reference inputs and compare with the stored reference outputs, with
     the tolerance of its precision. Raises :class:`ParityError` on a mismatch, :class:`IncompatibleError`
     when the backend cannot load or run it. ``runner``: an activated runner (left open), else one is opened
@@ -173,7 +162,7 @@ def run_self_test(b: Bundle, rec: dict, runner=None) -> dict:
     except EdgeoptError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise IncompatibleError(f"{rec['backend']} cannot run {rec['id']} on this device: {_short(exc)}",
+        raise IncompatibleError(f"{rec.backend} cannot run {rec.id} on this device: {_short(exc)}",
                                 _load_fix(b, rec)) from exc
     finally:
         if own:
@@ -186,13 +175,12 @@ def run_self_test(b: Bundle, rec: dict, runner=None) -> dict:
     if judged is not None:
         return summary | {"passed": True, "task_metric": judged}
     if not rep["passed"]:
-        raise ParityError(f"Self-test failed: {rec['id']} on this device differs from the reference outputs: "
+        raise ParityError(f"Self-test failed: {rec.id} on this device differs from the reference outputs: "
                           f"{rep['reason']} (max abs {rep['max_abs']:.3g}, cosine {rep['cosine']:.6f}).",
                           rebuild_fix(rec, "this device (or a machine of the same kind)")
                           + " If the device is right and the difference acceptable, loosen the recipe's "
-                          f"[parity.tolerances.{rec['precision']}].")
+                          f"[parity.tolerances.{rec.precision}].")
     return summary
-
 
 
 def _table(value) -> dict:
@@ -200,15 +188,14 @@ def _table(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-
-def _task_self_test(b: Bundle, rec: dict, feeds, refs, got, rep) -> dict | None:
+def _task_self_test(b: Bundle, rec: ArtifactRecord, feeds, refs, got, rep) -> dict | None:
     """For artifacts the build judged by the task metric (int8, bf16: their tolerance has no absolute bound),
     recompute that metric on the real reference samples and hold it to the figure the build measured on the
     same samples (one sample's worth of slack for accuracy-like metrics, 0.005 for cosines). None when the
     artifact was not judged so (the parity tolerance applies). Missing or non-finite outputs always fail."""
     from edgeopt.core.tasks import Outputs, TaskConfig, describe, evaluate
 
-    built = _table(rec.get("parity")).get("task_metric")
+    built = (rec.parity or {}).get("task_metric")
     start = _table(b.manifest.get("reference")).get("real_from")
     task = _table(b.manifest.get("task")).get("config")
     if not isinstance(built, dict) or not isinstance(task, dict) or tolerance_of(rec).atol is not None:
@@ -218,7 +205,7 @@ def _task_self_test(b: Bundle, rec: dict, feeds, refs, got, rep) -> dict | None:
         raise IntegrityError(f"{b.source}: the manifest's reference.real_from or task metric is malformed.", GET_AGAIN)
     reason = rep.get("reason") or ""
     if any(w in reason for w in ("missing", "non-finite", "shape")):
-        raise ParityError(f"Self-test failed: {rec['id']} on this device is broken: {reason}.",
+        raise ParityError(f"Self-test failed: {rec.id} on this device is broken: {reason}.",
                           rebuild_fix(rec, "this device (or a machine of the same kind)"))
     sel = slice(start, None)
     try:
@@ -231,26 +218,24 @@ def _task_self_test(b: Bundle, rec: dict, feeds, refs, got, rep) -> dict | None:
     slack = 0.005 if here.get("budget") == "cosine" else 1.0 / n
     result = {"metric": here["metric"], "here": here["value"], "built": built["value"], "samples": n}
     if here["value"] < built["value"] - slack - 1e-9:
-        raise ParityError(f"Self-test failed: {rec['id']} on this device scores {describe(here)} on the {n} real "
+        raise ParityError(f"Self-test failed: {rec.id} on this device scores {describe(here)} on the {n} real "
                           f"reference samples; the build measured {describe({**here, 'value': built['value']})}.",
                           rebuild_fix(rec, "this device (or a machine of the same kind)"))
     return result
 
 
-
-def select_records(b: Bundle, target: str | None) -> list[dict]:
+def select_records(b: Bundle, target: str | None) -> list[ArtifactRecord]:
     """The bundle's "ok" artifacts, or those of ``target`` (a target name or an artifact id)."""
-    ok = [a for a in b.artifacts if a.get("status") == Status.OK]
+    ok = [a for a in b.artifacts if a.ok]
     if target is None:
         if not ok:
             raise IntegrityError(f"{b.source} holds no artifact with status ok.", "Build and bundle one first.")
         return ok
-    hits = [a for a in ok if target in (a["id"], a["target"])]
+    hits = [a for a in ok if target in (a.id, a.target)]
     if not hits:
         raise UserInputError(f"No artifact for {target!r} in {b.source}.",
-                             "It holds: " + ", ".join(f"{a['id']} (target {a['target']})" for a in ok) + ".")
+                             "It holds: " + ", ".join(f"{a.id} (target {a.target})" for a in ok) + ".")
     return hits
-
 
 
 def refuse_incompatible(b: Bundle, why: list[tuple[str, str | None, str | None]]) -> IncompatibleError:
@@ -258,7 +243,6 @@ def refuse_incompatible(b: Bundle, why: list[tuple[str, str | None, str | None]]
     lines = "; ".join(f"{aid}: {reason}" for aid, reason, _ in why)
     fixes = " ".join(dict.fromkeys(fix for _, _, fix in why if fix))
     return IncompatibleError(f"No artifact in {b.source} can run on this device: {lines}.", fixes or None)
-
 
 
 def verify(bundle_path: str | Path, public_key=None, target: str | None = None, *, self_test: bool = True,
@@ -279,10 +263,9 @@ def verify(bundle_path: str | Path, public_key=None, target: str | None = None, 
     return report(b, rows)
 
 
-
-def _verify_one(b: Bundle, rec: dict, self_test: bool) -> dict:
+def _verify_one(b: Bundle, rec: ArtifactRecord, self_test: bool) -> dict:
     c = check_compatibility(b, rec)
-    row = {"id": rec["id"], "target": rec["target"], "backend": rec["backend"], "precision": rec["precision"],
+    row = {"id": rec.id, "target": rec.target, "backend": rec.backend, "precision": rec.precision,
            **c.to_dict(), "self_test": None}
     if not c.ok:
         return row
@@ -296,7 +279,6 @@ def _verify_one(b: Bundle, rec: dict, self_test: bool) -> dict:
     finally:
         runner.close()
     return row
-
 
 
 def report(b: Bundle, rows: list[dict]) -> dict:

@@ -25,7 +25,6 @@ from edgeopt.ship.bundle.format import (
 )
 
 
-
 def _member_type_problem(m: tarfile.TarInfo) -> str | None:
     if m.issym():
         return f"a symbolic link (to {m.linkname!r})"
@@ -42,17 +41,14 @@ def _member_type_problem(m: tarfile.TarInfo) -> str | None:
     return None
 
 
-
 def _refuse(name: str, problem: str) -> IntegrityError:
     return IntegrityError(f"Refused archive member {name!r}: {problem}.",
                           "`edgeopt bundle` writes only plain files and folders under one top folder: this archive "
                           "was not made by it or was altered. " + GET_AGAIN)
 
 
-
 def _no_space(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-
 
 
 def safe_extract(archive: Path, dest: Path, limits: Limits = Limits()) -> None:
@@ -97,13 +93,11 @@ def safe_extract(archive: Path, dest: Path, limits: Limits = Limits()) -> None:
         _declared_sizes(raw, archive, dest, limits)  # a manifest alone: still checked
 
 
-
 def _add_size(m: tarfile.TarInfo, total: int, limits: Limits) -> int:
     total += m.size
     if total > limits.max_total_bytes:
         raise _refuse(m.name, f"the files add up to more than {limits.max_total_bytes} bytes")
     return total
-
 
 
 def _check_member(m: tarfile.TarInfo, top: str | None, seen: set, count: int, limits: Limits) -> tuple[str, str]:
@@ -131,12 +125,10 @@ def _check_member(m: tarfile.TarInfo, top: str | None, seen: set, count: int, li
     return top, inner
 
 
-
 def _read_control(tar: tarfile.TarFile, m: tarfile.TarInfo, limit: int) -> bytes:
     if m.size > limit:
         raise _refuse(m.name, f"{m.size} bytes, over the limit of {limit} for {PurePosixPath(m.name).name}")
     return tar.extractfile(m).read()
-
 
 
 def _prepass_manifest(archive: Path, limits: Limits) -> bytes:
@@ -154,7 +146,6 @@ def _prepass_manifest(archive: Path, limits: Limits) -> bytes:
                 return _read_control(tar, m, MAX_CONTROL_BYTES[MANIFEST])
     raise IntegrityError(f"{archive} holds no {MANIFEST}: it is not an edgeopt bundle.",
                          "Make bundles with `edgeopt bundle OUT -o NAME.edgeopt.tar.gz`.")
-
 
 
 def _declared_sizes(raw: bytes, archive: Path, dest: Path, limits: Limits) -> dict[str, int]:
@@ -186,7 +177,6 @@ def _declared_sizes(raw: bytes, archive: Path, dest: Path, limits: Limits) -> di
     return declared
 
 
-
 def _check_declared(m: tarfile.TarInfo, inner: str, declared: dict[str, int]) -> None:
     if inner in CONTROL_FILES:
         if m.size > MAX_CONTROL_BYTES[inner]:
@@ -198,12 +188,10 @@ def _check_declared(m: tarfile.TarInfo, inner: str, declared: dict[str, int]) ->
         raise _refuse(m.name, f"{m.size} bytes where the manifest declares {declared[inner]}")
 
 
-
 def _corrupt(archive: Path, exc: Exception) -> IntegrityError:
     return IntegrityError(f"{archive} is truncated or not a gzip-compressed tar ({type(exc).__name__}: {exc}).",
                           "Copy the bundle again (an interrupted copy is the usual cause) and compare its sha256 "
                           "with the sender's.")
-
 
 
 def _mkdirs(dest: Path, inner: str, name: str) -> None:
@@ -213,10 +201,8 @@ def _mkdirs(dest: Path, inner: str, name: str) -> None:
         raise _refuse(name, "a folder where another member is a file") from None
 
 
-
 def _copy_member(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: Path, inner: str) -> None:
     _write_member(dest, inner, m.name, tar.extractfile(m))
-
 
 
 def _write_member(dest: Path, inner: str, name: str, src) -> None:
@@ -229,7 +215,6 @@ def _write_member(dest: Path, inner: str, name: str, src) -> None:
         raise _refuse(name, "a file where another member is a folder") from None
     with os.fdopen(fd, "wb") as f:
         shutil.copyfileobj(src, f, 1 << 20)
-
 
 
 def _restore_copies(stage: Path, limits: "Limits") -> None:
@@ -267,7 +252,6 @@ def _restore_copies(stage: Path, limits: "Limits") -> None:
             shutil.copyfile(src, dst)
 
 
-
 def default_cache_dir() -> Path:
     from edgeopt.core.isolation import cache_dir
 
@@ -275,7 +259,6 @@ def default_cache_dir() -> Path:
 
 
 EXTRACT_WAIT_S = 1800.0  # how long a loader waits for another process extracting the same bundle
-
 
 
 def extract_cached(archive: Path, limits: Limits = Limits(), cache_dir: str | Path | None = None,
@@ -318,7 +301,6 @@ def extract_cached(archive: Path, limits: Limits = Limits(), cache_dir: str | Pa
     return final, False, digest
 
 
-
 def _discard(folder: Path) -> None:
     """Remove a cached extraction: renamed aside first (one atomic step), then deleted."""
     if not folder.exists():
@@ -331,7 +313,6 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-
 def discard_refused(root: Path, digest: str) -> None:
     """Remove the cached extraction of an archive whose content was refused."""
     from edgeopt.core.lock import file_lock
@@ -341,7 +322,6 @@ def discard_refused(root: Path, digest: str) -> None:
         return
     with contextlib.suppress(EdgeoptError, OSError), file_lock(root.parent / f".lock-{key}", wait_s=60):
         _discard(root)
-
 
 
 def clean_cache_leftovers(base: Path, held: str | None = None) -> list[str]:

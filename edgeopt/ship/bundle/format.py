@@ -36,22 +36,18 @@ GET_AGAIN = "Do not use this copy: get the bundle again from its source and comp
 MAX_CONTROL_BYTES = {MANIFEST: 16 << 20, SIGNATURE: 64 << 10}
 
 
-
 class SignatureNotCheckedWarning(UserWarning):
     """A bundle carries a signature that was not checked (no public key given)."""
-
 
 
 class SignatureError(IntegrityError):
     """The signature is missing, malformed, or not by the key given."""
 
 
-
 class IncompatibleError(EdgeoptError):
     """A bundle's artifact cannot run on this device (backend, version, GPU); the fix says what to rebuild."""
 
     exit_code = 8
-
 
 
 @dataclass(frozen=True)
@@ -64,10 +60,8 @@ class Limits:
     max_name_chars: int = 1024
 
 
-
 def dumps(obj) -> bytes:
     return (json.dumps(obj, indent=2, default=json_default) + "\n").encode()
-
 
 
 def safe_relpath(name: str, where: str) -> str:
@@ -80,11 +74,9 @@ def safe_relpath(name: str, where: str) -> str:
     return PurePosixPath(name).as_posix()
 
 
-
 def file_record_ok(f) -> bool:
     return (isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
             and bool(_SHA_RE.match(f["sha256"])) and isinstance(f.get("bytes"), int) and f["bytes"] >= 0)
-
 
 
 def model_files(manifest: dict) -> list[dict]:

@@ -13,7 +13,7 @@ from edgeopt.errors import IntegrityError, UserInputError
 from edgeopt.core.fsutil import sha256_file
 from edgeopt.core.manifest import MANIFEST, validate
 from edgeopt.core.untrusted import check_id, load_json, printable
-from edgeopt.core.records import Status
+from edgeopt.core.records import ArtifactRecord, records_of
 from edgeopt.ship.bundle.extract import discard_refused, extract_cached
 from edgeopt.ship.bundle.format import (
     BUNDLE_SCHEMA, CONTROL_FILES, GET_AGAIN, Limits, SIGNATURE, SignatureError, SignatureNotCheckedWarning,
@@ -32,7 +32,6 @@ UNCHECKED_WARNING = ("the bundle carries a signature but no public key was given
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-
 @dataclass
 class Bundle:
     """An opened bundle (or bundle folder, or OUT folder): where its files are and what its manifest says."""
@@ -46,14 +45,18 @@ class Bundle:
     files_checked: int = 0
     archive_sha256: str | None = None
     _refs: tuple | None = field(default=None, repr=False)
+    _records: list | None = field(default=None, repr=False)
 
     @property
     def model(self) -> dict:
         return self.manifest.get("model") or {}
 
     @property
-    def artifacts(self) -> list[dict]:
-        return self.manifest["artifacts"]
+    def artifacts(self) -> list[ArtifactRecord]:
+        """The manifest's artifact records, typed (read once; opening checked their shape)."""
+        if self._records is None:
+            self._records = records_of(self.manifest)
+        return self._records
 
     def artifact_dir(self, artifact_id: str) -> Path:
         return self.root / check_id(artifact_id, "artifact id", GET_AGAIN)
@@ -77,7 +80,6 @@ class Bundle:
         return self._refs
 
 
-
 def signature_required(require: bool | None = None) -> bool:
     """``require`` when given, else the environment: EDGEOPT_REQUIRE_SIGNATURE=1 (true, yes, on) makes every
     bundle need a valid signature; 0 (false, no, off) or unset does not."""
@@ -90,7 +92,6 @@ def signature_required(require: bool | None = None) -> bool:
         return True
     raise UserInputError(f"{REQUIRE_ENV}={printable(raw, 40)!r} is not a yes/no value.",
                          f"Set {REQUIRE_ENV}=1 to require signed bundles, or unset it.")
-
 
 
 def open_bundle(path: str | Path, public_key=None, check: bool = True, limits: Limits = Limits(),
@@ -135,7 +136,6 @@ def open_bundle(path: str | Path, public_key=None, check: bool = True, limits: L
     return b
 
 
-
 def _open_root(source: Path, root: Path, kind: str | None, public_key, check: bool, required: bool = False) -> Bundle:
     raw = _read_manifest_bytes(source, root)
     data = load_json(raw, f"The manifest of {source}", fix=GET_AGAIN)
@@ -159,7 +159,6 @@ def _open_root(source: Path, root: Path, kind: str | None, public_key, check: bo
     return b
 
 
-
 def _read_manifest_bytes(source: Path, root: Path) -> bytes:
     path = root / MANIFEST
     if path.is_symlink() or not path.is_file():
@@ -170,7 +169,6 @@ def _read_manifest_bytes(source: Path, root: Path) -> bytes:
     if path.stat().st_size > MAX_JSON_BYTES:
         raise IntegrityError(f"The {MANIFEST} of {source} is over the limit of {MAX_JSON_BYTES} bytes.", GET_AGAIN)
     return path.read_bytes()
-
 
 
 def _check_signature(b: Bundle, raw: bytes, public_key, required: bool) -> tuple[str, str]:
@@ -200,7 +198,6 @@ def _check_signature(b: Bundle, raw: bytes, public_key, required: bool) -> tuple
         raise SignatureError(exc.problem, exc.fix) from None
 
 
-
 def _check_schema(b: Bundle) -> None:
     data = b.manifest
     try:
@@ -222,11 +219,10 @@ def _check_schema(b: Bundle) -> None:
     files = sec.get("files")
     if not isinstance(files, list) or not all(file_record_ok(f) for f in files):
         raise IntegrityError(f"{b.source}: the manifest's bundle.files is malformed.", GET_AGAIN)
-    ids = [check_id(a["id"], "artifact id", GET_AGAIN) for a in data["artifacts"]]
+    ids = [check_id(a.id, "artifact id", GET_AGAIN) for a in b.artifacts]
     if sec.get("artifacts") != ids or not ids:
         raise IntegrityError(f"{b.source}: bundle.artifacts {sec.get('artifacts')} does not list the manifest's "
                              f"artifacts {ids}.", GET_AGAIN)
-
 
 
 def expected_files(b: Bundle) -> dict[str, dict]:
@@ -241,12 +237,11 @@ def expected_files(b: Bundle) -> dict[str, dict]:
         out[safe_relpath(ref["path"], "manifest")] = {"path": ref["path"], "sha256": ref.get("sha256")}
     for f in model_files(data):
         out[safe_relpath(f["path"], "manifest")] = f
-    for a in data["artifacts"]:
-        if a.get("status") == Status.OK:
-            for f in a.get("files", []):
-                out[safe_relpath(f["path"], "manifest")] = f
+    for a in b.artifacts:
+        if a.ok:
+            for f in a.files:
+                out[safe_relpath(f.path, "manifest")] = f.to_dict()
     return out
-
 
 
 def _check_files(b: Bundle) -> int:
@@ -270,7 +265,6 @@ def _check_files(b: Bundle) -> int:
     return len(files)
 
 
-
 def _check_no_extras(b: Bundle, listed: set[str]) -> None:
     for dirpath, dirnames, filenames in os.walk(b.root, followlinks=False):
         for name in dirnames + filenames:
@@ -284,13 +278,11 @@ def _check_no_extras(b: Bundle, listed: set[str]) -> None:
                                      "or mixed with another one.", GET_AGAIN)
 
 
-
 def _model_spec(model: dict):
     from edgeopt.core.spec import IOSpec
 
     return IOSpec.from_dict({"inputs": model.get("inputs") or [], "dims": model.get("dims") or {},
                              "outputs": model.get("outputs") or []})
-
 
 
 def _check_consistency(b: Bundle) -> None:
@@ -312,30 +304,30 @@ def _check_consistency(b: Bundle) -> None:
     _check_reference_fits(b, spec)
 
 
-
-def _check_artifact_record(b: Bundle, rec: dict, files: dict, spec) -> None:
+def _check_artifact_record(b: Bundle, rec: ArtifactRecord, files: dict, spec) -> None:
     from edgeopt.core.spec import IOSpec
 
-    aid = rec["id"]
-    if not isinstance(aid, str) or not _ID_RE.match(aid):
+    aid = rec.id
+    if not _ID_RE.match(aid):
         raise IntegrityError(f"{b.source}: artifact id {aid!r} is not a plain folder name.", GET_AGAIN)
-    if b.kind == "OUT folder" and rec.get("status") != Status.OK:
+    if b.kind == "OUT folder" and not rec.ok:
         return
-    if rec.get("status") != Status.OK:
-        raise IntegrityError(f"{b.source}: artifact {aid} has status {rec.get('status')!r}; bundles hold ok ones.", GET_AGAIN)
-    for f in rec.get("files", []):
-        rel = safe_relpath(f["path"], "manifest")
-        if not rel.startswith(aid + "/") or files.get(rel, {}).get("sha256") != f.get("sha256"):
+    if not rec.ok:
+        raise IntegrityError(f"{b.source}: artifact {aid} has status {rec.status.value!r}; bundles hold ok ones.", GET_AGAIN)
+    for f in rec.files:
+        rel = safe_relpath(f.path, "manifest")
+        if not rel.startswith(aid + "/") or files.get(rel, {}).get("sha256") != f.sha256:
             raise IntegrityError(f"{b.source}: artifact {aid}'s file {rel} does not match the bundle's file list "
                                  "(a manifest from another build).", GET_AGAIN)
     art = b.artifact_json(aid)
     for key in ("id", "backend", "precision"):
-        if art.get(key) != rec.get(key):
-            raise IntegrityError(f"{aid}/artifact.json says {key} {art.get(key)!r}; the manifest says {rec.get(key)!r}: "
-                                 "the artifact and the manifest come from different builds.", GET_AGAIN)
-    if rec.get("key") and art.get("key") and rec["key"] != art["key"]:
+        if art.get(key) != getattr(rec, key):
+            raise IntegrityError(f"{aid}/artifact.json says {key} {art.get(key)!r}; the manifest says "
+                                 f"{getattr(rec, key)!r}: the artifact and the manifest come from different builds.",
+                                 GET_AGAIN)
+    if rec.key and art.get("key") and rec.key != art["key"]:
         raise IntegrityError(f"{aid}/artifact.json has build key {art['key'][:12]}...; the manifest has "
-                             f"{rec['key'][:12]}...: the artifact and the manifest come from different builds.", GET_AGAIN)
+                             f"{rec.key[:12]}...: the artifact and the manifest come from different builds.", GET_AGAIN)
     try:
         same = IOSpec.from_dict(art["spec"]).to_dict() == spec.to_dict()
     except (KeyError, TypeError, UserInputError):
@@ -343,7 +335,6 @@ def _check_artifact_record(b: Bundle, rec: dict, files: dict, spec) -> None:
     if not same:
         raise IntegrityError(f"{aid}/artifact.json describes other inputs/outputs than the manifest's model "
                              f"{b.model.get('name')!r}: the artifact is from another model.", GET_AGAIN)
-
 
 
 def _check_reference_fits(b: Bundle, spec) -> None:

@@ -20,11 +20,10 @@ from edgeopt import __version__
 from edgeopt.errors import IntegrityError, UserInputError
 from edgeopt.core.fsutil import sha256_file, staged_dir
 from edgeopt.core.manifest import MANIFEST, load_consistent
-from edgeopt.core.records import Status
+from edgeopt.core.records import ArtifactRecord, Status, records_of
 from edgeopt.ship.bundle.format import (
     BUNDLE_SCHEMA, CONTROL_FILES, SIGNATURE, SUFFIXES, dumps, model_files, safe_relpath,
 )
-
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,6 @@ class _Entry:
     rel: str  # path inside the bundle
     source: Path | None = None  # a file to copy, or
     data: bytes | None = None  # bytes to write
-
 
 
 def bundle(out_dir: str | Path, output: str | Path, artifacts=None, folder: bool = False,
@@ -68,12 +66,11 @@ def bundle(out_dir: str | Path, output: str | Path, artifacts=None, folder: bool
     return dest
 
 
-
-def _choose(manifest: dict, ids) -> list[dict]:
-    records = manifest["artifacts"]
-    by_id = {a["id"]: a for a in records}
+def _choose(manifest: dict, ids) -> list[ArtifactRecord]:
+    records = records_of(manifest)
+    by_id = {a.id: a for a in records}
     if not ids:
-        chosen = [a for a in records if a["status"] == Status.OK]
+        chosen = [a for a in records if a.ok]
         if not chosen:
             raise UserInputError("The OUT folder has no artifact with status ok to bundle.",
                                  "Build one first (`edgeopt build -o OUT`) and check the table it prints.")
@@ -83,18 +80,17 @@ def _choose(manifest: dict, ids) -> list[dict]:
         if i not in by_id:
             raise UserInputError(f"No artifact {i!r} in the manifest.", f"Known: {', '.join(by_id) or 'none'}.")
         rec = by_id[i]
-        if rec["status"] != Status.OK:
+        if not rec.ok:
             fix = ("Build it on the device (`edgeopt device-compile PACKAGE` there) and bundle from that OUT folder."
-                   if rec["status"] == Status.NOT_BUILT_HERE else "Rebuild it, or leave it out of --artifact.")
-            raise UserInputError(f"Artifact {i} has status {rec['status']!r}"
-                                 + (f" ({rec.get('reason')})" if rec.get("reason") else "")
+                   if rec.status is Status.NOT_BUILT_HERE else "Rebuild it, or leave it out of --artifact.")
+            raise UserInputError(f"Artifact {i} has status {rec.status.value!r}"
+                                 + (f" ({rec.reason})" if rec.reason else "")
                                  + "; only artifacts with status ok are shipped.", fix)
         chosen.append(rec)
     return chosen
 
 
-
-def _source_files(out: Path, manifest: dict, chosen: list[dict]) -> list[dict]:
+def _source_files(out: Path, manifest: dict, chosen: list[ArtifactRecord]) -> list[dict]:
     """The files to ship (artifact files and the reference), each checked against OUT's manifest."""
     ref = manifest.get("reference") or {}
     if not ref.get("path") or not ref.get("sha256"):
@@ -102,9 +98,9 @@ def _source_files(out: Path, manifest: dict, chosen: list[dict]) -> list[dict]:
                              "the on-device self-test.", f"Rebuild: edgeopt build -o {out}.")
     wanted = [{"path": ref["path"], "sha256": ref["sha256"]}, *model_files(manifest)]
     for rec in chosen:
-        if not rec.get("files"):
-            raise UserInputError(f"Artifact {rec['id']} lists no files in the manifest.", f"Rebuild it: edgeopt build -o {out}.")
-        wanted += rec["files"]
+        if not rec.files:
+            raise UserInputError(f"Artifact {rec.id} lists no files in the manifest.", f"Rebuild it: edgeopt build -o {out}.")
+        wanted += [{"path": f.path, "sha256": f.sha256} for f in rec.files]
     files: dict[str, dict] = {}
     for f in wanted:
         rel = safe_relpath(f["path"], "manifest")
@@ -118,7 +114,6 @@ def _source_files(out: Path, manifest: dict, chosen: list[dict]) -> list[dict]:
                                  f"Rebuild: edgeopt build -o {out}.")
         files[rel] = {"path": rel, "sha256": digest, "bytes": path.stat().st_size}
     return [files[k] for k in sorted(files)]
-
 
 
 def _store_once(files: list[dict]) -> list[dict]:
@@ -136,22 +131,20 @@ def _store_once(files: list[dict]) -> list[dict]:
     return out
 
 
-
-def _bundle_manifest(out: Path, manifest: dict, chosen: list[dict], files: list[dict], name: str) -> dict:
+def _bundle_manifest(out: Path, manifest: dict, chosen: list[ArtifactRecord], files: list[dict], name: str) -> dict:
     data = copy.deepcopy(manifest)
-    data["artifacts"] = copy.deepcopy(chosen)
+    data["artifacts"] = copy.deepcopy([a.to_dict() for a in chosen])
     data["bundle"] = {
         "schema": BUNDLE_SCHEMA,
         "name": name,
         # The build time of the contents, not the time of bundling: the same OUT gives the same bytes.
         "created": manifest.get("created"),
         "edgeopt_version": __version__,
-        "artifacts": [a["id"] for a in chosen],
+        "artifacts": [a.id for a in chosen],
         "source_manifest_sha256": sha256_file(out / MANIFEST),
         "files": files,
     }
     return data
-
 
 
 def _output_path(output: str | Path, folder: bool) -> Path:
@@ -166,13 +159,11 @@ def _output_path(output: str | Path, folder: bool) -> Path:
     return dest
 
 
-
 def _is_bundle_folder(path: Path) -> bool:
     try:
         return path.is_dir() and "bundle" in json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError, TypeError):
         return False
-
 
 
 def _bundle_name(dest: Path, folder: bool) -> str:
@@ -186,13 +177,11 @@ def _bundle_name(dest: Path, folder: bool) -> str:
     return name or "bundle"
 
 
-
 def _epoch(created: str | None) -> int:
     try:
         return int(datetime.fromisoformat(str(created)).timestamp())
     except (TypeError, ValueError):
         return 0
-
 
 
 def _tarinfo(name: str, is_dir: bool, size: int, mtime: int) -> tarfile.TarInfo:
@@ -204,7 +193,6 @@ def _tarinfo(name: str, is_dir: bool, size: int, mtime: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
-
 
 
 def _write_tar(dest: Path, name: str, entries: list[_Entry], mtime: int) -> None:
@@ -231,7 +219,6 @@ def _write_tar(dest: Path, name: str, entries: list[_Entry], mtime: int) -> None
                         tar.addfile(_tarinfo(arcname, False, os.fstat(f.fileno()).st_size, mtime), f)
 
 
-
 @contextlib.contextmanager
 def _atomic_file(dest: Path):
     remove_dead_leftovers(dest.parent, dest.name)
@@ -251,7 +238,6 @@ def _atomic_file(dest: Path):
         raise
 
 
-
 def _write_folder(dest: Path, entries: list[_Entry]) -> None:
     remove_dead_leftovers(dest.parent, dest.name)
     with staged_dir(dest) as stage:
@@ -264,7 +250,6 @@ def _write_folder(dest: Path, entries: list[_Entry]) -> None:
                 shutil.copyfile(e.source, path)
 
 
-
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -275,7 +260,6 @@ def _pid_alive(pid: int) -> bool:
     except OSError:  # exists, owned by someone else
         return True
     return True
-
 
 
 def remove_dead_leftovers(folder: Path, name: str) -> list[str]:
@@ -294,7 +278,6 @@ def remove_dead_leftovers(folder: Path, name: str) -> list[str]:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
                 removed.append(p.name)
     return removed
-
 
 
 def bundle_summary(path: str | Path) -> dict:
