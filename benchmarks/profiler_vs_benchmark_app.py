@@ -12,8 +12,12 @@ inference precision; `-b 1` fixes the input shape as edgeopt's runner does for a
 the runtime's own per-request latency, edgeopt the wall clock around start + wait. The figure is edgeopt's
 median over benchmark_app's, per pair; the target is a median ratio within 0.95-1.05. The compiled models'
 properties on both sides are compared and recorded, and the machine's load before and after: on a shared
-machine compare the ratio, not the milliseconds. Writes benchmarks/results/profiler-vs-benchmark_app-<date>.json.
-Not a test.
+machine compare the ratio, not the milliseconds. The halves of a pair are a process start apart, so a busy
+machine moves them apart; two checks in one process follow: benchmark_app's own measurement loop
+(openvino.tools.benchmark's Benchmark) paired with edgeopt's profiler a second apart (--inprocess), and the
+sources of a gap, calls alternated one by one (--calls): Python's clock against the runtime's, and the
+dynamic-batch model against the fixed-shape one. Each median ratio comes with a bootstrap interval over its
+pairs. Writes benchmarks/results/profiler-vs-benchmark_app-<date>.json. Not a test.
 """
 
 from __future__ import annotations
