@@ -367,7 +367,8 @@ def test_nms_choice_errors_are_clear(tmp_path):
     assert "pre_nms" in e.value.fix
     rec = rewrite_for_tensorrt(path, task, {}, True)
     assert rec["nms"] is None and rec["int64_outputs"] == ["sel"]
-    assert rewrite_for_tensorrt(yolo_head_onnx(tmp_path / "y.onnx"), TaskConfig(), {}, False) is None  # nothing to do
+    # Not a detector: nothing to do (an `nms` set for every TensorRT target does not concern a classifier).
+    assert rewrite_for_tensorrt(yolo_head_onnx(tmp_path / "y.onnx"), TaskConfig(), {"nms": "plugin"}, False) is None
 
 
 def test_recipe_options_reach_the_targets(tmp_path):
