@@ -81,6 +81,12 @@ def test_faster_rcnn_export_is_judged_by_its_detections(tmp_path):
     assert 90.0 <= p["detections"]["map50"] * 100 < 100.0 and p["tolerance"]["max_map_drop"] == 10.0
     arts = {a["id"]: a for a in m["artifacts"]}
     assert arts["ort-cpu-fp32"]["status"] == "ok", arts["ort-cpu-fp32"]
+    # The device-side self-test holds the FP32 artifact to the same tolerance, and says how it judged it
+    from conftest import invoke_cli
+
+    code, out, err = invoke_cli("verify", tmp_path / "out", "--target", "ort-cpu")
+    assert code == 0, err
+    assert "ort-cpu-fp32" in out and "self-test passed: detections mAP50" in out, out
     a = arts["ort-cpu-int8"]
     assert a["status"] in ("ok", "failed") and "Traceback" not in (a.get("reason") or "")
     cands = {c["candidate"]: c for c in a["meta"]["int8"]["candidates"]} if a["status"] == "ok" else None

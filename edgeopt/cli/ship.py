@@ -70,6 +70,9 @@ def verify_cmd(bundle_path, public_key, require_signature, target, no_self_test,
                 tm = st["task_metric"]
                 test = (f"self-test passed: {tm['metric']} {tm['here']:.4f} on {tm['samples']} real samples "
                         f"(build: {tm['built']:.4f})")
+            elif st.get("judged_by") == "detections":
+                test = (f"self-test passed: detections mAP50 {st['detections']['map50'] * 100:.2f} against the "
+                        f"reference's, {st['samples']} samples")
             else:
                 test = f"self-test passed: max abs {st['max_abs']:.2e}, cosine {st['cosine']:.6f}, {st['samples']} samples"
             echo(f"  ok    {p(a['id'])} ({p(a['backend'])} {p(a['backend_version'] or '')}): {test}")

@@ -170,7 +170,7 @@ def run_self_test(b: Bundle, rec: ArtifactRecord, runner=None) -> dict:
     kind = b.model.get("kind")
     rep = parity(refs, got, tolerance_of(rec), kind=kind if isinstance(kind, str) else "generic")
     summary = {k: rep.get(k) for k in ("passed", "max_abs", "cosine", "samples", "reason")} | {
-        "tolerance": rep.get("tolerance")}
+        "tolerance": rep.get("tolerance")} | {k: rep[k] for k in ("judged_by", "detections") if k in rep}
     judged = _task_self_test(b, rec, feeds, refs, got, rep)
     if judged is not None:
         return summary | {"passed": True, "task_metric": judged}
