@@ -12,8 +12,12 @@ inference precision; `-b 1` fixes the input shape as edgeopt's runner does for a
 the runtime's own per-request latency, edgeopt the wall clock around start + wait. The figure is edgeopt's
 median over benchmark_app's, per pair; the target is a median ratio within 0.95-1.05. The compiled models'
 properties on both sides are compared and recorded, and the machine's load before and after: on a shared
-machine compare the ratio, not the milliseconds. Writes benchmarks/results/profiler-vs-benchmark_app-<date>.json.
-Not a test.
+machine compare the ratio, not the milliseconds. The halves of a pair are a process start apart, so a busy
+machine moves them apart; two checks in one process follow: benchmark_app's own measurement loop
+(openvino.tools.benchmark's Benchmark) paired with edgeopt's profiler a second apart (--inprocess), and the
+sources of a gap, calls alternated one by one (--calls): Python's clock against the runtime's, and the
+dynamic-batch model against the fixed-shape one. Each median ratio comes with a bootstrap interval over its
+pairs. Writes benchmarks/results/profiler-vs-benchmark_app-<date>.json. Not a test.
 """
 
 from __future__ import annotations
@@ -150,6 +154,52 @@ def gap_sources(folder: Path, threads: int, calls: int) -> dict:
             "python_over_runtime_clock": round(float(np.median(a["fixed_shape"] / a["runtime_clock"])), 5)}
 
 
+def inprocess_pairs(folder: Path, config: dict, threads: int, rounds: int, seconds: float) -> dict:
+    """benchmark_app's own measurement loop (``Benchmark.async_inference_only`` from openvino.tools.benchmark,
+    on a model it reads, reshapes to batch 1 and compiles with ``config`` as benchmark_app does, one request in
+    an AsyncInferQueue) against edgeopt's profiler (``time_interleaved`` on the runner's timed call), in one
+    process, ``seconds`` each, alternating ``rounds`` times: a pair's halves are a second apart, not a
+    process start apart, so a busy machine moves both alike."""
+    import openvino as ov
+    from openvino.tools.benchmark.benchmark import Benchmark, percentile
+
+    from edgeopt.backends.artifact import open_artifact
+    from edgeopt.core.profile import ProfileConfig, feed_for_batch, time_interleaved
+
+    class OneItem:  # benchmark_app's data queue, inputs set once (its inference-only mode)
+        def get_next_batch_size(self):
+            return 1
+
+    bench = Benchmark("CPU", number_infer_requests=1, duration_seconds=max(1, round(seconds)), api_type="async",
+                      inference_only=True)
+    runner, _ = open_artifact(folder, threads=threads)
+    with runner:
+        feed = feed_for_batch(runner.spec, 1)
+        ours = runner.timed_call(feed)
+        model = ov.Core().read_model(str(folder / "model.xml"))
+        model.reshape({model.input(n): list(a.shape) for n, a in feed.items()})
+        compiled = bench.core.compile_model(model, "CPU", {k: str(v) for k, v in config.items()})
+        queue = ov.AsyncInferQueue(compiled, 1)
+        for n, a in feed.items():
+            queue[0].set_tensor(n, ov.Tensor(a))
+        queue.start_async()
+        queue.wait_all()
+        cfg = ProfileConfig(batches=(1,), warmup=3, duration_s=seconds, rounds=1, min_iterations=5)
+        pairs = []
+        for i in range(rounds):
+            got = {}
+            for who in (("edgeopt", "benchmark_app") if i % 2 == 0 else ("benchmark_app", "edgeopt")):
+                if who == "edgeopt":
+                    got[who] = time_interleaved({"e": ours}, cfg, 1)["e"]["median_ms"]
+                else:
+                    times, _, _ = bench.async_inference_only(queue, OneItem())
+                    got[who] = percentile(times, 50)
+            pairs.append({**got, "ratio": round(got["edgeopt"] / got["benchmark_app"], 4)})
+    ratios = [p["ratio"] for p in pairs]
+    return {"rounds": rounds, "seconds": seconds, "pairs": pairs, "median_ratio": round(float(np.median(ratios)), 4),
+            "median_ratio_interval": list(median_interval(ratios))}
+
+
 def median_interval(ratios: list[float], confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Bootstrap interval of the median of the pairs' ratios."""
     r = np.asarray(ratios)
@@ -166,6 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--builds", default=None, help="where the ResNet-18 build is kept (default OUT/builds)")
     ap.add_argument("--calls", type=int, default=200, help="alternated calls of the in-process gap check (0: none)")
+    ap.add_argument("--inprocess", type=int, default=16,
+                    help="pairs of benchmark_app's own loop and edgeopt's profiler in one process (0: none)")
     args = ap.parse_args(argv)
 
     from edgeopt.core.profile import describe_load, machine_load
@@ -199,6 +251,13 @@ def main(argv=None) -> int:
         results["artifacts"][a["id"]] = {"config": config, "properties": props, "settings_differ": differ,
                                          "pairs": pairs, "median_ratio": round(med, 4),
                                          "median_ratio_interval": [lo, hi], "within_5pct": 0.95 <= med <= 1.05}
+        if args.inprocess:
+            inp = results["artifacts"][a["id"]]["in_process"] = inprocess_pairs(folder, config, args.threads,
+                                                                              args.inprocess, 1.0)
+            print(f"{a['id']}: benchmark_app's loop in this process, {args.inprocess} pairs of 1 s: median ratio "
+                  f"{inp['median_ratio']:.3f}, 95% interval {inp['median_ratio_interval'][0]:.3f}-"
+                  f"{inp['median_ratio_interval'][1]:.3f} (pairs {min(p['ratio'] for p in inp['pairs']):.3f}-"
+                  f"{max(p['ratio'] for p in inp['pairs']):.3f})", flush=True)
         if args.calls:
             src = results["artifacts"][a["id"]]["sources"] = gap_sources(folder, args.threads, args.calls)
             print(f"{a['id']}: {args.calls} alternated calls in one process: fixed shape {src['fixed_shape_median_ms']:.3f} ms,"

@@ -367,7 +367,8 @@ def test_nms_choice_errors_are_clear(tmp_path):
     assert "pre_nms" in e.value.fix
     rec = rewrite_for_tensorrt(path, task, {}, True)
     assert rec["nms"] is None and rec["int64_outputs"] == ["sel"]
-    assert rewrite_for_tensorrt(yolo_head_onnx(tmp_path / "y.onnx"), TaskConfig(), {}, False) is None  # nothing to do
+    # Not a detector: nothing to do (an `nms` set for every TensorRT target does not concern a classifier).
+    assert rewrite_for_tensorrt(yolo_head_onnx(tmp_path / "y.onnx"), TaskConfig(), {"nms": "plugin"}, False) is None
 
 
 def test_recipe_options_reach_the_targets(tmp_path):
@@ -465,3 +466,106 @@ def test_remote_device_compile_and_profile_of_a_jetson_detector_package(tmp_path
         assert_same_detections(unpadded(got), host_yolo_nms(ort_run(raw, feeds[0])["output0"], YOLO_TASK))
     finally:
         trt_double.deactivate()
+
+
+# ---- a package whose host check fails: failed in the table and the manifest, exit 5, unless kept -----------------
+def test_cli_build_fails_a_package_whose_host_check_fails_unless_the_recipe_keeps_it(tmp_path):
+    """y = relu(x) * 70000 for TensorRT 11 fp16: the FP16 ONNX clamps the constant to 65504 and misses the reference
+    on ONNX Runtime here. `edgeopt build` shows the artifact failed, records why, writes no package and exits 5;
+    the recipe's [options.TARGET] host_check = "warn" keeps the package (exit 0)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import invoke_cli
+    from edgeopt.core.resources import data_dir
+
+    k = numpy_helper.from_array(np.array([70000.0], np.float32), "k")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                               helper.make_node("Mul", ["r", "k"], ["y"], name="scale")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [k])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    toml = (data_dir("targets") / "jetson-thor.toml").read_text()
+    (tmp_path / "thor-trt11.toml").write_text(toml.replace('name = "jetson-thor"', 'name = "thor-trt11"')
+                                              .replace('tensorrt = "10.13"', 'tensorrt = "11.4"'))
+    recipe = f'''targets = ["{tmp_path / 'thor-trt11.toml'}"]
+precisions = ["fp16"]
+
+[model]
+source = "model.onnx"
+
+[[inputs]]
+name = "x"
+shape = ["batch", 4]
+range = [1.0, 2.0]
+
+[dims.batch]
+min = 1
+opt = 1
+max = 2
+'''
+    (tmp_path / "recipe.toml").write_text(recipe)
+    code, stdout, stderr = invoke_cli("build", tmp_path / "recipe.toml", "-o", tmp_path / "out", "--json")
+    assert code == 5, stderr
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    rec = next(a for a in m["artifacts"] if a["id"] == "thor-trt11-fp16")
+    assert rec["status"] == "failed" and "misses the reference outputs on ONNX Runtime here" in rec["reason"]
+    assert rec["host_check"]["passed"] is False and 'host_check = "warn"' in rec["fix"]
+    assert not (tmp_path / "out" / "thor-trt11-fp16").exists()
+    assert "1 artifact(s) failed: thor-trt11-fp16" in stderr
+    code, stdout, _ = invoke_cli("build", tmp_path / "recipe.toml", "-o", tmp_path / "out-table")
+    row = next(line for line in stdout.splitlines() if "thor-trt11" in line and "fp16" in line)
+    assert code == 5 and "FAILED" in row  # the table's row says so
+    (tmp_path / "recipe.toml").write_text(recipe + '\n[options.thor-trt11]\nhost_check = "warn"\n')
+    code, stdout, stderr = invoke_cli("build", tmp_path / "recipe.toml", "-o", tmp_path / "out2", "--json")
+    assert code == 0, stderr
+    rec = next(a for a in json.loads((tmp_path / "out2" / "manifest.json").read_text())["artifacts"]
+               if a["id"] == "thor-trt11-fp16")
+    assert rec["status"] == "not built here" and rec["package"]["onnx"]["host_check"]["passed"] is False
+
+
+# ---- `edgeopt build` for jetson-orin-nano: the recipe's NMS choice reaches the device package -------------------
+def test_edgeopt_build_of_a_yolo_detector_for_jetson_with_the_nms_plugin(tmp_path, monkeypatch):
+    """The pipeline end to end: `edgeopt build` (host, no TensorRT) exports a YOLO-style detector, writes the
+    jetson-orin-nano device package with EfficientNMS_TRT (the recipe's [options.tensorrt] nms = "plugin"),
+    which passes the preflight; the double then builds and runs its engine: parity with the package's reference
+    and the detections of edgeopt's host NMS on the PyTorch model's raw head."""
+    pytest.importorskip("torch")
+    from conftest import MODELS
+    from tiny import rect_images
+
+    from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.core.reference import REFERENCE_FILE, load_reference
+    from edgeopt.device.package import PACKAGE_ONNX, read_package
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
+    import onnx
+
+    np.savez(tmp_path / "ev.npz", images=rect_images(2, 640, seed=200))
+    task = {"type": "detection", "format": "yolo", "score_threshold": 0.25, "iou_threshold": 0.5,
+            "max_detections": 30}
+    data = {"model": {"source": f"{MODELS / 'tiny.py'}:yolo_head", "kind": "detector"},
+            "inputs": [{"name": "images", "shape": [1, 3, 640, 640]}], "task": task,
+            "evaluation": {"source": str(tmp_path / "ev.npz")}, "targets": ["jetson-orin-nano"],
+            "precisions": ["fp32"], "options": {"tensorrt": {"nms": "plugin"}}}
+    m = build(recipe_from_dict(data, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
+    rec = next(a for a in m["artifacts"] if a["id"] == "jetson-orin-nano-fp32")
+    assert rec["status"] == "not built here", rec
+    nms = rec["package"]["onnx"]["graph"]["nms"]
+    assert nms["where"] == "plugin" and nms["layout"] == "yolo" and nms["max_output_boxes"] == 30
+    assert rec["package"]["lint"]["errors"] == 0
+    folder = tmp_path / "out" / "jetson-orin-nano-fp32"
+    assert onnx.load(str(folder / PACKAGE_ONNX)).graph.node[-1].op_type == PLUGIN
+    assert read_package(folder)["status"] == "not built here"
+    feeds, raw = load_reference(tmp_path / "out" / REFERENCE_FILE)  # the PyTorch model's raw head
+    trt_double.activate("10.3", trt_double.Device(dla_cores=0, driver_cuda=12060))
+    try:
+        got = run_package(folder, feeds[0], tmp_path)
+    finally:
+        trt_double.deactivate()
+    head = next(iter(raw[0].values()))
+    want = host_yolo_nms(head, TaskConfig(**task))
+    assert len(want[0]) >= 1
+    assert_same_detections(unpadded(got), want)

@@ -622,3 +622,79 @@ def test_the_double_catches_what_a_gpu_would_punish(trt, tmp_path):
         trt.Builder(Bad())
     empty = trt.Builder(trt.Logger())
     assert empty.build_serialized_network(empty.create_network(0), empty.create_builder_config()) is None
+
+
+# ---- device-compile's check that this is the target's device ---------------------------------------------------------
+def test_check_device_says_what_is_wrong_and_force_overrides_a_mismatch(trt, tmp_path):
+    b, what, there = trtb.BACKEND, "pkg-fp16", "Run it on the device."
+    found = b.check_device(target(trt, dla_core=1), what, there)
+    assert found["version"] == trt.__version__ and found["gpu"]["name"] == "Orin" and found["mismatch_forced"] is None
+    with pytest.raises(UserInputError, match="DLA core 2; this device has 2") as e:  # 2 cores: 0 and 1
+        b.check_device(target(trt, dla_core=2), what, there)
+    assert "dla_core = -1" in e.value.fix
+    other_major = "11.4" if trt.__version__.startswith("10") else "10.3"
+    wrong = Target.from_dict({**target(trt).to_dict(), "hardware": {"tensorrt": other_major, "jetpack": "x",
+                                                                   "compute_capability": "8.9"}})
+    with pytest.raises(UserInputError) as e:
+        b.check_device(wrong, what, there)
+    assert "not the agx device" in e.value.problem and "sm 8.9" in e.value.problem
+    assert f"declares TensorRT {other_major}" in e.value.problem and "--force" in e.value.fix
+    forced = b.check_device(wrong, what, there, force=True)
+    assert len(forced["mismatch_forced"]) == 2
+    assert b.device_wheel_extra() == "" and b.device_requirements("12.6") == ["onnx", "cuda-python==12.6.*"]
+    with pytest.raises(UserInputError, match="does not say which TensorRT"):
+        b.package_plan(spec(), Target.from_dict({**target(trt).to_dict(), "hardware": {}}), "fp16")
+    state.device.driver_cuda = 11040  # a driver too old for this cuda-python: no usable GPU
+    tcuda.probe_gpu.cache_clear()
+    with pytest.raises(EdgeoptError, match="needs an NVIDIA GPU to build its TensorRT engine") as e:
+        b.check_device(target(trt), what, there)
+    assert e.value.fix == there
+
+
+def test_check_device_without_tensorrt_or_with_broken_libraries(tmp_path):
+    from edgeopt.errors import BackendMissingError
+
+    t = Target.from_dict({"name": "agx", "backend": "tensorrt", "device": "GPU", "precisions": ["fp16"],
+                          "hardware": {"tensorrt": "10.3"}})
+    with pytest.raises(BackendMissingError) as e:  # no tensorrt at all here
+        trtb.BACKEND.check_device(t, "pkg-fp16", "Run it on the Jetson.")
+    assert "tensorrt is not installed here" in e.value.problem and e.value.fix.startswith("Run it on the Jetson.")
+    assert tinst.installed_tensorrt_version() is None
+    debs = {"libnvinfer10": "10.3.0.30-1+cuda12.5"}
+    assert tinst.installed_tensorrt_version(deb_version=debs.get) == "10.3.0.30-1+cuda12.5"  # JetPack's .debs
+    try:
+        trt_double.activate("10.3", broken_libs=True)
+        with pytest.raises(EdgeoptError, match="needs TensorRT and an NVIDIA GPU: tensorrt is installed but") as e:
+            trtb.BACKEND.check_device(t, "pkg-fp16", "Run it on the Jetson.")
+        assert e.value.fix.startswith("Run it on the Jetson.")
+        assert tinst.installed_tensorrt_version(deb_version=debs.get) == "10.3.0.30-1+cuda12.5"
+    finally:
+        trt_double.deactivate()
+
+
+def test_a_plan_for_another_tensorrt_and_bindings_without_an_accessor(trt, tmp_path):
+    import dataclasses
+
+    if trt.__version__.startswith("11"):  # a TensorRT 10.x plan (FP16 builder flag) on TensorRT 11: no such flag
+        plan = tplan.build_plan(spec(), target(trt), "fp16", tensorrt_version="10.3")
+        with pytest.raises(CompileError, match="has no BuilderFlag.FP16"):
+            tbuild.build_engine(trt, conv_onnx(tmp_path / "m.onnx"), plan)
+    else:
+        plan = dataclasses.replace(tplan.build_plan(spec(), target(trt), "fp16"), builder_flags=("STRICT_NANS",))
+        with pytest.raises(CompileError, match="has no BuilderFlag.STRICT_NANS"):  # an 11.x flag on 10.3
+            tbuild.build_engine(trt, conv_onnx(tmp_path / "m.onnx"), plan)
+
+    class OldError:  # bindings whose ParserError lacks an accessor (it raises), or has it as a plain attribute
+        desc = "Unsupported operator"
+
+        def node(self):
+            raise AttributeError("node")
+
+    class Parser:
+        num_errors = 1
+
+        def get_error(self, i):
+            return OldError()
+
+    assert tbuild.parser_errors(Parser()) == [{"node": None, "node_name": None, "operator": None, "code": "None",
+                                               "desc": "Unsupported operator"}]

@@ -53,6 +53,7 @@ def index_graph(model) -> dict[str, NodePlace]:
     return found
 
 
+_VARIABLE_SHAPES = re.compile(r"inhomogeneous shape|setting an array element with a sequence")
 _ABOUT_GRAPH = re.compile(r"calibrat|statistic|node|graph|subgraph|body|bodies|empty", re.I)
 _TOKEN = re.compile(r"[A-Za-z0-9_./:\-\[\]]+")
 
@@ -104,6 +105,11 @@ def explain(message: str, onnx_path, feeds: list[dict] | None = None) -> dict:
         index = index_graph(onnx.load(str(onnx_path), load_external_data=False))
     except Exception:  # noqa: BLE001 - a diagnosis only: the failure stands as it is
         return {}
+    if _VARIABLE_SHAPES.search(message):
+        return {"text": "ONNX Runtime's histogram calibrators (percentile, entropy) stack each tensor's values over "
+                        "the calibration samples and fail on a tensor whose size changes from sample to sample (a "
+                        "detector's variable number of boxes)",
+                "hint": "use a MinMax recipe (ort-qdq-u8s8) or nncf-qdq, which calibrate such graphs"}
     nodes = named_nodes(message, index)
     body = ("quantizers calibrate an If/Loop body only on the calibration samples that run it, and cannot "
             "calibrate one that none runs: give calibration samples that take every branch, export without that "

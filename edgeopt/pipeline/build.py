@@ -69,7 +69,7 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
     explicit = bool(names)
     wanted_prec = precisions or recipe.precisions
     chosen = [get_target(n) for n in names] if explicit else list(load_targets().values())
-    known = {n for t in load_targets().values() for n in (t.name, t.backend)}
+    known = {n for t in (*load_targets().values(), *chosen) for n in (t.name, t.backend)}
     unknown = sorted(set(recipe.options) - known)
     if unknown:
         raise UserInputError(f"The recipe has [options.NAME] for {unknown}, which is no target or backend.",

@@ -157,7 +157,7 @@ def rewrite_for_tensorrt(onnx_path: Path, task, options: dict, detector: bool) -
     """Make the ONNX at ``onnx_path`` (rewritten in place) the graph TensorRT gets; return what was done:
     ``{"nms": {...} | None, "int64_outputs": [...], "outputs": [...]}``, or None when nothing changed.
 
-    For a detector (``detector``: the task is detection) the ``nms`` option decides: "plugin" (the default when
+    For a detector (``detector``: the task is detection; other models ignore ``nms``) the ``nms`` option decides: "plugin" (the default when
     the graph ends before NMS) appends ``EfficientNMS_TRT`` with ``[task]``'s score_threshold, iou_threshold,
     max_detections and background_class; "outside" keeps the graph as it is, which must then end before NMS.
     INT64 outputs are then cast to INT32 (:func:`~edgeopt.backends.tensorrt.prepare.cast_int64_outputs`)."""
@@ -166,11 +166,11 @@ def rewrite_for_tensorrt(onnx_path: Path, task, options: dict, detector: bool) -
 
     choice = nms_option(options)
     model = onnx.load(str(onnx_path), load_external_data=False)
-    if not (detector or choice is not None) and not any(o.type.tensor_type.elem_type == 7 for o in model.graph.output):
-        return None  # nothing to change: no NMS to place, no INT64 output
+    if not detector and not any(o.type.tensor_type.elem_type == 7 for o in model.graph.output):
+        return None  # nothing to change: no NMS to place (``nms`` concerns detectors only), no INT64 output
     model = onnx.load(str(onnx_path))
     record: dict = {"nms": None}
-    if detector or choice is not None:
+    if detector:
         head = raw_head(model, task)
         has_nms = any(n.op_type == "NonMaxSuppression" for n in model.graph.node)
         if head is None or has_nms:
