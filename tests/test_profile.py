@@ -108,7 +108,10 @@ def _recipe(batches=(1,)):
     return recipe_from_dict(d, data_dir("calibration"))
 
 
-def test_build_beside_a_cpu_hog_warns_and_every_speedup_has_an_interval(tmp_path, capsys):
+def test_build_beside_a_cpu_hog_warns_and_withholds_the_speedups(tmp_path, capsys):
+    """A CPU hog slows PyTorch eager far more than the runtimes (a bias no interval over rounds can hold: the
+    opt-in test below measured intervals of 141-1576x under hogs against 6.9x without): the build warns, keeps
+    every latency, and records and prints no speed-up over torch eager, saying why."""
     from edgeopt.core.profile import machine_load
     from edgeopt.pipeline.build import build
     from edgeopt.report.progress import Reporter
@@ -119,20 +122,43 @@ def test_build_beside_a_cpu_hog_warns_and_every_speedup_has_an_interval(tmp_path
         m = build(_recipe(), tmp_path / "o", targets=("ort-cpu",), precisions=("fp32",), reporter=Reporter())
     finally:
         _stop(hogs)
-    err = capsys.readouterr().err
-    assert "The machine is busy" in " ".join(err.split())
+    err = " ".join(capsys.readouterr().err.split())
+    assert "The machine is busy" in err and "speed-ups over PyTorch eager will not be shown" in err
     assert m["timing"]["machine"]["busy"] and m["timing"]["method"] == "interleaved rounds"
+    assert m["timing"]["machine_during"]["busy"], m["timing"]["machine_during"]  # the hog ran all along
     assert m["baseline"]["timing_run"] == m["timing"]["id"]
     for a in m["artifacts"]:
-        assert a["timing_run"] == m["timing"]["id"]
-        lo, hi = a["speedup_interval"]["1"]
-        assert lo <= a["speedup_vs_torch"]["1"] <= hi
+        assert a["timing_run"] == m["timing"]["id"] and a["latency"][0]["median_ms"] > 0
+        assert "speedup_vs_torch" not in a and "speedup_interval" not in a
+        assert a["speedup_withheld"].startswith("the machine was busy while timing")
     for table in ("\n".join(summary_lines(m, 80)), "\n".join(summary_lines(m, wide=True))):
-        printed = re.findall(r"(\d+\.\d+)x( \(\d+\.\d+-\d+\.\d+\))?", table)
-        ratios = [p for p in printed if p[0] != "1.00" or p[1]]  # the baseline's own 1.00x has no interval
-        assert ratios and all(p[1] for p in ratios), table
-        assert "95% interval" in " ".join(table.split()) and "The machine was busy" in " ".join(table.split())
-    assert len(ratios) == len(m["artifacts"])  # wide: every batch of every artifact
+        flat = " ".join(table.split())
+        assert not re.findall(r"\d+\.\d+x \(", table), table  # no ratio with an interval printed
+        assert "busy = speed-up over torch eager not shown" in flat and "The machine was busy" in flat
+        rows = [line for line in table.splitlines() if line.startswith("ort-cpu-fp32")]
+        assert rows and all("busy" in r for r in rows), table
+
+
+def test_a_quiet_run_quotes_speedups_and_a_busy_one_does_not():
+    """The rule itself, on records: a run whose look before or during timing saw a busy machine gives no
+    ratio; a quiet one gives the ratio with its interval."""
+    from edgeopt.core.profile import ratios_withheld, record_profile
+
+    rows = [{"batch": 1, "median_ms": 2.0, "round_medians": [2.0, 2.1, 1.9, 2.0]}]
+    base = [{"batch": 1, "median_ms": 8.0, "round_medians": [8.0, 8.2, 7.9, 8.1]}]
+    prof = {"rows": rows, "load_s": 0.1, "threads": 2, "peak_rss_mb": 10.0}
+    quiet = {"id": "r1", "confidence": 0.95, "machine": {"busy": False, "cpus": 2, "others_cpus": 0.1},
+             "machine_during": {"busy": False, "cpus": 2, "others_cpus": 0.2}}
+    rec = {"id": "a"}
+    record_profile(rec, prof, quiet, base)
+    assert ratios_withheld(quiet) is None and rec["speedup_vs_torch"] == {"1": 4.0} and "speedup_withheld" not in rec
+    for where in ("machine", "machine_during"):
+        busy = {**quiet, where: {"busy": True, "cpus": 2, "others_cpus": 1.7}}
+        record_profile(rec, prof, busy, base)
+        assert "speedup_vs_torch" not in rec and "speedup_interval" not in rec
+        assert rec["speedup_withheld"] == ratios_withheld(busy) and "1.7 of 2 CPUs" in rec["speedup_withheld"]
+    record_profile(rec, prof, quiet, base)  # a later quiet run quotes them again
+    assert rec["speedup_vs_torch"] == {"1": 4.0} and "speedup_withheld" not in rec
 
 
 def test_a_carried_over_artifact_is_retimed_with_the_new_baseline(tmp_path):
@@ -227,6 +253,9 @@ def test_intervals_under_a_cpu_hog_hold_the_quiet_speedups(tmp_path, capsys):
     assert "The machine is busy" in " ".join(capsys.readouterr().err.split())
     quiet = build(_recipe(), out, reporter=Reporter(quiet=True), **kw)
     q = {a["id"]: a["speedup_vs_torch"] for a in quiet["artifacts"]}
+    # Under the hog the ratios are withheld (the test above); when the look missed the hog, any ratio that is
+    # printed must hold the quiet one.
+    loaded["artifacts"] = [a for a in loaded["artifacts"] if "speedup_vs_torch" in a]
     missed = [(a["id"], b, a["speedup_interval"][b], q[a["id"]][b]) for a in loaded["artifacts"]
               for b in a["speedup_vs_torch"] if not a["speedup_interval"][b][0] <= q[a["id"]][b] <= a["speedup_interval"][b][1]]
-    assert loaded["artifacts"] and not missed, f"intervals under load that miss the quiet speed-up: {missed}"
+    assert not missed, f"intervals under load that miss the quiet speed-up: {missed}"

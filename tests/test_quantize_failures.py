@@ -98,3 +98,41 @@ def test_openvino_int8_on_an_if_body_no_sample_runs_fails_with_the_node_and_the_
     assert ov["status"] == "failed" and "Traceback" not in ov["reason"]
     assert "NNCF could not quantize" in ov["reason"] and "/head/If_12 (If" in ov["reason"], ov["reason"]
     assert "calibration samples that run it" in ov["reason"]
+
+
+def test_float_nodes_are_left_out_of_int8_and_recorded(tmp_path):
+    """[compression] float_nodes (names or name prefixes) keeps those nodes in float in the kept INT8 model."""
+    import onnx
+
+    from edgeopt.config.compression import CompressionConfig
+    from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.errors import UserInputError
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
+
+    for bad in ([""], "not-a-list"):
+        try:
+            CompressionConfig.from_dict({"float_nodes": bad})
+            raise AssertionError(f"accepted {bad!r}")
+        except UserInputError as exc:
+            assert "float_nodes" in str(exc)
+    _if_model(tmp_path / "if.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "cal.npz", x=rng.uniform(0, 1, (12, 3, 16, 16)).astype(np.float32))
+    out = {}
+    for name, nodes in (("plain", []), ("kept", ["/backbone/"])):
+        data = {"model": {"source": "if.onnx"}, "inputs": [{"name": "x", "shape": [1, 3, 16, 16]}],
+                "calibration": {"source": "cal.npz"}, "targets": ["ort-cpu"], "precisions": ["int8"],
+                "compression": {"max_drop": 100.0, "accuracy_control": False, "candidates": ["ort-qdq-u8s8"],
+                                "min_cosine": 0.01, "float_nodes": nodes},
+                "profile": {"batches": [1], "duration_s": 0.05, "min_iterations": 2, "warmup": 1}}
+        m = build(recipe_from_dict(data, tmp_path), tmp_path / name, reporter=Reporter(quiet=True))
+        (a,) = m["artifacts"]
+        assert a["status"] == "ok", a
+        g = onnx.load(str(tmp_path / name / "ort-cpu-int8" / "model.onnx")).graph
+        made_by = {o: n.op_type for n in g.node for o in n.output}
+        conv = next(n for n in g.node if n.name == "/backbone/conv0")
+        out[name] = ([made_by.get(i) for i in conv.input[:2]], a["meta"]["int8"]["candidates"][0])
+    assert out["plain"][0] == ["DequantizeLinear", "DequantizeLinear"]  # quantized input and weight
+    assert "DequantizeLinear" not in out["kept"][0]  # left in float
+    assert out["kept"][1]["float_head"]["nodes"] == ["/backbone/conv0"]

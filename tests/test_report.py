@@ -99,7 +99,8 @@ def test_markdown(built, written):
     a = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-fp32")
     lat = next(r for r in a["latency"] if r["batch"] == 1)
     row = next(line for line in md.splitlines() if line.startswith("| ort-cpu-fp32 |"))
-    assert f"{a['parity']['cosine']:.6f}" in row and f"{a['speedup_vs_torch']['1']:.2f}x" in row
+    assert f"{a['parity']['cosine']:.6f}" in row
+    assert (f"{a['speedup_vs_torch']['1']:.2f}x" if "speedup_withheld" not in a else "busy") in row
     assert (f"{lat['median_ms']:.3f}" if lat["median_ms"] < 1 else f"{lat['median_ms']:.2f}") in row
     for n in PLOTS:
         assert re.search(rf"!\[[^\]]+\]\({n}\.png\)", md), n

@@ -569,3 +569,27 @@ def test_edgeopt_build_of_a_yolo_detector_for_jetson_with_the_nms_plugin(tmp_pat
     want = host_yolo_nms(head, TaskConfig(**task))
     assert len(want[0]) >= 1
     assert_same_detections(unpadded(got), want)
+
+
+def test_the_host_scores_a_plugin_package_on_its_raw_outputs(tmp_path):
+    """ONNX Runtime has no EfficientNMS_TRT: the host's scoring of a package (the INT8 budget before it ships) runs
+    the package's graph without the plugin, whose raw outputs are the model's (a YOLO head; boxes and scores)."""
+    import shutil as sh
+
+    from test_trt_double import yolo_onnx
+
+    from edgeopt.backends.tensorrt.nms import rewrite_for_tensorrt
+
+    for raw, task, names in [(yolo_head_onnx(tmp_path / "head.onnx"), YOLO_TASK, ["output0"]),
+                             (yolo_onnx(tmp_path / "bs.onnx"), TaskConfig(type="detection"), ["boxes", "scores"])]:
+        pkg = tmp_path / f"pkg-{raw.name}"
+        sh.copyfile(raw, pkg)
+        graph = rewrite_for_tensorrt(pkg, task, {}, True)
+        assert graph["nms"]["where"] == "plugin"
+        host = trtb.BACKEND.package_host_onnx(pkg, graph, tmp_path / raw.stem)
+        assert host != pkg
+        feed = {"image": X[:1]}
+        got, want = ort_run(host, feed), ort_run(raw, feed)
+        for n in names:
+            np.testing.assert_allclose(got[n], want[n], rtol=1e-6)
+        assert trtb.BACKEND.package_host_onnx(raw, None, tmp_path / "none") == raw  # no plugin: as it is

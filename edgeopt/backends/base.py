@@ -231,6 +231,10 @@ class Backend(ABC):
         """One sample's reference outputs as the graph :meth:`package_graph` made gives them."""
         return outputs
 
+    def package_host_onnx(self, onnx_path: Path, graph: dict | None, work_dir: Path) -> Path:
+        """The package's ONNX as ONNX Runtime can run it here (to score it before it ships)."""
+        return Path(onnx_path)
+
     def package_preflight(self, onnx_path: Path, target: Target, spec: IOSpec, plan) -> object | None:
         """A preflight report of a package's ONNX (``ok``, ``errors``, ``to_dict()``), or None when there is none."""
         return None

@@ -159,11 +159,14 @@ def record_profile(rec: dict, prof: dict, run: dict | None = None, base_rows: li
     earlier run (a ratio against another baseline) are dropped, never kept beside new ones."""
     rec["latency"] = prof["rows"]
     rec.update({k: prof[k] for k in ("load_s", "threads", "peak_rss_mb")})
-    for k in ("speedup_vs_torch", "speedup_interval", "timing_run"):
+    for k in ("speedup_vs_torch", "speedup_interval", "timing_run", "speedup_withheld"):
         rec.pop(k, None)
     if run is not None:
         rec["timing_run"] = run["id"]
-    if base_rows:
+    withheld = ratios_withheld(run)
+    if base_rows and withheld:
+        rec["speedup_withheld"] = withheld
+    elif base_rows:
         base = {row["batch"]: row for row in base_rows}
         ratios = {str(row["batch"]): speedup(base[row["batch"]], row, run["confidence"] if run else 0.95)
                   for row in prof["rows"] if row["batch"] in base}
@@ -407,6 +410,52 @@ def machine_load(sample_s: float = 0.5, top: int = 5) -> dict:
     info["frequency"] = _cpu_mhz()
     info["busy"] = bool(info["others_cpus"] is not None and info["others_cpus"] > BUSY_SHARE * cpus)
     return info
+
+
+def cpu_mark() -> tuple | None:
+    """A mark to measure, later, how much CPU other processes took meanwhile (:func:`others_since`)."""
+    j = _cpu_jiffies()
+    if j is None:
+        return None
+    t = os.times()
+    return j, t.user + t.system, time.perf_counter()
+
+
+def others_since(mark: tuple | None) -> dict | None:
+    """How busy the machine was since ``mark`` (:func:`cpu_mark`): the CPUs other processes used on average
+    over the whole span (all CPUs' busy time minus this process's), and whether that makes it busy.
+    A hog that starts after the look before timing is seen here."""
+    j1 = _cpu_jiffies()
+    if mark is None or j1 is None:
+        return None
+    (j0, mine0, t0), t1 = mark, os.times()
+    span = time.perf_counter() - t0
+    if span <= 0 or j1[1] <= j0[1]:
+        return None
+    total_cpus = os.cpu_count() or 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = total_cpus
+    system = (j1[0] - j0[0]) / (j1[1] - j0[1]) * total_cpus
+    mine = (t1.user + t1.system - mine0) / span
+    others = round(max(0.0, system - mine), 2)
+    return {"span_s": round(span, 1), "others_cpus": others, "cpus": cpus, "busy": others > BUSY_SHARE * cpus}
+
+
+def ratios_withheld(run: dict | None) -> str | None:
+    """Why a timing run's speed-ups over PyTorch eager are not to be quoted, or None. A busy machine slows
+    PyTorch eager far more than ONNX Runtime or OpenVINO (measured: 20x more under two CPU hogs), a bias that
+    no interval over the run's rounds can hold, so the ratios of a run timed while others used the CPUs
+    (before it, or during it) are withheld; the latencies stay, marked."""
+    if not run:
+        return None
+    before, during = run.get("machine") or {}, run.get("machine_during") or {}
+    if before.get("busy") or during.get("busy"):
+        used = max(before.get("others_cpus") or 0, during.get("others_cpus") or 0)
+        return (f"the machine was busy while timing (other processes used {used} of "
+                f"{before.get('cpus') or during.get('cpus')} CPUs)")
+    return None
 
 
 def describe_load(info: dict) -> str:

@@ -319,10 +319,16 @@ def score_package(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
     if (rec.get("status") != Status.NOT_BUILT_HERE or plan.precision != "int8" or ctx.judge is None
             or not onnx_path.is_file() or importlib.util.find_spec("onnxruntime") is None):
         return rec
+    import tempfile
+
     from edgeopt.backends.onnxruntime.runner import run_onnx
 
+    graph = ((rec.get("package") or {}).get("onnx") or {}).get("graph")
     try:
-        acc = evaluate(lambda feed: run_onnx(onnx_path, [feed], ctx.model.spec)[0], ctx)
+        with tempfile.TemporaryDirectory(prefix="edgeopt-score-") as tmp:
+            # what ONNX Runtime can run of it: a TensorRT plugin at the end (NMS) is left out, its raw outputs scored
+            host = get_backend(plan.target.backend).package_host_onnx(onnx_path, graph, Path(tmp))
+            acc = evaluate(lambda feed: run_onnx(host, [feed], ctx.model.spec)[0], ctx)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime may lack a kernel TensorRT has: say so, keep the package
         ctx.reporter.warn(f"{plan.id}: the Q/DQ ONNX could not be scored on ONNX Runtime here ({type(exc).__name__})")
         return rec

@@ -19,7 +19,8 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
     """Time the PyTorch baseline and every artifact with status ok in interleaved rounds in this process,
     after a look at how busy the machine is; speed-ups come from this run only, with their intervals."""
     from edgeopt.backends.artifact import profile_together
-    from edgeopt.core.profile import describe_load, machine_load, record_profile, timing_run
+    from edgeopt.core.profile import (cpu_mark, describe_load, machine_load, others_since, ratios_withheld,
+                                      record_profile, timing_run)
 
     cfg = ctx.recipe.profile
     batches = [b for b in cfg.batches if _batch_ok(ctx.model.spec, b)]
@@ -28,8 +29,9 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
     with_baseline = cfg.baseline and ctx.model.module is not None
     load = machine_load()
     if load["busy"]:
-        ctx.reporter.warn(f"The machine is busy: {describe_load(load)}. Timings will be noisy; the speed-up "
-                          "intervals say how much.")
+        ctx.reporter.warn(f"The machine is busy: {describe_load(load)}. Timings will be noisy, and speed-ups "
+                          "over PyTorch eager will not be shown (a busy machine slows it far more than the "
+                          "runtimes); rerun `edgeopt build` on a quiet machine for them.")
     names = ([BASELINE] if with_baseline else []) + [rec["id"] for rec in ok]
     run = timing_run(cfg, names, load)
     manifest.data["timing"] = run
@@ -37,8 +39,13 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
                       f"{','.join(map(str, batches))}")
     with (_torch_baseline(ctx, batches, real) if with_baseline else _nothing()) as base:
         extra = {BASELINE: base["prepared"]} if base else {}
+        mark = cpu_mark()
         results, failed = profile_together({rec["id"]: ctx.out / rec["id"] for rec in ok}, batches, cfg,
                                            cfg.threads, real, extra, log=ctx.reporter.info)
+        run["machine_during"] = others_since(mark)
+    if with_baseline and not load["busy"] and ratios_withheld(run):
+        ctx.reporter.warn(f"The machine got busy while timing: {ratios_withheld(run)}. Speed-ups over PyTorch "
+                          "eager are not shown; rerun `edgeopt build` on a quiet machine for them.")
     baseline = None
     if base:
         prof = results[BASELINE]

@@ -28,7 +28,7 @@ def speedup_cell(row: dict, batch: int) -> str:
     the same run."""
     sp = (row.get("speedup") or {}).get(str(batch))
     if sp is None:
-        return "-"
+        return "busy" if row.get("withheld") else "-"
     ci = (row.get("interval") or {}).get(str(batch))
     return f"{sp:.2f}x" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
 
@@ -74,6 +74,7 @@ def artifact_rows(manifest: dict) -> list[dict]:
             "latency": list(a.latency or ()),
             "speedup": (a.speedup_vs_torch or {}) if same_run(manifest, a) else {},
             "interval": (a.speedup_interval or {}) if same_run(manifest, a) else {},
+            "withheld": bool(a.extra.get("speedup_withheld")) and same_run(manifest, a),
             "parity": (a.parity or {}).get("max_abs"), "parity_cell": _parity_cell(a),
             "note": a.reason or "; ".join(a.flags or ()),
         })
@@ -231,10 +232,14 @@ def timing_notes(manifest: dict) -> list[str]:
     lines = [f"Latency: {run['method']} ({run['rounds']} rounds); (a-b) after a speed-up is its "
              f"{run['confidence'] * 100:.0f}% interval, {run['interval']}; ! = unstable timings."]
     machine = run.get("machine") or {}
-    if machine.get("busy"):
-        from edgeopt.core.profile import describe_load
+    from edgeopt.core.profile import describe_load, ratios_withheld
 
+    if machine.get("busy"):
         lines.append(f"The machine was busy while timing: {describe_load(machine)}.")
+    withheld = ratios_withheld(run)
+    if withheld and (manifest.get("baseline") or {}).get("timing_run") == run.get("id"):
+        lines.append(f"busy = speed-up over torch eager not shown: {withheld}, which slows PyTorch eager far "
+                     "more than the runtimes. Rebuild on a quiet machine for the ratios.")
     return lines
 
 

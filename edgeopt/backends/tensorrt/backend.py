@@ -87,6 +87,12 @@ class TensorRTBackend(Backend):
 
         return expected_outputs(outputs, graph)
 
+    def package_host_onnx(self, onnx_path: Path, graph: dict | None, work_dir: Path) -> Path:
+        """Without the NMS plugin (TensorRT's, which ONNX Runtime lacks): the raw head the host's task decodes."""
+        from edgeopt.backends.tensorrt.nms import without_plugin
+
+        return without_plugin(onnx_path, graph, Path(work_dir) / "host_model.onnx")
+
     def package_preflight(self, onnx_path: Path, target: Target, spec: IOSpec, plan):
         from edgeopt.backends.tensorrt.lint import lint
 

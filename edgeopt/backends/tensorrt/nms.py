@@ -224,3 +224,27 @@ def expected_outputs(outputs: dict[str, np.ndarray], record: dict) -> dict:
     dets = [per_class_nms(boxes[i], scores[i], nms["score_threshold"], nms["iou_threshold"], nms["max_output_boxes"],
                           nms["background_class"]) for i in range(boxes.shape[0])]
     return {**out, **padded(dets, nms["max_output_boxes"])}
+
+
+def without_plugin(onnx_path: Path, record: dict | None, dst: Path) -> Path:
+    """The rewritten ONNX made runnable on ONNX Runtime (for the host's scoring of a package): ``dst``, the graph
+    with ``EfficientNMS_TRT`` removed and the raw outputs it replaced given back under their names (their
+    producers are still in the graph), or ``onnx_path`` itself when the graph has no plugin."""
+    nms = (record or {}).get("nms") or {}
+    if nms.get("where") != "plugin":
+        return Path(onnx_path)
+    onnx = require("onnx", "tensorrt", "score a TensorRT package's ONNX on ONNX Runtime")
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(onnx_path))
+    g = model.graph
+    for n in [n for n in g.node if n.op_type == PLUGIN]:
+        g.node.remove(n)
+    kept = [o for o in g.output if o.name not in OUTPUTS]
+    raw = [nms["head"]] if nms.get("layout") == "yolo" else [nms["boxes"], nms["scores"]]
+    del g.output[:]
+    g.output.extend([*kept, *(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in raw)])
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    return dst
