@@ -33,7 +33,7 @@ def _device_files() -> list[Path]:
 
 def test_the_required_device_modules_exist():
     names = {p.relative_to(PACKAGE).with_suffix("").as_posix() for p in _device_files()}
-    for required in ("device/package", "device/remote/agent", "core/artifact", "core/profile", "core/parity", "core/reference",
+    for required in ("device/package/compile", "device/fingerprint", "device/remote/agent", "core/artifact", "core/profile", "core/parity", "core/reference",
                      "backends/tensorrt/backend", "backends/base", "ship/runtime"):
         assert required in names
 

@@ -11,7 +11,7 @@ from edgeopt import __version__
 from edgeopt.errors import IntegrityError, UserInputError
 from edgeopt.core.fsutil import write_json_atomic
 from edgeopt.core.untrusted import load_json, printable
-from edgeopt.core.records import ArtifactRecord, Status, records_of
+from edgeopt.core.records import ArtifactRecord, records_of
 
 MANIFEST = "manifest.json"
 SCHEMA = "edgeopt.manifest/1"
@@ -123,10 +123,10 @@ def check_consistent(out: Path, data: dict) -> None:
         return IntegrityError(f"{out}: the manifest and the artifacts disagree ({detail}); a build into it was "
                               "interrupted or files were changed by hand.", rerun_fix(out))
 
-    for rec in data["artifacts"]:
-        if rec.get("status") != Status.OK:
+    for rec in records_of(data):
+        if not rec.ok:
             continue
-        aid = check_id(rec["id"], "artifact id", rerun_fix(out))
+        aid = check_id(rec.id, "artifact id", rerun_fix(out))
         art_path = out / aid / ARTIFACT_JSON
         if not art_path.is_file():
             raise disagree(f"{aid}/{ARTIFACT_JSON} is missing")
@@ -134,17 +134,18 @@ def check_consistent(out: Path, data: dict) -> None:
         if not isinstance(art, dict):
             raise disagree(f"{aid}/{ARTIFACT_JSON} is not a JSON object")
         for key in ("generation", "key"):
-            if rec.get(key) and art.get(key) and rec[key] != art[key]:
+            mine = getattr(rec, key)
+            if mine and art.get(key) and mine != art[key]:
                 raise disagree(f"{aid} was built by another build ({key} {str(art[key])[:12]} in its folder, "
-                               f"{str(rec[key])[:12]} in the manifest)")
-        for f in rec.get("files") or []:
-            if relpath_problem(f.get("path")):
-                raise disagree(f"{aid} lists the file {printable(repr(f.get('path')), 80)}")
-            path = out / f["path"]
+                               f"{mine[:12]} in the manifest)")
+        for f in rec.files:
+            if relpath_problem(f.path):
+                raise disagree(f"{aid} lists the file {printable(repr(f.path), 80)}")
+            path = out / f.path
             if not path.is_file():
-                raise disagree(f"{f.get('path')} is missing")
-            if isinstance(f.get("bytes"), int) and path.stat().st_size != f["bytes"]:
-                raise disagree(f"{f.get('path')} has {path.stat().st_size} bytes, the manifest says {f['bytes']}")
+                raise disagree(f"{f.path} is missing")
+            if f.bytes is not None and path.stat().st_size != f.bytes:
+                raise disagree(f"{f.path} has {path.stat().st_size} bytes, the manifest says {f.bytes}")
 
 
 def load_consistent(out: Path) -> Manifest:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeopt.pipeline.context import BuildContext
 from edgeopt.pipeline.build import (
-    BuildContext,
     check_output,
     load_data,
     prepare_output,

@@ -1,17 +1,17 @@
 """``edgeopt build``: intake -> export -> compile per target and precision -> parity -> accuracy ->
-profile -> manifest. Each stage writes atomically; a rerun reuses what is still valid."""
+profile -> manifest. Each stage writes atomically; a rerun reuses what is still valid.
+
+The stages live beside it: ``context`` (Plan, BuildContext), ``judge`` (the judge set and task metric),
+``pruning``, ``timing`` (the profile stage and its flags); export in ``export``, packages in ``edgeopt.device``."""
 
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-
 import numpy as np
-
 from edgeopt import __version__
-from edgeopt.core.artifact import ARTIFACT_JSON, artifact_id
+from edgeopt.core.artifact import ARTIFACT_JSON
 from edgeopt.backends.artifact import open_artifact
 from edgeopt.backends import CompileRequest, get_backend
 from edgeopt.compress import INT8_RECIPES_VERSION
@@ -29,61 +29,20 @@ from edgeopt.core.fsutil import (
 from edgeopt.core.hostinfo import host_info, version_of
 from edgeopt.core.lock import OUT_LOCK, out_lock
 from edgeopt.core.manifest import MANIFEST, Manifest, load_manifest, mark_incomplete
-from edgeopt.core.parity import figures, in_words, parity, parity_summary, tolerance_for
+from edgeopt.core.parity import in_words, parity, parity_summary, tolerance_for
 from edgeopt.config.recipe import Recipe, load_recipe
 from edgeopt.config.schema import check_inputs_fit
 from edgeopt.core.reference import REFERENCE_FILE, parity_feeds, save_reference
 from edgeopt.core.tasks import describe
 from edgeopt.report.progress import Reporter
-from edgeopt.core.targets import Target, check_precision, get_target, load_targets
+from edgeopt.core.targets import check_precision, get_target, load_targets
 from edgeopt.backends import target_status
 from edgeopt.core.records import Status
+from edgeopt.pipeline.context import BuildContext, EXPORT_DIR, EXPORT_RECORD, MARKER, Plan
+from edgeopt.pipeline.judge import evaluate, gate_by_task, reference_task_metric, stage_judge_set
+from edgeopt.pipeline.pruning import stage_prune
+from edgeopt.pipeline.timing import flag_slow, stage_profile
 
-EXPORT_DIR = "export"
-EXPORT_RECORD = "export.json"
-MARKER = ".edgeopt"
-
-
-@dataclass
-class Plan:
-    target: Target
-    precision: str
-    status: Status = Status.PLANNED  # planned | skipped | not built here
-    reason: str | None = None
-
-    @property
-    def id(self) -> str:
-        return artifact_id(self.target.name, self.precision)
-
-
-@dataclass
-class BuildContext:
-    recipe: Recipe
-    out: Path
-    reporter: Reporter
-    force: bool = False
-    model: object = None  # intake.LoadedModel
-    onnx_path: Path | None = None
-    feeds: list = field(default_factory=list)
-    refs: list = field(default_factory=list)
-    evaluation: object = None  # data.Dataset
-    calibration: object = None
-    original_module: object = None  # the model before pruning: the baseline row stays the user's model
-    task: object = None  # core.tasks.TaskConfig, resolved from [task], the model kind and the outputs
-    real_from: int = 0  # index of the first real sample among the reference feeds
-    holdout: object = None  # data.Dataset: calibration samples kept out of calibration to judge on (no evaluation set)
-    judge: object = None  # core.tasks.Outputs: real samples (evaluation / held out of calibration) + FP32 outputs
-    fp32_metric: dict | None = None  # the exported FP32 model's task metric (the int8 accuracy budget's base)
-    int8: bool = False  # some planned artifact is int8
-    generation: str | None = None  # this build's id, recorded in each artifact it compiles
-    onnx_sha256: str | None = None  # the ONNX with its external data files: what artifacts are keyed on
-    export_sha256: str | None = None  # the export record's sha256 (carry-over compares it across runs)
-    pruning_failure: str | None = None  # the pruned model failed its accuracy guard: nothing built from it is ok
-
-
-# ------------------------------------------------------------------------------------------------
-# output folder
-# ------------------------------------------------------------------------------------------------
 
 def check_output(out: Path, force: bool) -> None:
     """Refuse a folder that holds something other than an edgeopt output, unless ``force``."""
@@ -104,10 +63,6 @@ def prepare_output(out: Path, force: bool) -> None:
     (out / MARKER).write_text("This folder is written by edgeopt; rerunning a build here reuses what is valid.\n")
     clean_stale_staging(out)
 
-
-# ------------------------------------------------------------------------------------------------
-# planning
-# ------------------------------------------------------------------------------------------------
 
 def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tuple[str, ...] = ()) -> list[Plan]:
     names = targets or recipe.targets
@@ -158,10 +113,6 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
             "Run `edgeopt targets` to see what can run here, and pick --target/--precision from it.")
     return plans
 
-
-# ------------------------------------------------------------------------------------------------
-# stages
-# ------------------------------------------------------------------------------------------------
 
 def stage_intake(ctx: BuildContext) -> None:
     """Load the model and check the input spec against it: before anything is written."""
@@ -243,6 +194,8 @@ def _files_intact(root: Path, files: list[dict]) -> bool:
 
 
 TOKENIZER_FILE = "tokenizer.json"
+
+
 TOKENIZER_PATH = "reference/tokenizer.json"  # travels with the reference data in bundles
 
 
@@ -277,19 +230,6 @@ def ship_tokenizer(ctx: BuildContext) -> dict | None:
 
 
 REAL_REFERENCE_SAMPLES = 16  # real samples in the reference data: what a bundle's self-test scores the task on
-
-
-def reference_task_metric(ctx: BuildContext, got: list[dict]) -> dict | None:
-    """The task metric of an artifact on the real samples among the reference samples (against the FP32
-    reference outputs, no labels): what ``edgeopt verify`` recomputes on a device and compares with."""
-    from edgeopt.core.tasks import Outputs
-    from edgeopt.core.tasks import evaluate as task_metric
-
-    if ctx.task is None or ctx.real_from >= len(ctx.feeds):
-        return None
-    feeds = ctx.feeds[ctx.real_from:]
-    res = task_metric(ctx.task, Outputs(feeds, got[ctx.real_from:]), Outputs(feeds, ctx.refs[ctx.real_from:]))
-    return {k: res[k] for k in ("metric", "label", "value", "budget", "samples") if k in res}
 
 
 def artifact_key(ctx: BuildContext, plan: Plan) -> str:
@@ -403,190 +343,6 @@ def score_package(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
     return rec
 
 
-def _torch_judge_set(ctx: BuildContext, module) -> None:
-    """A judge set from the PyTorch model itself (before export: what pruning is judged by)."""
-    from edgeopt.core.metrics import eval_batch_size
-    from edgeopt.core.tasks import dataset_feeds, run_over
-
-    ds = ctx.evaluation if ctx.evaluation is not None else ctx.holdout
-    feeds, labels = dataset_feeds(ds, eval_batch_size(ctx.model.spec))
-    ctx.judge = run_over(torch_infer(module, ctx.model.spec), feeds, labels)
-    shapes = {n: np.asarray(a).shape for n, a in ctx.judge.outputs[0].items()}
-    ctx.task = ctx.recipe.task.resolve(ctx.model.kind, shapes, labels is not None)
-    ctx.fp32_metric = None
-    ctx.fp32_metric = evaluate_outputs(ctx, ctx.judge)
-
-
-def gate_by_task(plan: Plan, rep: dict, accuracy: dict | None) -> None:
-    """Raise ParityError when the artifact fails its gate. An INT8 artifact is judged by the task metric on
-    real samples (the parity samples are mostly random inputs, where INT8 ranges clip): the parity figures are
-    reported, and gate only breakage (missing or non-finite outputs) or when there are no real samples."""
-    fix = (f"Use another precision, or loosen [parity.tolerances.{plan.precision}] if the difference is acceptable.")
-    if plan.precision == "int8" and accuracy is not None:
-        rep["gate"] = f"task metric ({accuracy['metric']}) on {accuracy['samples']} real samples"
-        broken = rep.get("reason") and ("missing" in rep["reason"] or "non-finite" in rep["reason"]
-                                        or "shape" in rep["reason"])
-        if broken:
-            raise ParityError(f"{plan.id} differs from PyTorch: {rep['reason']} ({figures(rep)}).", fix)
-        if not accuracy["within_budget"]:
-            raise ParityError(f"{plan.id} fails its task metric on real samples: {accuracy['why']}.",
-                              "Raise [compression] max_drop (or lower min_cosine for embeddings), give more or "
-                              "better calibration data, or ship a float precision.")
-        return
-    if not rep["passed"]:
-        raise ParityError(f"{plan.id} differs from PyTorch: {rep['reason']} ({figures(rep)}).", fix)
-
-
-def stage_judge_set(ctx: BuildContext, manifest: Manifest) -> None:
-    """The real samples every artifact is judged on, the FP32 model's outputs on them, the resolved task and
-    the FP32 model's task metric. (Bundles' self-tests use the real samples among the reference samples.)"""
-    from edgeopt.backends.onnxruntime.runner import run_onnx
-    from edgeopt.core.metrics import eval_batch_size
-    from edgeopt.core.tasks import Outputs, dataset_feeds
-
-    source, ds = ("evaluation", ctx.evaluation) if ctx.evaluation is not None else ("held out of calibration",
-                                                                                   ctx.holdout)
-    if ds is None:
-        ctx.task = ctx.recipe.task.resolve(ctx.model.kind, {n: r.shape for n, r in ctx.refs[0].items()}, False)
-        manifest.data["task"] = {"config": ctx.task.to_dict(), "source": None,
-                                 "note": "no real samples: artifacts are judged on parity samples only"}
-        return
-    feeds, labels = dataset_feeds(ds, eval_batch_size(ctx.model.spec))
-    outs = run_onnx(ctx.onnx_path, feeds, ctx.model.spec)
-    ctx.judge = Outputs(feeds, outs, labels)  # the FP32 model's outputs, batch by batch
-    shapes = {n: np.asarray(a).shape for n, a in outs[0].items()}
-    ctx.task = ctx.recipe.task.resolve(ctx.model.kind, shapes, labels is not None)
-    ctx.fp32_metric = evaluate_outputs(ctx, ctx.judge)
-    manifest.data["task"] = {"config": ctx.task.to_dict(), "source": source, "samples": len(ds),
-                             "fp32": ctx.fp32_metric, "labels": labels is not None}
-    manifest.data["fp32_metric"] = ctx.fp32_metric
-    ctx.reporter.info(f"Task: {ctx.task.type}, judged on {len(ds)} real samples ({source}); "
-                      f"FP32 {describe(ctx.fp32_metric)}")
-
-
-def evaluate_outputs(ctx: BuildContext, got) -> dict:
-    """The task metric of ``got`` (outputs over the judge set's feeds) against the FP32 outputs, judged
-    against [compression]'s budget."""
-    from edgeopt.core.tasks import evaluate as task_metric
-    from edgeopt.core.tasks import judge
-
-    res = task_metric(ctx.task, got, ctx.judge)
-    cfg = ctx.recipe.compression
-    base = ctx.fp32_metric or res
-    return judge(res, base, cfg.allowed_drop(base.get("value", 1.0)) * 100, cfg.min_cosine)
-
-
-def evaluate(runner_or_fn, ctx: BuildContext) -> dict:
-    """The task metric of a runner (or a feed -> outputs function) on the judge set's real samples."""
-    from edgeopt.core.tasks import run_over
-
-    infer = runner_or_fn.infer if hasattr(runner_or_fn, "infer") else runner_or_fn
-    return evaluate_outputs(ctx, run_over(infer, ctx.judge.feeds, ctx.judge.labels))
-
-
-BASELINE = "torch-eager-fp32"
-
-
-def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) -> None:
-    """Time the PyTorch baseline and every artifact with status ok in interleaved rounds in this process,
-    after a look at how busy the machine is; speed-ups come from this run only, with their intervals."""
-    from edgeopt.backends.artifact import profile_together
-    from edgeopt.core.profile import (cpu_mark, describe_load, machine_load, others_since, ratios_withheld,
-                                      record_profile, timing_run)
-
-    cfg = ctx.recipe.profile
-    batches = [b for b in cfg.batches if _batch_ok(ctx.model.spec, b)]
-    real = ctx.evaluation.arrays if ctx.evaluation is not None else None
-    ok = [rec for rec in records if rec["status"] == Status.OK]
-    with_baseline = cfg.baseline and ctx.model.module is not None
-    load = machine_load()
-    if load["busy"]:
-        ctx.reporter.warn(f"The machine is busy: {describe_load(load)}. Timings will be noisy, and speed-ups "
-                          "over PyTorch eager will not be shown (a busy machine slows it far more than the "
-                          "runtimes); rerun `edgeopt build` on a quiet machine for them.")
-    names = ([BASELINE] if with_baseline else []) + [rec["id"] for rec in ok]
-    run = timing_run(cfg, names, load)
-    manifest.data["timing"] = run
-    ctx.reporter.step(f"Timing {', '.join(names)} in {cfg.rounds} interleaved rounds at batch "
-                      f"{','.join(map(str, batches))}")
-    with (_torch_baseline(ctx, batches, real) if with_baseline else _nothing()) as base:
-        extra = {BASELINE: base["prepared"]} if base else {}
-        mark = cpu_mark()
-        results, failed = profile_together({rec["id"]: ctx.out / rec["id"] for rec in ok}, batches, cfg,
-                                           cfg.threads, real, extra, log=ctx.reporter.info)
-        run["machine_during"] = others_since(mark)
-    if with_baseline and not load["busy"] and ratios_withheld(run):
-        ctx.reporter.warn(f"The machine got busy while timing: {ratios_withheld(run)}. Speed-ups over PyTorch "
-                          "eager are not shown; rerun `edgeopt build` on a quiet machine for them.")
-    baseline = None
-    if base:
-        prof = results[BASELINE]
-        baseline = {"name": BASELINE, "torch": base["torch"], "threads": prof["threads"], "latency": prof["rows"],
-                    "peak_rss_mb": prof["peak_rss_mb"], "accuracy": base["accuracy"], "timing_run": run["id"]}
-        manifest.data["baseline"] = baseline
-        _warn_unstable(ctx, BASELINE, prof["rows"])
-    for rec in ok:
-        if rec["id"] in failed:
-            ctx.reporter.warn(f"{rec['id']}: not timed: {failed[rec['id']]}")
-            for k in ("latency", "speedup_vs_torch", "speedup_interval", "timing_run"):
-                rec.pop(k, None)
-            continue
-        record_profile(rec, results[rec["id"]], run, baseline["latency"] if baseline else None)
-        _warn_unstable(ctx, rec["id"], rec["latency"])
-
-
-def _warn_unstable(ctx: BuildContext, name: str, rows: list[dict]) -> None:
-    unstable = [row["batch"] for row in rows if row.get("unstable")]
-    if unstable:
-        ctx.reporter.warn(f"{name}: timings unstable at batch {','.join(map(str, unstable))} (robust CV "
-                          f"{max(row['robust_cv'] for row in rows) * 100:.0f}%, between rounds "
-                          f"{max(row.get('round_cv', 0) for row in rows) * 100:.0f}%); is the machine busy?")
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def select_or_report(manifest: dict, budgets) -> dict:
-    """The recipe's [select] budgets applied to this build; a build with no qualifying artifact records why."""
-    from edgeopt.ship.select import NoArtifactQualifiesError, select_manifest
-
-    try:
-        return select_manifest(manifest, budgets)
-    except NoArtifactQualifiesError as exc:
-        return {**exc.result, "selected": None, "error": exc.problem}
-
-
-def flag_slow(records: list[dict]) -> None:
-    """An artifact slower than PyTorch eager (timed in the same run), and an INT8 artifact slower than its FP32
-    sibling on the same target, are flagged, never shipped silently."""
-    from edgeopt.report.tables import latency_at
-
-    by_id = {r["id"]: r for r in records}
-    for rec in records:
-        rec.pop("flags", None)  # a reused record's flags came from older timings: judge the new ones only
-        if rec["status"] != Status.OK:
-            continue
-        intervals = rec.get("speedup_interval") or {}
-        for b, x in sorted((rec.get("speedup_vs_torch") or {}).items(), key=lambda kv: int(kv[0])):
-            if x < 1.0:
-                ci = intervals.get(b)
-                rec.setdefault("flags", []).append(
-                    f"slower than torch eager at batch {b} ({x:.2f}x" + (f", {ci[0]:.2f}-{ci[1]:.2f}" if ci else "") + ")")
-        sibling = by_id.get(artifact_id(rec["target"], "fp32"))
-        if rec["precision"] != "int8" or not sibling or sibling["status"] != Status.OK:
-            continue
-        for b in sorted({row["batch"] for row in rec.get("latency") or []}):
-            mine, theirs = latency_at(rec, b), latency_at(sibling, b)
-            if mine and theirs and mine["median_ms"] > theirs["median_ms"]:
-                rec.setdefault("flags", []).append(
-                    f"slower than fp32 sibling at batch {b} ({mine['median_ms']:.3f} vs {theirs['median_ms']:.3f} ms)")
-
-
 def carry_over(ctx: BuildContext, previous: Manifest | None, planned: set[str]) -> list[dict]:
     """Artifacts of an earlier run that this run did not plan: kept when still valid for the same ONNX,
     removed otherwise (a stale artifact is never left next to a new manifest)."""
@@ -605,184 +361,14 @@ def carry_over(ctx: BuildContext, previous: Manifest | None, planned: set[str]) 
     return kept
 
 
-def _batch_ok(spec, b: int) -> bool:
-    lo, hi = spec.batch_range()
-    return lo <= b <= hi
+def select_or_report(manifest: dict, budgets) -> dict:
+    """The recipe's [select] budgets applied to this build; a build with no qualifying artifact records why."""
+    from edgeopt.ship.select import NoArtifactQualifiesError, select_manifest
 
-
-def torch_infer(module, spec):
-    """A feed -> named outputs function over a torch module."""
-    import torch
-
-    from edgeopt.data.torchfeed import to_torch
-
-    def infer(feed):
-        with torch.inference_mode():
-            return {n: t.numpy() for n, t in zip(spec.outputs, module(*to_torch(feed, spec)))}
-
-    return infer
-
-
-def stage_prune(ctx: BuildContext, manifest: Manifest) -> None:
-    """Prune the PyTorch model (and fine-tune it back) before export; the baseline row stays the original."""
-    cfg = ctx.recipe.pruning
-    if cfg is None:
-        return
-    import copy
-
-    from edgeopt.compress import prune
-    from edgeopt.pipeline.intake import state_digest
-    from edgeopt.data.torchfeed import to_torch
-
-    model = ctx.model
-    if model.module is None:
-        raise UserInputError("Pruning needs the PyTorch model; the model source is an ONNX file.",
-                             "Give the factory or checkpoint the ONNX was made from, or drop [pruning].")
-    spec = model.spec
-    args = to_torch(spec.random_feed(np.random.default_rng(0), batch=1 if spec.batch_dim else None), spec)
-    ctx.original_module = copy.deepcopy(model.module)
-    if ctx.evaluation is not None or ctx.holdout is not None:
-        _torch_judge_set(ctx, model.module)  # pruning is judged against the user's model; export redoes it
-    acc = (lambda: evaluate(torch_infer(model.module, spec), ctx)["value"]) if ctx.judge is not None else (lambda: None)
-    macs0, params0 = prune.count(model.module, args)
-    record = {"config": cfg.to_dict(), "macs_before": macs0, "params_before": params0, "accuracy_before": acc()}
-    ctx.reporter.step(f"Pruning ({cfg.method}, ratio {cfg.ratio})")
-    feeds = list(ctx.calibration) if ctx.calibration is not None else (ctx.evaluation.feeds() if ctx.evaluation else [])
-    if cfg.method == "structured":
-        prune.prune_structured(model.module, args, cfg)
-        work = model.module
-    else:
-        work, clean = prune.prune_unstructured(model.module, args, cfg)
-    if cfg.bn_adaptation:
-        prune.adapt_batchnorm(work, feeds, spec)
-    model.module = work
-    record["accuracy_pruned"] = acc()
-    if cfg.finetune is not None:
-        from edgeopt.data.dataset import DataConfig, load_dataset
-
-        # Training images get the same preprocessing as the data the model is scored on: a fine-tune on
-        # differently scaled pixels "recovers" on the wrong inputs and destroys the model.
-        pre = cfg.finetune.preprocess or ctx.recipe.shipped_preprocess()
-        train = load_dataset(DataConfig.from_dict({"source": cfg.finetune.source, "size": None,
-                                                   **({"preprocess": pre} if pre else {})},
-                                                  ctx.recipe.base_dir, section="pruning.finetune"),
-                             spec, purpose="training")
-        ctx.reporter.step(f"Recovery fine-tune: {cfg.finetune.epochs} epochs on {train.count} samples")
-        prune.finetune(work, train, spec, cfg.finetune, log=ctx.reporter.info)
-        record["accuracy_finetuned"] = acc()
-        record["finetune_samples"] = train.count
-        record["finetune_preprocess"] = pre
-    if cfg.method == "unstructured":
-        model.module = prune.strip_unstructured(work, clean, args)
-    macs1, params1 = prune.count(model.module, args)
-    record.update({"macs_after": macs1, "params_after": params1, "sparsity": prune.sparsity(model.module)})
-    if cfg.method == "unstructured":
-        record["note"] = ("Unstructured sparsity zeroes weights but keeps every shape: CPU backends run the same dense "
-                          "kernels, so expect no speed-up (measured: 50% sparsity, 18.0 vs 18.1 ms on ResNet-18); "
-                          "the win is a smaller compressed download.")
-    model.sha256 = sha256_json({"model": model.sha256, "pruning": cfg.to_dict(), "state": state_digest(model.module)})
-    ctx.reporter.info(_pruning_line(record))
-    record["guard"] = pruning_guard(record, cfg, ctx.recipe.compression)
-    if not record["guard"]["passed"]:
-        ctx.pruning_failure = record["guard"]["reason"]
-        ctx.reporter.error(ctx.pruning_failure)
-    elif record["guard"]["reason"]:
-        ctx.reporter.warn(record["guard"]["reason"])
-    record["files"] = save_pruned(ctx)
-    manifest.data["pruning"] = record
-
-
-def pruning_guard(record: dict, cfg, compression) -> dict:
-    """Pruning and its fine-tune pass the same task-metric guard as INT8: the final model against the unpruned
-    one within the budget, and a fine-tune never ends below the pruned model it started from."""
-    before, pruned, tuned = (record.get(k) for k in ("accuracy_before", "accuracy_pruned", "accuracy_finetuned"))
-    final = tuned if tuned is not None else pruned
-    if before is None or final is None:
-        return {"passed": True, "reason": "no evaluation data: the pruned model's accuracy is not checked "
-                                          "(add [evaluation])"}
-    budget = replace(compression, max_drop=cfg.max_drop) if cfg.max_drop is not None else compression
-    allowed = budget.allowed_drop(before)
-    out = {"drop_points": round((before - final) * 100, 4), "budget_points": round(allowed * 100, 4),
-           "passed": True, "reason": None}
-    figures = " -> ".join(f"{label} {v * 100:.2f}%" for label, v in
-                          (("original", before), ("pruned", pruned), ("fine-tuned", tuned)) if v is not None)
-    if tuned is not None and tuned < pruned - 1e-12:
-        out.update(passed=False, reason=f"pruning: the recovery fine-tune lost accuracy (top-1 {figures}); check "
-                                        "[pruning.finetune] source, preprocess and lr")
-    elif before - final > allowed + 1e-12:
-        out.update(passed=False, reason=f"pruning: top-1 dropped {(before - final) * 100:.2f} points, over the "
-                                        f"budget of {allowed * 100:.2f} ({figures}); fine-tune longer "
-                                        "(--finetune-epochs), prune less, or raise [pruning] max_drop")
-    return out
-
-
-def _pruning_line(r: dict) -> str:
-    parts = [f"MACs {r['macs_before'] / 1e6:.1f}M -> {r['macs_after'] / 1e6:.1f}M",
-             f"params {r['params_before'] / 1e3:.0f}k -> {r['params_after'] / 1e3:.0f}k",
-             f"sparsity {r['sparsity'] * 100:.1f}%"]
-    for k, label in (("accuracy_before", "top-1 before"), ("accuracy_pruned", "pruned"),
-                     ("accuracy_finetuned", "after fine-tune")):
-        if r.get(k) is not None:
-            parts.append(f"{label} {r[k] * 100:.2f}%")
-    return ", ".join(parts)
-
-
-def save_pruned(ctx: BuildContext) -> list[dict]:
-    """The pruned model as a torch.export program (reloads without unpickling objects); the ONNX comes
-    from the export stage."""
-    import torch
-
-    from edgeopt.pipeline.export import example_args, torch_dynamic_shapes
-
-    folder = ctx.out / "pruned"
-    spec = ctx.model.spec
-    args = example_args(spec)  # sizes above 1 on dynamic axes, or torch.export specialises them
-    with staged_dir(folder) as stage:
-        try:
-            ep = torch.export.export(ctx.model.module, args,
-                                     dynamic_shapes=torch_dynamic_shapes(torch, spec) if spec.dims else None)
-            torch.export.save(ep, str(stage / "model.pt2"))
-        except Exception as exc:  # noqa: BLE001 - the ONNX stays the shipped form; say why the .pt2 is missing
-            (stage / "NOTE.txt").write_text(f"torch.export could not save the pruned model: {exc}\n")
-    return file_records(folder, ctx.out)
-
-
-class _torch_baseline:
-    """The PyTorch eager model as a timing contender (torch threads as the profile asks, inference mode for the
-    whole run) and its accuracy on the evaluation data."""
-
-    def __init__(self, ctx: BuildContext, batches, real):
-        self.ctx, self.batches, self.real = ctx, batches, real
-
-    def __enter__(self) -> dict:
-        import torch
-
-        from edgeopt.core.profile import feed_for_batch, peak_rss_mb, reset_peak_rss, rss_mb
-        from edgeopt.data.torchfeed import to_torch
-
-        ctx = self.ctx
-        module = ctx.original_module if ctx.original_module is not None else ctx.model.module
-        if ctx.recipe.profile.threads:
-            torch.set_num_threads(ctx.recipe.profile.threads)
-        accuracy = evaluate(torch_infer(module, ctx.model.spec), ctx) if ctx.judge is not None else None
-        self._mode = torch.inference_mode()
-        self._mode.__enter__()
-        reset_peak_rss()
-        rss0 = rss_mb()
-        calls, first = {}, {}
-        for b in self.batches:
-            args = to_torch(feed_for_batch(ctx.model.spec, b, self.real), ctx.model.spec)
-            calls[b] = (lambda a: lambda: module(*a))(args)
-            t0 = time.perf_counter()
-            calls[b]()
-            first[b] = (time.perf_counter() - t0) * 1000.0
-        prepared = {"calls": calls, "first_ms": first, "load_s": None, "threads": torch.get_num_threads(),
-                    "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0}
-        return {"prepared": prepared, "torch": torch.__version__, "accuracy": accuracy}
-
-    def __exit__(self, *exc):
-        self._mode.__exit__(*exc)
-        return False
+    try:
+        return select_manifest(manifest, budgets)
+    except NoArtifactQualifiesError as exc:
+        return {**exc.result, "selected": None, "error": exc.problem}
 
 
 def load_data(ctx: BuildContext, manifest: Manifest) -> None:
@@ -825,10 +411,6 @@ def hold_out(ds):
 
     return part(slice(0, n - k), f"first {n - k}"), part(slice(n - k, n), f"last {k}, held out")
 
-
-# ------------------------------------------------------------------------------------------------
-# entry point
-# ------------------------------------------------------------------------------------------------
 
 def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeopt-out",
           targets: tuple[str, ...] = (), precisions: tuple[str, ...] = (), force: bool = False,

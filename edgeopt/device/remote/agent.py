@@ -73,13 +73,14 @@ def _venv_system_site() -> bool:
 
 
 def _agent_info(args: dict) -> dict:
-    from edgeopt.device.package import device_fingerprint
+    from edgeopt.device.fingerprint import device_fingerprint
 
     return {"fingerprint": device_fingerprint()}
 
 
 def _agent_compile(args: dict) -> dict:
-    from edgeopt.device.package import compile_package, device_fingerprint
+    from edgeopt.device.fingerprint import device_fingerprint
+    from edgeopt.device.package import compile_package
     from edgeopt.report.progress import Reporter
 
     reporter = Reporter()
@@ -100,7 +101,7 @@ def _agent_compile(args: dict) -> dict:
 
 def _agent_profile(args: dict) -> dict:
     from edgeopt.backends.artifact import open_artifact
-    from edgeopt.device.package import device_fingerprint
+    from edgeopt.device.fingerprint import device_fingerprint
     from edgeopt.core.profile import profile_runner
     from edgeopt.core.profile import ProfileConfig
     from edgeopt.report.progress import Reporter
