@@ -15,7 +15,8 @@ def _manifest(ids):
     lat = [{"batch": b, "median_ms": 1.234 * b, "p99_ms": 2.5 * b} for b in (1, 8, 32)]
     return {"model": {"name": "resnet18-finetuned"}, "host": {"cpu": {"model": "Intel(R) Core(TM) i7-1185G7"}},
             "baseline": {"name": "torch-eager-fp32", "latency": lat, "accuracy": {"value": 0.925}},
-            "artifacts": [{"id": i, "precision": i.rsplit("-", 1)[1], "status": "ok" if "jetson" not in i
+            "artifacts": [{"id": i, "target": i.rsplit("-", 1)[0], "precision": i.rsplit("-", 1)[1],
+                           "backend": "tensorrt" if "jetson" in i else i.split("-")[0], "status": "ok" if "jetson" not in i
                            else "not built here", "files": [{"path": "m.onnx", "bytes": 44_700_000}],
                            "accuracy": {"value": 0.9167}, "latency": lat if "jetson" not in i else [],
                            "speedup_vs_torch": {"1": 3.1, "8": 2.2, "32": 2.0},
