@@ -222,6 +222,13 @@ class Backend(ABC):
                 f"Build {target.name} int8 with `edgeopt build` on the host (the artifact is portable), or package fp32.")
         return "fp32", None
 
+    def package_onnx(self, form: str, onnx_path: Path, dst: Path, src, log) -> dict:
+        """Write the package's ONNX in a ``form`` :meth:`package_plan` chose other than "fp32" (copied as it is):
+        e.g. FP16 or INT8 Q/DQ, from the exported FP32 ``onnx_path`` to ``dst``; returns what it recorded.
+        ``src`` is the package source (id, spec, calibration data, model kind, target)."""
+        raise CompileError(f"{self.name} has no {form!r} form of a device package's ONNX.",
+                           "Report this as a bug in edgeopt.")
+
     def package_graph(self, onnx_path: Path, target: Target, task, detector: bool) -> dict | None:
         """Rewrite a package's ONNX (in place) into the graph this backend's device build takes, and say what was
         done (recorded in package.json): ``{"outputs": [the graph's outputs], ...}``; None: used as it is."""

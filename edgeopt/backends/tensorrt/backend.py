@@ -75,6 +75,31 @@ class TensorRTBackend(Backend):
         plan = build_plan(spec, target, precision, dict(target.options), version)
         return plan.onnx, plan
 
+    def package_onnx(self, form: str, onnx_path: Path, dst: Path, src, log) -> dict:
+        """FP16 (FP32 inputs/outputs kept), or INT8 Q/DQ (signed, zero point 0) calibrated on the recipe's data."""
+        if form == "fp16":
+            from edgeopt.backends.tensorrt.prepare import convert_to_fp16
+
+            log(f"{src.id}: converting the ONNX to FP16 (FP32 inputs/outputs kept) for TensorRT "
+                f"{src.target.hardware.get('tensorrt')}")
+            convert_to_fp16(onnx_path, dst)
+            return {}
+        if form != "qdq":
+            return super().package_onnx(form, onnx_path, dst, src, log)
+        if src.calibration is None:
+            raise UserInputError(
+                f"{src.id} needs an INT8 Q/DQ model, which is calibrated on data, and the recipe gives no calibration "
+                "data.", "Add a [calibration] section to the recipe (and int8 to its precisions), or drop int8 for "
+                "this target.")
+        try:
+            from edgeopt.backends.tensorrt.quantize import quantize_for_tensorrt
+        except ImportError as exc:
+            raise BackendMissingError("edgeopt.compress (the compression stage)", "nncf",
+                                      f"quantize {src.id} to INT8 Q/DQ") from exc
+        log(f"{src.id}: quantizing to INT8 Q/DQ for TensorRT (signed INT8, zero point 0)")
+        return {"quantization": quantize_for_tensorrt(onnx_path, src.calibration, src.spec, dst, src.model_kind,
+                                                      log=log)}
+
     def package_graph(self, onnx_path: Path, target: Target, task, detector: bool) -> dict | None:
         """A detector's NMS as chosen (``nms`` option: the plugin, or outside the engine) and INT64 outputs cast
         to INT32 (see :mod:`edgeopt.backends.tensorrt.nms`)."""

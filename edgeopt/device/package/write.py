@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from edgeopt import __version__
 from edgeopt.errors import (
-    BackendMissingError,
     CompileError,
     EdgeoptError,
     IntegrityError,
@@ -177,26 +176,10 @@ def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
     meta: dict = {"source_sha256": onnx_digest(src.onnx_path)}
     if form == "fp32":
         _copy_onnx(src.onnx_path, dst)
-    elif form == "fp16":
-        from edgeopt.backends.tensorrt.prepare import convert_to_fp16
+    else:  # fp16, Q/DQ ...: the backend writes the form its device build takes
+        from edgeopt.backends import get_backend
 
-        log(f"{src.id}: converting the ONNX to FP16 (FP32 inputs/outputs kept) for TensorRT {src.target.hardware.get('tensorrt')}")
-        convert_to_fp16(src.onnx_path, dst)
-    elif form == "qdq":
-        if src.calibration is None:
-            raise UserInputError(
-                f"{src.id} needs an INT8 Q/DQ model, which is calibrated on data, and the recipe gives no calibration data.",
-                "Add a [calibration] section to the recipe (and int8 to its precisions), or drop int8 for this target.")
-        try:
-            from edgeopt.backends.tensorrt.quantize import quantize_for_tensorrt
-        except ImportError as exc:
-            raise BackendMissingError("edgeopt.compress (the compression stage)", "nncf",
-                                      f"quantize {src.id} to INT8 Q/DQ") from exc
-        log(f"{src.id}: quantizing to INT8 Q/DQ for TensorRT (signed INT8, zero point 0)")
-        meta["quantization"] = quantize_for_tensorrt(src.onnx_path, src.calibration, src.spec, dst, src.model_kind,
-                                                   log=log)
-    else:  # pragma: no cover - build_plan only yields the three forms
-        raise CompileError(f"Unknown ONNX form {form!r}.", "Report this as a bug in edgeopt.")
+        meta.update(get_backend(src.target.backend).package_onnx(form, src.onnx_path, dst, src, log))
     if not dst.is_file():
         raise CompileError(f"The {form} ONNX for {src.id} was not written.", "Report this as a bug in edgeopt.")
     meta["sha256"] = onnx_digest(dst)
