@@ -220,6 +220,39 @@ def _write_json(path: Path, results: dict) -> None:
     tmp.replace(path)
 
 
+def _build_in_child(name: str, dest: str, duration: float, batches: list[int]) -> None:
+    """The child process of build_one: one model's build; the manifest is the result."""
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
+
+    prune = name.endswith("-pruned50")
+    build(recipe_for(name.removesuffix("-pruned50"), duration, prune, batches), Path(dest), force=True,
+          reporter=Reporter(quiet=True))
+
+
+def build_one(name: str, dest: Path, duration: float, batches) -> tuple[dict | None, str | None]:
+    """Build one model in its own process, so that a crash of a runtime (a segfault in a native library, an
+    out-of-memory kill) is that row's result and the run goes on with the next model, and every model starts
+    from a fresh process (no runtime state, threads or memory carried over from the model before).
+    Returns (the manifest, None) or (None, what went wrong)."""
+    import subprocess
+
+    cmd = [sys.executable, "-c", "import sys, run; run._build_in_child(sys.argv[1], sys.argv[2], float(sys.argv[3]), "
+           "[int(b) for b in sys.argv[4:]])", name, str(dest), str(duration), *map(str, batches)]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log = dest.parent / f"{name}.log"  # the build's own and the frameworks' messages
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=HERE, stdout=f, stderr=subprocess.STDOUT)
+    manifest = dest / "manifest.json"
+    if proc.returncode != 0:
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-500:]
+        how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}")
+        return None, f"the build process ended with {how}: {tail or 'no message'}"
+    if not manifest.is_file():
+        return None, "the build ended without writing manifest.json"
+    return json.loads(manifest.read_text()), None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=[*MODELS, "resnet50-pruned50"])
@@ -229,9 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes timed (detectors: 1)")
     args = ap.parse_args(argv)
 
-    from edgeopt.pipeline.build import build
     from edgeopt.core.hostinfo import host_info
-    from edgeopt.report.progress import Reporter
 
     out = Path(args.out)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
@@ -240,17 +271,13 @@ def main(argv=None) -> int:
     if args.update:
         results["models"] = json.loads(Path(args.update).read_text())["models"]
     for name in args.models:
-        prune = name.endswith("-pruned50")
-        base = name.removesuffix("-pruned50")
         t0 = time.time()
         print(f"== {name}", flush=True)
-        try:
-            m = build(recipe_for(base, args.duration, prune, args.batches), out / "builds" / name, force=True,
-                      reporter=Reporter(quiet=True))
-        except Exception as exc:  # noqa: BLE001 - one model's failure is that row's result, the run goes on
-            results["models"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}",
-                                       "seconds": round(time.time() - t0, 1), "rows": []}
-            print(f"   failed: {results['models'][name]['error']}", flush=True)
+        m, error = build_one(name, out / "builds" / name, args.duration, args.batches)
+        if error:
+            results["models"][name] = {"error": error, "seconds": round(time.time() - t0, 1), "rows": []}
+            print(f"   failed: {error}", flush=True)
+            _write_json(out / f"{stamp}.json", results)
             continue
         results["models"][name] = {"rerun": bool(args.update), "seconds": round(time.time() - t0, 1), "rows": rows_of(m),
                                    "selection": m.get("selection"), "task": (m.get("task") or {}).get("config", {}).get("type"),

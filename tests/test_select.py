@@ -150,6 +150,18 @@ def test_min_cosine(out):
     assert reasons(res)["ort-cpu-int8"] == "parity cosine 0.995000 < 0.999 budget"
 
 
+def test_min_cosine_does_not_apply_to_an_artifact_judged_by_its_detections(tmp_path):
+    """A detector whose detections did not match element-wise is judged by mAP; its raw-tensor cosine (0.72 on a
+    good Faster R-CNN export) must neither pass nor fail a --min-cosine budget by accident."""
+    m = synthetic()
+    ov = next(a for a in m["artifacts"] if a["id"] == "openvino-cpu-fp32")
+    ov["parity"].update(cosine=0.72, judged_by="detections", detections={"map50": 0.995, "map50_95": 0.98})
+    res = select(write_out(tmp_path / "OUT", m), min_cosine=0.999)
+    why = reasons(res)["openvino-cpu-fp32"]
+    assert "judged by detections" in why and "--max-drop" in why
+    assert res["selected"] == "ort-cpu-fp32"
+
+
 def test_batch_reads_latency_at_that_batch(out):
     res = select(out, batch=8, p99_ms=10)
     assert res["selected"] == "openvino-cpu-fp32" and res["batch"] == 8

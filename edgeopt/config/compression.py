@@ -24,6 +24,7 @@ class CompressionConfig:
     timing_s: float = 0.4  # seconds of quick timing per candidate
     float_head: str = "auto"  # keep a detector's post-processing in float: auto (detectors) | on | off
     float_nodes: tuple[str, ...] = ()  # more ONNX nodes every INT8 recipe leaves in float: names or name prefixes
+    reduce_range: str = "auto"  # ONNX Runtime recipes: 7-bit weights, auto (x86 CPUs without VNNI) | on | off
 
     def __post_init__(self):
         if self.drop_type not in ("absolute", "relative"):
@@ -45,6 +46,9 @@ class CompressionConfig:
         if not isinstance(self.float_nodes, tuple) or not all(isinstance(n, str) and n for n in self.float_nodes):
             raise UserInputError("[compression] float_nodes must be a list of node names or name prefixes.",
                                  'For example float_nodes = ["/head/"] (every node whose name starts with /head/).')
+        if self.reduce_range not in ("auto", "on", "off"):
+            raise UserInputError(f"[compression] reduce_range {self.reduce_range!r} is unknown.",
+                                 'Use "auto" (on for x86 CPUs without VNNI), "on" or "off".')
         if self.preset not in (None, "performance", "mixed"):
             raise UserInputError(f"[compression] preset {self.preset!r} is unknown.", "Use performance or mixed.")
 

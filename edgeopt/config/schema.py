@@ -200,7 +200,7 @@ RECIPE = {
         "candidates": list_of(text(64), 0, 32), "accuracy_control": boolean, "subset_size": integer(1, 1_000_000),
         "preset": text(16), "timing_s": number(0, 600), "float_head": text(8),
         "ac_max_iterations": integer(1, 1_000_000), "ac_ranking_subset": integer(1, 1_000_000),
-        "float_nodes": list_of(text(1024), 0, 4096),
+        "float_nodes": list_of(text(1024), 0, 4096), "reduce_range": text(8),
     }, "[compression]"),
     "pruning": table({
         "method": text(16), "ratio": number(0, 1), "macs_target": number(0, 1), "round_to": integer(1, 4096),

@@ -129,7 +129,11 @@ def _budget_reasons(a: ArtifactRecord, c_lat: dict | None, row: dict, budgets: B
             reasons.append(f"size {row['size_mb']:.2f} MB > {budgets.max_size_mb:g} MB budget")
     if budgets.min_cosine is not None:
         cos = (a.parity or {}).get("cosine")
-        if cos is None:
+        if (a.parity or {}).get("judged_by") == "detections":
+            # its detections did not match element-wise, so the cosine over the raw tensors says nothing
+            reasons.append("parity judged by detections (mAP), not by a cosine, so the --min-cosine budget does "
+                           "not apply: use --max-drop")
+        elif cos is None:
             reasons.append("no parity cosine recorded, so the --min-cosine budget cannot be checked")
         elif cos < budgets.min_cosine:
             reasons.append(f"parity cosine {cos:.6f} < {budgets.min_cosine:g} budget")
