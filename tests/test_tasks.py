@@ -238,3 +238,12 @@ print(json.dumps({{"ids": feed["input_ids"].tolist(), "mask": feed["attention_ma
     assert got["ids"] == [[2, 3, 4, 5, 2, 7, 0, 0, 0, 0, 0, 0]] and got["mask"] == [[1] * 6 + [0] * 6]
     assert got["shape"] == [3, 32] and all(abs(n - 1) < 1e-5 for n in got["norms"])
     assert got["same"] == pytest.approx(1.0, abs=1e-5) and got["torch"] is False
+
+
+def test_a_value_below_its_bound_never_prints_as_the_bound():
+    """A reason reads "cos 1.0000 < 0.9999999" when 0.99996 is rounded to 4 places: the value must print below."""
+    from edgeopt.core.tasks import below
+
+    assert below(0.9, 0.99) == "0.9000"
+    assert below(0.99996, 0.9999999) == "0.99996"
+    assert float(below(0.98999, 0.99)) < 0.99

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from edgeopt.core.parity import parity, tolerance_for
-from edgeopt.core.tasks import Outputs, evaluate, judge, run_over
+from edgeopt.core.tasks import Outputs, below, evaluate, judge, run_over
 from edgeopt.errors import DataError
 
 
@@ -40,7 +40,8 @@ def judge_candidate(result: dict, req) -> dict:
         return result
     reasons = []
     if result.get("cosine") is not None and result["cosine"] < cfg.min_cosine:
-        reasons.append(f"cosine {result['cosine']:.4f} < {cfg.min_cosine} (no real data: judged on random inputs)")
+        reasons.append(f"cosine {below(result['cosine'], cfg.min_cosine)} < {cfg.min_cosine} (no real data: judged "
+                       "on random inputs)")
     result["within_budget"] = not reasons
     result["why"] = "; ".join(reasons) or None
     return result

@@ -308,6 +308,16 @@ def evaluate(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:
     return out
 
 
+def below(value: float, bound: float, digits: int = 4) -> str:
+    """``value`` (< ``bound``) with enough decimals that it does not print as ``bound`` or above it
+    (0.99996 against 0.9999999 is "0.9999600", not "1.0000")."""
+    for d in range(digits, 10):
+        text = f"{value:.{d}f}"
+        if float(text) < bound:
+            return text
+    return repr(value)
+
+
 def judge(result: dict, base: dict | None, max_drop_points: float, min_cosine: float) -> dict:
     """Compare a metric with the FP32 model's. Adds drop_points (points tasks) and the verdict (within_budget, why).
 
@@ -316,7 +326,7 @@ def judge(result: dict, base: dict | None, max_drop_points: float, min_cosine: f
     reasons = []
     if result.get("budget") == "cosine":
         if result["value"] < min_cosine:
-            reasons.append(f"{result['label']} {result['value']:.4f} < {min_cosine}")
+            reasons.append(f"{result['label']} {below(result['value'], min_cosine)} < {min_cosine}")
     else:
         ref_value = 1.0 if base is None or result["metric"] != base.get("metric") else base["value"]
         drop = (ref_value - result["value"]) * 100
