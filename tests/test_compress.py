@@ -151,6 +151,14 @@ def test_calibration_cache_hit_and_invalidation(tmp_path, monkeypatch):
     m = build(example(**base, calibration=calib), tmp_path / "c", **opts)
     assert m["artifacts"][0]["meta"]["int8"]["candidates"][0]["calibration_cache"] == "miss"
     assert "reusing calibration" not in (tmp_path / "c" / "logs" / "build.log").read_text()
+    # The key holds the preset NNCF runs with, not the recipe's text: naming the CNN default (performance) hits
+    # the entry of the build that left it out, and a default that changes in edgeopt changes the key.
+    named = dict(base, compression={**base["compression"], "preset": "performance"})
+    m = build(example(**named), tmp_path / "d", **opts)
+    assert m["artifacts"][0]["meta"]["int8"]["candidates"][0]["calibration_cache"] == "hit"
+    mixed = dict(base, compression={**base["compression"], "preset": "mixed"})
+    m = build(example(**mixed), tmp_path / "e", **opts)
+    assert m["artifacts"][0]["meta"]["int8"]["candidates"][0]["calibration_cache"] == "miss"
 
 
 def test_tensorrt_qdq_is_signed_int8_with_zero_points_0(example_out, tmp_path):

@@ -29,12 +29,16 @@ def nncf_module():
 MIXED_KINDS = ("transformer", "detector")  # asymmetric activations by default (NNCF's mixed preset)
 
 
-def nncf_preset(nncf, cfg: CompressionConfig, kind: str):
+def preset_name(cfg: CompressionConfig, kind: str) -> str:
     """NNCF's preset: [compression] preset, else mixed (asymmetric activations) for transformers and detectors and
     performance (symmetric) for the rest. Detectors: YOLO-style SiLU activations are not symmetric around 0, and
     Ultralytics' own OpenVINO INT8 export uses mixed; on a real YOLOv8 (openvino-cpu, mAP50 vs FP32 on 24
-    photo crops) mixed lost 2.49 points where performance lost 4.39."""
-    name = cfg.preset or ("mixed" if kind in MIXED_KINDS else "performance")
+    photo crops) mixed lost 2.49 points where performance lost 4.39. Part of every calibration cache key."""
+    return cfg.preset or ("mixed" if kind in MIXED_KINDS else "performance")
+
+
+def nncf_preset(nncf, cfg: CompressionConfig, kind: str):
+    name = preset_name(cfg, kind)
     return {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[name], name
 
 

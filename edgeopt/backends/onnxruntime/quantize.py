@@ -28,6 +28,7 @@ from edgeopt.compress.common import (
     nncf_module,
     nncf_preset,
     nncf_restorer,
+    preset_name,
     quiet_logging,
     quiet_nncf,
 )
@@ -303,7 +304,7 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
     ``notes`` holds what the recipe changed besides quantizing (the graph rewrites of the "-fused" recipe)."""
     fused = name == "ort-qdq-u8s8-fused"
     reduce, _ = reduce_range(cfg)
-    params = {"subset": len(feeds), "kind": req.model_kind, "preset": cfg.preset}
+    params = {"subset": len(feeds), "kind": req.model_kind, "preset": preset_name(cfg, req.model_kind)}
     if name.startswith("ort-qdq"):
         params["reduce_range"] = reduce
     if name == "ort-dynamic":
