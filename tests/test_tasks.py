@@ -223,12 +223,20 @@ def test_a_text_bundle_goes_from_a_sentence_to_an_embedding_without_torch(tmp_pa
     code = f"""
 import sys, json
 import edgeopt
+from edgeopt.errors import EdgeoptError
 m = edgeopt.load({str(path)!r}, cache_dir={str(tmp_path / "cache")!r})
 feed = m.preprocess("the cat sat on the mat")
 e = m.embed(["the cat sat", "a dog ran", "the cat sat"])
+fed = m.embed(m.preprocess(["the cat sat", "a dog ran"]))  # the feed preprocess made: the same embeddings
+try:
+    m.tokenize(feed)  # a dict iterates as its keys: it must not be tokenized as the sentences "input_ids", ...
+    refused = ""
+except EdgeoptError as exc:
+    refused = str(exc)
 print(json.dumps({{"ids": feed["input_ids"].tolist(), "mask": feed["attention_mask"].tolist(),
                   "shape": list(e.shape), "norms": [float((r * r).sum()) for r in e],
-                  "same": float((e[0] * e[2]).sum()), "torch": "torch" in sys.modules}}))
+                  "same": float((e[0] * e[2]).sum()), "fed": float(abs(fed - e[:2]).max()), "refused": refused,
+                  "torch": "torch" in sys.modules}}))
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -238,6 +246,7 @@ print(json.dumps({{"ids": feed["input_ids"].tolist(), "mask": feed["attention_ma
     assert got["ids"] == [[2, 3, 4, 5, 2, 7, 0, 0, 0, 0, 0, 0]] and got["mask"] == [[1] * 6 + [0] * 6]
     assert got["shape"] == [3, 32] and all(abs(n - 1) < 1e-5 for n in got["norms"])
     assert got["same"] == pytest.approx(1.0, abs=1e-5) and got["torch"] is False
+    assert got["fed"] < 1e-6 and "a sentence or a list of sentences" in got["refused"]
 
 
 def test_a_value_below_its_bound_never_prints_as_the_bound():

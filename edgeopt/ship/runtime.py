@@ -170,8 +170,8 @@ class Model:
     def tokenize(self, text) -> dict[str, np.ndarray]:
         """A sentence or a list of sentences -> the model's integer inputs, with the tokenizer the bundle ships
         (the ``tokenizers`` library: pip install tokenizers)."""
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts or not all(isinstance(t, str) for t in texts):
+        texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
+        if not texts or not all(isinstance(t, str) for t in texts):  # a dict would give its keys: refused
             raise UserInputError("tokenize() takes a sentence or a list of sentences.", 'model.preprocess("a sentence")')
         tok, info = self._tokenizer()
         enc = tok.encode_batch(texts)
@@ -186,12 +186,13 @@ class Model:
         return feed
 
     def embed(self, text) -> np.ndarray:
-        """Sentences -> L2-normalised embeddings [n, dim], pooled as the build judged them ([task] pooling)."""
+        """Sentences (or the feed ``preprocess`` made of them) -> L2-normalised embeddings [n, dim], pooled as
+        the build judged them ([task] pooling)."""
         from edgeopt.core.tasks import Outputs, TaskConfig, pooled
 
         cfg = (self.bundle.manifest.get("task") or {}).get("config") or {}
         task = TaskConfig.from_dict({k: v for k, v in cfg.items() if k in ("output", "pooling", "mask_input")})
-        feed = self.tokenize(text)
+        feed = dict(text) if isinstance(text, dict) else self.tokenize(text)
         return pooled(task, Outputs([feed], [self.infer(feed)]))
 
     def _tokenizer(self):
