@@ -120,13 +120,14 @@ def rows_of(manifest: dict) -> list[dict]:
         row = {"artifact": a["id"], "status": a["status"], "reason": a.get("reason"), "flags": a.get("flags", [])}
         if a.get("speedup_withheld"):  # the build saw a busy machine: a ratio to torch eager would be biased
             row["speedup_withheld"] = a["speedup_withheld"]
+        # The build's own speed-ups (edgeopt.core.profile.record_profile): absent when withheld or when the
+        # artifact was not timed in the baseline's run.
+        ratios, intervals = a.get("speedup_vs_torch") or {}, a.get("speedup_interval") or {}
         for r in a.get("latency") or []:
             row[f"b{r['batch']}_ms"] = r["median_ms"]
-            row[f"b{r['batch']}_x"] = (base[r["batch"]] / r["median_ms"] if r["batch"] in base
-                                       and not a.get("speedup_withheld") else None)
-            iv = (a.get("speedup_interval") or {}).get(str(r["batch"]))
-            if iv:  # paired bootstrap over interleaved rounds (edgeopt.core.profile.speedup)
-                row[f"b{r['batch']}_x_interval"] = iv
+            row[f"b{r['batch']}_x"] = ratios.get(str(r["batch"]))
+            if str(r["batch"]) in intervals:  # paired bootstrap over interleaved rounds
+                row[f"b{r['batch']}_x_interval"] = intervals[str(r["batch"])]
         if a.get("accuracy"):
             row["metric"] = a["accuracy"].get("label", "top-1")
             row["top1"] = a["accuracy"]["value"]

@@ -310,7 +310,7 @@ def evaluate(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:
 
 def below(value: float, bound: float, digits: int = 4) -> str:
     """``value`` (< ``bound``) with enough decimals that it does not print as ``bound`` or above it
-    (0.99996 against 0.9999999 is "0.9999600", not "1.0000")."""
+    (0.99996 against 0.9999999 is "0.99996", not "1.0000")."""
     for d in range(digits, 10):
         text = f"{value:.{d}f}"
         if float(text) < bound:

@@ -221,7 +221,7 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
         work = Path(tmp)
         notes_of = {}
         for name in candidates:
-            path, cache, notes = _candidate(name, req, cfg, feeds, work, onnx_sha)
+            path, cache, notes = _candidate(name, req, cfg, feeds, work, onnx_sha, reduce)
             if path is None:
                 outcome = "skipped" if cache.startswith("skipped") else "error"
                 results.append({"candidate": name, outcome: cache, "within_budget": False, "why": cache})
@@ -298,12 +298,12 @@ def _fig(r: dict) -> str:
     return ", ".join(parts)
 
 
-def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str):
-    """(path, "hit"|"miss", notes) or (None, why, {}) for one recipe, through the calibration cache.
+def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str, reduce: bool):
+    """(path, "hit"|"miss", notes) or (None, why, {}) for one recipe, through the calibration cache; ``reduce``:
+    the static recipes' 7-bit weights (:func:`reduce_range`).
 
     ``notes`` holds what the recipe changed besides quantizing (the graph rewrites of the "-fused" recipe)."""
     fused = name == "ort-qdq-u8s8-fused"
-    reduce, _ = reduce_range(cfg)
     params = {"subset": len(feeds), "kind": req.model_kind, "preset": preset_name(cfg, req.model_kind)}
     if name.startswith("ort-qdq"):
         params["reduce_range"] = reduce
