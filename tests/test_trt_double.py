@@ -218,7 +218,9 @@ def test_plugins_are_registered_before_parsing_and_loading(trt, tmp_path):
     """Fix 4: a plugin node parses, and a plugin engine deserializes, only after init_libnvinfer_plugins."""
     from onnx import TensorProto, helper
 
-    nms = helper.make_node("EfficientNMS_TRT", ["logits"], ["num_detections"], name="nms", domain="")
+    nms = helper.make_node("EfficientNMS_TRT", ["logits", "logits"], ["num_detections"], name="nms", domain="",
+                           score_threshold=0.25, iou_threshold=0.5, max_output_boxes=10, background_class=-1,
+                           score_activation=0, class_agnostic=0, box_coding=0)
     src = conv_onnx(tmp_path / "model.onnx", [nms],
                     [helper.make_tensor_value_info("num_detections", TensorProto.INT32, ["batch", 1])])
     plan = tplan.build_plan(spec(), target(trt), "fp16", None, trt.__version__)

@@ -49,6 +49,7 @@ def activate(surface: str = "10.3", device: Device | None = None, cuda_layout: s
     state.cuda_layout = cuda_layout or state.CUDA_FOR_TRT[surface]
     state.device = device if device is not None else Device()
     state.plugins_registered = False
+    state.plugin_logger = None
     state.broken_libs = broken_libs
     sys.path.insert(0, FAKE)
     importlib.invalidate_caches()

@@ -25,3 +25,15 @@ def trt_names(version: str, cls: str) -> set[str]:
     """Methods and properties of a TensorRT class (empty when the class does not exist)."""
     c = trt_surface(version)["classes"].get(cls)
     return set() if c is None else set(c["methods"]) | set(c["properties"])
+
+
+@lru_cache(maxsize=None)
+def trt_enum_values(version: str) -> dict:
+    """Real values of TensorRT enums (from NVIDIA's headers: tests/data/trt_api/tensorrt-enum-values.json)."""
+    return json.loads((DATA / "tensorrt-enum-values.json").read_text())[version]
+
+
+@lru_cache(maxsize=None)
+def cuda_enum_values() -> dict:
+    """Real values of cudaError_t and cudaMemcpyKind (tests/data/trt_api/cuda-enum-values.json)."""
+    return json.loads((DATA / "cuda-enum-values.json").read_text())

@@ -12,12 +12,10 @@ from trt_double.device import Event
 _SURFACE = api.cuda_surface(state.cuda_layout)
 _RT = _SURFACE["modules"]["cuda.bindings.runtime"]
 
-# Real values of the codes the double returns; the other members keep distinct values of their own.
-_KNOWN = {"cudaSuccess": 0, "cudaErrorInvalidValue": 1, "cudaErrorMemoryAllocation": 2,
-          "cudaErrorInsufficientDriver": 35, "cudaErrorNoDevice": 100, "cudaErrorInvalidResourceHandle": 400,
-          "cudaErrorNotReady": 600}
-cudaError_t = enum.IntEnum("cudaError_t", {n: _KNOWN.get(n, 100000 + i) for i, n in enumerate(_RT["enums"]["cudaError_t"])})
-cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {n: i for i, n in enumerate(_RT["enums"]["cudaMemcpyKind"])})
+# The members of this version (API JSON) with CUDA's real values (tests/data/trt_api/cuda-enum-values.json).
+_VALUES = api.cuda_enum_values()
+cudaError_t = enum.IntEnum("cudaError_t", {n: _VALUES["cudaError_t"][n] for n in _RT["enums"]["cudaError_t"]})
+cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {n: _VALUES["cudaMemcpyKind"][n] for n in _RT["enums"]["cudaMemcpyKind"]})
 _OK = cudaError_t.cudaSuccess
 _ERR_TEXT = {"cudaSuccess": "no error", "cudaErrorInvalidValue": "invalid argument",
              "cudaErrorMemoryAllocation": "out of memory",
@@ -26,15 +24,23 @@ _ERR_TEXT = {"cudaSuccess": "no error", "cudaErrorInvalidValue": "invalid argume
              "cudaErrorInvalidResourceHandle": "invalid resource handle", "cudaErrorNotReady": "device not ready"}
 
 
+_STORAGE = [0x7F00_0000_1000]  # fake host addresses of the handles' storage (never a stream or device pointer)
+
+
 class _Handle:
+    """cuda-python's handle types: ``int(h)`` (and ``cuda.bindings.utils.get_cuda_native_handle``) give the
+    handle; ``getPtr()`` gives the address of the object's own storage of it, as cuda-python defines it."""
+
     def __init__(self, init_value=0):
         self._value = int(init_value)
+        _STORAGE[0] += 0x40
+        self._storage = _STORAGE[0]
 
     def __int__(self):
         return self._value
 
     def getPtr(self):
-        return self._value
+        return self._storage
 
 
 class cudaStream_t(_Handle):

@@ -12,3 +12,5 @@ cuda_layout = "12.6"    # "12.6" (cuda.bindings.runtime + the cuda.cudart shim),
 device = None           # the emulated GPU (trt_double.device.Device)
 plugins_registered = False  # trt.init_libnvinfer_plugins was called in this process
 broken_libs = False     # tensorrt is installed but libnvinfer does not load (import raises OSError)
+plugin_logger = None     # weakref to the logger init_libnvinfer_plugins was given (libnvinfer_plugin keeps the
+                         # raw pointer; the binding keeps no reference)

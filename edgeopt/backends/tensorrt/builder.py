@@ -165,16 +165,35 @@ def _serialized_timing_cache(config) -> bytes | None:
     return bytes(data) if data is not None else None
 
 
-def init_plugins(trt, logger) -> bool:
+# init_libnvinfer_plugins stores the logger it is given in a global of libnvinfer_plugin, and the Python binding
+# does not keep a reference: a logger collected after the call leaves the plugin library logging through a freed
+# object. One logger per tensorrt module lives here for the life of the process (Polygraphy keeps one module-level
+# logger for the same reason).
+_PLUGIN_LOGGERS: list[tuple[object, object]] = []  # (tensorrt module, its logger); never emptied
+
+
+def plugin_logger(trt):
+    """The process-lifetime logger handed to ``init_libnvinfer_plugins`` (one per tensorrt module; a pybind11
+    logger takes no extra attributes, so the module is kept beside it)."""
+    for module, logger in _PLUGIN_LOGGERS:
+        if module is trt:
+            return logger
+    logger = trt.Logger(trt.Logger.WARNING)
+    _PLUGIN_LOGGERS.append((trt, logger))
+    return logger
+
+
+def init_plugins(trt, logger=None) -> bool:
     """Register TensorRT's standard plugins (EfficientNMS_TRT, ...): the parser falls back to them for operators
-    it has no importer for, and an engine that uses one deserializes only once they are registered."""
-    return bool(trt.init_libnvinfer_plugins(logger, ""))
+    it has no importer for, and an engine that uses one deserializes only once they are registered. The plugin
+    library keeps the logger, so it is always :func:`plugin_logger`'s (``logger`` is ignored; kept for callers)."""
+    return bool(trt.init_libnvinfer_plugins(plugin_logger(trt), ""))
 
 
 def build_engine(trt, onnx_path: Path, plan: BuildPlan, timing_cache: bytes | None = None) -> tuple[bytes, bytes | None, dict]:
     """Parse and build. Returns (serialized engine, timing cache bytes, report)."""
     logger = _make_logger(trt)
-    plugins = init_plugins(trt, logger)
+    plugins = init_plugins(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, plan))
     parser = trt.OnnxParser(network, logger)

@@ -70,6 +70,22 @@ def require_gpu() -> dict:
     return gpu
 
 
+def native_handle(obj) -> int:
+    """The CUDA handle a cuda-python object wraps (a ``cudaStream_t``'s stream), as an int.
+
+    cuda-bindings 12.9.1 and 13.x deprecate ``int(obj)`` in favour of ``cuda.bindings.utils.get_cuda_native_handle``;
+    older cuda-python has only ``int(obj)``. Never ``obj.getPtr()``: that is the address of the Python object's
+    storage of the handle (a pointer to a ``cudaStream_t``), not the stream, and enqueueing on it is undefined."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    try:
+        return int(get_cuda_native_handle(obj))
+    except TypeError:  # a type that version does not register: the old spelling still works
+        return int(obj)
+
+
 class _CudaPythonMemory:
     """Device buffers, copies, a stream and timing events through cuda-python's runtime API (every call returns
     ``(err, value...)``; a non-zero ``err`` becomes an EdgeoptError)."""
@@ -87,7 +103,8 @@ class _CudaPythonMemory:
 
     @property
     def stream_handle(self) -> int:
-        return int(self.stream)
+        """The ``cudaStream_t`` value TensorRT's ``execute_async_v3`` takes, as an int: the handle itself."""
+        return native_handle(self.stream)
 
     def malloc(self, nbytes: int) -> int:
         return int(self._ok(self.rt.cudaMalloc(max(nbytes, 1))))

@@ -26,6 +26,7 @@ from edgeopt.backends.tensorrt.operators import (
     parse_version,
     parser_limits,
 )
+from edgeopt.backends.tensorrt.plugins import alternatives, plugin_status
 
 PROTOBUF_LIMIT = 2 * 1024**3  # bytes: a single ONNX protobuf cannot be larger
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -226,7 +227,7 @@ def _check_operators(g: _Graph, version, target, spec) -> list[Finding]:
             continue  # the parser expands model-local functions; their bodies are checked as nodes
         if node.domain.lower() in PLUGIN_DOMAINS or (
                 is_plugin_name(node.op_type) and operator_support(node.op_type, version)[0] is None):
-            out.append(_plugin_finding(node, name))
+            out.append(_plugin_finding(node, name, version))
             continue
         if node.domain not in STANDARD_DOMAINS:
             out.append(Finding(
@@ -250,14 +251,38 @@ def _check_operators(g: _Graph, version, target, spec) -> list[Finding]:
     return out
 
 
-def _plugin_finding(node, name: str) -> Finding:
+def _string_attr(node, key: str, default: str) -> str:
+    for a in node.attribute:
+        if a.name == key:
+            return a.s.decode(errors="replace") if a.type == 3 else str(a.i if a.type == 2 else a.s)  # 3: STRING
+    return default
+
+
+def _plugin_finding(node, name: str, version=BASELINE) -> Finding:
+    """A plugin node: looked up by TensorRT's parser as (op_type, plugin_version, plugin_namespace) in the plugin
+    registry, which holds a version of a standard plugin only in the releases that register it (plugins.py)."""
     where = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+    trt = f"{version[0]}.{version[1]}"
     if node.op_type in STANDARD_PLUGINS:
+        pv = _string_attr(node, "plugin_version", "1")
+        ns = _string_attr(node, "plugin_namespace", "")
+        status, why = plugin_status(node.op_type, pv, version)
+        if ns:
+            return Finding("error", "plugin-namespace", name,
+                           f"{where} asks for plugin_namespace {ns!r}; TensorRT's standard plugins are registered "
+                           "in the empty namespace (init_libnvinfer_plugins(logger, '')), so the parser will not "
+                           "find it.", "Remove the plugin_namespace attribute (or set it to \"\").")
+        if status in ("removed", "not-yet", "no-such-version"):
+            return Finding("error", f"plugin-{status}", name,
+                           f"{why}: TensorRT {trt}'s parser fails on this node (\"Plugin not found\").",
+                           alternatives(node.op_type, version) + ".")
+        note = f" Note: {why}." if status == "deprecated" else ""
         return Finding("warning", "plugin-operator", name,
                        f"{where} is not an ONNX operator: TensorRT's parser builds it from the plugin registry "
                        "(a standard TensorRT plugin, registered by edgeopt with init_libnvinfer_plugins)"
                        + ("; its outputs have a fixed size, which edgeopt's runner takes" if node.op_type in NMS_PLUGINS
-                          else "") + ". ONNX Runtime cannot run it, so the host cannot check this graph's outputs.",
+                          else "") + ". ONNX Runtime cannot run it, so the host cannot check this graph's outputs."
+                       + note,
                        "Nothing to do for TensorRT; keep a plugin-free export for host-side checks.")
     return Finding("warning", "plugin-operator", name,
                    f"{where} is a TensorRT plugin node; it builds only where that plugin is registered.",

@@ -62,7 +62,7 @@ def append_efficient_nms(src: Path | str, dst: Path | str, *, boxes: str = "boxe
         PLUGIN, [boxes, scores], list(OUTPUTS), name="efficient_nms", domain=PLUGIN_DOMAIN, plugin_version="1",
         background_class=int(background_class), max_output_boxes=n, score_threshold=float(score_threshold),
         iou_threshold=float(iou_threshold), score_activation=int(bool(score_activation)),
-        box_coding=int(bool(center_size_boxes))))
+        class_agnostic=0, box_coding=int(bool(center_size_boxes))))  # every field the creator lists: no warning
     kept = [o for o in graph.output if o.name not in (boxes, scores)]
     del graph.output[:]
     graph.output.extend([*kept,

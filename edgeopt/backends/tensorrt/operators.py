@@ -20,6 +20,7 @@ the target's ``dla_cores`` on the host), not the TensorRT version's.
 from __future__ import annotations
 
 from edgeopt.core.versions import major_minor
+from edgeopt.backends.tensorrt.plugins import NAMES, NMS_NAMES
 
 Version = tuple[int, int]
 
@@ -144,16 +145,10 @@ PARSER_VERSIONS: list[tuple[Version, str, int, int]] = [
 MIN_OPSET = 9  # "backward compatible to opset 9"; 7 and 8 parse with a warning
 
 # TensorRT's standard plugins (libnvinfer_plugin, registered by init_libnvinfer_plugins): the ONNX parser builds
-# a node of one of these names from the plugin registry. Names ending in _TRT are TensorRT plugin names too.
-STANDARD_PLUGINS = frozenset({
-    "EfficientNMS_TRT", "EfficientNMS_ONNX_TRT", "BatchedNMS_TRT", "BatchedNMSDynamic_TRT", "NMS_TRT",
-    "NMSDynamic_TRT", "ROIAlign_TRT", "PyramidROIAlign_TRT", "MultilevelCropAndResize_TRT",
-    "MultilevelProposeROI_TRT", "GridAnchor_TRT", "GridAnchorRect_TRT", "ResizeNearest_TRT",
-    "InstanceNormalization_TRT", "ScatterND", "DisentangledAttention_TRT", "ModulatedDeformConv2d",
-    "CropAndResize", "Proposal", "Region_TRT", "Reorg_TRT", "FlattenConcat_TRT", "Normalize_TRT", "PriorBox_TRT",
-    "DetectionLayer_TRT", "ProposalLayer_TRT", "CoordConvAC", "VoxelGeneratorPlugin", "PillarScatterPlugin"})
-NMS_PLUGINS = frozenset({"EfficientNMS_TRT", "EfficientNMS_ONNX_TRT", "BatchedNMS_TRT", "BatchedNMSDynamic_TRT",
-                         "NMS_TRT", "NMSDynamic_TRT"})
+# a node of one of these names from the plugin registry (which versions exist in which release: plugins.py).
+# Names ending in _TRT are TensorRT plugin names too.
+STANDARD_PLUGINS = NAMES  # every name in backends/tensorrt/plugins.py, whichever version registers it
+NMS_PLUGINS = NMS_NAMES
 # Operators whose output shape depends on the data: TensorRT builds them (an output allocator sizes the result
 # at run time), but a graph output of such a shape is refused by edgeopt's runner, which allocates outputs first.
 DATA_DEPENDENT = frozenset({"NonZero", "NonMaxSuppression"})

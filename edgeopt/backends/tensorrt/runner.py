@@ -52,9 +52,9 @@ class TrtRunner(Runner):
         check_engine_record(load_json(record_path, record_path.name, fix=REBUILD_FIX), trt.__version__, gpu,
                             self.engine_path, board_model())
         self.mem = cuda_memory()
-        logger = trt.Logger(trt.Logger.WARNING)
-        init_plugins(trt, logger)  # an engine with a plugin layer deserializes only once its creator is registered
-        self.runtime = trt.Runtime(logger)
+        self._logger = trt.Logger(trt.Logger.WARNING)  # held as long as the runtime that logs through it
+        init_plugins(trt)  # an engine with a plugin layer deserializes only once its creator is registered
+        self.runtime = trt.Runtime(self._logger)
         if self.dla_core is not None:
             self.runtime.DLA_core = int(self.dla_core)
         self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())

@@ -35,8 +35,14 @@ _ENGINE_MAGIC = b"TRTDOUBLE-ENGINE\x00"
 _CACHE_MAGIC = b"TRTDOUBLE-TIMING\x00"
 
 
-def _enum(name: str) -> type[enum.IntEnum]:
-    return enum.IntEnum(name, {m: i for i, m in enumerate(_API["enums"][name])})
+_VALUES = api.trt_enum_values(_SURFACE)  # TensorRT's own values (NVIDIA's headers), not list positions
+
+
+def _enum(name: str, members=None) -> type[enum.IntEnum]:
+    """The members this version's binding registers (API JSON, in its order) with the headers' values; a member
+    sharing a value (10.3's BuilderFlag.WEIGHTLESS = STRIP_PLAN) is an alias, as in pybind11."""
+    values = _VALUES[name]
+    return enum.IntEnum(name.split(".")[-1], {m: values[m] for m in (members or _API["enums"][name])})
 
 
 BuilderFlag = _enum("BuilderFlag")
@@ -46,13 +52,14 @@ DeviceType = _enum("DeviceType")
 TensorIOMode = _enum("TensorIOMode")
 DataType = _enum("DataType")
 ErrorCode = _enum("ErrorCode")
+PluginFieldType = _enum("PluginFieldType")
 
 _PRECISION_FLAGS = ("FP16", "BF16", "INT8", "FP8", "INT4")  # weak typing only (10.x); absent from 11.x
 
 
 # ---- logging ------------------------------------------------------------------------------------------
 class ILogger:
-    Severity = enum.IntEnum("Severity", {m: i for i, m in enumerate(_API["nested_enums"]["ILogger.Severity"])})
+    Severity = _enum("ILogger.Severity", _API["nested_enums"]["ILogger.Severity"])
 
     def __init__(self):
         self._trt_init = True
@@ -88,16 +95,122 @@ def _log(logger, severity: str, msg: str) -> None:
 
 
 # ---- plugins ------------------------------------------------------------------------------------------
-_STANDARD_PLUGINS = {"EfficientNMS_TRT", "BatchedNMS_TRT", "BatchedNMSDynamic_TRT", "NMS_TRT", "ROIAlign_TRT",
-                     "ResizeNearest_TRT", "ScatterND", "InstanceNormalization_TRT", "GridAnchor_TRT"}
+# What initLibNvInferPlugins registers (NVIDIA/TensorRT plugin/api/inferPlugin.cpp and plugin/README.md at v10.3.0
+# and at v11.1, the newest public 11.x sources), as (name, version); the namespace is the one given ("" here).
+_PLUGINS_10_3 = {
+    ("BatchTilePlugin_TRT", "1"), ("BatchedNMS_TRT", "1"), ("BatchedNMSDynamic_TRT", "1"), ("Clip_TRT", "1"),
+    ("CoordConvAC", "1"), ("CropAndResize", "1"), ("CropAndResizeDynamic", "1"), ("DecodeBbox3DPlugin", "1"),
+    ("DetectionLayer_TRT", "1"), ("EfficientNMS_Explicit_TF_TRT", "1"), ("EfficientNMS_Implicit_TF_TRT", "1"),
+    ("EfficientNMS_ONNX_TRT", "1"), ("EfficientNMS_TRT", "1"), ("FlattenConcat_TRT", "1"),
+    ("GenerateDetection_TRT", "1"), ("GridAnchor_TRT", "1"), ("GridAnchorRect_TRT", "1"),
+    ("InstanceNormalization_TRT", "1"), ("InstanceNormalization_TRT", "2"), ("LReLU_TRT", "1"),
+    ("ModulatedDeformConv2d", "1"), ("MultilevelCropAndResize_TRT", "1"), ("MultilevelProposeROI_TRT", "1"),
+    ("MultiscaleDeformableAttnPlugin_TRT", "1"), ("NMSDynamic_TRT", "1"), ("NMS_TRT", "1"), ("Normalize_TRT", "1"),
+    ("PillarScatterPlugin", "1"), ("PriorBox_TRT", "1"), ("ProposalDynamic", "1"), ("ProposalLayer_TRT", "1"),
+    ("Proposal", "1"), ("PyramidROIAlign_TRT", "1"), ("ROIAlign_TRT", "1"), ("ROIAlign_TRT", "2"),
+    ("RPROI_TRT", "1"), ("Region_TRT", "1"), ("Reorg_TRT", "2"), ("ResizeNearest_TRT", "1"),
+    ("ScatterElements", "1"), ("ScatterElements", "2"), ("ScatterND", "1"), ("SpecialSlice_TRT", "1"),
+    ("Split", "1"), ("VoxelGeneratorPlugin", "1")}
+_PLUGINS_11 = {
+    ("CropAndResizeDynamic", "2"), ("DecodeBbox3DPlugin", "1"), ("DetectionLayer_TRT", "1"),
+    ("EfficientNMS_Explicit_TF_TRT", "1"), ("EfficientNMS_Implicit_TF_TRT", "1"), ("EfficientNMS_TRT", "1"),
+    ("FlattenConcat_TRT", "1"), ("GenerateDetection_TRT", "1"), ("GridAnchor_TRT", "1"), ("GridAnchorRect_TRT", "1"),
+    ("InstanceNormalization_TRT", "1"), ("InstanceNormalization_TRT", "2"), ("InstanceNormalization_TRT", "3"),
+    ("ModulatedDeformConv2d", "1"), ("ModulatedDeformConv2d", "2"), ("MultilevelCropAndResize_TRT", "1"),
+    ("MultilevelProposeROI_TRT", "1"), ("MultiscaleDeformableAttnPlugin_TRT", "1"),
+    ("MultiscaleDeformableAttnPlugin_TRT", "2"), ("PillarScatterPlugin", "1"), ("PriorBox_TRT", "1"),
+    ("ProposalLayer_TRT", "1"), ("PyramidROIAlign_TRT", "1"), ("ROIAlign_TRT", "1"), ("ROIAlign_TRT", "2"),
+    ("RPROI_TRT", "1"), ("Region_TRT", "1"), ("Reorg_TRT", "2"), ("ResizeNearest_TRT", "1"),
+    ("ScatterElements", "1"), ("ScatterElements", "2"), ("ScatterND", "1"), ("TopkLastDim", "1"),
+    ("VoxelGeneratorPlugin", "1")}
+_REGISTERED = _PLUGINS_11 if _V11 else _PLUGINS_10_3
+_STANDARD_PLUGINS = {name for name, _ in _REGISTERED}
+
+# A creator's fields (name, PluginFieldType) and createPlugin's checks (efficientNMSPlugin.cpp, v10.3.0 = v11.1):
+# validateRequiredAttributesExist for all but class_agnostic, the field types, and the value ranges.
+_EFFICIENT_NMS_FIELDS = (("score_threshold", "FLOAT32"), ("iou_threshold", "FLOAT32"), ("max_output_boxes", "INT32"),
+                         ("background_class", "INT32"), ("score_activation", "INT32"), ("class_agnostic", "INT32"),
+                         ("box_coding", "INT32"))
+_EFFICIENT_NMS_REQUIRED = ("score_threshold", "iou_threshold", "max_output_boxes", "background_class",
+                           "score_activation", "box_coding")
+
+
+def _create_efficient_nms(fields: dict) -> str | None:
+    """EfficientNMSPluginCreator::createPlugin: a reason it returns nullptr, or None."""
+    for name in _EFFICIENT_NMS_REQUIRED:
+        if name not in fields:
+            return f"Required attribute {name} is missing"
+    for name, kind in _EFFICIENT_NMS_FIELDS:
+        if name in fields and name not in ("score_activation", "class_agnostic") and fields[name][0] != kind:
+            return f"{name}: expected PluginFieldType {kind}, got {fields[name][0]}"
+    value = {k: v[1] for k, v in fields.items()}
+    checks = (("score_threshold", lambda v: v >= 0.0), ("iou_threshold", lambda v: v > 0.0),
+              ("max_output_boxes", lambda v: v > 0), ("score_activation", lambda v: v in (0, 1)),
+              ("class_agnostic", lambda v: v in (0, 1)), ("box_coding", lambda v: v in (0, 1)))
+    for name, ok in checks:
+        if name in value and not ok(value[name]):
+            return f"{name} = {value[name]} is out of range"
+    return None
+
+
+_CREATORS = {("EfficientNMS_TRT", "1"): (_EFFICIENT_NMS_FIELDS, _create_efficient_nms)}
 
 
 def init_libnvinfer_plugins(logger, namespace):
     _check_logger(logger)
     if not isinstance(namespace, str):
         raise TypeError("namespace must be a str")
+    import weakref
+
     state.plugins_registered = True
+    state.plugin_logger = weakref.ref(logger)  # the plugin library keeps a raw pointer; the binding no reference
     return True
+
+
+def _plugin_logger_alive() -> None:
+    """libnvinfer_plugin logs through the logger it was initialised with: a freed one is a use after free."""
+    if state.plugin_logger is not None and state.plugin_logger() is None:
+        raise DoubleViolation("the logger given to init_libnvinfer_plugins was garbage-collected; libnvinfer_plugin "
+                              "still logs through it (use after free). Keep it alive for the whole process.")
+
+
+_ONNX_ATTR_FIELD = {1: "FLOAT32", 2: "INT32", 3: "CHAR", 6: "FLOAT32", 7: "INT32", 8: "CHAR"}  # loadFields
+
+
+def _attr_string(node, name: str, default: str) -> str:
+    for a in node.attribute:
+        if a.name == name:
+            return a.s.decode()  # OnnxAttrs::get<std::string> reads the string field: "" for an INT attribute
+    return default
+
+
+def _import_plugin(node, logger) -> str | None:
+    """onnx-tensorrt's FallbackPluginImporter: the creator by (op_type, plugin_version, plugin_namespace), then
+    loadFields (a missing field is a warning) and createPlugin. Returns why the node fails, or None."""
+    from onnx import helper
+
+    if not state.plugins_registered:
+        return "Plugin not found, are the plugin name, version, and namespace correct?"
+    _plugin_logger_alive()
+    version = _attr_string(node, "plugin_version", "1")
+    namespace = _attr_string(node, "plugin_namespace", "")
+    if namespace != "" or (node.op_type, version) not in _REGISTERED:
+        return "Plugin not found, are the plugin name, version, and namespace correct?"
+    fields_of, create = _CREATORS.get((node.op_type, version), ((), lambda f: None))
+    attrs = {a.name: a for a in node.attribute}
+    fields = {}
+    for name, _ in fields_of:
+        if name not in attrs:
+            _log(logger, "WARNING", f"Attribute {name} not found in plugin node! Ensure that the plugin creator has "
+                                    "a default value defined or the engine may fail to build.")
+            continue
+        a = attrs[name]
+        fields[name] = (_ONNX_ATTR_FIELD.get(a.type, "UNKNOWN"), helper.get_attribute_value(a))
+    why = create(fields)
+    if why is not None:
+        _log(logger, "ERROR", f"{node.op_type}: {why}")
+        return f"Could not create plugin {node.op_type} ({why})"
+    return None
 
 
 # ---- shapes and types -----------------------------------------------------------------------------------
@@ -273,6 +386,7 @@ class OnnxParser:
             self._errors.append(ParserError(ErrorCode.MODEL_DESERIALIZE_FAILED, f"Failed to parse the model: {exc}"))
             return False
         before = len(self._errors)
+        self._plugin_ops = set()
         inits = {t.name: t for t in proto.graph.initializer}
         for i, node in enumerate(proto.graph.node):
             self._check_node(i, node, inits)
@@ -293,7 +407,7 @@ class OnnxParser:
             net._outputs.append(ITensor(vi.name, dims, DataType[_ONNX_TO_TRT[vi.type.tensor_type.elem_type]], False))
         net._layers = [ILayer(n.name or f"node_of_{n.output[0]}", n.op_type) for n in proto.graph.node
                        if n.op_type != "Constant"]
-        net._plugins = sorted({n.op_type for n in proto.graph.node if n.op_type in _STANDARD_PLUGINS})
+        net._plugins = sorted(self._plugin_ops)
         net._onnx = proto.SerializeToString()
         return True
 
@@ -308,11 +422,12 @@ class OnnxParser:
         known = standard and node.op_type not in _UNSUPPORTED and (since is None or _version_tuple() >= since)
         if not known:
             # onnx-tensorrt: no importer for the operator, so it looks for a plugin creator of that name
-            if state.plugins_registered and node.op_type in _STANDARD_PLUGINS:
-                return
-            error(ErrorCode.UNSUPPORTED_NODE,
-                  f"No importer registered for op: {node.op_type}. Attempting to import as plugin. "
-                  f"Plugin not found, are the plugin name, version, and namespace correct?")
+            why = _import_plugin(node, self._logger)
+            if why is not None:
+                error(ErrorCode.UNSUPPORTED_NODE,
+                      f"No importer registered for op: {node.op_type}. Attempting to import as plugin. {why}")
+            else:
+                self._plugin_ops.add(node.op_type)
             return
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
             zp = inits.get(node.input[2])
@@ -451,9 +566,24 @@ class IBuilderConfig:
         return self._cache
 
 
+def _cuda_usable() -> bool:
+    """TensorRT initialises CUDA when a builder or runtime is made: it needs a GPU and a driver at least as new as
+    the CUDA it was built with (12.x for 10.3, 13.x for 11.x)."""
+    dev = state.device
+    return dev is not None and dev.driver_cuda >= (13000 if _V11 else 12000)
+
+
+def _no_cuda(logger, what: str):
+    _log(logger, "ERROR", "6: [cudaUtils.cpp::initCuda] CUDA initialization failure with error: 35. Please check "
+                          "your CUDA installation: http://docs.nvidia.com/cuda/cuda-installation-guide-linux/index.html")
+    raise TypeError(f"pybind11::init(): factory function returned nullptr ({what})")
+
+
 class Builder:
     def __init__(self, logger):
         _check_logger(logger)
+        if not _cuda_usable():
+            _no_cuda(logger, "createInferBuilder")
         self._logger = logger
 
     num_DLA_cores = property(lambda self: state.device.dla_cores)
@@ -513,6 +643,9 @@ class Builder:
             dla = config._dla_core
         if network._plugins and not state.plugins_registered:
             return err("getPluginCreator could not find plugin " + network._plugins[0])
+        mixed = _plugin_type_mismatch(network._onnx)
+        if mixed:
+            return err(mixed)
         model = network._onnx
         weak_fp16 = not network._strongly_typed and "FP16" in precision
         if weak_fp16:
@@ -533,6 +666,24 @@ class Builder:
                   "outputs": [[t.name, t._dtype.name, t._shape] for t in network._outputs]}
         head = json.dumps(header).encode()
         return IHostMemory(_ENGINE_MAGIC + struct.pack("<Q", len(head)) + head + model)
+
+
+def _plugin_type_mismatch(model: bytes) -> str | None:
+    """EfficientNMSPlugin::supportsFormatCombination: boxes and scores FLOAT or HALF, both of one type."""
+    import onnx
+
+    m = onnx.load_from_string(model)
+    nodes = [n for n in m.graph.node if n.op_type == "EfficientNMS_TRT"]
+    if not nodes:
+        return None
+    g = onnx.shape_inference.infer_shapes(m).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
+    for n in nodes:
+        got = [types.get(i) for i in n.input[:2]]
+        if got[0] not in (1, 10) or got[0] != got[1]:  # onnx FLOAT, FLOAT16
+            return (f"Error Code 9: Internal Error ({n.name}: could not find any supported formats consistent with "
+                    f"input/output data types: boxes {got[0]}, scores {got[1]})")
+    return None
 
 
 def _to_fp16(model: bytes) -> bytes:
@@ -565,6 +716,8 @@ def _round_weights_tf32(model: bytes) -> bytes:
 class Runtime:
     def __init__(self, logger):
         _check_logger(logger)
+        if not _cuda_usable():
+            _no_cuda(logger, "createInferRuntime")
         self._logger, self._dla = logger, 0
 
     DLA_core = property(lambda self: self._dla, lambda self, v: setattr(self, "_dla", int(v)))
@@ -586,6 +739,8 @@ class Runtime:
                        f"{_here()[1]} got compute {header['device'][1]}, please rebuild.")
         if header["plugins"] and not state.plugins_registered:
             return err(f"getPluginCreator could not find plugin: {header['plugins'][0]} version: 1")
+        if header["plugins"]:
+            _plugin_logger_alive()
         if header["dla_core"] is not None and self._dla >= state.device.dla_cores:
             return err(f"DLA core {self._dla} is not available")
         return ICudaEngine(header, data[start + n:])
@@ -632,7 +787,7 @@ class ICudaEngine:
         import onnxruntime as ort
 
         if self._h["plugins"]:
-            return _run_with_plugins(self._model, feeds, self._h["tf32"])
+            return _run_with_plugins(self._model, feeds, self._h["tf32"], set(self._h["plugins"]))
         if self._session is None:
             so = ort.SessionOptions()
             so.log_severity_level = 3
@@ -814,13 +969,13 @@ def _iou(a, b) -> float:
 _PLUGIN_IMPLS = {"EfficientNMS_TRT": _efficient_nms}
 
 
-def _run_with_plugins(model: bytes, feeds: dict, tf32: bool) -> dict:
+def _run_with_plugins(model: bytes, feeds: dict, tf32: bool, plugin_ops: set) -> dict:
     import onnx
     import onnxruntime as ort
     from onnx import helper
 
     m = onnx.load_from_string(model)
-    plugins = [n for n in m.graph.node if n.op_type in _STANDARD_PLUGINS]
+    plugins = [n for n in m.graph.node if n.op_type in plugin_ops]
     unknown = {n.op_type for n in plugins} - set(_PLUGIN_IMPLS)
     produced = {o for n in plugins for o in n.output}
     if unknown or any(i in produced for n in m.graph.node if n not in plugins for i in n.input):
