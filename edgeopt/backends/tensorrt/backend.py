@@ -26,7 +26,7 @@ from edgeopt.core.fsutil import onnx_digest, sha256_file, sha256_json, write_byt
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.backends.base import Backend, CompileRequest, Runner
-from edgeopt.backends.tensorrt.builder import build_engine
+from edgeopt.backends.tensorrt.builder import build_engine, make_builder
 from edgeopt.backends.tensorrt.cuda import probe_gpu, require_gpu
 from edgeopt.backends.tensorrt.install import INSTALL_FIX, INSTALL_HINT, import_tensorrt, installed_tensorrt_version
 from edgeopt.backends.tensorrt.operators import parse_version
@@ -162,7 +162,7 @@ class TensorRTBackend(Backend):
                                  "JetPack 7), or pass --force to build here anyway (the engine runs only on this device).")
         dla = target.options.get("dla_core")
         if dla is not None and int(dla) >= 0:
-            cores = int(trt.Builder(trt.Logger(trt.Logger.WARNING)).num_DLA_cores)
+            cores = int(make_builder(trt, trt.Logger(trt.Logger.WARNING)).num_DLA_cores)
             if int(dla) >= cores:
                 raise UserInputError(f"{what} asks for DLA core {dla}; this device has {cores} DLA core(s).",
                                      "Set dla_core = -1 in the target (GPU only), or compile on a device with DLA (AGX "

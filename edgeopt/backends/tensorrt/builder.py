@@ -190,11 +190,28 @@ def init_plugins(trt, logger=None) -> bool:
     return bool(trt.init_libnvinfer_plugins(plugin_logger(trt), ""))
 
 
+def make_builder(trt, logger):
+    """``trt.Builder(logger)``, or a clear error where TensorRT cannot initialise CUDA (no GPU, or a driver older
+    than the CUDA this TensorRT was built with): the binding raises TypeError for the null builder it gets."""
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as exc:
+        builder, why = None, str(exc)
+    else:
+        why = ""
+    if builder is None:
+        logged = "; ".join(m for s, m in getattr(logger, "messages", []) if s in ("ERROR", "INTERNAL_ERROR"))
+        raise CompileError(f"TensorRT could not start (no usable GPU or CUDA driver): {logged or why}"[:800],
+                           "Build on the device, with its NVIDIA driver loaded (nvidia-smi / tegrastats work), "
+                           "and the TensorRT made for that driver's CUDA (JetPack's on Jetson).")
+    return builder
+
+
 def build_engine(trt, onnx_path: Path, plan: BuildPlan, timing_cache: bytes | None = None) -> tuple[bytes, bytes | None, dict]:
     """Parse and build. Returns (serialized engine, timing cache bytes, report)."""
     logger = _make_logger(trt)
     plugins = init_plugins(trt)
-    builder = trt.Builder(logger)
+    builder = make_builder(trt, logger)
     network = builder.create_network(_network_flags(trt, plan))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):

@@ -110,7 +110,9 @@ _PLUGINS_10_3 = {
     ("Proposal", "1"), ("PyramidROIAlign_TRT", "1"), ("ROIAlign_TRT", "1"), ("ROIAlign_TRT", "2"),
     ("RPROI_TRT", "1"), ("Region_TRT", "1"), ("Reorg_TRT", "2"), ("ResizeNearest_TRT", "1"),
     ("ScatterElements", "1"), ("ScatterElements", "2"), ("ScatterND", "1"), ("SpecialSlice_TRT", "1"),
-    ("Split", "1"), ("VoxelGeneratorPlugin", "1")}
+    ("Split", "1"), ("VoxelGeneratorPlugin", "1"),
+    # registered by REGISTER_TENSORRT_PLUGIN in their own sources (libnvinfer_plugin), not by inferPlugin.cpp
+    ("CustomGeluPluginDynamic", "1"), ("DisentangledAttention_TRT", "1"), ("GroupNormalizationPlugin", "1")}
 _PLUGINS_11 = {
     ("CropAndResizeDynamic", "2"), ("DecodeBbox3DPlugin", "1"), ("DetectionLayer_TRT", "1"),
     ("EfficientNMS_Explicit_TF_TRT", "1"), ("EfficientNMS_Implicit_TF_TRT", "1"), ("EfficientNMS_TRT", "1"),
@@ -122,7 +124,8 @@ _PLUGINS_11 = {
     ("ProposalLayer_TRT", "1"), ("PyramidROIAlign_TRT", "1"), ("ROIAlign_TRT", "1"), ("ROIAlign_TRT", "2"),
     ("RPROI_TRT", "1"), ("Region_TRT", "1"), ("Reorg_TRT", "2"), ("ResizeNearest_TRT", "1"),
     ("ScatterElements", "1"), ("ScatterElements", "2"), ("ScatterND", "1"), ("TopkLastDim", "1"),
-    ("VoxelGeneratorPlugin", "1")}
+    ("VoxelGeneratorPlugin", "1"),
+    ("DisentangledAttention_TRT", "1"), ("DisentangledAttention_TRT", "2"), ("GroupNormalizationPlugin", "1")}
 _REGISTERED = _PLUGINS_11 if _V11 else _PLUGINS_10_3
 _STANDARD_PLUGINS = {name for name, _ in _REGISTERED}
 
