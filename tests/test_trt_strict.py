@@ -291,3 +291,17 @@ def test_tensorrt_present_without_a_gpu(tmp_path):
         assert "CUDA initialization failure" in info.value.problem and "on the device" in info.value.fix
     finally:
         trt_double.deactivate()
+
+
+def test_the_install_hints_pin_what_pyproject_declares():
+    """The pins the messages print are the extras' own (cuda-python 13.x: get_cuda_native_handle exists from
+    13.0.0; 13.0.2 shipped with part of cuda.bindings.runtime disabled; <14 because int(handle) is slated to go)."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+
+    from edgeopt.backends.tensorrt.install import CUDA_PYTHON_PIN
+
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert CUDA_PYTHON_PIN["12"] in extras["tensorrt"] and CUDA_PYTHON_PIN["13"] in extras["tensorrt-cuda13"]

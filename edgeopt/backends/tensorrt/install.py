@@ -8,7 +8,7 @@ import importlib.util
 from edgeopt.errors import BackendMissingError, EdgeoptError
 
 # cuda-python must match the CUDA of the driver: 13.x needs a CUDA 13 driver, which JetPack 6 does not have.
-CUDA_PYTHON_PIN = {"12": "cuda-python>=12.6,<13", "13": "cuda-python>=13,<14"}
+CUDA_PYTHON_PIN = {"12": "cuda-python>=12.6,<13", "13": "cuda-python>=13.0.3,<14"}  # = pyproject extras
 INSTALL_HINT = ("pip install 'edgeopt[tensorrt]' (cuda-python 12.x: JetPack 6, CUDA 12 drivers) or "
                 "'edgeopt[tensorrt-cuda13]' (cuda-python 13.x: JetPack 7, CUDA 13 drivers)")
 INSTALL_FIX = ("On Jetson, TensorRT comes with JetPack: use a venv made with --system-site-packages, then "
