@@ -245,3 +245,33 @@ def test_screenshot_is_not_blank(written, tmp_path):
     assert non_white > 0.02, f"only {non_white:.1%} of the page is not white"
     colored = int(np.sum(img.max(axis=2) - img.min(axis=2) > 0.3))  # plot bars and lines, not just text
     assert colored > 0.002 * 1200 * 2000, f"no coloured plot pixels on the page ({colored} pixels)"
+
+
+def test_energy_column_and_plot_beside_latency(built, tmp_path):
+    """Energy figures (as `profile` records them on a Jetson) show as mW and mJ/inference columns, an energy plot
+    after the latency plot, and a note with the source, the nvpmodel mode and whether clocks were locked."""
+    from edgeopt.report.tables import summary_lines
+
+    built_out, m = built
+    m = copy.deepcopy(m)
+    for a in m["artifacts"]:
+        for r in a.get("latency") or []:
+            mj = 6500.0 * r["median_ms"] / 1000.0
+            r["energy"] = {"source": "ina3221", "mean_mw": 6500.0, "seconds": 1.0, "calls": 100, "samples": 90,
+                           "mj_per_call": round(mj, 4), "mj_per_inference": round(mj / r["batch"], 4)}
+    m["timing"]["energy"] = {"source": "ina3221", "rails": ["VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"],
+                             "basis": "VDD_IN (module input)", "nvpmodel": {"id": 0, "name": "15W"},
+                             "clocks_locked": False, "warning": "clocks are not locked (cpu0 below their maximum)"}
+    res = report(write_out(tmp_path / "OUT", m, built_out), tmp_path / "rep")
+    md = res["markdown"].read_text()
+    assert "b1 mW" in md and "b1 mJ/inference" in md and "## Energy per inference (batch 1)" in md
+    assert md.index("## Latency per artifact") < md.index("## Energy per inference")
+    assert "Energy: ina3221 (VDD_IN (module input))" in md and "nvpmodel 15W; clocks NOT locked" in md
+    ort = next(a for a in m["artifacts"] if a["id"] == "ort-cpu-fp32")
+    row = next(line for line in md.splitlines() if line.startswith("| ort-cpu-fp32 |"))
+    assert "| 6500 |" in row and f"| {ort['latency'][0]['energy']['mj_per_inference']:.3g} |" in row
+    assert res["html"].read_text().count("data:image/png;base64,") == len(PLOTS) + 1
+    text = "\n".join(summary_lines(m, wide=True))
+    assert "b1 mJ" in text and "Energy warning: clocks are not locked" in text
+    plain = copy.deepcopy(built[1])
+    assert "mJ" not in "\n".join(summary_lines(plain, wide=True))  # no energy measured: no column

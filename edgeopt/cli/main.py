@@ -319,15 +319,19 @@ def profile(ctx, path, batch, iterations, warmup, duration, threads, rounds, lay
         return
     from edgeopt.report.tables import fit_table, layer_lines, terminal_width, timing_notes
 
+    from edgeopt.report.tables import energy_cell, power_cell
+
+    energy = any(row.get("energy") for r in res["artifacts"].values() for row in r["rows"])
     headers = ["artifact", "batch", "median ms", "mean ms", "p90 ms", "p99 ms", "min ms", "max ms", "std ms", "cv",
-               "items/s", "iters", "threads", "RSS MB"]
+               "items/s", "iters", "threads", "RSS MB"] + (["mW", "mJ/inf"] if energy else [])
     rows = []
     for aid, r in res["artifacts"].items():
         for row in r["rows"]:
             rows.append([aid, str(row["batch"]), *(f"{row[k]:.3f}" for k in ("median_ms", "mean_ms", "p90_ms", "p99_ms",
                                                                             "min_ms", "max_ms", "std_ms", "cv")),
                          f"{row['throughput_per_s']:.1f}", str(row["iterations"]), str(r["threads"]),
-                         f"{r['peak_rss_mb']:.0f}" + (" !" if row["unstable"] else "")])
+                         f"{r['peak_rss_mb']:.0f}" + (" !" if row["unstable"] else "")]
+                        + ([power_cell(row), energy_cell(row)] if energy else []))
     echo(f"latency ({res['host']['cpu']['model']}); --json for every figure")
     for line in fit_table(headers, rows, terminal_width(),
                           optional=("RSS MB", "threads", "iters", "std ms", "max ms", "min ms", "mean ms", "cv",

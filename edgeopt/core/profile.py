@@ -134,23 +134,39 @@ def prepare_runner(runner, spec, batches, real: dict | None = None, rss_base: fl
             "peak_rss_mb": (base + added) if base is not None and added is not None else peak}
 
 
-def time_prepared(prepared: dict[str, dict], batches, cfg: ProfileConfig) -> dict[str, dict]:
+def time_prepared(prepared: dict[str, dict], batches, cfg: ProfileConfig, meter="auto") -> dict[str, dict]:
     """Time prepared contenders (:func:`prepare_runner`, or {"calls": {batch: fn}}) interleaved at each batch.
-    Returns name -> {rows, load_s, threads, peak_rss_mb, ...}."""
+    Returns name -> {rows, load_s, threads, peak_rss_mb, power, ...}. ``meter``: an energy meter
+    (:mod:`edgeopt.core.energy`), "auto" for the board's own where readable, or None: each row then carries
+    ``energy`` (average power, mJ per inference) and ``power`` says the source and the power mode."""
+    from edgeopt.core.energy import open_meter, power_context
+
+    meter = open_meter() if meter == "auto" else meter
     rows: dict[str, list] = {n: [] for n in prepared}
-    for b in batches:
-        calls = {n: p["calls"][b] for n, p in prepared.items() if b in p["calls"]}
-        timed = time_interleaved(calls, cfg, b, {n: prepared[n].get("first_ms", {}).get(b) for n in calls})
-        for n, row in timed.items():
-            rows[n].append(row)
-    return {n: {**{k: v for k, v in p.items() if k not in ("calls", "first_ms")}, "rows": rows[n]}
+    with meter if meter is not None else _no_meter():
+        for b in batches:
+            calls = {n: p["calls"][b] for n, p in prepared.items() if b in p["calls"]}
+            timed = time_interleaved(calls, cfg, b, {n: prepared[n].get("first_ms", {}).get(b) for n in calls},
+                                     meter=meter)
+            for n, row in timed.items():
+                rows[n].append(row)
+    power = power_context(meter) if meter is not None else None
+    return {n: {**{k: v for k, v in p.items() if k not in ("calls", "first_ms")}, "rows": rows[n], "power": power}
             for n, p in prepared.items()}
 
 
-def profile_runner(runner, spec, batches, cfg: ProfileConfig, real: dict | None = None) -> dict:
+class _no_meter:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def profile_runner(runner, spec, batches, cfg: ProfileConfig, real: dict | None = None, meter="auto") -> dict:
     """Open ``runner`` (timing the load), then time each batch size (rounds, one contender)."""
     prepared = prepare_runner(runner, spec, batches, real)
-    return time_prepared({"artifact": prepared}, batches, cfg)["artifact"]
+    return time_prepared({"artifact": prepared}, batches, cfg, meter)["artifact"]
 
 
 def record_profile(rec: dict, prof: dict, run: dict | None = None, base_rows: list | None = None) -> None:
@@ -159,6 +175,8 @@ def record_profile(rec: dict, prof: dict, run: dict | None = None, base_rows: li
     earlier run (a ratio against another baseline) are dropped, never kept beside new ones."""
     rec["latency"] = prof["rows"]
     rec.update({k: prof[k] for k in ("load_s", "threads", "peak_rss_mb")})
+    if run is not None and prof.get("power"):
+        run["energy"] = prof["power"]  # the source and the power mode of the run's energy figures
     for k in ("speedup_vs_torch", "speedup_interval", "timing_run", "speedup_withheld"):
         rec.pop(k, None)
     if run is not None:
@@ -213,14 +231,16 @@ def _warm(fn: Callable[[], object], cfg: ProfileConfig) -> list[float]:
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], cfg: ProfileConfig, batch: int,
-                     first_ms: dict[str, float] | None = None) -> dict[str, dict]:
+                     first_ms: dict[str, float] | None = None, meter=None) -> dict[str, dict]:
     """Time every call in ``calls`` in interleaved rounds (order rotated per round) after each has warmed up.
 
     Each contender gets ``cfg.duration_s`` of timed runs (at least ``min_iterations``), or exactly
     ``cfg.iterations``, split evenly over ``cfg.rounds`` rounds; a round of a cheap contender starts with one
     untimed call (another backend's threads may still hold the cores). Rows carry the usual statistics over
     every timed run, plus each round's median (``round_medians``, what :func:`speedup` resamples) and the
-    robust CV of those medians (``round_cv``: the speed drifted between rounds).
+    robust CV of those medians (``round_cv``: the speed drifted between rounds). With an energy ``meter``, each
+    contender's timed blocks are its windows of the power readings: rows get ``energy`` (average mW over them, mJ
+    per call and per inference) where the meter saw them.
     """
     names = list(calls)
     warm = {n: _warm(calls[n], cfg) for n in names}
@@ -238,16 +258,20 @@ def time_interleaved(calls: dict[str, Callable[[], object]], cfg: ProfileConfig,
             counts[n] = [k] * rounds
     times: dict[str, list[float]] = {n: [] for n in names}
     medians: dict[str, list[float]] = {n: [] for n in names}
+    spans: dict[str, list] = {n: [] for n in names}
     for r, order in enumerate(round_orders(names, rounds)):
         for n in order:
             fn, k = calls[n], counts[n][r]
             if k > 2:
                 fn()  # settle: not timed
             mine = []
+            before = meter.stamp() if meter is not None else None
             for _ in range(k):
                 s = time.perf_counter()
                 fn()
                 mine.append((time.perf_counter() - s) * 1000.0)
+            if meter is not None:
+                spans[n].append((before, meter.stamp()))
             times[n] += mine
             medians[n].append(float(np.median(mine)))
     rows = {}
@@ -259,8 +283,17 @@ def time_interleaved(calls: dict[str, Callable[[], object]], cfg: ProfileConfig,
         row["round_medians"] = [round(m, 6) for m in medians[n]]
         row["round_cv"] = _robust_cv(np.asarray(medians[n])) if rounds > 1 else 0.0
         row["unstable"] = row["robust_cv"] > UNSTABLE_CV or row["round_cv"] > UNSTABLE_ROUND_CV
+        if meter is not None:
+            row["energy"] = _energy_row(meter.energy(spans[n], len(times[n])), batch)
         rows[n] = row
     return rows
+
+
+def _energy_row(figures: dict | None, batch: int) -> dict | None:
+    """A meter's figures for one contender at one batch size, with mJ per inference (per item of the batch)."""
+    if not figures:
+        return None
+    return {**figures, "mj_per_inference": round(figures["mj_per_call"] / batch, 4)}
 
 
 def speedup(base: dict, row: dict, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict | None:

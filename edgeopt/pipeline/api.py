@@ -16,6 +16,7 @@ from edgeopt.errors import ArtifactLoadError, UserInputError
 from edgeopt.core.hostinfo import host_info
 from edgeopt.core.lock import out_lock
 from edgeopt.core.manifest import Manifest, load_consistent, load_manifest, mark_incomplete
+from edgeopt.core.energy import note_power
 from edgeopt.core.profile import ProfileConfig
 from edgeopt.config.recipe import Recipe, load_recipe
 from edgeopt.report.progress import Reporter
@@ -120,6 +121,7 @@ def _time_together(named: dict, out: Path | None, cfg: ProfileConfig, threads, r
         raise ArtifactLoadError(f"{aid}: {why}", "Rebuild it (edgeopt build -o OUT), or check a bundle with edgeopt verify.")
     for aid, why in failed.items():
         reporter.warn(f"{aid}: not timed: {why}")
+    note_power(run, results, reporter.warn)
     for aid, prof in results.items():
         bad = [str(r["batch"]) for r in prof["rows"] if r["unstable"]]
         if bad:

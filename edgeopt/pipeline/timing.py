@@ -9,6 +9,7 @@ from edgeopt.core.artifact import artifact_id
 from edgeopt.core.manifest import Manifest
 from edgeopt.core.records import Status
 from edgeopt.pipeline.context import BuildContext
+from edgeopt.core.energy import note_power
 from edgeopt.pipeline.judge import evaluate, torch_infer
 
 
@@ -43,6 +44,7 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
         results, failed = profile_together({rec["id"]: ctx.out / rec["id"] for rec in ok}, batches, cfg,
                                            cfg.threads, real, extra, log=ctx.reporter.info)
         run["machine_during"] = others_since(mark)
+    note_power(run, results, ctx.reporter.warn)
     if with_baseline and not load["busy"] and ratios_withheld(run):
         ctx.reporter.warn(f"The machine got busy while timing: {ratios_withheld(run)}. Speed-ups over PyTorch "
                           "eager are not shown; rerun `edgeopt build` on a quiet machine for them.")

@@ -26,11 +26,15 @@ from edgeopt.core.fsutil import write_bytes_atomic, write_text_atomic
 from edgeopt.core.manifest import load_consistent
 from edgeopt.report.tables import (
     artifact_rows,
+    energy_at,
+    energy_cell,
+    has_energy,
     latency_at,
     layer_rows,
     layer_summary,
     median_cell,
     ms,
+    power_cell,
     speedup_cell,
     timing_notes,
 )
@@ -106,8 +110,10 @@ def table_rows(m: dict) -> dict:
     by_id = {a.id: a for a in records_of(m)}
     header = ["artifact", "precision", "status", "size MB", f"{metric_name(m)} %", "drop pt", "parity max abs",
               "parity cosine"]
+    energy = has_energy(m)
     for b in batches:
         header += [f"b{b} median ms", f"b{b} p99 ms", f"b{b} vs torch"]
+        header += [f"b{b} mW", f"b{b} mJ/inference"] if energy else []
     header.append("notes")
     rows = []
     for row in artifact_rows(m):
@@ -119,6 +125,7 @@ def table_rows(m: dict) -> dict:
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
             cells += [median_cell(lat), ms(lat and lat.get("p99_ms")), speedup_cell(row, b)]
+            cells += [power_cell(lat), energy_cell(lat)] if energy else []
         cells.append(row["note"] or "")
         rows.append({"id": row["id"], "status": row["status"], "cells": cells})
     return {"header": header, "rows": rows, "batches": batches}
@@ -173,7 +180,7 @@ def draw_plots(m: dict) -> list[Plot]:
     series = latency_series(m)
     colors = artifact_colors(m)
     plots = []
-    for draw in (plot_latency, plot_throughput, plot_tradeoff, plot_parity):
+    for draw in (plot_latency, plot_energy, plot_throughput, plot_tradeoff, plot_parity):
         p = draw(m, series, colors)
         if p is not None:
             plots.append(p)
@@ -212,6 +219,34 @@ def plot_latency(m: dict, series: list[dict], colors: dict[str, str]) -> Plot | 
     ax.set_title(f"Latency per artifact, batch {b}")
     return Plot("latency", f"Latency per artifact (batch {b})",
                 f"Bars: median; tick: p90; whisker: p99, over the timed runs at batch {b}.", _png(fig))
+
+
+def plot_energy(m: dict, series: list[dict], colors: dict[str, str]) -> Plot | None:
+    """Beside latency: millijoules per inference at the first batch size, each bar labelled with its average
+    power; only where the profile measured energy (a Jetson's rails, or RAPL)."""
+    b = _first_batch(series)
+    items = [(s, energy_at(latency_at(s, b))) for s in series] if b is not None else []
+    items = [(s, e) for s, e in items if e is not None]
+    if not items:
+        return None
+    fig = _figure(8.5, 1.2 + 0.55 * len(items))
+    ax = fig.add_subplot()
+    ys = list(range(len(items)))[::-1]
+    mj = [e["mj_per_inference"] for _, e in items]
+    ax.barh(ys, mj, color=[colors.get(s["id"], FAILED_COLOR) for s, _ in items], height=0.6)
+    for y, (_, e) in zip(ys, items):
+        ax.annotate(f"{e['mj_per_inference']:.3g} mJ at {e['mean_mw']:.0f} mW", (e["mj_per_inference"], y),
+                    xytext=(8, -4), textcoords="offset points", fontsize=8)
+    ax.set_yticks(ys, [s["id"] for s, _ in items])
+    ax.set_xlabel(f"energy per inference at batch {b} (mJ)")
+    ax.set_xlim(0, max(mj) * 1.6 if max(mj) > 0 else 1)
+    ax.grid(axis="x", alpha=0.3)
+    power = (m.get("timing") or {}).get("energy") or {}
+    mode = (power.get("nvpmodel") or {}).get("name")
+    ax.set_title(f"Energy per inference, batch {b}" + (f" (nvpmodel {mode})" if mode else ""))
+    return Plot("energy", f"Energy per inference (batch {b})",
+                f"Bars: millijoules per inference (per item) over the timed runs at batch {b}, from "
+                f"{power.get('source', 'the power readings')}; the label gives the average power.", _png(fig))
 
 
 def plot_throughput(m: dict, series: list[dict], colors: dict[str, str]) -> Plot | None:

@@ -38,6 +38,41 @@ def median_cell(lat: dict | None) -> str:
     return ms(lat and lat.get("median_ms")) + (" !" if lat and lat.get("unstable") else "")
 
 
+def energy_at(lat: dict | None) -> dict | None:
+    """A latency row's energy figures (average mW, mJ per inference), where the profile measured them."""
+    return (lat or {}).get("energy") or None
+
+
+def energy_cell(lat: dict | None) -> str:
+    e = energy_at(lat)
+    return "-" if e is None else f"{e['mj_per_inference']:.3g}"
+
+
+def power_cell(lat: dict | None) -> str:
+    e = energy_at(lat)
+    return "-" if e is None else f"{e['mean_mw']:.0f}"
+
+
+def has_energy(manifest: dict) -> bool:
+    rows = [r for a in records_of(manifest) for r in a.latency or ()]
+    return any(energy_at(r) for r in rows)
+
+
+def energy_note(run: dict | None) -> str | None:
+    """One line saying where the energy figures come from and at which power mode."""
+    power = (run or {}).get("energy")
+    if not power:
+        return None
+    mode = power.get("nvpmodel") or {}
+    parts = [f"Energy: {power['source']} ({power.get('basis') or ', '.join(power.get('rails') or [])}); "
+             "mJ = millijoules per inference (per item of the batch) at the average power (mW) of its timed runs"]
+    if mode:
+        parts.append(f"nvpmodel {mode.get('name') or mode.get('id')}")
+    if power.get("clocks_locked") is not None:
+        parts.append("clocks locked (jetson_clocks)" if power["clocks_locked"] else "clocks NOT locked")
+    return "; ".join(parts) + "."
+
+
 def metric_label(manifest: dict) -> str:
     """The task metric's column name ("top-1", "agree", "emb cos", "mAP50", "cos"); "top-1" when none was measured."""
     tables = [(manifest.get("baseline") or {}).get("accuracy"), *(a.accuracy for a in records_of(manifest))]
@@ -173,8 +208,9 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
     cpu = (manifest.get("host") or {}).get("cpu", {})
     metric = metric_label(manifest)
     headers = ["artifact", "status", "MB", metric if metric in ("emb cos", "cos") else f"{metric} %", "drop"] + (["parity"] if wide else [])
+    energy = has_energy(manifest)
     for b in batches:
-        headers += [f"b{b} ms"] + ([f"b{b} p99"] if wide else []) + [f"b{b} x"]
+        headers += [f"b{b} ms"] + ([f"b{b} p99"] if wide else []) + [f"b{b} x"] + ([f"b{b} mJ"] if energy else [])
     headers.append("note")
     rows, notes = [], []
     for row in artifact_rows(manifest):
@@ -184,6 +220,7 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
         for b in batches:
             lat = next((r for r in row["latency"] if r["batch"] == b), None)
             cells += [median_cell(lat)] + ([ms(lat and lat["p99_ms"])] if wide else []) + [speedup_cell(row, b)]
+            cells += [energy_cell(lat)] if energy else []
         if row["note"]:
             notes.append(f"[{len(notes) + 1}] {row['id']}: {row['note']}")
             cells.append(f"[{len(notes)}]")
@@ -193,7 +230,8 @@ def summary_lines(manifest: dict, width: int | None = None, wide: bool = False) 
     if not notes:
         headers.pop()
         rows = [r[:-1] for r in rows]
-    optional = [] if wide else [h for b in reversed(batches[1:]) for h in (f"b{b} x", f"b{b} ms")] + ["MB", "drop"]
+    optional = [] if wide else ([h for b in reversed(batches[1:]) for h in (f"b{b} mJ", f"b{b} x", f"b{b} ms")]
+                                + ["MB", "drop"] + ([f"b{batches[0]} mJ"] if energy and batches else []))
     right = set(headers) - {"artifact", "status", "note"}
     title = f"edgeopt: {model.get('name', '?')} ({cpu.get('model', '?')})"
     lines = [title if wide or width is None else shorten(title, width)]
@@ -236,6 +274,12 @@ def timing_notes(manifest: dict) -> list[str]:
 
     if machine.get("busy"):
         lines.append(f"The machine was busy while timing: {describe_load(machine)}.")
+    note = energy_note(run)
+    if note:
+        lines.append(note)
+    warning = (run.get("energy") or {}).get("warning")
+    if warning:
+        lines.append(f"Energy warning: {warning}.")
     withheld = ratios_withheld(run)
     if withheld and (manifest.get("baseline") or {}).get("timing_run") == run.get("id"):
         lines.append(f"busy = speed-up over torch eager not shown: {withheld}, which slows PyTorch eager far "

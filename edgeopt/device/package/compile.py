@@ -114,6 +114,7 @@ def compile_package(package_dir: Path, threads: int | None = None, profile_batch
         result = {"status": Status.OK, "compile_s": round(compile_s, 3), "parity": parity_summary(rep),
                   "latency": prof["rows"], "load_s": prof["load_s"], "threads": prof["threads"],
                   "peak_rss_mb": prof["peak_rss_mb"], "gpu_timing": gpu_timing, "runtime": runtime, "meta": meta,
+                  "power": prof.get("power"),  # the energy figures' source, nvpmodel mode, clocks locked
                   "compiled": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "edgeopt_version": __version__, "python": platform.python_version()}
         write_json_atomic(stage / REPORT_JSON, {"id": pid, **result, "device": fingerprint})
