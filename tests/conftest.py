@@ -16,6 +16,9 @@ def pytest_configure(config):
 
     cache = Path(tempfile.mkdtemp(prefix="edgeopt-test-cache-"))
     os.environ.setdefault("EDGEOPT_CACHE_DIR", str(cache))
+    # No energy sampling from the machine running the tests (RAPL is readable on some CI hosts, not on others):
+    # tests that want it point EDGEOPT_POWER_ROOT at a fake sysfs tree (tests/test_energy.py).
+    os.environ.setdefault("EDGEOPT_POWER_ROOT", "off")
     for var in ("MPLCONFIGDIR", "HF_HOME", "TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         os.environ.setdefault(var, str(cache / var.lower()))
 

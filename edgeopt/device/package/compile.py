@@ -109,6 +109,8 @@ def compile_package(package_dir: Path, threads: int | None = None, profile_batch
             reporter.info(f"{pid}: parity max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}")
             reporter.step(f"{pid}: profiling batch {','.join(map(str, batches))}")
             prof = profile_runner(runner, spec, batches, cfg)
+            if (prof.get("power") or {}).get("warning"):
+                reporter.warn(f"{pid}: energy: {prof['power']['warning']}.")
             gpu_timing = _gpu_timing(runner, spec, batches)
             runtime = runner.properties()
         result = {"status": Status.OK, "compile_s": round(compile_s, 3), "parity": parity_summary(rep),
