@@ -335,7 +335,7 @@ def profile(ctx, path, batch, iterations, warmup, duration, threads, rounds, lay
     echo(f"latency ({res['host']['cpu']['model']}); --json for every figure")
     for line in fit_table(headers, rows, terminal_width(),
                           optional=("RSS MB", "threads", "iters", "std ms", "max ms", "min ms", "mean ms", "cv",
-                                    "p90 ms", "items/s"), right=set(headers[1:])):
+                                    "p90 ms", "items/s", "mW"), right=set(headers[1:])):
         echo(line)
     for line in timing_notes({"timing": res["timing"]}):
         echo(line)
