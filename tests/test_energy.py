@@ -200,3 +200,34 @@ def test_device_compile_and_profile_report_mw_and_mj_per_inference(tmp_path, mon
         assert next(iter(data["artifacts"].values()))["rows"][0]["energy"]["mean_mw"] == TOTAL_MW[board]
     finally:
         trt_double.deactivate()
+
+
+def test_each_contender_gets_the_power_of_its_own_timed_runs():
+    """In interleaved rounds the meter's windows are each contender's timed blocks: a contender that draws 3 W
+    is not averaged with one that draws 1 W beside it."""
+    from edgeopt.core.profile import ProfileConfig, time_interleaved
+
+    drawing = {"now": 0.0}
+
+    class Board(energy._Sampled):
+        source = "test"
+
+        def _run(self):
+            while not self._stop.is_set():
+                self.samples.append((time.perf_counter(), drawing["now"]))
+                self._stop.wait(0.0005)
+
+    def work(mw):
+        def call():
+            drawing["now"] = mw
+            time.sleep(0.002)
+        return call
+
+    cfg = ProfileConfig(batches=(4,), warmup=1, iterations=30, rounds=3)
+    with Board() as meter:
+        rows = time_interleaved({"small": work(1000.0), "big": work(3000.0)}, cfg, 4, meter=meter)
+    small, big = rows["small"]["energy"], rows["big"]["energy"]
+    assert small["mean_mw"] == pytest.approx(1000.0, rel=0.05) and big["mean_mw"] == pytest.approx(3000.0, rel=0.05)
+    assert small["calls"] == big["calls"] == 30
+    assert big["mj_per_inference"] == pytest.approx(big["mj_per_call"] / 4, abs=1e-3)
+    assert "energy" not in time_interleaved({"x": work(1.0)}, cfg, 4)["x"]  # no meter: no figure
