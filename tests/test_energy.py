@@ -166,7 +166,7 @@ def test_device_compile_and_profile_report_mw_and_mj_per_inference(tmp_path, mon
     pytest.importorskip("onnxruntime")
     import trt_double
     from conftest import invoke_cli
-    from test_trt_double import NANO, _device, _package, set_board  # noqa: F401 - fixtures' helpers
+    from test_trt_double import NANO, _device, _package
 
     from edgeopt.backends.tensorrt import record as trec
     from edgeopt.device.package import compile_package

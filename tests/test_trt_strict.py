@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
 import trt_double  # noqa: E402
-from trt_double import Device, DoubleViolation, state  # noqa: E402
+from trt_double import Device, DoubleViolation  # noqa: E402
 
 from edgeopt.backends.tensorrt import builder as tbuild  # noqa: E402
 from edgeopt.backends.tensorrt import cuda as tcuda  # noqa: E402
