@@ -98,6 +98,17 @@ def test_plugin_versions_and_namespaces_are_checked(tmp_path):
     assert 'plugin_version = "2"' in legacy.errors[0].fix  # version 1 went in 11.0; version 2 is there
 
 
+def test_the_preflight_checks_efficient_nms_attributes_as_its_creator(tmp_path):
+    nano = load_targets()["jetson-orin-nano"]
+    assert lint(plugin_model(tmp_path / "ok.onnx", **NMS_ATTRS), nano).ok
+    no_agnostic = {k: v for k, v in NMS_ATTRS.items() if k != "class_agnostic"}
+    assert lint(plugin_model(tmp_path / "opt.onnx", **no_agnostic), nano).ok  # optional: a parser warning only
+    bad = lint(plugin_model(tmp_path / "bad.onnx", **{**NMS_ATTRS, "score_threshold": 1, "box_coding": None}), nano)
+    (f,) = bad.errors
+    assert f.code == "plugin-attributes" and "score_threshold is INT, the creator takes FLOAT" in f.message
+    assert "missing required attribute box_coding (INT)" in f.message
+
+
 def test_the_table_agrees_with_the_doubles_registries():
     """Two transcriptions of inferPlugin.cpp made apart (edgeopt's table, the double's registries) agree."""
     from importlib import import_module

@@ -26,7 +26,7 @@ from edgeopt.backends.tensorrt.operators import (
     parse_version,
     parser_limits,
 )
-from edgeopt.backends.tensorrt.plugins import alternatives, plugin_status
+from edgeopt.backends.tensorrt.plugins import alternatives, field_problems, plugin_status
 
 PROTOBUF_LIMIT = 2 * 1024**3  # bytes: a single ONNX protobuf cannot be larger
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -251,6 +251,9 @@ def _check_operators(g: _Graph, version, target, spec) -> list[Finding]:
     return out
 
 
+_ATTR_TYPES = {1: "FLOAT", 2: "INT", 3: "STRING", 4: "TENSOR", 6: "FLOATS", 7: "INTS", 8: "STRINGS"}
+
+
 def _string_attr(node, key: str, default: str) -> str:
     for a in node.attribute:
         if a.name == key:
@@ -276,6 +279,13 @@ def _plugin_finding(node, name: str, version=BASELINE) -> Finding:
             return Finding("error", f"plugin-{status}", name,
                            f"{why}: TensorRT {trt}'s parser fails on this node (\"Plugin not found\").",
                            alternatives(node.op_type, version) + ".")
+        kinds = {a.name: _ATTR_TYPES.get(a.type, str(a.type)) for a in node.attribute}
+        problems = field_problems(node.op_type, pv, kinds)
+        if problems:
+            return Finding("error", "plugin-attributes", name,
+                           f"{where}: {'; '.join(problems)}; its creator refuses the node (\"Could not create "
+                           "plugin\").", "Give every attribute the plugin documents, with its type (floats as "
+                           "FLOAT, integers as INT): edgeopt's nms = \"plugin\" writes a complete node.")
         note = f" Note: {why}." if status == "deprecated" else ""
         return Finding("warning", "plugin-operator", name,
                        f"{where} is not an ONNX operator: TensorRT's parser builds it from the plugin registry "

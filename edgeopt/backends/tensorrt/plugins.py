@@ -76,6 +76,16 @@ PLUGINS: dict[tuple[str, str], tuple[Version, Version | None, Version | None]] =
     ("VoxelGeneratorPlugin", "1"): (_B, (10, 14), None),
 }
 
+# What a creator's createPlugin refuses (plugin/efficientNMSPlugin/efficientNMSPlugin.cpp, unchanged 10.3 -> 11.1):
+# required fields and the ONNX attribute type each must have (onnx-tensorrt's loadFields maps an ONNX FLOAT to
+# kFLOAT32 and an INT to kINT32). class_agnostic is optional; left out, the parser warns that it is not found.
+FIELDS: dict[tuple[str, str], dict[str, tuple[str, bool]]] = {
+    ("EfficientNMS_TRT", "1"): {"score_threshold": ("FLOAT", True), "iou_threshold": ("FLOAT", True),
+                                "max_output_boxes": ("INT", True), "background_class": ("INT", True),
+                                "score_activation": ("INT", True), "class_agnostic": ("INT", False),
+                                "box_coding": ("INT", True)},
+}
+
 NAMES = frozenset(name for name, _ in PLUGINS)
 NMS_NAMES = frozenset({"EfficientNMS_TRT", "EfficientNMS_ONNX_TRT", "BatchedNMS_TRT", "BatchedNMSDynamic_TRT",
                        "NMS_TRT", "NMSDynamic_TRT"})
@@ -121,3 +131,19 @@ def alternatives(name: str, trt: Version) -> str:
         return f"Set plugin_version = \"{live[-1]}\" on the node (the version TensorRT {_v(trt)} registers)"
     return ("Replace the node with ONNX operators TensorRT parses natively (ONNX-GraphSurgeon), or build for a "
             "TensorRT that still has it (10.x, JetPack 6)")
+
+
+def field_problems(name: str, plugin_version: str, attrs: dict[str, str]) -> list[str]:
+    """What the creator of ``name``/``plugin_version`` would refuse or warn about, given the node's attributes
+    (name -> ONNX attribute type name: "FLOAT", "INT", ...): ["missing required attribute X", ...]."""
+    fields = FIELDS.get((name, plugin_version))
+    if not fields:
+        return []
+    out = []
+    for field, (kind, required) in fields.items():
+        if field not in attrs:
+            if required:
+                out.append(f"missing required attribute {field} ({kind})")
+        elif attrs[field] != kind:
+            out.append(f"attribute {field} is {attrs[field]}, the creator takes {kind}")
+    return out
