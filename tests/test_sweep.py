@@ -80,6 +80,13 @@ def test_sequential_sweep_shares_one_export_and_writes_valid_outs(tmp_path):
     assert summary["models"]["digits"]["selected"] in {j["artifact"] for j in summary["jobs"]}
     html = (tmp_path / "out" / "report" / "report.html").read_text()
     assert "ort-cpu-int8" in html and "select digits" in html
+    # a rerun hands each job its earlier OUT: the build reuses the compiled artifacts that are still valid
+    again = run(["sweep", str(f), "--sequential", "-o", "out", "--json"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all(j["resumed"] and j["status"] == "ok" for j in json.loads(again.stdout)["jobs"])
+    for j in summary["jobs"]:
+        log = (tmp_path / "out" / j["out"] / "logs" / "build.log").read_text()
+        assert f"{j['artifact']}: reusing the compiled artifact" in log
 
 
 # --- Ray ----------------------------------------------------------------------------------------------------------------

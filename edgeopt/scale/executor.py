@@ -39,11 +39,11 @@ class Sequential:
     def export(self, entry: dict):
         return _Later(lambda: J.export_job(entry))
 
-    def build(self, entry: dict, job: dict, export, profile: bool):
+    def build(self, entry: dict, job: dict, export, profile: bool, previous: bytes | None = None):
         def announce(w):
             self.attempts.setdefault(job["id"], []).append(w)
 
-        return _Later(lambda: J.build_job(entry, job, export.get(), profile, announce))
+        return _Later(lambda: J.build_job(entry, job, export.get(), profile, announce, previous))
 
     def farm(self, board: str, outs: dict, batches, duration_s: float):
         raise UserInputError(f"Device-farm jobs for board {board!r} need Ray (boards join a Ray cluster).",
@@ -90,10 +90,10 @@ def _ledger_class():
     return Ledger
 
 
-def _build_task(ledger, entry: dict, job: dict, export, profile: bool) -> dict:
+def _build_task(ledger, entry: dict, job: dict, export, profile: bool, previous: bytes | None) -> dict:
     import ray
 
-    return J.build_job(entry, job, export, profile, lambda w: ray.get(ledger.started.remote(job["id"], w)))
+    return J.build_job(entry, job, export, profile, lambda w: ray.get(ledger.started.remote(job["id"], w)), previous)
 
 
 class RayExecutor:
@@ -134,8 +134,8 @@ class RayExecutor:
     def export(self, entry: dict):
         return self._export.remote(entry)
 
-    def build(self, entry: dict, job: dict, export, profile: bool):
-        return self._build.remote(self.ledger, entry, job, export, profile)
+    def build(self, entry: dict, job: dict, export, profile: bool, previous: bytes | None = None):
+        return self._build.remote(self.ledger, entry, job, export, profile, previous)
 
     def farm(self, board: str, outs: dict, batches, duration_s: float):
         if not any(board in n["resources"] for n in self.nodes()):

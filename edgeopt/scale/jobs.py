@@ -98,9 +98,12 @@ def export_job(entry: dict) -> dict:
         return {**_failure(exc), "seconds": time.monotonic() - start, "where": where()}
 
 
-def build_job(entry: dict, job: dict, export: dict | None, profile: bool = True, announce=None) -> dict:
-    """One build (one target x precision) in a private folder, seeded with the shared export. Returns the OUT as a
-    tar stream with the job's outcome; an EdgeoptError is an outcome (a failed job), not a crash."""
+def build_job(entry: dict, job: dict, export: dict | None, profile: bool = True, announce=None,
+              previous: bytes | None = None) -> dict:
+    """One build (one target x precision) in a private folder, seeded with the job's OUT of an earlier sweep
+    (``previous``: the build reuses what is still valid there, as a rerun of ``edgeopt build`` does) or else the
+    shared export. Returns the OUT as a tar stream with the job's outcome; an EdgeoptError is an outcome (a failed
+    job), not a crash."""
     from edgeopt.pipeline.build import build
     from edgeopt.report.progress import Reporter
 
@@ -109,8 +112,10 @@ def build_job(entry: dict, job: dict, export: dict | None, profile: bool = True,
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgeopt-sweep-job-") as tmp:
         out = Path(tmp) / "out"
-        reused = bool(export and export.get("status") == "ok")
-        if reused:
+        reused = bool(export and export.get("status") == "ok") and previous is None
+        if previous is not None:
+            unpack(previous, out)
+        elif reused:
             unpack(export["export"], out / "export")
         try:
             m = build(_recipe(entry), out, targets=(job["target"],), precisions=(job["precision"],), force=True,
@@ -120,14 +125,15 @@ def build_job(entry: dict, job: dict, export: dict | None, profile: bool = True,
                       "reason": art.get("reason")}
         except Exception as exc:  # noqa: BLE001 - recorded; the OUT (if any) is still returned for its logs
             result = _failure(exc)
-        result["shared_export"] = reused and _export_reused(out)
+        result["shared_export"] = reused and _reused(out, "Reusing the exported ONNX")
+        result["resumed"] = previous is not None
         result["out"] = pack(out) if (out / "manifest.json").is_file() else None
     return {**result, "seconds": time.monotonic() - start, "where": where()}
 
 
-def _export_reused(out: Path) -> bool:
+def _reused(out: Path, words: str) -> bool:
     log = out / "logs" / "build.log"
-    return log.is_file() and "Reusing the exported ONNX" in log.read_text(errors="replace")
+    return log.is_file() and words in log.read_text(errors="replace")
 
 
 def farm_job(board: str, outs: dict[str, bytes], batches: tuple[int, ...], duration_s: float) -> dict:

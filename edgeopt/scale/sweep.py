@@ -79,9 +79,9 @@ def _run(plan: Sweep, out: Path, ex, reporter: Reporter) -> dict:
         shared_by.setdefault(m.export_key, []).append(m.name)
         if m.export_key not in exports:
             exports[m.export_key] = ex.export(_entry(m))
-    handles = {j.id: ex.build(_entry(plan.model(j.model)), {"id": j.id, "target": j.target,
-                                                            "precision": j.precision},
-                              exports[plan.model(j.model).export_key], plan.profile) for j in plan.jobs}
+    handles = {j.id: ex.build(_entry(plan.model(j.model)), {"id": j.id, "target": j.target, "precision": j.precision},
+                              exports[plan.model(j.model).export_key], plan.profile, _previous(out, j))
+               for j in plan.jobs}
     by_id = {j.id: j for j in plan.jobs}
     records: dict[str, dict] = {}
     header = {"nodes": nodes, "retries": plan.retries, "profile": plan.profile}
@@ -97,12 +97,21 @@ def _run(plan: Sweep, out: Path, ex, reporter: Reporter) -> dict:
             r = records[jid]
             reporter.info(f"{jid}: {r['status']}" + (f" ({r.get('artifact_status')})" if r.get("artifact_status")
                                                      else f": {r.get('problem')}" if r.get("problem") else ""))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # every finished job's OUT is in place; the summary says which were cut off
         ex.cancel([h for jid, h in handles.items() if jid not in records])
-        _finish(plan, out, ex, records, [], {**header, "interrupted": True}, start)
+        try:
+            _finish(plan, out, ex, records, [], {**header, "interrupted": True}, start)
+        except Exception:  # noqa: BLE001 - Ray may already be going down; the OUTs are what matters
+            pass
         raise
     header["exports"] = _exports(ex, exports, shared_by)
     return _finish(plan, out, ex, records, _farm(plan, out, ex, records, reporter), header, start)
+
+
+def _previous(out: Path, job: Job) -> bytes | None:
+    """The job's OUT from an earlier run of this sweep: the build reuses what is still valid in it."""
+    folder = _job_dir(out, job)
+    return pack(folder) if (folder / "manifest.json").is_file() else None
 
 
 def _place(out: Path, job: Job, res: dict | None, err: str | None) -> dict:
