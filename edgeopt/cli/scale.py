@@ -13,10 +13,11 @@ from edgeopt.cli.common import chatter_to_log, echo, emit_json, handle_errors, r
 @click.option("--address", envvar="RAY_ADDRESS", help="Join this Ray cluster (HEAD:6379; default $RAY_ADDRESS), "
               "else a local Ray on this machine.")
 @click.option("--sequential", is_flag=True, help="Run the jobs one after another in this process (no Ray).")
+@click.option("--cpus", type=click.IntRange(1, 4096), help="CPUs of the local Ray (default: this machine's).")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a sweep's output.")
 @click.option("--json", "json_out", is_flag=True, help="Print the sweep's summary (sweep.json) as JSON.")
 @handle_errors
-def sweep_cmd(sweep_file, output, address, sequential, force, json_out):
+def sweep_cmd(sweep_file, output, address, sequential, cpus, force, json_out):
     """Build every model x target x precision of SWEEP_FILE as its own job (Ray tasks, retried when a worker
     dies), then write one comparison report with select applied per model."""
     from edgeopt.report.sweep import sweep_lines
@@ -25,7 +26,8 @@ def sweep_cmd(sweep_file, output, address, sequential, force, json_out):
 
     out = output or default_output(sweep_file)
     with stdout_guard(json_out), chatter_to_log(out):
-        res = sweep(sweep_file, out, address=address, sequential=sequential, force=force, reporter=reporter())
+        res = sweep(sweep_file, out, address=address, sequential=sequential, force=force, reporter=reporter(),
+                    cpus=cpus)
     if json_out:
         emit_json(res)
     else:

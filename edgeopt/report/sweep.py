@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgeopt.core.fsutil import write_text_atomic
 from edgeopt.report.html import CSP, STYLE, _e, _html_table, _md_table
-from edgeopt.report.tables import artifact_rows, fit_table
+from edgeopt.report.tables import artifact_rows, fit_table, wrap
 
 HEADER = ["model", "artifact", "status", "metric", "drop", "b1 ms", "x torch", "MB", "tries", "node"]
 OPTIONAL = ("node", "tries", "MB", "x torch")
@@ -67,8 +67,11 @@ def notes(summary: dict) -> list[str]:
 def sweep_lines(out: Path, summary: dict, width: int | None = 80) -> list[str]:
     title = (f"edgeopt sweep: {summary['name']} ({summary['mode']}, {len(summary.get('jobs', []))} jobs, "
              f"{summary.get('seconds', 0):.0f} s)")
-    return [title, *fit_table(HEADER, job_rows(out, summary), width, optional=OPTIONAL, right=range(3, 9)),
-            *[f"{i}. {n}" for i, n in enumerate(notes(summary), 1)]]
+    lines = [*wrap(title, width or 10**6), *fit_table(HEADER, job_rows(out, summary), width, optional=OPTIONAL,
+                                                       right=range(3, 9))]
+    for i, n in enumerate(notes(summary), 1):
+        lines += wrap(f"{i}. {n}", width or 10**6, "   ")
+    return lines
 
 
 def write_sweep_report(out: Path, summary: dict) -> dict:

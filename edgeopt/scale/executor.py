@@ -101,7 +101,7 @@ class RayExecutor:
 
     mode = "ray"
 
-    def __init__(self, address: str | None, retries: int):
+    def __init__(self, address: str | None, retries: int, cpus: int | None = None):
         try:
             import ray
         except ImportError:
@@ -114,7 +114,7 @@ class RayExecutor:
             if address:
                 ray.init(address=address, **kw)
             else:  # embedded: a fresh local Ray with this machine's cores, gone when the sweep ends
-                ray.init(address="local", num_cpus=os.cpu_count() or 1, **kw)
+                ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, **kw)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserInputError(f"Could not start or join Ray{f' at {address}' if address else ''}: "
                                  f"{' '.join(str(exc).split())[:300]}",
@@ -172,7 +172,7 @@ class RayExecutor:
         self.ray.shutdown()
 
 
-def executor(address: str | None, sequential: bool, retries: int, reporter):
+def executor(address: str | None, sequential: bool, retries: int, reporter, cpus: int | None = None):
     if sequential:
         return Sequential()
     try:
@@ -181,4 +181,4 @@ def executor(address: str | None, sequential: bool, retries: int, reporter):
         reporter.warn("Ray is not installed: the jobs run one after another. For parallel jobs (and a cluster): "
                       "pip install 'edgeopt[ray]'.")
         return Sequential()
-    return RayExecutor(address, retries)
+    return RayExecutor(address, retries, cpus)

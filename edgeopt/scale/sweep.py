@@ -54,15 +54,16 @@ def default_output(path: str | Path) -> Path:
 
 
 def sweep(path: str | Path, output: str | Path | None = None, address: str | None = None, sequential: bool = False,
-          force: bool = False, reporter: Reporter | None = None) -> dict:
-    """Run the sweep file at ``path``; returns the summary written to OUT/sweep.json."""
+          force: bool = False, reporter: Reporter | None = None, cpus: int | None = None) -> dict:
+    """Run the sweep file at ``path``; returns the summary written to OUT/sweep.json. ``cpus``: the CPUs of the
+    embedded local Ray (default: this machine's)."""
     reporter = reporter or Reporter()
     plan = load_sweep(path)  # every recipe checked before anything runs
     out = Path(output or f"{plan.name}-sweep")
     check_sweep_output(out, force)
     (out / "logs").mkdir(parents=True, exist_ok=True)  # third-party output of the run: logs/build.log
     with out_lock(out, "sweep"):
-        ex = executor(address, sequential, plan.retries, reporter)
+        ex = executor(address, sequential, plan.retries, reporter, cpus)
         try:
             return _run(plan, out, ex, reporter)
         finally:
@@ -72,7 +73,7 @@ def sweep(path: str | Path, output: str | Path | None = None, address: str | Non
 def _run(plan: Sweep, out: Path, ex, reporter: Reporter) -> dict:
     start = time.monotonic()
     nodes = ex.nodes()
-    reporter.step(f"Sweep {plan.name}: {len(plan.jobs)} jobs over {len(plan.models)} models "
+    reporter.step(f"Sweep {plan.name}: {len(plan.jobs)} job(s) over {len(plan.models)} model(s) "
                   f"({ex.mode}{f', {len(nodes)} node(s)' if ex.mode == 'ray' else ''})")
     exports, shared_by = {}, {}
     for m in plan.models:
