@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from edgeopt.core.fsutil import write_text_atomic
-from edgeopt.report.html import CSP, STYLE, _e, _html_table, _md_table
+from edgeopt.report.html import CSP, STYLE, esc, html_table, md_table
 from edgeopt.report.tables import artifact_rows, fit_table, wrap
 
 HEADER = ["model", "artifact", "status", "metric", "drop", "b1 ms", "x torch", "MB", "tries", "node"]
@@ -79,14 +79,14 @@ def write_sweep_report(out: Path, summary: dict) -> dict:
     rows = job_rows(out, summary)
     title = f"edgeopt sweep: {summary['name']}"
     md = [f"# {title}", "", f"{summary['mode']}, {len(rows)} jobs, {summary.get('seconds', 0):.0f} s, edgeopt "
-          f"{summary.get('edgeopt_version')}, {summary.get('created')}.", "", *_md_table(HEADER, rows), "",
+          f"{summary.get('edgeopt_version')}, {summary.get('created')}.", "", *md_table(HEADER, rows), "",
           *[f"- {n}" for n in notes(summary)], ""]
     html = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-            f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>", f"<h1>{_e(title)}</h1>",
-            f'<p class="sub">{_e(md[2])}</p>', '<h2 id="jobs">Jobs</h2>', _html_table(HEADER, rows, left=3),
+            f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>", f"<h1>{esc(title)}</h1>",
+            f'<p class="sub">{esc(md[2])}</p>', '<h2 id="jobs">Jobs</h2>', html_table(HEADER, rows, left=3),
             '<h2 id="notes">Selection, retries, failures, devices</h2><ul>',
-            *[f"<li>{_e(n)}</li>" for n in notes(summary)], "</ul></body></html>", ""]
+            *[f"<li>{esc(n)}</li>" for n in notes(summary)], "</ul></body></html>", ""]
     dest = out / "report"
     write_text_atomic(dest / "report.md", "\n".join(md))
     write_text_atomic(dest / "report.html", "\n".join(html))
