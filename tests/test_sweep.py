@@ -64,6 +64,13 @@ def test_the_matrix_expands_to_one_job_per_model_target_precision(tmp_path):
     assert len({m.export_key for m in s.models}) == 1  # same model: one export for all eight jobs
 
 
+def test_board_jobs_without_ray_are_refused_before_any_build(tmp_path):
+    f = sweep_file(tmp_path, models=("digits",), extra='[[farm]]\nboard = "jetson-orin-nano"\n')
+    res = run(["sweep", str(f), "--sequential", "-o", "out"], tmp_path)
+    assert res.returncode == 2 and "need Ray" in res.stderr
+    assert not (tmp_path / "out" / "jobs").exists()
+
+
 # --- one after another -----------------------------------------------------------------------------------------------
 
 def test_sequential_sweep_shares_one_export_and_writes_valid_outs(tmp_path):

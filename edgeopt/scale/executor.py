@@ -45,7 +45,7 @@ class Sequential:
 
         return _Later(lambda: J.build_job(entry, job, export.get(), profile, announce, previous))
 
-    def farm(self, board: str, outs: dict, batches, duration_s: float):
+    def check_board(self, board: str) -> None:
         raise UserInputError(f"Device-farm jobs for board {board!r} need Ray (boards join a Ray cluster).",
                              "Install the extra (pip install 'edgeopt[ray]') and run the sweep on the cluster the "
                              "board joined (--address), or drop the [[farm]] tables.")
@@ -137,10 +137,12 @@ class RayExecutor:
     def build(self, entry: dict, job: dict, export, profile: bool, previous: bytes | None = None):
         return self._build.remote(self.ledger, entry, job, export, profile, previous)
 
-    def farm(self, board: str, outs: dict, batches, duration_s: float):
+    def check_board(self, board: str) -> None:
         if not any(board in n["resources"] for n in self.nodes()):
             raise UserInputError(f"No node of the Ray cluster offers board {board!r}.",
                                  f"On the board: edgeopt farm join --board {board} --address HEAD:6379, then rerun.")
+
+    def farm(self, board: str, outs: dict, batches, duration_s: float):
         # num_cpus=0: boards join with no CPUs for builds; the board resource (1 per board) makes timing exclusive
         return self._farm.options(num_cpus=0, resources={board: 1}).remote(board, outs, tuple(batches), duration_s)
 

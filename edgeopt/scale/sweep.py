@@ -65,6 +65,8 @@ def sweep(path: str | Path, output: str | Path | None = None, address: str | Non
     with out_lock(out, "sweep"):
         ex = executor(address, sequential, plan.retries, reporter, cpus)
         try:
+            for f in plan.farm:  # a board nobody offers is a mistake to hear before an hour of builds
+                ex.check_board(f.board)
             return _run(plan, out, ex, reporter)
         finally:
             ex.close()
