@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from edgeopt.cli import device, report, ship
+from edgeopt.cli import device, report, scale, ship
 from edgeopt.cli.main import main
 
-for _cmd in (*ship.COMMANDS, *device.COMMANDS, *report.COMMANDS):
+for _cmd in (*ship.COMMANDS, *device.COMMANDS, *report.COMMANDS, *scale.COMMANDS):
     main.add_command(_cmd)
 
 __all__ = ["main"]

@@ -437,7 +437,7 @@ def _md_cell(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
     return lines
@@ -461,20 +461,20 @@ def render_markdown(m: dict, table: dict, plots: list[Plot]) -> str:
     lines = [f"# {_title(m)}", "", f"Built {m.get('created', '?')} on {(m.get('host') or {}).get('hostname', '?')} "
              f"with edgeopt {m.get('edgeopt_version', '?')}. Figures from `manifest.json`.", "",
              "## Artifacts", ""]
-    lines += _md_table(table["header"], [r["cells"] for r in table["rows"]])
+    lines += md_table(table["header"], [r["cells"] for r in table["rows"]])
     lines += ["", "Drop: accuracy points below the PyTorch baseline. vs torch: speed-up of the median over "
                   "PyTorch eager at that batch.", *timing_notes(m), ""]
     for p in plots:
         lines += [f"## {p.title}", "", f"![{p.title}]({p.name}.png)", "", p.caption, ""]
     detail = parity_detail(m)
     if detail:
-        lines += ["## Parity per output", ""] + _md_table(PARITY_HEADER, detail) + [""]
+        lines += ["## Parity per output", ""] + md_table(PARITY_HEADER, detail) + [""]
     for aid, summary, rows in layer_sections(m):
-        lines += [f"## Slowest layers: {aid}", "", summary, ""] + _md_table(LAYER_HEADER, rows) + [""]
-    lines += ["## Host", ""] + _md_table(["", ""], [[k, v] for k, v in host_lines(m)]) + [""]
+        lines += [f"## Slowest layers: {aid}", "", summary, ""] + md_table(LAYER_HEADER, rows) + [""]
+    lines += ["## Host", ""] + md_table(["", ""], [[k, v] for k, v in host_lines(m)]) + [""]
     dev = device_rows(m)
     if dev:
-        lines += ["## Devices", ""] + _md_table(["artifact", "built for / ran on"], [[k, v] for k, v in dev]) + [""]
+        lines += ["## Devices", ""] + md_table(["artifact", "built for / ran on"], [[k, v] for k, v in dev]) + [""]
     return "\n".join(lines)
 
 
@@ -505,21 +505,21 @@ table.kv td { text-align: left; white-space: normal; }
 """
 
 
-def _e(s) -> str:
+def esc(s) -> str:
     return html.escape(str(s), quote=True)
 
 
-def _html_table(header: list[str], rows: list[list[str]], left: int = 1, cls: str = "", row_classes=None,
+def html_table(header: list[str], rows: list[list[str]], left: int = 1, cls: str = "", row_classes=None,
                 note_last: bool = False) -> str:
     out = [f'<div class="scroll"><table class="{cls}">', "<thead><tr>"]
-    out += [f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header)]
+    out += [f'<th class="{"l" if i < left else ""}">{esc(h)}</th>' for i, h in enumerate(header)]
     out.append("</tr></thead><tbody>")
     for n, r in enumerate(rows):
         rc = (row_classes or [""] * len(rows))[n]
-        out.append(f'<tr class="{_e(rc)}">')
+        out.append(f'<tr class="{esc(rc)}">')
         for i, c in enumerate(r):
             kind = "note" if note_last and i == len(r) - 1 else ("l" if i < left else "")
-            out.append(f'<td class="{kind}">{_e(c)}</td>')
+            out.append(f'<td class="{kind}">{esc(c)}</td>')
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
@@ -530,30 +530,30 @@ def render_html(m: dict, table: dict, plots: list[Plot]) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
-             f"<h1>{_e(title)}</h1>",
-             f'<p class="sub">Built {_e(m.get("created", "?"))} on {_e((m.get("host") or {}).get("hostname", "?"))} '
-             f'with edgeopt {_e(m.get("edgeopt_version", "?"))}. Figures from manifest.json.</p>',
+             f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{esc(title)}</h1>",
+             f'<p class="sub">Built {esc(m.get("created", "?"))} on {esc((m.get("host") or {}).get("hostname", "?"))} '
+             f'with edgeopt {esc(m.get("edgeopt_version", "?"))}. Figures from manifest.json.</p>',
              '<h2 id="artifacts">Artifacts</h2>',
-             _html_table(table["header"], [r["cells"] for r in table["rows"]], left=3, cls="artifacts",
+             html_table(table["header"], [r["cells"] for r in table["rows"]], left=3, cls="artifacts",
                          row_classes=[r["status"].replace(" ", "-") for r in table["rows"]], note_last=True),
              '<p class="sub">Drop: accuracy points below the PyTorch baseline. vs torch: speed-up of the median over '
-             "PyTorch eager at that batch. " + _e(" ".join(timing_notes(m))) + "</p>"]
+             "PyTorch eager at that batch. " + esc(" ".join(timing_notes(m))) + "</p>"]
     for p in plots:
         data = base64.b64encode(p.png).decode("ascii")
-        parts += [f'<h2 id="{_e(p.name)}">{_e(p.title)}</h2>',
-                  f'<figure><img alt="{_e(p.title)}" src="data:image/png;base64,{data}">'
-                  f"<figcaption>{_e(p.caption)}</figcaption></figure>"]
+        parts += [f'<h2 id="{esc(p.name)}">{esc(p.title)}</h2>',
+                  f'<figure><img alt="{esc(p.title)}" src="data:image/png;base64,{data}">'
+                  f"<figcaption>{esc(p.caption)}</figcaption></figure>"]
     detail = parity_detail(m)
     if detail:
-        parts += ['<h2 id="parity-detail">Parity per output</h2>', _html_table(PARITY_HEADER, detail, left=2)]
+        parts += ['<h2 id="parity-detail">Parity per output</h2>', html_table(PARITY_HEADER, detail, left=2)]
     for aid, summary, rows in layer_sections(m):
-        parts += [f'<h2 id="layers-{_e(aid)}">Slowest layers: {_e(aid)}</h2>', f'<p class="sub">{_e(summary)}</p>',
-                  _html_table(LAYER_HEADER, rows, left=3)]
-    parts += ['<h2 id="host">Host</h2>', _html_table(["", ""], [[k, v] for k, v in host_lines(m)], cls="kv")]
+        parts += [f'<h2 id="layers-{esc(aid)}">Slowest layers: {esc(aid)}</h2>', f'<p class="sub">{esc(summary)}</p>',
+                  html_table(LAYER_HEADER, rows, left=3)]
+    parts += ['<h2 id="host">Host</h2>', html_table(["", ""], [[k, v] for k, v in host_lines(m)], cls="kv")]
     dev = device_rows(m)
     if dev:
         parts += ['<h2 id="devices">Devices</h2>',
-                  _html_table(["artifact", "built for / ran on"], [[k, v] for k, v in dev], cls="kv")]
+                  html_table(["artifact", "built for / ran on"], [[k, v] for k, v in dev], cls="kv")]
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -103,7 +103,7 @@ def remote_compile(hosts, package_or_out, *, targets=(), precisions=(), threads:
 
         result = for_hosts(hosts, one, reporter)
     result["output"] = str(out_root)
-    _record_in_manifest(base, result, "compiled")
+    record_device_results(base, result, "compiled")
     return result
 
 
@@ -238,11 +238,11 @@ def remote_profile(hosts, path, *, batches=(1,), threads: int | None = None, dur
 
     result = for_hosts(hosts, one, reporter)
     result["output"] = str(out_root)
-    _record_in_manifest(base, result, "profiled")
+    record_device_results(base, result, "profiled")
     return result
 
 
-def _record_in_manifest(base: Path, result: dict, what: str) -> None:
+def record_device_results(base: Path, result: dict, what: str) -> None:
     """Add each host's outcome to the matching artifact records of OUT/manifest.json under ``devices``."""
     from edgeopt.core.fsutil import write_json_atomic
 
