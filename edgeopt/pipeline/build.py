@@ -120,7 +120,13 @@ def stage_intake(ctx: BuildContext) -> None:
 
     r = ctx.recipe
     ctx.reporter.step("Loading the model")
-    ctx.model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint))
+    ctx.model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint),
+                           adapter=r.resolve(r.model.adapter[0]) if r.model.adapter else None)
+    if ctx.model.adapter is not None:
+        from edgeopt.pipeline.adapters import describe_adapter
+
+        ctx.reporter.info(describe_adapter(ctx.model.adapter))
+        ctx.original_module = ctx.model.reference_module()  # the baseline row: the model as trained
     if ctx.evaluation is not None and ctx.evaluation.labels is not None:
         from edgeopt.pipeline.export import reference_outputs
 
@@ -174,7 +180,7 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
         ctx.reporter.info(f"Exported ONNX matches PyTorch: {in_words(record['parity'])}")
     manifest.data["export"] = record
     manifest.data["model"] = {**model.describe(), "preprocess": r.shipped_preprocess(),
-                              "labels": list(r.model.labels) or None, "tokenizer": ship_tokenizer(ctx)}
+                              "labels": list(r.model.labels or model.labels or ()) or None, "tokenizer": ship_tokenizer(ctx)}
     manifest.data["reference"] = {"real_from": ctx.real_from, "path": REFERENCE_FILE, "sha256": sha256_file(ctx.out / REFERENCE_FILE),
                                   "samples": len(ctx.feeds), "source": "pytorch" if model.module is not None else "onnx"}
 

@@ -34,10 +34,23 @@ class LoadedModel:
     module: object | None = None  # flat torch module (None for an ONNX source)
     onnx_path: Path | None = None  # set when the source is already ONNX
     scripted: object | None = None  # a TorchScript module: exported as it is, by the legacy exporter
+    adapter: dict | None = None  # a PEFT adapter applied to the base model (pipeline.adapters)
+    labels: tuple[str, ...] | None = None  # class names the model itself carries (a Hugging Face config)
+    as_trained: tuple | None = None  # (flat adapted model, unmerged; the merged module exported from it)
 
     def describe(self) -> dict:
-        return {"name": self.name, "source": self.source, "sha256": self.sha256, "kind": self.kind,
-                **self.spec.to_dict()}
+        out = {"name": self.name, "source": self.source, "sha256": self.sha256, "kind": self.kind,
+               **self.spec.to_dict()}
+        if self.adapter is not None:
+            out["adapter"] = self.adapter
+        return out
+
+    def reference_module(self):
+        """The module every artifact is checked against: the adapted model as trained (unmerged) while the
+        exported module is still its merge (pruning replaces it), else the exported module itself."""
+        if self.as_trained is not None and self.as_trained[1] is self.module:
+            return self.as_trained[0]
+        return self.module
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,20 +154,17 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
 
 
-def _load_module(cfg: ModelConfig, source: str):
+def _load_module(cfg: ModelConfig, source: str, adapter: str | None = None):
     """(module, files that define it, default name)."""
     torch = require("torch", "torch", "load a PyTorch model")
     head, sep, tail = source.partition(":")
     if head == "hf" and sep:
-        transformers = require("transformers", "transformers", "load a Hugging Face model")
+        from edgeopt.pipeline.adapters import head_classes, read_adapter_config
+        from edgeopt.pipeline.hf import load_hf
+
         path = Path(tail)
-        if not path.is_dir():
-            raise ModelLoadError(f"Hugging Face model folder {path} does not exist.",
-                                 "Give a local folder written by save_pretrained(); edgeopt never downloads models.")
-        try:
-            model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"transformers could not load {path}: {exc}", "Check the folder's config.json.") from exc
+        acfg = read_adapter_config(Path(adapter)) if adapter else None
+        model, _ = load_hf(path, acfg, head_classes(Path(adapter)) if adapter else None)
         return model, [p for p in path.rglob("*") if p.is_file()], path.name
     p = Path(source)
     if p.suffix == ".pt2" and p.is_file():
@@ -261,15 +271,20 @@ def run_torch(module, feeds: list[dict[str, np.ndarray]], spec: IOSpec) -> list[
 # entry point
 # ------------------------------------------------------------------------------------------------
 
-def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | None = None) -> LoadedModel:
-    """Load, apply the checkpoint, check the input spec against the model, name the outputs."""
+def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | None = None,
+               adapter: str | None = None) -> LoadedModel:
+    """Load, apply the checkpoint (and the PEFT adapter), check the input spec against the model, name the
+    outputs."""
     check_list_batch(cfg, spec)
     p = Path(source)
     if p.suffix == ".onnx":
         if not p.is_file():
             raise ModelLoadError(f"ONNX file {p} does not exist.", "Check the path in [model] source.")
+        if adapter:
+            raise UserInputError("[model] adapter needs a PyTorch base model; the source is an ONNX file.",
+                                 "Give the base model the adapter was trained on (hf:FOLDER or file.py:factory).")
         return _load_onnx_source(cfg, spec, p)
-    model, files, default_name = _load_module(cfg, source)
+    model, files, default_name = _load_module(cfg, source, adapter)
     if checkpoint:
         import torch
 
@@ -282,8 +297,25 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
         pass
     is_hf = type(model).__module__.startswith("transformers")
     call = "keywords" if (is_hf and cfg.call == "positional") else cfg.call
+    labels = None
+    if is_hf:
+        from edgeopt.pipeline.hf import labels_of
+
+        labels = labels_of(model)
+    adapter_record, as_trained = None, None
+    if adapter:
+        from edgeopt.pipeline.adapters import apply_adapter, merge_error
+
+        adapted, model, adapter_record = apply_adapter(model, Path(adapter))
+        adapter_record["base"] = source
+        files += [f for f in sorted(Path(adapter).rglob("*")) if f.is_file()]
+        as_trained = make_flat_module(adapted, spec, call)
     flat = make_flat_module(model, spec, call)
     names = _probe_outputs(flat, spec, source)
+    if as_trained is not None:
+        if adapter_record["merged"]:
+            adapter_record["merge_error"] = merge_error(as_trained, flat, spec)
+        as_trained = (as_trained, flat)
     if cfg.outputs or spec.outputs:
         wanted = list(cfg.outputs or spec.outputs)
         if len(wanted) != len(names):
@@ -296,7 +328,8 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
     # The weights themselves are hashed: a factory that initialises randomly gives another model each time.
     digest = sha256_json({"files": sha256_tree(files) if files else "", "state": state_digest(model)})
     return LoadedModel(name=cfg.name or default_name, source=source, sha256=digest,
-                       spec=spec.with_outputs(names), kind=cfg.kind, module=flat, scripted=scripted)
+                       spec=spec.with_outputs(names), kind=cfg.kind, module=flat, scripted=scripted,
+                       adapter=adapter_record, labels=labels, as_trained=as_trained)
 
 
 def check_list_batch(cfg: ModelConfig, spec: IOSpec) -> None:
