@@ -120,13 +120,18 @@ def stage_intake(ctx: BuildContext) -> None:
 
     r = ctx.recipe
     ctx.reporter.step("Loading the model")
+    if len(r.model.adapter) > 1:
+        raise UserInputError(f"[model] adapter lists {len(r.model.adapter)} adapters; one build takes one.",
+                             "Build once per adapter (adapter = \"FOLDER\", or edgeopt build ... for each).")
     ctx.model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint),
                            adapter=r.resolve(r.model.adapter[0]) if r.model.adapter else None)
     if ctx.model.adapter is not None:
         from edgeopt.pipeline.adapters import describe_adapter
 
-        ctx.reporter.info(describe_adapter(ctx.model.adapter))
+        ctx.model.notes = [*(ctx.model.notes or ()), describe_adapter(ctx.model.adapter)]
         ctx.original_module = ctx.model.reference_module()  # the baseline row: the model as trained
+    for note in ctx.model.notes or ():
+        ctx.reporter.info(note)
     if ctx.evaluation is not None and ctx.evaluation.labels is not None:
         from edgeopt.pipeline.export import reference_outputs
 
@@ -449,6 +454,8 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     with out_lock(out, "build"):  # one writer per OUT: a second build or profile is refused, naming this one
         prepare_output(out, force)
         reporter.attach_log(out / "logs" / "build.log")
+        for note in ctx.model.notes or ():  # found while loading the model, before the log was open
+            reporter.record(f"model: {note}")
         reporter.start_progress(3 + len(plans) * (2 if profile else 1) + (1 if recipe.pruning else 0))
         try:
             previous = load_manifest(out, missing_ok=True)

@@ -37,12 +37,16 @@ class LoadedModel:
     adapter: dict | None = None  # a PEFT adapter applied to the base model (pipeline.adapters)
     labels: tuple[str, ...] | None = None  # class names the model itself carries (a Hugging Face config)
     as_trained: tuple | None = None  # (flat adapted model, unmerged; the merged module exported from it)
+    notes: list | None = None  # what loading found out, for the build log
+    source_facts: dict | None = None  # read from a training tool's checkpoint (Ultralytics): task, classes, size
 
     def describe(self) -> dict:
         out = {"name": self.name, "source": self.source, "sha256": self.sha256, "kind": self.kind,
                **self.spec.to_dict()}
         if self.adapter is not None:
             out["adapter"] = self.adapter
+        if self.source_facts is not None:
+            out["checkpoint_facts"] = self.source_facts
         return out
 
     def reference_module(self):
@@ -174,10 +178,21 @@ def _load_module(cfg: ModelConfig, source: str, adapter: str | None = None):
             raise ModelLoadError(f"{p} is not a loadable torch.export program: {exc}",
                                  "Write it with torch.export.save(torch.export.export(model, args), path).") from exc
     if p.suffix in (".pt", ".pth", ".ts", ".torchscript") and p.is_file() and not sep:
-        if not _is_torchscript(p):
-            raise ModelLoadError(f"{p} is not a TorchScript file.",
+        if _is_torchscript(p):
+            return torch.jit.load(str(p), map_location="cpu"), [p], p.stem
+        if cfg.allow_pickle:  # unpickling an Ultralytics checkpoint imports ultralytics: keep it offline
+            import os
+
+            os.environ.setdefault("YOLO_OFFLINE", "1")
+        ckpt = _read_checkpoint(torch, p, cfg.allow_pickle) if p.suffix in (".pt", ".pth") else None
+        from edgeopt.pipeline import ultralytics
+
+        if not ultralytics.is_checkpoint(ckpt):
+            raise ModelLoadError(f"{p} is neither a TorchScript file nor an Ultralytics checkpoint.",
                                  "A checkpoint goes in [model] checkpoint beside a factory source (file.py:factory).")
-        return torch.jit.load(str(p), map_location="cpu"), [p], p.stem
+        module, facts = ultralytics.load_checkpoint(ckpt, p)
+        module.edgeopt_source = facts  # read by load_model: kind, task, class names, image size
+        return module, [p], p.stem
     fn, files = _import_factory(source)
     try:
         model = fn()
@@ -297,7 +312,18 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
         pass
     is_hf = type(model).__module__.startswith("transformers")
     call = "keywords" if (is_hf and cfg.call == "positional") else cfg.call
-    labels = None
+    labels, kind, notes = None, cfg.kind, []
+    facts = getattr(model, "edgeopt_source", None)  # what a training tool's checkpoint says about itself
+    if isinstance(facts, dict):
+        from edgeopt.pipeline.ultralytics import check_input_size
+
+        notes += check_input_size(facts, spec)
+        labels = tuple(facts["classes"]) or None
+        if kind == "generic":
+            kind = facts["kind"]
+        notes.append(f"Ultralytics {facts['task']} checkpoint: {len(facts['classes'])} classes, trained at "
+                     f"{'x'.join(map(str, facts['imgsz'] or ['?']))}, stride {facts['stride']}; model kind {kind}"
+                     + (f", [task] format {facts['head_format']}" if facts["head_format"] else ""))
     if is_hf:
         from edgeopt.pipeline.hf import labels_of
 
@@ -328,8 +354,9 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
     # The weights themselves are hashed: a factory that initialises randomly gives another model each time.
     digest = sha256_json({"files": sha256_tree(files) if files else "", "state": state_digest(model)})
     return LoadedModel(name=cfg.name or default_name, source=source, sha256=digest,
-                       spec=spec.with_outputs(names), kind=cfg.kind, module=flat, scripted=scripted,
-                       adapter=adapter_record, labels=labels, as_trained=as_trained)
+                       spec=spec.with_outputs(names), kind=kind, module=flat, scripted=scripted,
+                       adapter=adapter_record, labels=labels, as_trained=as_trained, notes=notes,
+                       source_facts=facts if isinstance(facts, dict) else None)
 
 
 def check_list_batch(cfg: ModelConfig, spec: IOSpec) -> None:
