@@ -8,6 +8,7 @@ samples. The INT8 guard, the INT8 parity gate, the table and ``edgeopt verify``'
 - ``embedding``: the pooled (mean over the attention mask, CLS, or an already pooled output), L2-normalised
   embedding; per-sample cosine with FP32 (min, p5, mean) and nearest-neighbour agreement.
 - ``detection``: decoded detections -> mAP (see :mod:`edgeopt.core.detection`).
+- ``segmentation``: per-pixel classes -> mIoU (see :mod:`edgeopt.core.segmentation`).
 - ``generic``: each output judged on its own (never one cosine over concatenated outputs); a named mask input
   excludes padded positions.
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from edgeopt.errors import DataError, UserInputError
 
-TASK_TYPES = ("classification", "embedding", "detection", "generic")
+TASK_TYPES = ("classification", "embedding", "detection", "segmentation", "generic")
 POOLINGS = ("mean", "cls", "none")
 
 
@@ -314,8 +315,15 @@ def detection(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:
     return detection_metric(task, got, ref)
 
 
+def segmentation(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:
+    from edgeopt.core.segmentation import segmentation_metric
+
+    return segmentation_metric(task, got, ref)
+
+
 METRICS: dict[str, Callable[[TaskConfig, Outputs, Outputs | None], dict]] = {
-    "classification": classification, "embedding": embedding, "detection": detection, "generic": generic}
+    "classification": classification, "embedding": embedding, "detection": detection,
+    "segmentation": segmentation, "generic": generic}
 
 
 def evaluate(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:

@@ -132,7 +132,7 @@ def stage_intake(ctx: BuildContext) -> None:
         ctx.original_module = ctx.model.reference_module()  # the baseline row: the model as trained
     for note in ctx.model.notes or ():
         ctx.reporter.info(note)
-    if ctx.evaluation is not None and ctx.evaluation.labels is not None:
+    if ctx.evaluation is not None and ctx.evaluation.labels is not None and r.task.type != "segmentation":
         from edgeopt.pipeline.export import reference_outputs
 
         first = next(iter(reference_outputs(ctx.model, ctx.evaluation.feeds(1))[0].values()))
