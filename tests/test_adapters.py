@@ -194,3 +194,46 @@ range = [0, 100]
                                                                               "target_modules": ["nope"]}))
     code, out, err = run_cli("build", tmp_path / "r.toml", "-o", tmp_path / "out", "-t", "ort-cpu", "-p", "fp32")
     assert code != 0 and "peft could not apply the adapter" in err and "Traceback" not in err
+
+
+def test_a_list_of_adapters_builds_one_artifact_set_each(tmp_path, run_cli):
+    import peft
+    import torch
+    from transformers import BertForSequenceClassification
+
+    base, first = bert_lora(tmp_path)
+    torch.manual_seed(1)  # a second adapter on the same base, trained on other data
+    model = BertForSequenceClassification.from_pretrained(base)
+    second = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4,
+                                                        target_modules=_targets(model, ("query",), ("q_proj",))))
+    ids = torch.randint(0, 64, (16, 12))
+    _train(second, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.randint(0, 3, (16,)))
+    second.save_pretrained(tmp_path / "lora-b")
+    (tmp_path / "r.toml").write_text(f'''[model]
+source = "hf:base"
+adapter = ["lora", "lora-b"]
+
+[[inputs]]
+name = "input_ids"
+shape = [1, 12]
+dtype = "int64"
+range = [0, 64]
+
+[[inputs]]
+name = "attention_mask"
+shape = [1, 12]
+dtype = "int64"
+range = [1, 2]
+
+[profile]
+{FAST}''')
+    code, out, err = run_cli("build", tmp_path / "r.toml", "-o", tmp_path / "out", "-t", "ort-cpu", "-p", "fp32",
+                             "--json")
+    assert code == 0, err
+    built = json.loads(out)["adapters"]
+    assert sorted(built) == ["lora", "lora-b"]
+    assert built["lora"]["model"]["adapter"]["rank"] == 4 and built["lora-b"]["model"]["adapter"]["rank"] == 2
+    refs = [np.load(tmp_path / "out" / n / "reference" / "reference.npz")["output/0/logits"] for n in sorted(built)]
+    assert np.abs(refs[0] - refs[1]).max() > 1e-3  # each set is its own adapter's model
+    for n in built:
+        assert json.loads((tmp_path / "out" / n / "manifest.json").read_text())["artifacts"][0]["status"] == "ok"

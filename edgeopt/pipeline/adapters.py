@@ -153,3 +153,35 @@ def describe_adapter(rec: dict) -> str:
     return (f"{text}; merged into the weights (merge error vs the unmerged model: max |diff| "
             f"{err.get('max_abs', float('nan')):.3g}, min cosine {err.get('min_cosine', float('nan')):.6f}); "
             "artifacts are checked against the unmerged model")
+
+
+def adapter_names(adapters) -> list[str]:
+    """One output folder name per adapter (its folder's name), refusing two adapters with the same name."""
+    import re
+
+    from edgeopt.errors import UserInputError
+
+    names = [Path(str(a).rstrip("/\\")).name for a in adapters]
+    for n in names:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", n):
+            raise UserInputError(f"[model] adapter folder name {n!r} cannot name an output folder.",
+                                 "Name adapter folders with letters, digits, '.', '_', '-'.")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserInputError(f"[model] adapter lists folders with the same name {dup}; each adapter's artifacts "
+                             "go to OUT/<folder name>.", "Give each adapter folder its own name.")
+    return names
+
+
+def build_each_adapter(build, recipe, output, **kw) -> dict:
+    """``[model] adapter = [A, B, ...]``: one build (one artifact set) per adapter, into ``OUTPUT/<adapter folder
+    name>``, each with its own manifest. Returns ``{"adapters": {name: manifest}}``."""
+    from dataclasses import replace
+
+    names = adapter_names(recipe.model.adapter)
+    built = {}
+    for name, adapter in zip(names, recipe.model.adapter):
+        model = replace(recipe.model, adapter=(adapter,), name=f"{recipe.model.name or 'model'}-{name}"
+                        if recipe.model.name else None)
+        built[name] = build(replace(recipe, model=model), Path(output) / name, **kw)
+    return {"adapters": built}

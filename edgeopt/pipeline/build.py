@@ -120,9 +120,9 @@ def stage_intake(ctx: BuildContext) -> None:
 
     r = ctx.recipe
     ctx.reporter.step("Loading the model")
-    if len(r.model.adapter) > 1:
+    if len(r.model.adapter) > 1:  # build() builds each on its own
         raise UserInputError(f"[model] adapter lists {len(r.model.adapter)} adapters; one build takes one.",
-                             "Build once per adapter (adapter = \"FOLDER\", or edgeopt build ... for each).")
+                             "Call edgeopt.pipeline.build.build(), which builds one artifact set per adapter.")
     ctx.model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint),
                            adapter=r.resolve(r.model.adapter[0]) if r.model.adapter else None)
     if ctx.model.adapter is not None:
@@ -437,6 +437,11 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     check_inputs_fit(recipe.spec)  # a spec made in Python or from CLI arguments: before any allocation
+    if len(recipe.model.adapter) > 1:  # one artifact set per adapter: OUTPUT/<adapter folder name>
+        from edgeopt.pipeline.adapters import build_each_adapter
+
+        return build_each_adapter(build, recipe, output, targets=targets, precisions=precisions, force=force,
+                                  reporter=reporter, profile=profile)
     out = Path(output)
     reporter = reporter or Reporter()
     plans = plan_artifacts(recipe, tuple(targets), tuple(precisions))
