@@ -118,30 +118,18 @@ def _check_against_unmerged(tmp_path, m, base_cls, base, adapter, inputs):
 
 
 def test_lora_on_a_bert_classifier_builds_for_ort_and_openvino(tmp_path):
+    """The README's adapter recipe, as written (a shorter profile), on a base and adapter trained here."""
     from transformers import BertForSequenceClassification
 
+    from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
+    from readme_flow import recipe
+
     base, adapter = bert_lora(tmp_path)
-    m = _build(tmp_path, f'''targets = ["ort-cpu", "openvino-cpu"]
-precisions = ["fp32"]
-
-[model]
-source = "hf:{base.name}"
-adapter = "{adapter.name}"
-
-[[inputs]]
-name = "input_ids"
-shape = [1, 12]
-dtype = "int64"
-range = [0, 64]
-
-[[inputs]]
-name = "attention_mask"
-shape = [1, 12]
-dtype = "int64"
-range = [1, 2]
-
-[profile]
-{FAST}''')
+    data = recipe(0, profile={"batches": [1], "duration_s": 0.1, "min_iterations": 3, "warmup": 1})
+    assert data["model"] == {"source": "hf:base", "adapter": "lora"}  # names only the base and the adapter
+    m = build(recipe_from_dict(data, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
     _check_against_unmerged(tmp_path, m, BertForSequenceClassification, base, adapter,
                             ("input_ids", "attention_mask"))
     assert m["model"]["labels"] == ["negative", "neutral", "positive"]  # from the base's config.json

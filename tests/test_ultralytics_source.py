@@ -34,7 +34,7 @@ def best_pt(tmp_path, monkeypatch):
     with torch.no_grad():  # untrained class biases score ~1e-4 everywhere: raise them so some boxes score > 0.25
         for branch in model.model[-1].cv3:
             branch[-1].bias.uniform_(-3.0, 1.0)
-    path = tmp_path / "runs" / "best.pt"
+    path = tmp_path / "runs" / "detect" / "train" / "weights" / "best.pt"  # where Ultralytics training puts it
     path.parent.mkdir(parents=True)
     torch.save({"epoch": 3, "best_fitness": 0.1, "model": None, "ema": copy.deepcopy(model).half(), "updates": 10,
                 "optimizer": None, "train_args": {"imgsz": SIZE, "task": "detect", "model": "yolov8n.yaml"},
@@ -78,8 +78,30 @@ def _build(tmp_path, text: str):
     return build(load_recipe(tmp_path / "recipe.toml"), tmp_path / "out", reporter=Reporter(quiet=True))
 
 
+def _photos(folder, n: int, seed: int):
+    from PIL import Image
+
+    from tiny import rect_images
+
+    folder.mkdir()
+    for i, x in enumerate(rect_images(n, 200, seed=seed)):
+        Image.fromarray((x.transpose(1, 2, 0) * 255).astype(np.uint8)[:, : 120 + 8 * i]).save(folder / f"{i:03d}.png")
+
+
 def test_ultralytics_best_pt_builds_without_a_factory(tmp_path, best_pt):
-    m = _build(tmp_path, _recipe(tmp_path, "runs/best.pt"))
+    """The README's Ultralytics recipe, at 160x160 instead of 640x640 and FP32 only (time), on photo folders."""
+    from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
+    from readme_flow import recipe
+
+    _photos(tmp_path / "calib", 10, seed=1)
+    _photos(tmp_path / "val", 4, seed=2)
+    data = recipe(1, precisions=["fp32"], inputs=[{"name": "images", "shape": [1, 3, SIZE, SIZE]}],
+                  preprocess={"resize": [SIZE, SIZE]}, profile={"batches": [1], "duration_s": 0.1,
+                                                                "min_iterations": 3, "warmup": 1})
+    assert data["task"] == {"type": "detection"} and data["model"]["source"].endswith("best.pt")
+    m = build(recipe_from_dict(data, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
     facts = m["model"]["checkpoint_facts"]
     assert facts["task"] == "detect" and facts["imgsz"] == [SIZE, SIZE] and facts["stride"] == 32
     assert facts["weights"] == "model"  # strip_optimizer moved the EMA weights there
@@ -97,7 +119,8 @@ def test_ultralytics_best_pt_builds_without_a_factory(tmp_path, best_pt):
 
 
 def test_ultralytics_best_pt_needs_the_recipes_trust(tmp_path, best_pt, run_cli):
-    (tmp_path / "recipe.toml").write_text(_recipe(tmp_path, "runs/best.pt", allow_pickle=False))
+    text = _recipe(tmp_path, "runs/detect/train/weights/best.pt", allow_pickle=False)
+    (tmp_path / "recipe.toml").write_text(text)
     code, out, err = run_cli("build", tmp_path / "recipe.toml", "-o", tmp_path / "out")
     assert code != 0
     assert "pickled Python objects" in err and "allow_pickle = true" in err and "Traceback" not in err
@@ -105,7 +128,8 @@ def test_ultralytics_best_pt_needs_the_recipes_trust(tmp_path, best_pt, run_cli)
 
 
 def test_ultralytics_input_size_must_fit_the_stride(tmp_path, best_pt, run_cli):
-    text = _recipe(tmp_path, "runs/best.pt").replace(f"[1, 3, {SIZE}, {SIZE}]", "[1, 3, 150, 150]")
+    text = _recipe(tmp_path, "runs/detect/train/weights/best.pt")
+    text = text.replace(f"[1, 3, {SIZE}, {SIZE}]", "[1, 3, 150, 150]")
     text = text.replace('[evaluation]\nsource = "ev.npz"\n', "")
     (tmp_path / "recipe.toml").write_text(text)
     code, out, err = run_cli("build", tmp_path / "recipe.toml", "-o", tmp_path / "out")
