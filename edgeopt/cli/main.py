@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import contextlib
+import io
 import sys
 
 import click
@@ -157,7 +159,29 @@ def build(ctx, recipe, output, targets, precisions, force, json_out, wide, model
                          evaluation, preprocess, task, outputs)
     with stdout_guard(json_out), chatter_to_log(output):
         m = build_mod.build(r, output, targets, precisions, force=force, reporter=reporter())
-    _finish(m, json_out, output, wide, targets or r.targets)
+    if "adapters" in m:  # [model] adapter = [A, B]: one artifact set (and manifest) per adapter
+        _finish_each(m["adapters"], json_out, output, wide, targets or r.targets)
+    else:
+        _finish(m, json_out, output, wide, targets or r.targets)
+
+
+def _finish_each(built: dict, json_out: bool, output, wide: bool, asked) -> None:
+    if json_out:
+        emit_json({"adapters": built})
+    code = 0
+    for name, m in built.items():
+        if not json_out:
+            echo(f"adapter {name}:")
+        try:
+            if json_out:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    _finish(m, False, Path(output) / name, wide, asked)
+            else:
+                _finish(m, False, Path(output) / name, wide, asked)
+        except SystemExit as exc:
+            code = code or int(exc.code or 0)
+    if code:
+        sys.exit(code)
 
 
 def _finish(m: dict, json_out: bool, output, wide: bool = False, asked=()) -> None:

@@ -74,6 +74,7 @@ class ModelConfig:
     outputs: tuple[str, ...] = ()  # rename the flattened outputs
     labels: tuple[str, ...] = ()  # class names, shipped in bundles
     call: str = "positional"  # positional | keywords | list (torchvision detectors take a list of images)
+    adapter: tuple[str, ...] = ()  # PEFT adapter folder(s) on the base model: one artifact set per adapter
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -174,6 +175,8 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
     m = dict(data["model"])
     m["outputs"] = tuple(m.get("outputs", ()))
     m["labels"] = tuple(str(x) for x in m.get("labels", ()))
+    if "adapter" in m:
+        m["adapter"] = (m["adapter"],) if isinstance(m["adapter"], str) else tuple(m["adapter"])
     model = _section(ModelConfig, "model", m)
     if not data.get("inputs"):
         raise UserInputError("The recipe declares no [[inputs]].",

@@ -182,6 +182,7 @@ RECIPE = {
     "model": table({
         "source": path_text, "checkpoint": path_text, "name": text(), "kind": text(32), "allow_pickle": boolean,
         "outputs": list_of(text(), 0, 4096), "call": text(32),
+        "adapter": either(path_text, list_of(path_text, 1, 64), want="a PEFT adapter folder or a list of them"),
         "labels": list_of(either(text(1000), number(), want="a label (text)"), 0, 1_000_000),
     }, "[model]"),
     "inputs": list_of(INPUT, 1, 64),

@@ -8,6 +8,7 @@ samples. The INT8 guard, the INT8 parity gate, the table and ``edgeopt verify``'
 - ``embedding``: the pooled (mean over the attention mask, CLS, or an already pooled output), L2-normalised
   embedding; per-sample cosine with FP32 (min, p5, mean) and nearest-neighbour agreement.
 - ``detection``: decoded detections -> mAP (see :mod:`edgeopt.core.detection`).
+- ``segmentation``: per-pixel classes -> mIoU (see :mod:`edgeopt.core.segmentation`).
 - ``generic``: each output judged on its own (never one cosine over concatenated outputs); a named mask input
   excludes padded positions.
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from edgeopt.errors import DataError, UserInputError
 
-TASK_TYPES = ("classification", "embedding", "detection", "generic")
+TASK_TYPES = ("classification", "embedding", "detection", "segmentation", "generic")
 POOLINGS = ("mean", "cls", "none")
 
 
@@ -37,7 +38,7 @@ class TaskConfig:
     pooling: str = "mean"  # embedding: mean (over the mask) | cls | none (the output is already pooled)
     mask_input: str | None = None  # the attention-mask input (default: an integer input whose name has "mask")
     # detection (edgeopt.core.detection)
-    format: str = "torchvision"  # torchvision (boxes/scores/labels outputs) | yolo (raw head [B, 4+C, N])
+    format: str = "auto"  # torchvision (boxes/scores/labels outputs) | yolo (raw head [B, 4+C, N]) | auto (shape)
     boxes: str | None = None  # torchvision-style output names (default: boxes, scores, labels)
     scores: str | None = None
     labels: str | None = None
@@ -53,7 +54,7 @@ class TaskConfig:
             raise UserInputError(f"[task] type {self.type!r} is unknown.", f"Use one of: {', '.join(TASK_TYPES)}.")
         if self.pooling not in POOLINGS:
             raise UserInputError(f"[task] pooling {self.pooling!r} is unknown.", f"Use one of: {', '.join(POOLINGS)}.")
-        if self.format not in ("torchvision", "yolo"):
+        if self.format not in ("torchvision", "yolo", "auto"):
             raise UserInputError(f"[task] format {self.format!r} is unknown.", "Use torchvision or yolo.")
         for name in ("score_threshold", "iou_threshold", "label_threshold"):
             v = getattr(self, name)
@@ -93,10 +94,18 @@ class TaskConfig:
 
     def resolve(self, kind: str, output_shapes: dict[str, tuple], has_labels: bool) -> "TaskConfig":
         """``auto`` made concrete from the model kind and the FP32 outputs' shapes (batch axis included)."""
-        if self.type != "auto":
-            return self
         from dataclasses import replace
 
+        t = self._resolve_type(kind, output_shapes, has_labels)
+        if t.type == "detection" and t.format == "auto":  # a raw YOLO head tells by its shape
+            t = replace(t, format=detection_format(t, output_shapes))
+        return t
+
+    def _resolve_type(self, kind: str, output_shapes: dict[str, tuple], has_labels: bool) -> "TaskConfig":
+        from dataclasses import replace
+
+        if self.type != "auto":
+            return self
         first = next(iter(output_shapes.values()), ())
         if kind == "detector":
             return replace(self, type="detection")
@@ -105,6 +114,17 @@ class TaskConfig:
         if kind == "transformer" and len(first) == 3:
             return replace(self, type="embedding")
         return replace(self, type="generic")
+
+
+def detection_format(task: TaskConfig, output_shapes: dict[str, tuple]) -> str:
+    """``yolo`` when the judged output is one raw head ``[B, 4 + C, N]`` (or ``[B, N, 4 + C]``) and no output is
+    named like torchvision's boxes/scores; else ``torchvision``."""
+    if not output_shapes:
+        return "torchvision"
+    name = task.output if task.output in output_shapes else next(iter(output_shapes))
+    shape = tuple(output_shapes[name])
+    named = any(k in n.lower() for n in output_shapes for k in ("box", "score"))
+    return "yolo" if len(shape) == 3 and min(shape[1:]) >= 5 and not named else "torchvision"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,8 +315,15 @@ def detection(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:
     return detection_metric(task, got, ref)
 
 
+def segmentation(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:
+    from edgeopt.core.segmentation import segmentation_metric
+
+    return segmentation_metric(task, got, ref)
+
+
 METRICS: dict[str, Callable[[TaskConfig, Outputs, Outputs | None], dict]] = {
-    "classification": classification, "embedding": embedding, "detection": detection, "generic": generic}
+    "classification": classification, "embedding": embedding, "detection": detection,
+    "segmentation": segmentation, "generic": generic}
 
 
 def evaluate(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:

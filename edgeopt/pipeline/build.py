@@ -120,8 +120,19 @@ def stage_intake(ctx: BuildContext) -> None:
 
     r = ctx.recipe
     ctx.reporter.step("Loading the model")
-    ctx.model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint))
-    if ctx.evaluation is not None and ctx.evaluation.labels is not None:
+    if len(r.model.adapter) > 1:  # build() builds each on its own
+        raise UserInputError(f"[model] adapter lists {len(r.model.adapter)} adapters; one build takes one.",
+                             "Call edgeopt.pipeline.build.build(), which builds one artifact set per adapter.")
+    ctx.model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint),
+                           adapter=r.resolve(r.model.adapter[0]) if r.model.adapter else None)
+    if ctx.model.adapter is not None:
+        from edgeopt.pipeline.adapters import describe_adapter
+
+        ctx.model.notes = [*(ctx.model.notes or ()), describe_adapter(ctx.model.adapter)]
+        ctx.original_module = ctx.model.reference_module()  # the baseline row: the model as trained
+    for note in ctx.model.notes or ():
+        ctx.reporter.info(note)
+    if ctx.evaluation is not None and ctx.evaluation.labels is not None and r.task.type != "segmentation":
         from edgeopt.pipeline.export import reference_outputs
 
         first = next(iter(reference_outputs(ctx.model, ctx.evaluation.feeds(1))[0].values()))
@@ -174,7 +185,7 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
         ctx.reporter.info(f"Exported ONNX matches PyTorch: {in_words(record['parity'])}")
     manifest.data["export"] = record
     manifest.data["model"] = {**model.describe(), "preprocess": r.shipped_preprocess(),
-                              "labels": list(r.model.labels) or None, "tokenizer": ship_tokenizer(ctx)}
+                              "labels": list(r.model.labels or model.labels or ()) or None, "tokenizer": ship_tokenizer(ctx)}
     manifest.data["reference"] = {"real_from": ctx.real_from, "path": REFERENCE_FILE, "sha256": sha256_file(ctx.out / REFERENCE_FILE),
                                   "samples": len(ctx.feeds), "source": "pytorch" if model.module is not None else "onnx"}
 
@@ -426,6 +437,11 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     check_inputs_fit(recipe.spec)  # a spec made in Python or from CLI arguments: before any allocation
+    if len(recipe.model.adapter) > 1:  # one artifact set per adapter: OUTPUT/<adapter folder name>
+        from edgeopt.pipeline.adapters import build_each_adapter
+
+        return build_each_adapter(build, recipe, output, targets=targets, precisions=precisions, force=force,
+                                  reporter=reporter, profile=profile)
     out = Path(output)
     reporter = reporter or Reporter()
     plans = plan_artifacts(recipe, tuple(targets), tuple(precisions))
@@ -443,6 +459,8 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     with out_lock(out, "build"):  # one writer per OUT: a second build or profile is refused, naming this one
         prepare_output(out, force)
         reporter.attach_log(out / "logs" / "build.log")
+        for note in ctx.model.notes or ():  # found while loading the model, before the log was open
+            reporter.record(f"model: {note}")
         reporter.start_progress(3 + len(plans) * (2 if profile else 1) + (1 if recipe.pruning else 0))
         try:
             previous = load_manifest(out, missing_ok=True)

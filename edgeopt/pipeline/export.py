@@ -260,8 +260,8 @@ def _detections_differ(model: LoadedModel, feeds, refs, rep: dict) -> tuple[str,
 
 
 def reference_outputs(model: LoadedModel, feeds) -> list[dict]:
-    if model.module is not None:
-        return run_torch(model.module, feeds, model.spec)
+    if model.module is not None:  # an adapter's model as trained (unmerged) when the export is its merge
+        return run_torch(model.reference_module(), feeds, model.spec)
     from edgeopt.backends.onnxruntime.runner import run_onnx
 
     return run_onnx(model.onnx_path, feeds, model.spec)

@@ -34,10 +34,27 @@ class LoadedModel:
     module: object | None = None  # flat torch module (None for an ONNX source)
     onnx_path: Path | None = None  # set when the source is already ONNX
     scripted: object | None = None  # a TorchScript module: exported as it is, by the legacy exporter
+    adapter: dict | None = None  # a PEFT adapter applied to the base model (pipeline.adapters)
+    labels: tuple[str, ...] | None = None  # class names the model itself carries (a Hugging Face config)
+    as_trained: tuple | None = None  # (flat adapted model, unmerged; the merged module exported from it)
+    notes: list | None = None  # what loading found out, for the build log
+    source_facts: dict | None = None  # read from a training tool's checkpoint (Ultralytics): task, classes, size
 
     def describe(self) -> dict:
-        return {"name": self.name, "source": self.source, "sha256": self.sha256, "kind": self.kind,
-                **self.spec.to_dict()}
+        out = {"name": self.name, "source": self.source, "sha256": self.sha256, "kind": self.kind,
+               **self.spec.to_dict()}
+        if self.adapter is not None:
+            out["adapter"] = self.adapter
+        if self.source_facts is not None:
+            out["checkpoint_facts"] = self.source_facts
+        return out
+
+    def reference_module(self):
+        """The module every artifact is checked against: the adapted model as trained (unmerged) while the
+        exported module is still its merge (pruning replaces it), else the exported module itself."""
+        if self.as_trained is not None and self.as_trained[1] is self.module:
+            return self.as_trained[0]
+        return self.module
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,20 +158,17 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
 
 
-def _load_module(cfg: ModelConfig, source: str):
+def _load_module(cfg: ModelConfig, source: str, adapter: str | None = None):
     """(module, files that define it, default name)."""
     torch = require("torch", "torch", "load a PyTorch model")
     head, sep, tail = source.partition(":")
     if head == "hf" and sep:
-        transformers = require("transformers", "transformers", "load a Hugging Face model")
+        from edgeopt.pipeline.adapters import head_classes, read_adapter_config
+        from edgeopt.pipeline.hf import load_hf
+
         path = Path(tail)
-        if not path.is_dir():
-            raise ModelLoadError(f"Hugging Face model folder {path} does not exist.",
-                                 "Give a local folder written by save_pretrained(); edgeopt never downloads models.")
-        try:
-            model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"transformers could not load {path}: {exc}", "Check the folder's config.json.") from exc
+        acfg = read_adapter_config(Path(adapter)) if adapter else None
+        model, _ = load_hf(path, acfg, head_classes(Path(adapter)) if adapter else None)
         return model, [p for p in path.rglob("*") if p.is_file()], path.name
     p = Path(source)
     if p.suffix == ".pt2" and p.is_file():
@@ -164,10 +178,21 @@ def _load_module(cfg: ModelConfig, source: str):
             raise ModelLoadError(f"{p} is not a loadable torch.export program: {exc}",
                                  "Write it with torch.export.save(torch.export.export(model, args), path).") from exc
     if p.suffix in (".pt", ".pth", ".ts", ".torchscript") and p.is_file() and not sep:
-        if not _is_torchscript(p):
-            raise ModelLoadError(f"{p} is not a TorchScript file.",
+        if _is_torchscript(p):
+            return torch.jit.load(str(p), map_location="cpu"), [p], p.stem
+        if cfg.allow_pickle:  # unpickling an Ultralytics checkpoint imports ultralytics: keep it offline
+            import os
+
+            os.environ.setdefault("YOLO_OFFLINE", "1")
+        ckpt = _read_checkpoint(torch, p, cfg.allow_pickle) if p.suffix in (".pt", ".pth") else None
+        from edgeopt.pipeline import ultralytics
+
+        if not ultralytics.is_checkpoint(ckpt):
+            raise ModelLoadError(f"{p} is neither a TorchScript file nor an Ultralytics checkpoint.",
                                  "A checkpoint goes in [model] checkpoint beside a factory source (file.py:factory).")
-        return torch.jit.load(str(p), map_location="cpu"), [p], p.stem
+        module, facts = ultralytics.load_checkpoint(ckpt, p)
+        module.edgeopt_source = facts  # read by load_model: kind, task, class names, image size
+        return module, [p], p.stem
     fn, files = _import_factory(source)
     try:
         model = fn()
@@ -261,15 +286,20 @@ def run_torch(module, feeds: list[dict[str, np.ndarray]], spec: IOSpec) -> list[
 # entry point
 # ------------------------------------------------------------------------------------------------
 
-def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | None = None) -> LoadedModel:
-    """Load, apply the checkpoint, check the input spec against the model, name the outputs."""
+def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | None = None,
+               adapter: str | None = None) -> LoadedModel:
+    """Load, apply the checkpoint (and the PEFT adapter), check the input spec against the model, name the
+    outputs."""
     check_list_batch(cfg, spec)
     p = Path(source)
     if p.suffix == ".onnx":
         if not p.is_file():
             raise ModelLoadError(f"ONNX file {p} does not exist.", "Check the path in [model] source.")
+        if adapter:
+            raise UserInputError("[model] adapter needs a PyTorch base model; the source is an ONNX file.",
+                                 "Give the base model the adapter was trained on (hf:FOLDER or file.py:factory).")
         return _load_onnx_source(cfg, spec, p)
-    model, files, default_name = _load_module(cfg, source)
+    model, files, default_name = _load_module(cfg, source, adapter)
     if checkpoint:
         import torch
 
@@ -282,8 +312,36 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
         pass
     is_hf = type(model).__module__.startswith("transformers")
     call = "keywords" if (is_hf and cfg.call == "positional") else cfg.call
+    labels, kind, notes = None, cfg.kind, []
+    facts = getattr(model, "edgeopt_source", None)  # what a training tool's checkpoint says about itself
+    if isinstance(facts, dict):
+        from edgeopt.pipeline.ultralytics import check_input_size
+
+        notes += check_input_size(facts, spec)
+        labels = tuple(facts["classes"]) or None
+        if kind == "generic":
+            kind = facts["kind"]
+        notes.append(f"Ultralytics {facts['task']} checkpoint: {len(facts['classes'])} classes, trained at "
+                     f"{'x'.join(map(str, facts['imgsz'] or ['?']))}, stride {facts['stride']}; model kind {kind}"
+                     + (f", [task] format {facts['head_format']}" if facts["head_format"] else ""))
+    if is_hf:
+        from edgeopt.pipeline.hf import labels_of
+
+        labels = labels_of(model)
+    adapter_record, as_trained = None, None
+    if adapter:
+        from edgeopt.pipeline.adapters import apply_adapter, merge_error
+
+        adapted, model, adapter_record = apply_adapter(model, Path(adapter))
+        adapter_record["base"] = source
+        files += [f for f in sorted(Path(adapter).rglob("*")) if f.is_file()]
+        as_trained = make_flat_module(adapted, spec, call)
     flat = make_flat_module(model, spec, call)
     names = _probe_outputs(flat, spec, source)
+    if as_trained is not None:
+        if adapter_record["merged"]:
+            adapter_record["merge_error"] = merge_error(as_trained, flat, spec)
+        as_trained = (as_trained, flat)
     if cfg.outputs or spec.outputs:
         wanted = list(cfg.outputs or spec.outputs)
         if len(wanted) != len(names):
@@ -296,7 +354,9 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
     # The weights themselves are hashed: a factory that initialises randomly gives another model each time.
     digest = sha256_json({"files": sha256_tree(files) if files else "", "state": state_digest(model)})
     return LoadedModel(name=cfg.name or default_name, source=source, sha256=digest,
-                       spec=spec.with_outputs(names), kind=cfg.kind, module=flat, scripted=scripted)
+                       spec=spec.with_outputs(names), kind=kind, module=flat, scripted=scripted,
+                       adapter=adapter_record, labels=labels, as_trained=as_trained, notes=notes,
+                       source_facts=facts if isinstance(facts, dict) else None)
 
 
 def check_list_batch(cfg: ModelConfig, spec: IOSpec) -> None:

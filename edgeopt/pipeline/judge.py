@@ -70,6 +70,7 @@ def stage_judge_set(ctx: BuildContext, manifest: Manifest) -> None:
                                                                                    ctx.holdout)
     if ds is None:
         ctx.task = ctx.recipe.task.resolve(ctx.model.kind, {n: r.shape for n, r in ctx.refs[0].items()}, False)
+        note_inferred_format(ctx, {n: r.shape for n, r in ctx.refs[0].items()})
         manifest.data["task"] = {"config": ctx.task.to_dict(), "source": None,
                                  "note": "no real samples: artifacts are judged on parity samples only"}
         return
@@ -78,12 +79,22 @@ def stage_judge_set(ctx: BuildContext, manifest: Manifest) -> None:
     ctx.judge = Outputs(feeds, outs, labels)  # the FP32 model's outputs, batch by batch
     shapes = {n: np.asarray(a).shape for n, a in outs[0].items()}
     ctx.task = ctx.recipe.task.resolve(ctx.model.kind, shapes, labels is not None)
+    note_inferred_format(ctx, shapes)
     ctx.fp32_metric = evaluate_outputs(ctx, ctx.judge)
     manifest.data["task"] = {"config": ctx.task.to_dict(), "source": source, "samples": len(ds),
                              "fp32": ctx.fp32_metric, "labels": labels is not None}
     manifest.data["fp32_metric"] = ctx.fp32_metric
     ctx.reporter.info(f"Task: {ctx.task.type}, judged on {len(ds)} real samples ({source}); "
                       f"FP32 {describe(ctx.fp32_metric)}")
+
+
+def note_inferred_format(ctx: BuildContext, shapes: dict) -> None:
+    """Say in the log when a detector's output format was read from its shapes, not from the recipe."""
+    if ctx.task.type == "detection" and ctx.recipe.task.format == "auto":
+        name = ctx.task.output or next(iter(shapes), "?")
+        how = (f"a raw YOLO head: output {name!r} is {list(shapes.get(name, ()))}, [batch, 4 + classes, anchors]"
+               if ctx.task.format == "yolo" else "boxes, scores and labels outputs")
+        ctx.reporter.info(f"[task] format = \"{ctx.task.format}\" (not in the recipe; read from the outputs: {how})")
 
 
 def evaluate_outputs(ctx: BuildContext, got) -> dict:

@@ -261,6 +261,8 @@ class Model:
         from edgeopt.core.detection import decode
 
         task = self.task
+        if task is not None and task.type == "segmentation":
+            return self._segment(task, outputs, original_size, input)
         if task is None or task.type != "detection":
             raise UserInputError(f"The bundle of {self.name!r} is not a detector's (task: "
                                  f"{getattr(task, 'type', None)}).", 'Build it with [task] type = "detection".')
@@ -291,6 +293,39 @@ class Model:
             item = {"boxes": boxes, "scores": d.scores, "labels": d.labels}
             if names:
                 item["names"] = [str(names[i]) if 0 <= i < len(names) else str(i) for i in d.labels.tolist()]
+            out.append(item)
+        return out
+
+    def _segment(self, task, outputs: dict[str, np.ndarray], original_size, input: str | None) -> list[dict]:
+        """A segmentation model's outputs -> one dict per image: ``mask`` [H, W] of class indices (the argmax of
+        the per-class scores) in the original image's size when ``original_size`` is given (the recorded
+        preprocessing undone, nearest neighbour; pixels it cropped away are 255), and ``names`` (the bundle's
+        labels) when it has them."""
+        from edgeopt.core.segmentation import masks, to_original
+
+        name = task.output or next(iter(outputs))
+        if name not in outputs:
+            raise UserInputError(f"The outputs have no {name!r} (they have {sorted(outputs)}).",
+                                 "Pass the dict infer() returned.")
+        found = masks(outputs[name], name)
+        sizes = original_size if isinstance(original_size, list) else [original_size] * len(found)
+        if len(sizes) != len(found):
+            raise UserInputError(f"{len(sizes)} original sizes for {len(found)} masks.",
+                                 "Give one (height, width) per image.")
+        out = []
+        for mask, size in zip(found, sizes):
+            if size is not None:
+                h0, w0 = (int(v) for v in size)
+                try:
+                    pre, _ = self._preprocess_spec(input)
+                except UserInputError:
+                    pre = None  # no preprocessing recorded: the input is the image, resized to the input's size
+                hw = self._input_hw(input)
+                geometry = pre.geometry((h0, w0)) if pre is not None else (hw[0] / h0, hw[1] / w0, 0.0, 0.0)
+                mask = to_original(mask, (h0, w0), geometry, hw)
+            item = {"mask": mask}
+            if self.labels:
+                item["names"] = [str(n) for n in self.labels]
             out.append(item)
         return out
 

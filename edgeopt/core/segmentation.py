@@ -1,0 +1,96 @@
+"""Semantic segmentation: per-pixel classes, judged by mIoU. Numpy only (runs on devices too).
+
+The model's output (``[task] output``, default the first) is either per-class scores ``[B, C, H, W]`` (logits or
+probabilities: the mask is their argmax over C) or a mask ``[B, H, W]`` of class indices. The metric:
+
+- with label masks (the evaluation data's labels, ``[N, H, W]`` class indices; ``255`` or negative pixels are
+  ignored): ``miou``, the mean over classes of intersection / union accumulated over every pixel of every
+  sample (classes absent from both prediction and labels are left out), plus the pixel accuracy;
+- without labels: ``miou_fp32``, the same against the FP32 model's own masks.
+
+Both are fractions in [0, 1] judged in points (``budget = "points"``): INT8 is guarded by mIoU points.
+:func:`to_original` maps a mask back onto the original image for the device runtime's ``postprocess()``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeopt.errors import DataError
+
+IGNORE = 255  # label pixels that count for no class (VOC's boundary value)
+
+
+def masks(scores: np.ndarray, name: str = "output") -> np.ndarray:
+    """``[B, C, H, W]`` scores -> ``[B, H, W]`` class indices (a ``[B, H, W]`` mask passes through)."""
+    a = np.asarray(scores)
+    if a.ndim == 3 and a.dtype.kind in "iu":
+        return a.astype(np.int64)
+    if a.ndim != 4 or a.shape[1] < 1:
+        raise DataError(f"Cannot score segmentation: output {name!r} has shape {list(a.shape)}, not [batch, "
+                        "classes, height, width].", "Set [task] output to the per-pixel class scores.")
+    return np.argmax(np.nan_to_num(a.astype(np.float32), nan=-np.inf), axis=1).astype(np.int64)
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
+    """``[classes, classes]`` pixel counts (rows: truth, columns: prediction), ignored pixels left out."""
+    t, p = truth.reshape(-1).astype(np.int64), pred.reshape(-1).astype(np.int64)
+    ok = (t >= 0) & (t < classes) & (t != IGNORE)
+    return np.bincount(t[ok] * classes + np.clip(p[ok], 0, classes - 1), minlength=classes * classes).reshape(
+        classes, classes)
+
+
+def miou(conf: np.ndarray) -> dict:
+    """mIoU, per-class IoU (None for classes in neither) and pixel accuracy from a confusion matrix."""
+    inter = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - inter
+    present = union > 0
+    iou = np.where(present, inter / np.maximum(union, 1), np.nan)
+    total = conf.sum()
+    return {"miou": float(np.nanmean(iou)) if present.any() else 1.0,
+            "iou": [None if np.isnan(v) else float(v) for v in iou],
+            "pixel_accuracy": float(inter.sum() / total) if total else 1.0, "pixels": int(total)}
+
+
+def segmentation_metric(task, got, ref) -> dict:
+    """The task metric (see the module docstring) of ``got`` (an :class:`edgeopt.core.tasks.Outputs`)."""
+    name = task.output or got.names()[0]
+    scores = got.stacked(name)
+    pred = masks(scores, name)
+    classes = int(scores.shape[1]) if scores.ndim == 4 else int(pred.max()) + 1
+    if got.labels is not None:
+        truth = np.asarray(got.labels)
+        if truth.shape != pred.shape:
+            raise DataError(f"Cannot score segmentation: the label masks are {list(truth.shape)}, the model's masks "
+                            f"{list(pred.shape)}.", "Give one label mask [height, width] per sample, at the size "
+                                                    "of the model's output, class indices (255: ignored).")
+        if truth.dtype.kind == "f" and not np.all(np.isfinite(truth) & (truth == np.round(truth))):
+            raise DataError("The label masks are not whole class indices.", "Store them as integers.")
+        res = miou(confusion(pred, truth.astype(np.int64), classes))
+        metric, label = "miou", "mIoU"
+    else:
+        if ref is None:
+            raise DataError("No label masks and no FP32 outputs to compare with.",
+                            "Give label masks with the evaluation data.")
+        res = miou(confusion(pred, masks(ref.stacked(name), name), classes))
+        metric, label = "miou_fp32", "mIoU vs FP32"
+    return {"metric": metric, "label": label, "value": res["miou"], metric: res["miou"],
+            "pixel_accuracy": res["pixel_accuracy"], "iou": res["iou"], "classes": classes,
+            "samples": int(pred.shape[0]), "budget": "points"}
+
+
+def to_original(mask: np.ndarray, original_hw, geometry, input_hw) -> np.ndarray:
+    """A mask ``[h, w]`` (at the model's output size) -> ``[H0, W0]`` on the original image: each original pixel
+    takes the class at the place the preprocessing put it (``geometry``: ``(sy, sx, dy, dx)`` with
+    ``input = original * s + d``), nearest neighbour; pixels the preprocessing cropped away get :data:`IGNORE`."""
+    h0, w0 = (int(v) for v in original_hw)
+    sy, sx, dy, dx = geometry
+    ih, iw = input_hw
+    mh, mw = mask.shape
+    ys = ((np.arange(h0) + 0.5) * sy + dy) * (mh / ih)  # centre of each original pixel, in mask pixels
+    xs = ((np.arange(w0) + 0.5) * sx + dx) * (mw / iw)
+    yi, xi = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
+    out = np.full((h0, w0), IGNORE, dtype=np.int64)
+    oky, okx = (yi >= 0) & (yi < mh), (xi >= 0) & (xi < mw)
+    out[np.ix_(oky, okx)] = mask[np.ix_(yi[oky], xi[okx])]
+    return out
