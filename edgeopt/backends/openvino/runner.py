@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.core.spec import IOSpec
+from edgeopt.core.untrusted import cap_threads
 from edgeopt.backends.base import Runner, vet_outputs
 
 IR_FILE = "model.xml"
@@ -44,6 +45,17 @@ def ov_precision(exec_type: str) -> str:
 STATIC_SHAPES = 4  # fixed-shape compiled models one runner keeps at most (each holds its own packed weights)
 
 
+def capped(config: dict | None) -> dict | None:
+    """``config`` with INFERENCE_NUM_THREADS and NUM_STREAMS at most the CPUs this process may use."""
+    if not config:
+        return config
+    out = dict(config)
+    for key in ("INFERENCE_NUM_THREADS", "NUM_STREAMS"):
+        if isinstance(out.get(key), int) and not isinstance(out[key], bool):
+            out[key] = cap_threads(out[key], key)
+    return out
+
+
 def shape_key(feed: dict) -> tuple:
     return tuple(sorted((name, tuple(int(d) for d in np.shape(arr))) for name, arr in feed.items()))
 
@@ -70,6 +82,8 @@ class OvRunner(Runner):
 
     def __init__(self, xml: Path, spec: IOSpec, device: str, config: dict, batch_config: dict | None = None):
         super().__init__(spec)
+        # Threads and streams no more than the CPUs here, whatever the artifact says.
+        config, batch_config = capped(config), capped(batch_config)
         self.xml, self.device, self.config = xml, device, config
         # Settings for feeds of more than one item (measured at build time, meta.batch_runtime_config): several
         # streams, the batch split over one request per stream, run at once, outputs joined.
