@@ -291,3 +291,130 @@ def test_an_out_folder_whose_artifact_is_a_link_is_refused(out, tmp_path):
         verify(copy, target=ORT)
     with pytest.raises(IntegrityError, match="link that leads out"):
         load(copy, target=ORT)
+
+
+# ---- 4. image sizes from a manifest --------------------------------------------------------------
+
+def test_a_huge_resize_in_a_manifest_is_refused_before_any_allocation(out, tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    folder = forge(bundle(out, tmp_path / "b", folder=True, artifacts=[ORT]),
+                   lambda m: m["model"].update(preprocess={"resize": [60000, 60000]}))
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    res = measured(f"load({str(folder)!r}, target={ORT!r}, verify=False).preprocess({str(tmp_path / 'x.png')!r})")
+    assert res["outcome"] == "UserInputError" and "MAX_IMAGE_SIDE" in res["message"], res
+    assert res["peak_mb"] < MEMORY_BOUND_MB, res
+    code, _, err = invoke_cli("run", folder, "-i", tmp_path / "x.png", "--no-verify")
+    assert code != 0 and "MAX_IMAGE_SIDE" in err and "Traceback" not in err, err
+
+
+def test_a_shorter_side_resize_of_a_very_long_image_is_bounded():
+    Image = pytest.importorskip("PIL.Image")
+    from edgeopt.data.preprocess import Preprocess
+    from edgeopt.errors import UserInputError
+
+    pre = Preprocess.from_dict({"resize": 8192})
+    with pytest.raises(UserInputError, match="MAX_IMAGE_PIXELS"):
+        pre.apply(Image.new("RGB", (1, 64)))  # 8192 x 524288 after the resize
+
+
+# ---- 5. input files ------------------------------------------------------------------------------
+
+def npy_declaring(path: Path, shape: tuple, data: bytes = b"") -> Path:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    path.write_bytes(buf.getvalue() + data)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b""), "empty"),
+    (lambda p: npy_declaring(p, (1 << 44,)), "MAX_ARRAY_BYTES"),  # 64 TiB
+    (lambda p: npy_declaring(p, (1, 16), bytes(8)), "truncated or forged"),
+    (lambda p: p.write_bytes(b"\x93NUMPY garbage"), "not a .npy array"),
+])
+def test_odd_input_files_are_clean_errors(out, tmp_path, make, message):
+    path = tmp_path / "x.npy"
+    make(path)
+    code, _, err = invoke_cli("run", out, "-i", path, "--target", ORT, "--no-verify")
+    assert code != 0 and message in err and "Traceback" not in err and "Aborted" not in err, err
+
+
+def test_a_nan_input_is_warned(out, tmp_path):
+    x = np.ones((1, 16), np.float32)
+    x[0, 3] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    code, _, err = invoke_cli("run", out, "-i", tmp_path / "x.npy", "--target", ORT, "--no-verify")
+    assert code == 0 and "NaN or infinite" in err, err
+
+
+# ---- 8. deep recipes -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("depth", [100, 400, 600, 5000])
+def test_a_deeply_nested_recipe_is_a_clean_error(tmp_path, depth):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("name = " + "[" * depth + "1" + "]" * depth + "\n")
+    code, _, err = invoke_cli("build", recipe, "-o", tmp_path / "OUT")
+    assert code == 2 and "error:" in err and "Traceback" not in err, err
+
+
+# ---- 9. read-only places -------------------------------------------------------------------------
+
+@pytest.fixture
+def readonly(tmp_path):
+    """A function making a read-only view of a folder: a read-only bind mount as root (which ignores file
+    modes), the write bits removed otherwise."""
+    mounts = []
+
+    def make(src: Path) -> Path:
+        if os.geteuid() != 0:
+            for p in [src, *src.rglob("*")]:
+                if p.is_dir() and not p.is_symlink():
+                    p.chmod(0o555)
+            return src
+        view = tmp_path / f"ro-{len(mounts)}"
+        view.mkdir()
+        for cmd in (["mount", "--bind", str(src), str(view)], ["mount", "-o", "remount,bind,ro", str(view)]):
+            if subprocess.run(cmd, capture_output=True).returncode != 0:
+                pytest.skip("cannot make a read-only mount here")
+            if cmd[1] == "--bind":
+                mounts.append(view)
+        return view
+
+    yield make
+    for view in reversed(mounts):
+        subprocess.run(["umount", str(view)], capture_output=True)
+
+
+def unwritable(err: str) -> bool:
+    return ("read-only" in err or "permission denied" in err) and "Traceback" not in err
+
+
+def test_commands_into_a_read_only_out_are_clean_errors(out, tmp_path, readonly):
+    src = tmp_path / "OUT"
+    shutil.copytree(out, src, symlinks=True)
+    ro = readonly(src)
+    from test_untrusted import tiny_recipe
+
+    (tmp_path / "r").mkdir()
+    recipe = tiny_recipe(tmp_path / "r", targets=("ort-cpu",))
+    for args in (["report", ro], ["build", recipe, "-o", ro / "new"], ["build", recipe, "-o", ro],
+                 ["profile", ro]):
+        code, text, err = invoke_cli(*args)
+        assert "Traceback" not in err and "Errno" not in err, (args, err)
+        if args[0] != "profile":  # profile may only read (it prints), else it must fail as cleanly
+            assert code != 0 and unwritable(err), (args, err)
+        elif code != 0:
+            assert unwritable(err), (args, err)
+    code, _, err = invoke_cli("select", ro)  # reads only: works on a read-only OUT
+    assert code == 0, err
+
+
+def test_verify_with_a_read_only_cache_is_a_clean_error(out, tmp_path, readonly, monkeypatch):
+    archive = bundle(out, tmp_path / "b", artifacts=[ORT])
+    cache_src = tmp_path / "cache"
+    cache_src.mkdir()
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(readonly(cache_src)))
+    code, _, err = invoke_cli("verify", archive)
+    assert code != 0 and unwritable(err), err

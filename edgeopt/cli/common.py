@@ -63,10 +63,15 @@ def handle_errors(fn):
                 traceback.print_exc()
             sys.exit(exc.exit_code)
         except OSError as exc:  # a write outside staged_dir/write_*_atomic hit a full disk
-            from edgeopt.core.fsutil import disk_full_error, enospc_in
+            from edgeopt.core.fsutil import disk_full_error, enospc_in, unwritable_error
 
             if enospc_in(exc) is None:
-                raise
+                unwritable = unwritable_error(exc)
+                if unwritable is None:
+                    raise
+                click.echo(f"error: {printable_lines(unwritable.problem)}", err=True)
+                click.echo(f"fix: {unwritable.fix}", err=True)
+                sys.exit(unwritable.exit_code)
             full = disk_full_error(exc, Path(exc.filename).parent if exc.filename else Path.cwd())
             click.echo(f"error: {full.problem}", err=True)
             click.echo(f"fix: {full.fix}", err=True)

@@ -22,6 +22,9 @@ MAX_ARRAY_BYTES = 1 << 30  # one array of an .npy / .npz, as its header declares
 MAX_NPZ_BYTES = 2 << 30  # all arrays of one .npz together
 MAX_NPZ_MEMBERS = 10_000  # arrays in one .npz
 MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default bound on a .npy header
+# A preprocess spec's resize / center_crop (from a recipe or a bundle's manifest): one side, and the image
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_PIXELS = 1 << 26  # 67 megapixels (8192 x 8192), 0.8 GB as float32 RGB
 
 
 class LimitExceeded(ValueError):

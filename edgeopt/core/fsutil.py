@@ -27,6 +27,27 @@ def enospc_in(exc: BaseException | None) -> OSError | None:
     return None
 
 
+def unwritable_error(exc: BaseException | None):
+    """A UserInputError for an OSError (in ``exc``'s chain) saying a place cannot be written: a read-only file
+    system (EROFS) or no permission (EACCES, EPERM); else None."""
+    import errno
+
+    from edgeopt.errors import UserInputError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            where = exc.filename if exc.filename is not None else "a file"
+            why = "the file system is read-only" if exc.errno == errno.EROFS else "permission denied"
+            return UserInputError(
+                f"Cannot write {where}: {why}.",
+                "Give an output folder (-o/--output) on a writable disk, or make it writable; the extraction and "
+                "build caches go where EDGEOPT_CACHE_DIR points (set it to a writable folder).")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def disk_full_error(exc: BaseException, where: Path):
     """A DiskFullError for ``exc`` when it (or the state of the disk holding ``where``) says the disk is full,
     else None. Backends written in C++ report a full disk as a generic error ("iostream error", "Protobuf
