@@ -418,3 +418,21 @@ def test_verify_with_a_read_only_cache_is_a_clean_error(out, tmp_path, readonly,
     monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(readonly(cache_src)))
     code, _, err = invoke_cli("verify", archive)
     assert code != 0 and unwritable(err), err
+
+
+# ---- 10. a full disk during bundle ---------------------------------------------------------------
+
+def test_a_full_disk_during_bundle_names_the_bundles_disk(out, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        code, _, err = invoke_cli("bundle", out, "-o", disk / "b.edgeopt.tar.gz")
+        assert code == 10 and "Traceback" not in err, err
+        assert "No space left" in err and str(disk) in err, err
+        assert not [p.name for p in disk.iterdir()], "a half-written bundle was left"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
