@@ -436,3 +436,42 @@ def test_a_full_disk_during_bundle_names_the_bundles_disk(out, tmp_path):
         assert not [p.name for p in disk.iterdir()], "a half-written bundle was left"
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("kind, words", [("folder", "is a folder"), ("device", "not a regular file"),
+                                         ("missing", "does not exist")])
+def test_a_checkpoint_that_is_not_a_file_says_what_it_is(tmp_path, kind, words):
+    import torch
+
+    from edgeopt.pipeline.intake import _read_checkpoint
+    from edgeopt.errors import ModelLoadError
+
+    path = tmp_path / "w.pt"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "device":
+        if not Path("/dev/zero").exists():
+            pytest.skip("no /dev/zero")
+        path.symlink_to("/dev/zero")
+    with pytest.raises(ModelLoadError, match=words):
+        _read_checkpoint(torch, path, allow_pickle=False)
+
+
+def test_onnx_external_data_outside_the_folder_is_not_blamed_on_the_build(tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    from edgeopt.backends.onnxruntime.runner import OrtRunner
+    from edgeopt.errors import ArtifactLoadError
+    from test_threads import SPEC, mlp_onnx
+
+    m = onnx.load(mlp_onnx(tmp_path / "mlp.onnx"))
+    w = m.graph.initializer[0]
+    w.data_location = TensorProto.EXTERNAL
+    w.external_data.add(key="location", value="../../outside.bin")
+    w.ClearField("raw_data")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    onnx.save(m, tmp_path / "a" / "b" / "model.onnx")
+    with pytest.raises(ArtifactLoadError) as err:
+        OrtRunner(tmp_path / "a" / "b" / "model.onnx", SPEC, {}).activate()
+    assert "outside its folder" in err.value.fix and "rebuild it (edgeopt build)," not in err.value.fix

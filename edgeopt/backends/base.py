@@ -92,10 +92,15 @@ class Runner(ABC):
             except EdgeoptError:
                 raise
             except Exception as exc:  # noqa: BLE001 - each framework raises its own types
+                text = str(exc)
+                if "external" in text.lower() and any(w in text.lower() for w in ("outside", "..", "escap")):
+                    fix = ("The model names external data outside its folder, which edgeopt never writes: do not "
+                           "use this copy; get it again from its source (or rebuild it with edgeopt build).")
+                else:
+                    fix = ("The file is corrupt, truncated or from another version: rebuild it (edgeopt build), "
+                           "or check a bundle with edgeopt verify.")
                 raise ArtifactLoadError(
-                    f"The artifact could not be loaded ({type(self).__name__}): {str(exc)[:400]}",
-                    "The file is corrupt, truncated or from another version: rebuild it (edgeopt build), "
-                    "or check a bundle with edgeopt verify.") from exc
+                    f"The artifact could not be loaded ({type(self).__name__}): {text[:400]}", fix) from exc
             self.load_seconds = time.perf_counter() - t0
             self.active = True
 

@@ -27,6 +27,23 @@ def enospc_in(exc: BaseException | None) -> OSError | None:
     return None
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read ("does not exist", "is a folder", "is a device ..."), or None."""
+    import stat
+
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        return "does not exist" + (" (a link to nothing)" if Path(path).is_symlink() else "")
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a device, FIFO or socket" + (", reached through a link)" if Path(path).is_symlink() else ")")
+    return None
+
+
 def unwritable_error(exc: BaseException | None):
     """A UserInputError for an OSError (in ``exc``'s chain) saying a place cannot be written: a read-only file
     system (EROFS) or no permission (EACCES, EPERM); else None."""
