@@ -475,3 +475,13 @@ def test_onnx_external_data_outside_the_folder_is_not_blamed_on_the_build(tmp_pa
     with pytest.raises(ArtifactLoadError) as err:
         OrtRunner(tmp_path / "a" / "b" / "model.onnx", SPEC, {}).activate()
     assert "outside its folder" in err.value.fix and "rebuild it (edgeopt build)," not in err.value.fix
+
+
+def test_a_non_utf8_output_folder_is_named_as_the_cause(tmp_path):
+    from test_untrusted import tiny_recipe
+
+    (tmp_path / "r").mkdir()
+    recipe = tiny_recipe(tmp_path / "r", targets=("ort-cpu",))
+    out_dir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/OUT\xff")
+    code, _, err = invoke_cli("build", recipe, "-o", out_dir)
+    assert code == 2 and "not valid UTF-8" in err and "onnx.checker" not in err and "Traceback" not in err, err
