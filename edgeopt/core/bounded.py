@@ -119,7 +119,7 @@ def read_npz(path: Path, max_bytes: int = MAX_NPZ_BYTES, max_array_bytes: int = 
             return _read_members(zf, what, max_bytes, max_array_bytes, max_members, accept)
     except zipfile.BadZipFile as exc:  # a CRC mismatch, a bad compressed stream, a bad local header
         raise ValueError(f"{what} is damaged: {exc}") from None
-    except (OSError, EOFError, zlib.error) as exc:
+    except (OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:  # compression, encryption
         raise ValueError(f"{what} cannot be read: {exc}") from None
 
 
