@@ -126,7 +126,8 @@ def test_an_artifact_runner_checks_its_variants_with_the_artifact_tolerance(tmp_
     ov.save_model(ov.convert_model(str(mlp_onnx(tmp_path / "m.onnx"))), str(folder / "model.xml"))
     (folder / "artifact.json").write_text(json.dumps({
         "id": "ov-cpu-fp32", "backend": "openvino", "precision": "fp32",
-        "target": {"name": "ov-cpu", "backend": "openvino", "device": "CPU", "precisions": ["fp32"]}, "spec": SPEC.to_dict(),
+        "target": {"name": "ov-cpu", "backend": "openvino", "device": "CPU", "precisions": ["fp32"]},
+        "spec": SPEC.to_dict(),
         "meta": {"model_file": "model.xml", "runtime_config": {"PERFORMANCE_HINT": "LATENCY"}}}))
     runner, _ = open_artifact(folder)
     assert runner.tolerance == tolerance_for("fp32")

@@ -40,7 +40,8 @@ def not_a_file(path: Path) -> str | None:
     if stat.S_ISDIR(mode):
         return "is a folder, not a file"
     if not stat.S_ISREG(mode):
-        return "is not a regular file (a device, FIFO or socket" + (", reached through a link)" if Path(path).is_symlink() else ")")
+        link = ", reached through a link" if Path(path).is_symlink() else ""
+        return f"is not a regular file (a device, FIFO or socket{link})"
     return None
 
 

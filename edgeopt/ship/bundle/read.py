@@ -76,8 +76,8 @@ class Bundle:
         path = self.root / check_id(artifact_id, "artifact id", GET_AGAIN)
         bad = link_leaving(path, self.root)
         if bad is not None:
-            raise IntegrityError(f"Refused {self.kind} {self.source}: {printable(bad, 200)} is a link that leads "
-                                 "out of it.", LINK_FIX)
+            raise IntegrityError(f"Refused {self.kind} {self.source}: {printable(bad, 200)} is a symbolic link "
+                                 "that leads out of it.", LINK_FIX)
         return path
 
     def artifact_json(self, artifact_id: str) -> dict:
@@ -171,8 +171,8 @@ def _open_root(source: Path, root: Path, kind: str | None, public_key, check: bo
     if kind != "archive":  # a folder: no link out of it, whether its files are checked or not
         bad = link_leaving(root, root)
         if bad is not None:
-            raise IntegrityError(f"Refused {kind} {source}: {printable(bad, 200)} is a link that leads out of it.",
-                                 LINK_FIX)
+            raise IntegrityError(f"Refused {kind} {source}: {printable(bad, 200)} is a symbolic link that leads "
+                                 "out of it.", LINK_FIX)
     b.signature_state, b.signature = _check_signature(b, raw, public_key, required)
     try:
         _check_schema(b)
