@@ -62,23 +62,29 @@ def test_ssdlite_fp32_and_int8_on_both_backends(tmp_path):
 @pytest.mark.slow
 def test_faster_rcnn_export_is_judged_by_its_detections(tmp_path):
     """With random weights, Faster R-CNN's RPN logits carry about 1e-3 of float rounding (its activations reach
-    thousands), enough to flip which proposals its top-k and NMS keep: ONNX Runtime's detections are another
-    set than PyTorch's. The export is refused with that reason, measured (mAP against PyTorch's detections,
-    and PyTorch's own drift under rounding-level noise); allowed explicitly, it builds, and the INT8
-    candidates are judged by mAP or fail naming the node (an RoI pooling level no box reaches)."""
+    thousands), enough to flip which proposals its top-k and NMS keep: on some CPUs ONNX Runtime's detections
+    are another set than PyTorch's, on others (an AVX-512 VNNI Xeon) they agree. Which one happens is the
+    CPU's rounding, so the test takes either: refused, the reason is measured (mAP against PyTorch's
+    detections, and PyTorch's own drift under rounding-level noise) and, allowed explicitly, it builds;
+    accepted, it was judged within the tolerance it names. The INT8 candidates are judged by mAP or fail
+    naming the node (an RoI pooling level no box reaches)."""
     from edgeopt.errors import ParityError
 
     one = {"targets": ["ort-cpu"], "compression": {"max_drop": 30.0, "accuracy_control": False,
                                                     "candidates": ["ort-qdq-u8s8", "nncf-qdq"]}}
-    with pytest.raises(ParityError) as err:
-        _build(tmp_path, "frcnn", size=320, **one)
-    text = str(err.value)
-    assert "detections differ from PyTorch's" in text and "mAP50" in text and "element-wise" in text, text
-    assert "rounding-level noise" in text and "max_map_drop" in text, text
-    m = _build(tmp_path, "frcnn", size=320, parity={"tolerances": {"fp32": {"max_map_drop": 10.0}}}, **one)
+    allowed = 1.0  # the fp32 default
+    try:
+        m = _build(tmp_path, "frcnn", size=320, **one)
+    except ParityError as err:
+        text = str(err)
+        assert "detections differ from PyTorch's" in text and "mAP50" in text and "element-wise" in text, text
+        assert "rounding-level noise" in text and "max_map_drop" in text, text
+        allowed = 10.0
+        m = _build(tmp_path, "frcnn", size=320, parity={"tolerances": {"fp32": {"max_map_drop": allowed}}}, **one)
     p = m["export"]["parity"]
-    assert p["passed"] and p["judged_by"] == "detections" and p["elementwise"]
-    assert 90.0 <= p["detections"]["map50"] * 100 < 100.0 and p["tolerance"]["max_map_drop"] == 10.0
+    assert p["passed"] and p["tolerance"]["max_map_drop"] == allowed, p
+    if p.get("judged_by") == "detections":  # not element-wise equal: within the mAP allowance
+        assert p["elementwise"] and 100.0 - allowed <= p["detections"]["map50"] * 100 <= 100.0, p
     arts = {a["id"]: a for a in m["artifacts"]}
     assert arts["ort-cpu-fp32"]["status"] == "ok", arts["ort-cpu-fp32"]
     # The device-side self-test holds the FP32 artifact to the same tolerance, and says how it judged it
@@ -86,7 +92,7 @@ def test_faster_rcnn_export_is_judged_by_its_detections(tmp_path):
 
     code, out, err = invoke_cli("verify", tmp_path / "out", "--target", "ort-cpu")
     assert code == 0, err
-    assert "ort-cpu-fp32" in out and "self-test passed: detections mAP50" in out, out
+    assert "ort-cpu-fp32" in out and "self-test passed" in out, out
     a = arts["ort-cpu-int8"]
     assert a["status"] in ("ok", "failed") and "Traceback" not in (a.get("reason") or "")
     cands = {c["candidate"]: c for c in a["meta"]["int8"]["candidates"]} if a["status"] == "ok" else None

@@ -59,6 +59,7 @@ SCALARS = st.one_of(
     st.text(max_size=20),
     st.sampled_from(["", "x" * 5000, "a/" * 2500 + "m.onnx", "../../etc/passwd", "/abs", "a\nb\x1b[2J", "batch",
                      "all", "CACHE_DIR", "\u202e"]),
+    st.sampled_from([4096, 60000, 2**40, [60000, 60000], [2**31, 1]]),  # thread counts and sizes (issue 21)
 )
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                        st.dictionaries(st.text(max_size=8), inner, max_size=3)),
@@ -225,3 +226,124 @@ def test_manifest_mutations_are_refused_or_loaded(bundle_folder):
 
     run()
     assert len(outcomes) >= 100 and "refused" in outcomes, (len(outcomes), outcomes.count("refused"))
+
+
+# ---- issue 21: recipe text, reference data, runtime settings ----------------------------------------
+
+@fuzz(40 * SCALE)
+@given(depth=st.one_of(st.integers(1, 3000), st.sampled_from([100, 400, 600, 1000, 100_000])),
+       kind=st.sampled_from(["array", "table"]), tail=st.sampled_from(["", "\xff\xfe", "x" * 10]))
+def test_deep_or_broken_recipe_text_is_refused(tmp_path_factory, depth, kind, tail):
+    """A recipe nested 600+ levels deep was a RecursionError traceback; non-UTF-8 bytes a UnicodeDecodeError."""
+    from edgeopt.config.recipe import load_recipe
+
+    value = "[" * depth + "1" + "]" * depth if kind == "array" else "{a = " * depth + "1" + "}" * depth
+    path = tmp_path_factory.mktemp("deep") / "recipe.toml"
+    path.write_bytes(f"name = {value}\n".encode() + tail.encode("latin-1"))
+    assert refused_or_ok(lambda: load_recipe(path)) == "refused"
+
+
+REF_DAMAGE = st.sampled_from(["bomb-header", "lying-header", "truncate", "garbage", "object", "many-members",
+                              "bad-key"])
+
+
+def damage_reference(path: Path, how: str, rng_bytes: bytes) -> None:
+    import io
+    import zipfile
+
+    import numpy as np
+
+    def member(name: str, header: dict, data: bytes) -> tuple[str, bytes]:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, header)
+        return name, buf.getvalue() + data
+
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    first = next(iter(arrays))
+    if how == "truncate":
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+        return
+    if how == "garbage":
+        path.write_bytes(rng_bytes)
+        return
+    raws = {}
+    for k, v in arrays.items():
+        b = io.BytesIO()
+        np.lib.format.write_array(b, v)
+        raws[k] = b.getvalue()
+    if how == "bomb-header":
+        raws[first] = member(first, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40,)}, bytes(64))[1]
+    elif how == "lying-header":
+        raws[first] = member(first, {"descr": "<f8", "fortran_order": False, "shape": (3, 16)}, rng_bytes[:40])[1]
+    elif how == "object":
+        b = io.BytesIO()
+        np.lib.format.write_array(b, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        raws[first] = b.getvalue()
+    elif how == "many-members":
+        raws.update({f"output/0/x{i}": raws[first] for i in range(20_000)})
+    elif how == "bad-key":
+        raws["../../evil"] = raws.pop(first)
+    with zipfile.ZipFile(path, "w") as zf:
+        for k, v in raws.items():
+            zf.writestr(k + ".npy", v)
+
+
+def test_reference_damage_is_refused(bundle_folder):
+    """reference.npz as an attacker writes it (hashes made to match): refused with a clear error, in bounded
+    time (the memory bounds are measured in test_bounds.py)."""
+    from edgeopt.ship.bundle import verify
+
+    outcomes = []
+
+    @fuzz(30 * SCALE)
+    @given(how=REF_DAMAGE, junk=st.binary(min_size=64, max_size=256))
+    def run(how, junk):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "b"
+            shutil.copytree(bundle_folder, folder)
+            ref = folder / "reference" / "reference.npz"
+            damage_reference(ref, how, junk)
+            from edgeopt.core.fsutil import sha256_file
+
+            m = json.loads((folder / "manifest.json").read_text())
+            m["reference"]["sha256"] = sha256_file(ref)
+            (folder / "manifest.json").write_text(json.dumps(m))
+            rehash(folder)
+            outcomes.append(refused_or_ok(lambda: verify(folder)))
+
+    run()
+    assert outcomes and set(outcomes) == {"refused"}, outcomes
+
+
+def test_runtime_thread_settings_are_refused_or_capped(bundle_folder):
+    """Any thread count an artifact.json may name: refused (outside the allow-list) or run, capped by the
+    CPUs here (4096 ONNX Runtime threads took a 2-core machine's load past 1,300)."""
+    from edgeopt.ship.runtime import load
+
+    outcomes = []
+
+    @fuzz(20 * SCALE)
+    @given(intra=st.one_of(st.integers(-5, 5000), st.sampled_from([4096, 2**31, True, "8", None])),
+           inter=st.one_of(st.integers(0, 4096), st.sampled_from([4096, 1])))
+    def run(intra, inter):
+        import numpy as np
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "b"
+            shutil.copytree(bundle_folder, folder)
+            path = folder / "ort-cpu-fp32" / "artifact.json"
+            art = json.loads(path.read_text())
+            art["meta"]["runtime_options"] = {"intra_op_threads": intra, "inter_op_threads": inter}
+            path.write_text(json.dumps(art))
+            rehash(folder)
+
+            def check():
+                with load(folder, verify=False) as model:
+                    model.infer({"x": np.ones((1, 16), np.float32)})
+
+            outcomes.append(refused_or_ok(check))
+
+    run()
+    assert "ok" in outcomes and "refused" in outcomes, outcomes

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgeopt.backends import get_backend
 from edgeopt.core.artifact import read_artifact_json
+from edgeopt.core.parity import DEFAULT_TOLERANCES, tolerance_for
 from edgeopt.core.profile import ProfileConfig, prepare_runner, profile_runner, rss_mb, time_prepared
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
@@ -18,7 +19,10 @@ def open_artifact(folder: Path, threads: int | None = None):
     target = Target.from_dict(rec["target"])
     spec = IOSpec.from_dict(rec["spec"])
     backend = get_backend(rec["backend"])
-    return backend.open(Path(folder), rec.get("meta", {}), spec, target, threads=threads), rec
+    runner = backend.open(Path(folder), rec.get("meta", {}), spec, target, threads=threads)
+    if rec.get("precision") in DEFAULT_TOLERANCES:  # what the runner's own variants are checked with
+        runner.tolerance = tolerance_for(rec["precision"])
+    return runner, rec
 
 
 def profile_artifact(artifact_dir: Path, batches=(1,), cfg: ProfileConfig | None = None, threads: int | None = None,

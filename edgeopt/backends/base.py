@@ -70,6 +70,10 @@ class Runner(ABC):
         self.active = False
         self.load_seconds: float | None = None
         self._turns = threading.Lock()
+        # What a variant of the judged form must agree with it within: the artifact's parity tolerance
+        # (open_artifact sets it from the artifact's record); None: the loosest default (int8's).
+        self.tolerance = None
+        self.refused_variants: list[dict] = []  # {"variant", "reason"}: variants found to differ, never used
 
     def __enter__(self):
         self.activate()
@@ -88,10 +92,15 @@ class Runner(ABC):
             except EdgeoptError:
                 raise
             except Exception as exc:  # noqa: BLE001 - each framework raises its own types
+                text = str(exc)
+                if "external" in text.lower() and any(w in text.lower() for w in ("outside", "..", "escap")):
+                    fix = ("The model names external data outside its folder, which edgeopt never writes: do not "
+                           "use this copy; get it again from its source (or rebuild it with edgeopt build).")
+                else:
+                    fix = ("The file is corrupt, truncated or from another version: rebuild it (edgeopt build), "
+                           "or check a bundle with edgeopt verify.")
                 raise ArtifactLoadError(
-                    f"The artifact could not be loaded ({type(self).__name__}): {str(exc)[:400]}",
-                    "The file is corrupt, truncated or from another version: rebuild it (edgeopt build), "
-                    "or check a bundle with edgeopt verify.") from exc
+                    f"The artifact could not be loaded ({type(self).__name__}): {text[:400]}", fix) from exc
             self.load_seconds = time.perf_counter() - t0
             self.active = True
 
@@ -130,6 +139,17 @@ class Runner(ABC):
             self._close()
             self.active = False
 
+    def vet_variant(self, what: str, feed: dict[str, np.ndarray], judged: Callable[[dict], dict],
+                    variant: Callable[[dict], dict]) -> tuple[bool, dict[str, np.ndarray]]:
+        """Check a variant of the judged form on its first use: ``feed`` runs through both, and the variant
+        is fit to serve only when its outputs agree with the judged form's within the artifact's parity
+        tolerance. What is served is what was judged: a runner calls this for every compiled form it creates
+        after the build (a fixed-shape copy, other stream or thread settings) before it uses it, and keeps the
+        judged form where it differs (logged, and recorded in ``refused_variants``).
+
+        Returns (fit, the judged form's outputs for ``feed``)."""
+        return vet_outputs(self, what, judged(feed), variant, feed)
+
     @property
     def threads(self) -> int | None:
         return None
@@ -146,6 +166,29 @@ class Runner(ABC):
 
     def _close(self) -> None:
         pass
+
+
+def vet_outputs(runner: Runner, what: str, expected: dict[str, np.ndarray], variant: Callable[[dict], dict],
+                feed: dict[str, np.ndarray]) -> tuple[bool, dict[str, np.ndarray]]:
+    """:meth:`Runner.vet_variant` with the judged form's outputs already at hand."""
+    import logging
+
+    from edgeopt.core.parity import DEFAULT_TOLERANCES, parity
+
+    tol = runner.tolerance or DEFAULT_TOLERANCES["int8"]
+    try:
+        got = variant(feed)
+        rep = parity([expected], [got], tol)
+        reason = None if rep["passed"] else rep["reason"]
+    except Exception as exc:  # noqa: BLE001 - a variant that fails to run is refused like one that differs
+        reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if reason is None:
+        return True, expected
+    runner.refused_variants.append({"variant": what, "reason": reason})
+    logging.getLogger("edgeopt").warning(
+        "%s: refused %s, its outputs differ from the judged form's (%s); the judged form serves instead.",
+        type(runner).__name__, what, reason)
+    return False, expected
 
 
 class Backend(ABC):

@@ -54,6 +54,7 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
         try:
+            _check_path_encoding(kwargs)
             return fn(*args, **kwargs)
         except EdgeoptError as exc:  # messages may quote untrusted names: control characters are shown escaped
             click.echo(f"error: {printable_lines(exc.problem)}", err=True)
@@ -63,10 +64,15 @@ def handle_errors(fn):
                 traceback.print_exc()
             sys.exit(exc.exit_code)
         except OSError as exc:  # a write outside staged_dir/write_*_atomic hit a full disk
-            from edgeopt.core.fsutil import disk_full_error, enospc_in
+            from edgeopt.core.fsutil import disk_full_error, enospc_in, unwritable_error
 
             if enospc_in(exc) is None:
-                raise
+                unwritable = unwritable_error(exc)
+                if unwritable is None:
+                    raise
+                click.echo(f"error: {printable_lines(unwritable.problem)}", err=True)
+                click.echo(f"fix: {unwritable.fix}", err=True)
+                sys.exit(unwritable.exit_code)
             full = disk_full_error(exc, Path(exc.filename).parent if exc.filename else Path.cwd())
             click.echo(f"error: {full.problem}", err=True)
             click.echo(f"fix: {full.fix}", err=True)
@@ -76,6 +82,24 @@ def handle_errors(fn):
             sys.exit(130)
 
     return wrapper
+
+
+def _check_path_encoding(kwargs: dict) -> None:
+    """Refuse a path argument that is not valid UTF-8 (a folder name from another encoding): Python keeps it
+    as surrogate escapes, and the backends' native code (ONNX Runtime, OpenVINO, onnx) cannot open such paths,
+    which used to surface as a wrong cause ("the exported ONNX fails onnx.checker") or a traceback."""
+    for name, value in kwargs.items():
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(v, (str, Path)):
+                try:
+                    str(v).encode("utf-8")
+                except UnicodeEncodeError:
+                    from edgeopt.errors import UserInputError
+
+                    raise UserInputError(
+                        f"The path {printable_lines(str(v).encode('utf-8', 'backslashreplace').decode())} "
+                        f"(given as {name}) is not valid UTF-8; the runtimes cannot open files there.",
+                        "Rename the folder (or choose another) with a UTF-8 name.") from None
 
 
 def chatter_to_log(output):

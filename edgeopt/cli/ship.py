@@ -149,21 +149,30 @@ def read_input(path: Path, model):
     from edgeopt.data.sources import IMAGE_SUFFIXES
     from edgeopt.errors import UserInputError
 
+    from edgeopt.core.bounded import LimitExceeded, read_npy, read_npz
+
     suffix = path.suffix.lower()
     try:
-        if suffix == ".npy":
-            arrays = {None: np.load(path, allow_pickle=False)}
+        if suffix == ".npy":  # sizes from the header checked (named limits) before anything is allocated
+            arrays = {None: read_npy(path)}
         elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+            arrays = read_npz(path)
         elif suffix in IMAGE_SUFFIXES:
             return model.preprocess(path)
         else:
             raise UserInputError(f"Cannot read {path} as an input.",
                                  "Give a .npy (one input), a .npz keyed by input name, or an image file.")
+    except LimitExceeded as exc:
+        raise UserInputError(f"Refused {path}: {exc}.", "Give one feed (a batch the model takes), not a larger "
+                             "array.") from None
     except (OSError, ValueError) as exc:
         raise UserInputError(f"Cannot read {path}: {exc}.",
                              "Save inputs with numpy.save / numpy.savez (no pickled objects).") from None
+    for k, a in arrays.items():
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            echo(f"WARNING: {path.name}{'' if k is None else ':' + printable(k, 80)} holds {bad} NaN or infinite "
+                 "value(s); the outputs are unlikely to mean anything.", err=True)
     specs = {t.name: t for t in model.spec.inputs}
     if None in arrays:
         if len(specs) != 1:

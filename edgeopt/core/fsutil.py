@@ -27,6 +27,45 @@ def enospc_in(exc: BaseException | None) -> OSError | None:
     return None
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read ("does not exist", "is a folder", "is a device ..."), or None."""
+    import stat
+
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        return "does not exist" + (" (a link to nothing)" if Path(path).is_symlink() else "")
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        link = ", reached through a link" if Path(path).is_symlink() else ""
+        return f"is not a regular file (a device, FIFO or socket{link})"
+    return None
+
+
+def unwritable_error(exc: BaseException | None):
+    """A UserInputError for an OSError (in ``exc``'s chain) saying a place cannot be written: a read-only file
+    system (EROFS) or no permission (EACCES, EPERM); else None."""
+    import errno
+
+    from edgeopt.errors import UserInputError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            where = exc.filename if exc.filename is not None else "a file"
+            why = "the file system is read-only" if exc.errno == errno.EROFS else "permission denied"
+            return UserInputError(
+                f"Cannot write {where}: {why}.",
+                "Give an output folder (-o/--output) on a writable disk, or make it writable; the extraction and "
+                "build caches go where EDGEOPT_CACHE_DIR points (set it to a writable folder).")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def disk_full_error(exc: BaseException, where: Path):
     """A DiskFullError for ``exc`` when it (or the state of the disk holding ``where``) says the disk is full,
     else None. Backends written in C++ report a full disk as a generic error ("iostream error", "Protobuf

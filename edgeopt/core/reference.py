@@ -4,6 +4,7 @@ on this host and later on a device without torch."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +44,19 @@ def save_reference(path: Path, feeds: list[dict], outputs: list[dict]) -> None:
 
 
 def load_reference(path: Path) -> tuple[list[dict], list[dict]]:
+    """(feeds, outputs) from a reference .npz, read within the named limits of :mod:`edgeopt.core.bounded`
+    (a bundle's reference data is untrusted). ValueError (LimitExceeded among them) when it cannot be."""
+    from edgeopt.core.bounded import read_npz
+
     feeds: dict[int, dict] = {}
     outs: dict[int, dict] = {}
-    with np.load(path, allow_pickle=False) as z:
-        for key in z.files:
-            kind, i, name = key.split("/", 2)
-            (feeds if kind == "input" else outs).setdefault(int(i), {})[name] = z[key]
+    for key, arr in read_npz(path, accept=_REF_KEY.match).items():
+        kind, i, name = key.split("/", 2)
+        (feeds if kind == "input" else outs).setdefault(int(i), {})[name] = arr
     n = sorted(feeds)
+    if any(i not in outs for i in n):
+        raise ValueError(f"{path} holds inputs without their outputs")
     return [feeds[i] for i in n], [outs[i] for i in n]
+
+
+_REF_KEY = re.compile(r"^(input|output)/[0-9]{1,6}/[^/].*$")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # edgeopt/
+MAX_TOML_BYTES = 16 << 20  # a recipe or target file (named limit, README "Limits")
 
 
 def import_tomllib():
@@ -30,8 +31,22 @@ def load_toml(path: Path) -> dict:
     tomllib = import_tomllib()
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            raw = f.read(MAX_TOML_BYTES + 1)
+        if len(raw) > MAX_TOML_BYTES:
+            raise UserInputError(f"{path} is over the limit MAX_TOML_BYTES = {MAX_TOML_BYTES} bytes.",
+                                 "A recipe or target file is a few KB: check that the right file was given.")
+        return tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise UserInputError(f"File not found: {path}.", "Check the path.") from None
+    except IsADirectoryError:
+        raise UserInputError(f"{path} is a folder, not a TOML file.", "Give the recipe file's path.") from None
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"{path} is not UTF-8 text (byte {exc.start}).", "Save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserInputError(f"{path} is not valid TOML: {exc}.", "Fix the syntax at the position named.") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise UserInputError(f"{path} nests arrays or tables too deeply to read.",
+                             "Write the recipe with flat values (a recipe nests a few levels at most).") from None
+    except OSError as exc:
+        raise UserInputError(f"{path} cannot be read: {exc.strerror or exc}.", "Check the path and its "
+                             "permissions.") from None

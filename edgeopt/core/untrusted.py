@@ -181,3 +181,68 @@ def check_settings(settings, allowed: dict[str, Check], what: str, fix: str = RE
             raise IntegrityError(f"Refused {what} {key} = {printable(repr(value), 80)}: it must be "
                                  f"{getattr(allowed[key], 'describe', 'a known value')}.", fix)
     return dict(settings)
+
+
+# ---- threads and streams ------------------------------------------------------------------------
+
+
+def machine_threads() -> int:
+    """The CPUs this process may run on (its affinity): the most threads, and the most streams, a setting
+    read from an artifact or bundle is given. A bundle asking for 4096 ONNX Runtime threads on a 2-core
+    device would otherwise spawn them all (a load average past 1,300, a 1 s self-test taking minutes)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_threads(value, what: str = "threads") -> int:
+    """``value`` (an int, 0 meaning the framework's default) capped at :func:`machine_threads`; the cap is
+    logged, never an error (a bundle built on a bigger machine still runs)."""
+    n = int(value or 0)
+    limit = machine_threads()
+    if n > limit:
+        import logging
+
+        logging.getLogger("edgeopt").info("%s = %d capped to %d, the CPUs this process may use.", what, n, limit)
+        return limit
+    return n
+
+
+# ---- links ---------------------------------------------------------------------------------------
+
+
+def link_leaving(folder: Path, root: Path, max_entries: int = 100_000) -> str | None:
+    """The first entry under ``folder`` (``folder`` itself included) that is a symbolic link leading out of
+    ``root`` (or a link loop), as a path relative to ``root``; None when there is none. Links that stay
+    inside ``root`` are left to the caller's own checks."""
+    import os
+
+    root = Path(root)
+    try:
+        real_root = root.resolve()
+    except (OSError, RuntimeError):
+        return "."
+
+    def leaves(p: Path) -> bool:
+        try:
+            return not p.resolve().is_relative_to(real_root)
+        except (OSError, RuntimeError):  # a loop
+            return True
+
+    folder = Path(folder)
+    rel = lambda p: os.path.relpath(p, root)  # noqa: E731
+    if leaves(folder):
+        return rel(folder)
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        for name in dirnames + filenames:
+            seen += 1
+            if seen > max_entries:
+                return rel(Path(dirpath) / name) + " (and more entries than can be checked)"
+            p = Path(dirpath) / name
+            if p.is_symlink() and leaves(p):
+                return rel(p)
+    return None

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeopt.errors import DataError, UserInputError, require
 from edgeopt.core.spec import DTYPES, IOSpec, TensorSpec
+from edgeopt.core.untrusted import printable
 
 
 
@@ -214,6 +215,7 @@ class Preprocess:
             size = (self.resize[1], self.resize[0])
         if size == (w, h):
             return img
+        _check_image_size(size[1], size[0], "the resized image")  # a shorter side on a very long image
         Image = import_pil()
         resample = getattr(getattr(Image, "Resampling", Image), self.interpolation.upper())
         return img.resize(size, resample)
@@ -279,10 +281,23 @@ def _size_pair(value, where: str, allow_int: bool):
     if is_int(value) and allow_int:
         if value < 1:
             raise UserInputError(f"{where} is {value}.", "Use a positive size.")
+        _check_image_size(int(value), int(value), where)
         return int(value)
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) and v >= 1 for v in value):
+        _check_image_size(int(value[0]), int(value[1]), where)
         return (int(value[0]), int(value[1]))
-    raise UserInputError(f"{where} is {value!r}.", "Use one positive int or [height, width].")
+    raise UserInputError(f"{where} is {printable(repr(value), 80)}.", "Use one positive int or [height, width].")
+
+
+def _check_image_size(h: int, w: int, where: str) -> None:
+    """A resize or crop within the named limits MAX_IMAGE_SIDE and MAX_IMAGE_PIXELS (a manifest saying
+    [60000, 60000] cost 3.7 GB and a MemoryError)."""
+    from edgeopt.core.bounded import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+
+    if max(h, w) > MAX_IMAGE_SIDE or h * w > MAX_IMAGE_PIXELS:
+        raise UserInputError(f"{where} is [{h}, {w}]: over the limits MAX_IMAGE_SIDE = {MAX_IMAGE_SIDE} and "
+                             f"MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} ({h * w} pixels).",
+                             "Use the model's input size (a few hundred pixels a side).")
 
 
 def _to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.errors import ModelLoadError, UserInputError, require
-from edgeopt.core.fsutil import sha256_file, sha256_json, sha256_tree
+from edgeopt.core.fsutil import not_a_file, sha256_file, sha256_json, sha256_tree
 from edgeopt.config.recipe import ModelConfig
 from edgeopt.core.spec import IOSpec
 from edgeopt.data.torchfeed import to_torch
@@ -69,8 +69,8 @@ def _import_factory(source: str):
     files = []
     if target.endswith(".py"):
         path = Path(target)
-        if not path.is_file():
-            raise ModelLoadError(f"Model file {path} does not exist.", "Check the path in [model] source.")
+        if (why := not_a_file(path)) is not None:
+            raise ModelLoadError(f"Model file {path} {why}.", "Check the path in [model] source.")
         mod_name = f"edgeopt_user_{abs(hash(str(path.resolve())))}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(spec)
@@ -101,8 +101,8 @@ def _import_factory(source: str):
 
 
 def _read_checkpoint(torch, path: Path, allow_pickle: bool):
-    if not path.is_file():
-        raise ModelLoadError(f"Checkpoint {path} does not exist.", "Check the checkpoint path.")
+    if (why := not_a_file(path)) is not None:
+        raise ModelLoadError(f"Checkpoint {path} {why}.", "Give the path of a torch.save file.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError or RuntimeError
@@ -293,8 +293,8 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
     check_list_batch(cfg, spec)
     p = Path(source)
     if p.suffix == ".onnx":
-        if not p.is_file():
-            raise ModelLoadError(f"ONNX file {p} does not exist.", "Check the path in [model] source.")
+        if (why := not_a_file(p)) is not None:
+            raise ModelLoadError(f"ONNX file {p} {why}.", "Check the path in [model] source.")
         if adapter:
             raise UserInputError("[model] adapter needs a PyTorch base model; the source is an ONNX file.",
                                  "Give the base model the adapter was trained on (hf:FOLDER or file.py:factory).")

@@ -15,6 +15,7 @@ from edgeopt.ship.bundle import (
     Bundle,
     IncompatibleError,
     Limits,
+    SignatureError,
     SignatureNotCheckedWarning,
     check_compatibility,
     open_bundle,
@@ -23,7 +24,7 @@ from edgeopt.ship.bundle import (
     run_self_test,
     select_records,
 )
-from edgeopt.errors import UserInputError
+from edgeopt.errors import IntegrityError, UserInputError
 from edgeopt.core.records import ArtifactRecord
 
 
@@ -60,6 +61,17 @@ def load(bundle_or_folder: str | Path, target: str | None = None, verify: bool =
     """
     b = open_bundle(bundle_or_folder, public_key=public_key, check=verify, limits=limits, cache_dir=cache_dir,
                     require_signature=require_signature)
+    try:
+        return _load_from(b, target, verify, threads)
+    except IntegrityError as exc:  # an artifact-level refusal: the archive's extracted copy goes too
+        if b.kind == "archive" and b.archive_sha256 and not isinstance(exc, SignatureError):
+            from edgeopt.ship.bundle.extract import discard_refused
+
+            discard_refused(b.root, b.archive_sha256)
+        raise
+
+
+def _load_from(b, target, verify, threads) -> "Model":
     tried = []
     for rec in candidates(b, target):
         c = check_compatibility(b, rec)

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgeopt.errors import CompileError
 from edgeopt.core.spec import IOSpec
+from edgeopt.core.untrusted import cap_threads
 from edgeopt.backends.base import Runner
 
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -26,10 +27,10 @@ def session_options(ort, options: dict, level_key: str = "graph_optimization_lev
     if level not in LEVELS:
         raise CompileError(f"Unknown ONNX Runtime optimization level {level!r}.", f"Use one of {list(LEVELS)}.")
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
-    threads = int(options.get("intra_op_threads", 0) or 0)
+    threads = cap_threads(options.get("intra_op_threads", 0), "intra_op_threads")
     if threads:
         so.intra_op_num_threads = threads
-    so.inter_op_num_threads = int(options.get("inter_op_threads", 1) or 1)
+    so.inter_op_num_threads = cap_threads(options.get("inter_op_threads", 1) or 1, "inter_op_threads")
     so.log_severity_level = 3
     return so
 
@@ -117,7 +118,7 @@ class OrtRunner(Runner):
 
     @property
     def threads(self) -> int:
-        n = int(self.options.get("intra_op_threads", 0) or 0)
+        n = cap_threads(self.options.get("intra_op_threads", 0))
         return n or physical_cores()
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.core.spec import IOSpec
-from edgeopt.backends.base import Runner
+from edgeopt.core.untrusted import cap_threads
+from edgeopt.backends.base import Runner, vet_outputs
 
 IR_FILE = "model.xml"
 
@@ -44,6 +45,17 @@ def ov_precision(exec_type: str) -> str:
 STATIC_SHAPES = 4  # fixed-shape compiled models one runner keeps at most (each holds its own packed weights)
 
 
+def capped(config: dict | None) -> dict | None:
+    """``config`` with INFERENCE_NUM_THREADS and NUM_STREAMS at most the CPUs this process may use."""
+    if not config:
+        return config
+    out = dict(config)
+    for key in ("INFERENCE_NUM_THREADS", "NUM_STREAMS"):
+        if isinstance(out.get(key), int) and not isinstance(out[key], bool):
+            out[key] = cap_threads(out[key], key)
+    return out
+
+
 def shape_key(feed: dict) -> tuple:
     return tuple(sorted((name, tuple(int(d) for d in np.shape(arr))) for name, arr in feed.items()))
 
@@ -58,10 +70,20 @@ class OvRunner(Runner):
     up to ``STATIC_SHAPES`` of them: OpenVINO's CPU plugin picks faster kernels and skips shape inference
     for a static shape (ResNet-18's classifier runs MLAS's GEMM instead of the dynamic-shape FullyConnected, its
     reorders are JIT-compiled, INT8 gets a fused Subgraph), as benchmark_app (which reshapes to ``-b``) does:
-    benchmarks/profiler_vs_benchmark_app.py compares the two on the same IR with the same settings."""
+    benchmarks/profiler_vs_benchmark_app.py compares the two on the same IR with the same settings.
+
+    The model compiled at load with the artifact's settings is the judged form. Every other form (a
+    fixed-shape copy, the batch split over streams with other settings) is checked against it on its first
+    use (:meth:`Runner.vet_variant`) and never used where it differs: on an AVX-512 VNNI Xeon, OpenVINO
+    2026.4.1's CPU plugin runs an NNCF-INT8 MatMul model reshaped to a fixed shape to all zeros (README,
+    known issues), while the dynamic-shape model is right."""
+
+    VETTED_SPLITS = 256  # feed shapes whose split over streams was checked, remembered at most
 
     def __init__(self, xml: Path, spec: IOSpec, device: str, config: dict, batch_config: dict | None = None):
         super().__init__(spec)
+        # Threads and streams no more than the CPUs here, whatever the artifact says.
+        config, batch_config = capped(config), capped(batch_config)
         self.xml, self.device, self.config = xml, device, config
         # Settings for feeds of more than one item (measured at build time, meta.batch_runtime_config): several
         # streams, the batch split over one request per stream, run at once, outputs joined.
@@ -73,6 +95,7 @@ class OvRunner(Runner):
         self._static: dict[tuple, object] = {}  # input shapes -> compiled model for exactly those shapes
         self._seen: dict[tuple, int] = {}  # calls per input shapes not compiled for (yet)
         self._idle: dict[int, list] = {}  # id(compiled model) -> infer requests no call is using
+        self._split_ok: set[tuple] = set()  # feed shapes whose split over streams agreed with the judged form
         self._pool_lock = threading.Lock()
         self._compile_lock = threading.Lock()
 
@@ -90,8 +113,10 @@ class OvRunner(Runner):
         self.outputs = [next((n for n in sorted(o.get_names()) if n in wanted), o.get_any_name())
                         for o in self.compiled.outputs]
         self._streams = None
+        self._split_ok = set()
         if self.batch_config and self.spec.batch_dim:
             inner = OvRunner(model, self.spec, self.device, self.batch_config)
+            inner.tolerance = self.tolerance
             inner.activate()
             streams = int(inner.compiled.get_property("NUM_STREAMS"))
             if streams > 1:
@@ -171,11 +196,26 @@ class OvRunner(Runner):
                 got = ov_core().compile_model(model, self.device, self.config) if model is not None else None
             except Exception:  # noqa: BLE001 - a shape the plugin cannot compile: keep the dynamic model
                 got = None
+            if got is not None:  # served only once it gives the judged form's results on this feed
+                fit, _ = self.vet_variant(f"the copy compiled for input shapes {dict(key)}", feed,
+                                          lambda f: self._run(compiled, f), lambda f: self._run(got, f))
+                got = got if fit else None
             with self._pool_lock:
                 if self.compiled is None:  # closed meanwhile
                     return compiled
-                self._static[key] = got  # None: tried, stays dynamic
+                self._static[key] = got  # None: tried (or refused), stays dynamic
         return got or compiled
+
+    def _run(self, compiled, feed) -> dict[str, np.ndarray]:
+        """``feed`` through ``compiled`` on a pooled request; outputs copied out of the request."""
+        request = self._take_request(compiled)
+        try:
+            # Inputs are read in place (no copy); outputs are views of the request's buffers, copied once
+            # before the request is reused.
+            res = request.infer(feed, share_inputs=True, share_outputs=True)
+            return {name: res[i].copy() for i, name in enumerate(self.outputs)}
+        finally:
+            self._give_back(compiled, request)
 
     def _take_request(self, compiled):
         with self._pool_lock:
@@ -194,22 +234,25 @@ class OvRunner(Runner):
     def _infer(self, feed):
         parts = self._parts(feed)
         if parts:
+            key = shape_key(feed)
             out = self._infer_split(feed, parts)
+            if out is not None and key not in self._split_ok:  # first use for these shapes: checked
+                judged = self._run(self.compiled, feed)
+                fit, judged = vet_outputs(self, f"the batch split over {len(parts)} streams for input shapes "
+                                          f"{dict(key)}", judged, lambda f: out, feed)
+                if fit:
+                    with self._pool_lock:
+                        if len(self._split_ok) < self.VETTED_SPLITS:
+                            self._split_ok.add(key)
+                    return out
+                out = None  # refused: the batch runs whole, as judged, from now on
             if out is not None:
                 return out
-            with self._pool_lock:  # outputs that cannot be split: the batch runs whole from now on
+            with self._pool_lock:  # outputs that cannot be split (or differ split): the batch runs whole
                 inner, self._streams = self._streams, None
             if inner:
                 inner[0].close()
-        compiled = self._compiled_for(feed)
-        request = self._take_request(compiled)
-        try:
-            # Inputs are read in place (no copy); outputs are views of the request's buffers, copied once
-            # before the request is reused.
-            res = request.infer(feed, share_inputs=True, share_outputs=True)
-            return {name: res[i].copy() for i, name in enumerate(self.outputs)}
-        finally:
-            self._give_back(compiled, request)
+        return self._run(self._compiled_for(feed), feed)
 
     def timed_call(self, feed):
         """As benchmark_app runs it: a model compiled for the feed's shapes, a request of its own with the
@@ -269,7 +312,7 @@ class OvRunner(Runner):
 
     def _close(self):
         with self._pool_lock:
-            self._idle, self._static, self._seen = {}, {}, {}
+            self._idle, self._static, self._seen, self._split_ok = {}, {}, {}, set()
             self.compiled = self._model = None
             inner, self._streams = self._streams, None
         if inner:

@@ -131,6 +131,7 @@ def open_runner(b: Bundle, rec: ArtifactRecord, threads: int | None = None):
     runner = None
     try:
         runner, art = open_artifact(b.artifact_dir(rec.id), threads=threads)
+        runner.tolerance = tolerance_of(rec)  # the build's own (recipe overrides included)
         runner.activate()
         return runner, art
     except ArtifactLoadError as exc:  # the backend's own error is the cause

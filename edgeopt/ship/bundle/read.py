@@ -12,7 +12,7 @@ from pathlib import Path
 from edgeopt.errors import IntegrityError, UserInputError
 from edgeopt.core.fsutil import sha256_file
 from edgeopt.core.manifest import MANIFEST, validate
-from edgeopt.core.untrusted import check_id, load_json, printable
+from edgeopt.core.untrusted import check_id, confined, link_leaving, load_json, printable
 from edgeopt.core.records import ArtifactRecord, records_of
 from edgeopt.ship.bundle.extract import discard_refused, extract_cached
 from edgeopt.ship.bundle.format import (
@@ -29,6 +29,15 @@ UNCHECKED_WARNING = ("the bundle carries a signature but no public key was given
                      "or EDGEOPT_REQUIRE_SIGNATURE=1 to refuse unsigned bundles).")
 
 
+FILES_UNCHECKED_WARNING = ("the signature over the manifest is valid, but the files were not checked against "
+                           "it (--no-verify / verify=False): a changed model file is not detected. Leave out "
+                           "--no-verify for a signature that vouches for the files.")
+
+
+LINK_FIX = ("Bundles and OUT folders hold plain files: copy the files in place of the link (or bundle the OUT "
+            "again with `edgeopt bundle`). " + GET_AGAIN)
+
+
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -41,7 +50,10 @@ class Bundle:
     manifest: dict
     kind: str  # "archive" | "bundle folder" | "OUT folder"
     signature: str = "not signed"
-    signature_state: str = "unsigned"  # "valid" | "unchecked" (present, no key given) | "unsigned"
+    # "valid": checked with the key given, and every file checked against the signed list; "manifest-only":
+    # the signature over the manifest checked, the files not (--no-verify); "unchecked": present, no key
+    # given; "unsigned". Only "valid" vouches for what runs.
+    signature_state: str = "unsigned"
     files_checked: int = 0
     archive_sha256: str | None = None
     _refs: tuple | None = field(default=None, repr=False)
@@ -59,7 +71,14 @@ class Bundle:
         return self._records
 
     def artifact_dir(self, artifact_id: str) -> Path:
-        return self.root / check_id(artifact_id, "artifact id", GET_AGAIN)
+        """The artifact's folder, refused (with or without the hash checks) where it, or anything in it,
+        is a link that leads out of the bundle or OUT folder."""
+        path = self.root / check_id(artifact_id, "artifact id", GET_AGAIN)
+        bad = link_leaving(path, self.root)
+        if bad is not None:
+            raise IntegrityError(f"Refused {self.kind} {self.source}: {printable(bad, 200)} is a symbolic link "
+                                 "that leads out of it.", LINK_FIX)
+        return path
 
     def artifact_json(self, artifact_id: str) -> dict:
         from edgeopt.core.artifact import read_artifact_json
@@ -72,7 +91,7 @@ class Bundle:
             from edgeopt.core.reference import load_reference
 
             ref = self.manifest.get("reference") or {}
-            path = self.root / safe_relpath(ref.get("path") or "", "manifest")
+            path = confined(self.root, safe_relpath(ref.get("path") or "", "manifest"), "reference data", GET_AGAIN)
             try:
                 self._refs = load_reference(path)
             except (OSError, ValueError, KeyError) as exc:
@@ -133,6 +152,8 @@ def open_bundle(path: str | Path, public_key=None, check: bool = True, limits: L
         b.archive_sha256 = digest
     if b.signature_state == "unchecked":
         warnings.warn(f"{b.source}: {UNCHECKED_WARNING}", SignatureNotCheckedWarning, stacklevel=2)
+    elif b.signature_state == "manifest-only":
+        warnings.warn(f"{b.source}: {FILES_UNCHECKED_WARNING}", SignatureNotCheckedWarning, stacklevel=2)
     return b
 
 
@@ -147,6 +168,11 @@ def _open_root(source: Path, root: Path, kind: str | None, public_key, check: bo
         raise IntegrityError(f"{source} holds a manifest without a 'bundle' section: not an edgeopt bundle.",
                              "Make bundles with `edgeopt bundle OUT -o NAME.edgeopt.tar.gz`.")
     b = Bundle(source=source, root=root, manifest=data, kind=kind)
+    if kind != "archive":  # a folder: no link out of it, whether its files are checked or not
+        bad = link_leaving(root, root)
+        if bad is not None:
+            raise IntegrityError(f"Refused {kind} {source}: {printable(bad, 200)} is a symbolic link that leads "
+                                 "out of it.", LINK_FIX)
     b.signature_state, b.signature = _check_signature(b, raw, public_key, required)
     try:
         _check_schema(b)
@@ -156,6 +182,11 @@ def _open_root(source: Path, root: Path, kind: str | None, public_key, check: bo
     except (KeyError, TypeError, AttributeError) as exc:  # a manifest with the right keys but wrong shapes
         raise IntegrityError(f"The manifest of {source} is malformed ({type(exc).__name__}: {exc}).",
                              GET_AGAIN) from None
+    if b.signature_state == "valid" and not check:
+        # A signature is a claim about files: it holds for them only once each was checked against the
+        # signed list. Without the check (--no-verify) it vouches for the manifest alone.
+        b.signature_state = "manifest-only"
+        b.signature = b.signature.replace("valid (", "valid over the manifest only, files NOT checked (", 1)
     return b
 
 
@@ -248,6 +279,10 @@ def _check_files(b: Bundle) -> int:
     files = expected_files(b)
     for rel, f in files.items():
         path = b.root / rel
+        bad = link_leaving(path, b.root)  # the file, or a folder above it
+        if bad is not None or not path.resolve().is_relative_to(b.root.resolve()):
+            raise IntegrityError(f"Refused {b.kind} {b.source}: {printable(bad or rel, 200)} is reached through a "
+                                 "link that leads out of it.", LINK_FIX)
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise IntegrityError(f"Bundle file {rel} is not a plain file.", GET_AGAIN)
         if not path.is_file():

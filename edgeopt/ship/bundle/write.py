@@ -59,10 +59,17 @@ def bundle(out_dir: str | Path, output: str | Path, artifacts=None, folder: bool
         entries.append(_Entry(SIGNATURE, data=signature_record_bytes(sign_bytes(manifest_bytes, key))))
     entries += [_Entry(f["path"], source=out / f["path"]) for f in files if "stored_as" not in f]
     entries.sort(key=lambda e: e.rel)
-    if folder:
-        _write_folder(dest, entries)
-    else:
-        _write_tar(dest, name, entries, _epoch(manifest.get("created")))
+    try:
+        if folder:
+            _write_folder(dest, entries)
+        else:
+            _write_tar(dest, name, entries, _epoch(manifest.get("created")))
+    except OSError as exc:  # the disk (or permissions) of the bundle being written, not the working folder's
+        from edgeopt.core.fsutil import disk_full_error, enospc_in
+
+        if enospc_in(exc) is not None:
+            raise disk_full_error(exc, dest.parent if dest.parent.exists() else Path.cwd()) from exc
+        raise
     return dest
 
 
