@@ -69,6 +69,14 @@ def text(max_len: int = MAX_NAME_CHARS) -> Check:
     return check
 
 
+def choice(*values) -> Check:
+    """One of ``values`` (exactly)."""
+    def check(v, where):
+        if isinstance(v, bool) or v not in values:
+            raise _bad(where, v, "one of " + ", ".join(repr(x) for x in values))
+    return check
+
+
 def path_text(v, where):
     """A file, folder or ``module:function`` the OS can take: bounded length, no NUL or control characters."""
     if not isinstance(v, str) or not v.strip():

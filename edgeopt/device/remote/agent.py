@@ -43,7 +43,9 @@ def _modules() -> dict:
         except (ImportError, ValueError):
             return False
 
-    return {m: present(m) for m in ("numpy", "tomli", "click", "rich", "onnx", "tensorrt", "onnxruntime", "openvino",
+    from edgeopt.backends import backends
+
+    return {m: present(m) for m in ("numpy", "tomli", "click", "rich", "onnx", *(b.module for b in backends()),
                                     "cuda")}
 
 
