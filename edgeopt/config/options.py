@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from edgeopt.errors import UserInputError
-from edgeopt.config.schema import OPTION_VALUE
+from edgeopt.core.checks import OPTION_VALUE
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from edgeopt.errors import CompileError
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.config.options import Option
-from edgeopt.config.schema import boolean, choice, integer
+from edgeopt.core.checks import boolean, choice, integer
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 
 from edgeopt.backends.onnxruntime.runner import LEVELS, MODEL_FILE, OrtRunner, physical_cores, session_options

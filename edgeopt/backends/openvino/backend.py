@@ -11,7 +11,7 @@ from edgeopt.core.untrusted import check_settings, confined, int_in, one_of, pri
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.config.options import Option
-from edgeopt.config.schema import boolean, choice, integer
+from edgeopt.core.checks import boolean, choice, integer
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 
 from edgeopt.backends.openvino.runner import IR_FILE, OvRunner, device_capabilities, ov_core, runtime_config

@@ -25,7 +25,7 @@ from edgeopt.core.fsutil import onnx_digest, sha256_file, sha256_json, write_byt
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.config.options import Option
-from edgeopt.config.schema import boolean, choice, integer
+from edgeopt.core.checks import boolean, choice, integer
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 from edgeopt.backends.tensorrt.builder import build_engine
 from edgeopt.backends.tensorrt.cuda import probe_gpu, require_gpu
