@@ -131,3 +131,11 @@ def test_documented_recipes_name_only_declared_keys(source, tmp_path):
         assert not unknown, f"{source} [{section}] writes undeclared keys {unknown}"
         checked += len(written)
     assert checked >= 15
+
+
+def test_every_section_with_a_schema_is_a_recipe_key():
+    from edgeopt.config.recipe import TOP_KEYS, section_checks
+    from edgeopt.config.schema import TOP_LEVEL
+
+    assert set(section_checks()) | set(TOP_LEVEL) <= set(TOP_KEYS)
+    assert set(TOP_KEYS) - set(section_checks()) - set(TOP_LEVEL) == {"task"}  # [task]: TaskConfig checks itself
