@@ -95,5 +95,5 @@ def targets(folder: Path | None = None) -> list[dict]:
 
 
 __all__ = ["Backend", "CompileRequest", "DevicePackaging", "Runner", "REGISTRY", "backends", "check_recipe_options",
-           "check_target_options", "get_backend", "get_packaging", "host_info", "library_names", "preflight", "target_status",
-           "targets"]
+           "check_target_options", "get_backend", "get_packaging", "host_info", "library_names", "preflight",
+           "target_status", "targets"]

@@ -16,7 +16,8 @@ class CompressionConfig:
     max_drop: float = key(1.0, check=number(0, 100),
                           doc="allowed task-metric drop vs FP32, in points (absolute) or % (relative)")
     drop_type: str = key("absolute", check=text(16), doc="absolute | relative")
-    min_cosine: float = key(0.99, check=number(-1, 1), doc="without labels: minimum cosine similarity of outputs vs FP32")
+    min_cosine: float = key(0.99, check=number(-1, 1),
+                            doc="without labels: minimum cosine similarity of outputs vs FP32")
     candidates: tuple[str, ...] = key((), check=list_of(text(64), 0, 32),
                                       doc="ONNX Runtime recipes to try (default: by model kind)")
     accuracy_control: bool = key(True, check=boolean,

@@ -72,7 +72,8 @@ def _section(cls, name: str, data: dict | None):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    source: str = key(check=path_text, doc="file.py:factory | package.module:factory | model.onnx | model.pt2 | hf:FOLDER")
+    source: str = key(check=path_text,
+                      doc="file.py:factory | package.module:factory | model.onnx | model.pt2 | hf:FOLDER")
     checkpoint: str | None = key(None, check=path_text, doc="state_dict for the factory's model | torchscript.pt")
     name: str | None = key(None, check=text(), doc="the model's name in reports and bundles")
     kind: str = key("generic", check=text(32), doc="cnn | transformer | detector | generic (picks compression recipes)")
