@@ -92,3 +92,19 @@ def test_the_import_contract_forbids_every_registered_backend():
     assert set(contract["forbidden_modules"]) == {f"edgeopt.backends.{n}" for n in REGISTRY}
     layers = next(c for c in conf if c["type"] == "layers")["layers"]
     assert set(contract["source_modules"]) == set(layers) - {"edgeopt.backends"}
+
+
+def test_device_packaging_is_its_own_interface():
+    """``Backend`` compiles, opens, runs and describes itself; packaging for another device is DevicePackaging,
+    which only TensorRT implements itself (the others get the default: the FP32 ONNX, compiled there)."""
+    from edgeopt.backends import Backend, DevicePackaging, get_packaging
+
+    moved = ("package_plan", "package_onnx", "package_graph", "package_reference", "package_host_onnx",
+             "package_preflight", "device_requirements", "device_wheel_extra", "check_device", "device_build_why")
+    assert not [m for m in moved if hasattr(Backend, m)]
+    assert all(hasattr(DevicePackaging, m) for m in moved)
+    own = {n for n in REGISTRY if type(get_packaging(n)) is not DevicePackaging}
+    assert own == {n for n in REGISTRY if get_packaging(n).backend.builds_on_device}
+    for n in REGISTRY:
+        p = get_packaging(n)
+        assert p.name == n and p.device_requirements() and isinstance(p.device_wheel_extra(), str)

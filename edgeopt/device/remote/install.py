@@ -119,7 +119,7 @@ def _device_built_backends() -> list:
 
 def _base_probe() -> str:
     """Python code printing the device Python's version, path and which device-side frameworks it can import."""
-    modules = sorted(b.module for b in _device_built_backends())
+    modules = sorted(p.backend.module for p in _device_built_backends())
     return ("import sys, json, importlib.util as u; "
             "print(json.dumps({'version': list(sys.version_info[:3]), 'executable': sys.executable, "
             f"'modules': {{m: u.find_spec(m) is not None for m in {modules!r}}}}}))")
