@@ -64,8 +64,6 @@ class CompileRequest:
 class Preflight(ABC):
     """A backend's check of an ONNX model for a target, on any machine (``edgeopt lint -t TARGET``)."""
 
-    version_option = ""  # the name of a CLI value that checks against another framework version ("" when none)
-
     @abstractmethod
     def run(self, model: Path, target: Target, spec: IOSpec | None, version: str | None = None):
         """A report with ``ok`` (False: the backend would reject the model), ``to_dict()`` and ``summary()``."""
