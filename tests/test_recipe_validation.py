@@ -74,6 +74,17 @@ CASES = {
     "name with newline": (mutate('name = "x"', 'name = "x\\ny"'), "non-empty string of printable characters"),
     "dtype = 5": (mutate('name = "x"', 'name = "x"\ndtype = 5'), "dtype = 5"),
     "tolerance nan": (mutate("seed = 0", "seed = 0\n[parity.tolerances.fp32]\natol = nan"), "atol = nan"),
+    # Each backend declares its [options] keys: a misspelt one is refused with the closest valid key named.
+    "OpenVINO option typo": (BASE + '[options.openvino]\nperfomance_hint = "THROUGHPUT"\n',
+                             "[options.openvino] has an unknown key 'perfomance_hint'"
+                             ": the openvino backend reads no such option. Did you mean 'performance_hint'?"),
+    "ONNX Runtime option typo": (BASE + "[options.onnxruntime]\nintra_op_thread = 2\n",
+                                 "Did you mean 'intra_op_threads'?"),
+    "TensorRT option typo": (BASE + "[options.tensorrt]\nworkspace = 1024\n", "Did you mean 'workspace_mb'?"),
+    "target option typo": (BASE + '[options.ort-cpu]\ngraph_optimisation_level = "basic"\n',
+                           "[options.ort-cpu] has an unknown key 'graph_optimisation_level'"),
+    "option value": (BASE + '[options.openvino]\nperformance_hint = "FAST"\n',
+                     "[options.openvino] performance_hint = 'FAST': one of 'LATENCY', 'THROUGHPUT'"),
 }
 
 
@@ -110,3 +121,24 @@ def test_cli_dims_and_inputs_are_bounded(run_cli, tmp_path):
                            "-t", "ort-cpu", "-p", "fp32", "-o", out)
     assert code == 2 and "Cannot read" in err, err
     assert not out.exists()
+
+
+def test_backend_options_are_declared_by_the_backend_that_reads_them(tmp_path):
+    """Every shipped target file's [options] are keys its backend declares; a valid recipe option passes and is
+    merged; a misspelt one names the closest declared key (for each of the three backends)."""
+    from edgeopt.backends import check_recipe_options, check_target_options, get_backend
+    from edgeopt.core.targets import load_targets
+    from edgeopt.errors import UserInputError
+
+    targets = list(load_targets().values())
+    for t in targets:
+        check_target_options(t)
+    for backend, good, typo, near in (("onnxruntime", "intra_op_threads", "intra_op_thread", "intra_op_threads"),
+                                      ("openvino", "performance_hint", "perfomance_hint", "performance_hint"),
+                                      ("tensorrt", "dla_core", "dla_cores", "dla_core")):
+        assert good in {o.name for o in get_backend(backend).options}
+        value = "LATENCY" if good == "performance_hint" else 1
+        check_recipe_options({backend: {good: value}}, targets)
+        with pytest.raises(UserInputError, match=f"Did you mean '{near}'") as e:
+            check_recipe_options({backend: {typo: value}}, targets)
+        assert good in e.value.fix

@@ -21,6 +21,7 @@ import trt_double  # noqa: E402
 from test_trt_double import AGX, NANO, X, _device, conv_onnx, set_board, spec, target  # noqa: E402
 from trt_double import state  # noqa: E402
 
+from edgeopt.backends import get_packaging  # noqa: E402
 from edgeopt.backends.base import CompileRequest  # noqa: E402
 from edgeopt.backends.tensorrt import backend as trtb  # noqa: E402
 from edgeopt.backends.tensorrt import cuda as tcuda  # noqa: E402
@@ -586,10 +587,10 @@ def test_the_host_scores_a_plugin_package_on_its_raw_outputs(tmp_path):
         sh.copyfile(raw, pkg)
         graph = rewrite_for_tensorrt(pkg, task, {}, True)
         assert graph["nms"]["where"] == "plugin"
-        host = trtb.BACKEND.package_host_onnx(pkg, graph, tmp_path / raw.stem)
+        host = get_packaging("tensorrt").package_host_onnx(pkg, graph, tmp_path / raw.stem)
         assert host != pkg
         feed = {"image": X[:1]}
         got, want = ort_run(host, feed), ort_run(raw, feed)
         for n in names:
             np.testing.assert_allclose(got[n], want[n], rtol=1e-6)
-        assert trtb.BACKEND.package_host_onnx(raw, None, tmp_path / "none") == raw  # no plugin: as it is
+        assert get_packaging("tensorrt").package_host_onnx(raw, None, tmp_path / "none") == raw  # no plugin: as it is

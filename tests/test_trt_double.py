@@ -19,6 +19,7 @@ pytest.importorskip("onnxruntime")
 import trt_double
 from trt_double import Device, state
 
+from edgeopt.backends import get_packaging
 from edgeopt.backends.base import CompileRequest
 from edgeopt.backends.tensorrt import backend as trtb
 from edgeopt.backends.tensorrt import builder as tbuild
@@ -628,7 +629,7 @@ def test_the_double_catches_what_a_gpu_would_punish(trt, tmp_path):
 
 # ---- device-compile's check that this is the target's device ---------------------------------------------------------
 def test_check_device_says_what_is_wrong_and_force_overrides_a_mismatch(trt, tmp_path):
-    b, what, there = trtb.BACKEND, "pkg-fp16", "Run it on the device."
+    b, what, there = get_packaging("tensorrt"), "pkg-fp16", "Run it on the device."
     found = b.check_device(target(trt, dla_core=1), what, there)
     assert found["version"] == trt.__version__ and found["gpu"]["name"] == "Orin" and found["mismatch_forced"] is None
     with pytest.raises(UserInputError, match="DLA core 2; this device has 2") as e:  # 2 cores: 0 and 1
@@ -659,7 +660,7 @@ def test_check_device_without_tensorrt_or_with_broken_libraries(tmp_path):
     t = Target.from_dict({"name": "agx", "backend": "tensorrt", "device": "GPU", "precisions": ["fp16"],
                           "hardware": {"tensorrt": "10.3"}})
     with pytest.raises(BackendMissingError) as e:  # no tensorrt at all here
-        trtb.BACKEND.check_device(t, "pkg-fp16", "Run it on the Jetson.")
+        get_packaging("tensorrt").check_device(t, "pkg-fp16", "Run it on the Jetson.")
     assert "tensorrt is not installed here" in e.value.problem and e.value.fix.startswith("Run it on the Jetson.")
     assert tinst.installed_tensorrt_version() is None
     debs = {"libnvinfer10": "10.3.0.30-1+cuda12.5"}
@@ -667,7 +668,7 @@ def test_check_device_without_tensorrt_or_with_broken_libraries(tmp_path):
     try:
         trt_double.activate("10.3", broken_libs=True)
         with pytest.raises(EdgeoptError, match="needs TensorRT and an NVIDIA GPU: tensorrt is installed but") as e:
-            trtb.BACKEND.check_device(t, "pkg-fp16", "Run it on the Jetson.")
+            get_packaging("tensorrt").check_device(t, "pkg-fp16", "Run it on the Jetson.")
         assert e.value.fix.startswith("Run it on the Jetson.")
         assert tinst.installed_tensorrt_version(deb_version=debs.get) == "10.3.0.30-1+cuda12.5"
     finally:

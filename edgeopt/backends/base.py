@@ -1,4 +1,7 @@
-"""The one small interface every backend implements: compile, open, infer, close.
+"""The one small interface every backend implements: compile, open, infer, close, and describe itself.
+
+Packaging an artifact for another device (compiled there) is a separate interface,
+:class:`edgeopt.backends.packaging.DevicePackaging`, reached through ``edgeopt.backends.get_packaging``.
 
 A backend module imports its framework inside functions only, so ``import edgeopt.backends.X`` works
 everywhere and the missing framework is reported when it is actually needed.
@@ -15,13 +18,14 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from edgeopt.errors import ArtifactLoadError, BackendMissingError, CompileError, EdgeoptError, UserInputError
+from edgeopt.errors import ArtifactLoadError, BackendMissingError, EdgeoptError, UserInputError
 from edgeopt.core.hostinfo import version_of
 from edgeopt.core.versions import version_tuple
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.tasks import Outputs, TaskConfig
 from edgeopt.core.targets import Target
 from edgeopt.config.compression import CompressionConfig
+from edgeopt.config.options import Option, check_options
 
 if TYPE_CHECKING:  # the data package is imported where data is loaded, not by every backend
     from edgeopt.data.dataset import Dataset
@@ -55,6 +59,14 @@ class CompileRequest:
         from edgeopt.core.fsutil import onnx_digest
 
         return self.onnx_sha256 or onnx_digest(self.onnx_path)
+
+
+class Preflight(ABC):
+    """A backend's check of an ONNX model for a target, on any machine (``edgeopt lint -t TARGET``)."""
+
+    @abstractmethod
+    def run(self, model: Path, target: Target, spec: IOSpec | None, version: str | None = None):
+        """A report with ``ok`` (False: the backend would reject the model), ``to_dict()`` and ``summary()``."""
 
 
 class Runner(ABC):
@@ -252,62 +264,22 @@ class Backend(ABC):
         installed. Never raises: a failure is reported in the dict."""
         return {}
 
-    # -- device packages: an artifact compiled on the device that runs it (``edgeopt device-compile``) --------
-    device_build_why = ""  # a record's reason, when the backend builds on the device (builds_on_device)
-    device_build_note = "the artifact is compiled on the device."  # INSTRUCTIONS.md: why the host did not build it
+    # -- declared options, preflight, device packaging ----------------------------------------------------------
+    options: tuple[Option, ...] = ()  # the [options] keys this backend reads: a target's, a recipe's
+    libraries: tuple[str, ...] = ()  # pip distributions whose versions describe this backend (host info, caches)
 
-    def package_plan(self, spec: IOSpec, target: Target, precision: str) -> tuple[str, object | None]:
-        """(the form of the ONNX a device package carries, the backend's build plan with ``to_dict()`` or None)."""
-        if precision == "int8":
-            raise UserInputError(
-                f"A device package for {target.name} int8 cannot be made: INT8 for {target.backend} is quantized on "
-                "the host with the calibration data.",
-                f"Build {target.name} int8 with `edgeopt build` on the host (the artifact is portable), or package fp32.")
-        return "fp32", None
+    def check_options(self, values: dict, where: str) -> None:
+        """Refuse a key this backend does not declare in :attr:`options` (naming the closest one) or a bad value."""
+        check_options(values, self.options, where, self.name)
 
-    def package_onnx(self, form: str, onnx_path: Path, dst: Path, src, log) -> dict:
-        """Write the package's ONNX in a ``form`` :meth:`package_plan` chose other than "fp32" (copied as it is):
-        e.g. FP16 or INT8 Q/DQ, from the exported FP32 ``onnx_path`` to ``dst``; returns what it recorded.
-        ``src`` is the package source (id, spec, calibration data, model kind, target)."""
-        raise CompileError(f"{self.name} has no {form!r} form of a device package's ONNX.",
-                           "Report this as a bug in edgeopt.")
+    def device_facts(self, deb_version: Callable[[str], str | None]) -> dict:
+        """What a device fingerprint records about this backend's system install (never raises; ``deb_version``
+        reads an installed .deb's version), e.g. {"tensorrt": "10.3.0.30"}."""
+        return {}
 
-    def package_graph(self, onnx_path: Path, target: Target, task, detector: bool) -> dict | None:
-        """Rewrite a package's ONNX (in place) into the graph this backend's device build takes, and say what was
-        done (recorded in package.json): ``{"outputs": [the graph's outputs], ...}``; None: used as it is."""
+    def preflight(self) -> Preflight | None:
+        """The check ``edgeopt lint -t TARGET`` runs on an ONNX model before a build, or None when there is none."""
         return None
-
-    def package_reference(self, outputs: dict, graph: dict) -> dict:
-        """One sample's reference outputs as the graph :meth:`package_graph` made gives them."""
-        return outputs
-
-    def package_host_onnx(self, onnx_path: Path, graph: dict | None, work_dir: Path) -> Path:
-        """The package's ONNX as ONNX Runtime can run it here (to score it before it ships)."""
-        return Path(onnx_path)
-
-    def package_preflight(self, onnx_path: Path, target: Target, spec: IOSpec, plan) -> object | None:
-        """A preflight report of a package's ONNX (``ok``, ``errors``, ``to_dict()``), or None when there is none."""
-        return None
-
-    def device_requirements(self, cuda: str | None = None) -> list[str]:
-        """pip requirements a device needs, beside edgeopt's wheel, to compile and run this backend's packages
-        (``cuda``: the device's CUDA version, when known)."""
-        return [self.distribution]
-
-    def device_wheel_extra(self) -> str:
-        """edgeopt's pip extra to install on a device, or "" when the device's system provides the framework."""
-        return self.extra
-
-    def check_device(self, target: Target, what: str, run_there: str, force: bool = False) -> dict:
-        """Raise a clear error unless this machine can compile ``what`` for ``target``; return what was found
-        (``run_there``: how to run it on the right device instead)."""
-        if not self.installed():
-            raise BackendMissingError(self.distribution, self.extra, f"compile {what}", fix=self.install_hint())
-        why = self.unavailable_reason(target)
-        if why:
-            raise CompileError(f"{what} cannot be compiled here: {why}.", f"Run it on a machine that has {target.device} "
-                               f"for {target.backend} (`edgeopt targets` lists what runs here).")
-        return {"backend": self.name, "version": self.version()}
 
     @abstractmethod
     def compile(self, req: CompileRequest) -> dict:

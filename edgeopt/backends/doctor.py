@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from edgeopt.backends import REGISTRY, get_backend
-from edgeopt.core.hostinfo import host_info
+from edgeopt.backends import REGISTRY, get_backend, host_info
 
 
 def doctor() -> dict:

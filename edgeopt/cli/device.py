@@ -187,6 +187,7 @@ def setup_cmd(host, wheel, python, venv, no_deps, tensorrt, extra, targets, ssh_
 def info_cmd(hosts, ssh_config, remote_dir, remote_python, timeout, keep_remote, json_out):
     """HOST's edgeopt and Python versions, backends, and device fingerprint (JetPack, TensorRT, GPU, power mode,
     clocks, temperatures)."""
+    from edgeopt.backends import backends
     from edgeopt.device.remote import info_many
 
     res = info_many(hosts, options=_remote_opts(ssh_config, remote_dir, remote_python, timeout, keep_remote),
@@ -207,7 +208,7 @@ def info_cmd(hosts, ssh_config, remote_dir, remote_python, timeout, keep_remote,
                 if fp.get(k) is not None:
                     echo(f"  {k}: {fp[k]}")
             mods = r.get("modules") or {}
-            found = [m for m in ("onnxruntime", "openvino", "tensorrt") if mods.get(m)]
+            found = [b.name for b in backends() if mods.get(b.module)]
             echo(f"  backends: {', '.join(found) or 'none (edgeopt remote setup HOST -t TARGET installs one)'}")
             if fp.get("gpu"):
                 echo(f"  gpu: {fp['gpu'].get('name')} (sm {fp['gpu'].get('compute_capability')})")

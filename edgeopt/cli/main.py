@@ -370,22 +370,35 @@ def profile(ctx, path, batch, iterations, warmup, duration, threads, rounds, lay
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("-t", "--target", required=True, help="A TensorRT target (jetson-orin-nano, ...) or a target TOML file.")
+@click.option("-t", "--target", required=True,
+              help="A target (jetson-orin-nano, ...) or a target TOML file: its backend's preflight checks MODEL.")
 @click.option("--input", "inputs", multiple=True, help="Declared inputs, to check dynamic axes have a profile range.")
 @click.option("--dim", "dims", multiple=True, help="Dynamic axis range NAME=MIN:OPT:MAX.")
-@click.option("--tensorrt", "tensorrt_version", help="Check against this TensorRT version instead of the target's.")
+@click.option("--backend-version", "backend_version",
+              help="Check against this version of the target's framework instead of the one the target declares.")
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
 @handle_errors
-def lint(ctx, model, target, inputs, dims, tensorrt_version, json_out):
-    """TensorRT preflight of an ONNX MODEL (runs anywhere, no GPU): exit 1 when TensorRT would reject it."""
-    from edgeopt.backends.tensorrt.lint import lint as run_lint
+def lint(ctx, model, target, inputs, dims, backend_version, json_out):
+    """Preflight of an ONNX MODEL for TARGET's backend (runs anywhere, no GPU): exit 1 when the backend would
+    reject it; exit 0 with a note when the backend has no preflight (it checks the model when it builds)."""
+    from edgeopt.backends import preflight
     from edgeopt.core.spec import IOSpec, parse_dim_arg, parse_input_arg
     from edgeopt.core.targets import get_target
 
     spec = IOSpec(tuple(parse_input_arg(i) for i in inputs), {d.name: d for d in map(parse_dim_arg, dims)}) \
         if inputs else None
-    report = run_lint(model, get_target(target), spec, tensorrt_version)
+    t = get_target(target)
+    report = preflight(model, t, spec, backend_version)
+    if report is None:
+        note = (f"The {t.backend} backend of {t.name} has no preflight: nothing to check before a build "
+                f"(`edgeopt build -t {t.name}` checks the model when it compiles it).")
+        if json_out:
+            emit_json({"onnx": str(model), "target": t.name, "backend": t.backend, "preflight": None, "ok": True,
+                       "note": note})
+        else:
+            echo(note)
+        return
     if json_out:
         emit_json(report.to_dict())
     else:

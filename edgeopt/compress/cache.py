@@ -12,12 +12,16 @@ from edgeopt.core.fsutil import sha256_json, staged_dir
 from edgeopt.core.hostinfo import version_of
 from edgeopt.core.isolation import cache_dir
 
-LIBS = ("onnxruntime", "nncf", "openvino", "onnx")
+LIBS = ("nncf", "onnx")  # the compression libraries; the backends' own come from the registry (libraries=)
 
 
-def calibration_key(model_sha256: str, calibration_sha256: str | None, algorithm: str, params: dict) -> str:
+def calibration_key(model_sha256: str, calibration_sha256: str | None, algorithm: str, params: dict,
+                    libraries: tuple[str, ...] = ()) -> str:
+    """``libraries``: the backends' pip distributions (``edgeopt.backends.library_names()``), whose versions
+    key the entry beside :data:`LIBS`."""
+    libs = sorted({*LIBS, *libraries})
     return sha256_json({"model": model_sha256, "calibration": calibration_sha256, "algorithm": algorithm,
-                        "params": params, "versions": {lib: version_of(lib) for lib in LIBS}})
+                        "params": params, "versions": {lib: version_of(lib) for lib in libs}})
 
 
 def cache_root() -> Path:

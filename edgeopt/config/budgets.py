@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from edgeopt.errors import UserInputError
+from edgeopt.core.checks import integer, key, keys_of, number, text
 
 
 @dataclass(frozen=True)
 class Budgets:
     """What an artifact must meet to be selected. ``None`` leaves a budget out."""
 
-    max_drop: float | None = None  # accuracy points below the torch baseline
-    p99_ms: float | None = None  # p99 latency at ``batch``
-    target: str | None = None  # only this target's artifacts
-    max_size_mb: float | None = None  # model files on disk (the artifact.json record not counted)
-    min_cosine: float | None = None  # parity cosine against PyTorch
-    batch: int = 1  # the batch the latency figures are read at
+    max_drop: float | None = key(None, check=number(-100, 100), doc="accuracy points below the torch baseline")
+    p99_ms: float | None = key(None, check=number(0, 1e9, above=True), doc="p99 latency at batch")
+    target: str | None = key(None, check=text(), doc="only this target's artifacts")
+    max_size_mb: float | None = key(None, check=number(0, 1e9, above=True),
+                                    doc="model files on disk (the artifact.json record not counted)")
+    min_cosine: float | None = key(None, check=number(-1, 1), doc="parity cosine against PyTorch")
+    batch: int = key(1, check=integer(1, 65536), doc="the batch the latency figures are read at")
 
     def __post_init__(self):
         for name in ("max_drop", "p99_ms", "max_size_mb", "min_cosine"):
@@ -39,7 +41,7 @@ class Budgets:
     @classmethod
     def from_dict(cls, data: dict, where: str = "[select]") -> "Budgets":
         """From a recipe table (``[select]`` with the field names above; dashes allowed)."""
-        names = {f.name for f in fields(cls)}
+        names = set(keys_of(cls))
         norm = {str(k).replace("-", "_"): v for k, v in (data or {}).items()}
         unknown = sorted(set(norm) - names)
         if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from edgeopt.errors import UserInputError
+from edgeopt.core.checks import boolean, integer, key, list_of, number, reject_unknown, text
 
 ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy", "ort-qdq-u8s8-fused", "nncf-qdq",
                   "ort-qdq-s8s8", "ort-dynamic")
@@ -12,19 +13,28 @@ ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entro
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    max_drop: float = 1.0  # allowed task-metric drop vs FP32, in points (absolute) or % (relative)
-    drop_type: str = "absolute"  # absolute | relative
-    min_cosine: float = 0.99  # without labels: minimum cosine similarity of outputs vs FP32
-    candidates: tuple[str, ...] = ()  # ONNX Runtime recipes to try (default: by model kind)
-    accuracy_control: bool = True  # when over budget, let NNCF keep the most sensitive layers in float
-    subset_size: int = 300  # calibration samples NNCF uses at most
-    ac_max_iterations: int | None = None  # accuracy control: at most this many layer groups reverted to float
-    ac_ranking_subset: int | None = None  # accuracy control: judge-set samples used to rank layers (default all)
-    preset: str | None = None  # NNCF preset: performance | mixed (default: by model kind)
-    timing_s: float = 0.4  # seconds of quick timing per candidate
-    float_head: str = "auto"  # keep a detector's post-processing in float: auto (detectors) | on | off
-    float_nodes: tuple[str, ...] = ()  # more ONNX nodes every INT8 recipe leaves in float: names or name prefixes
-    reduce_range: str = "auto"  # ONNX Runtime recipes: 7-bit weights, auto (x86 CPUs without VNNI) | on | off
+    max_drop: float = key(1.0, check=number(0, 100),
+                          doc="allowed task-metric drop vs FP32, in points (absolute) or % (relative)")
+    drop_type: str = key("absolute", check=text(16), doc="absolute | relative")
+    min_cosine: float = key(0.99, check=number(-1, 1),
+                            doc="without labels: minimum cosine similarity of outputs vs FP32")
+    candidates: tuple[str, ...] = key((), check=list_of(text(64), 0, 32),
+                                      doc="ONNX Runtime recipes to try (default: by model kind)")
+    accuracy_control: bool = key(True, check=boolean,
+                                 doc="when over budget, let NNCF keep the most sensitive layers in float")
+    subset_size: int = key(300, check=integer(1, 1_000_000), doc="calibration samples NNCF uses at most")
+    ac_max_iterations: int | None = key(None, check=integer(1, 1_000_000),
+                                        doc="accuracy control: at most this many layer groups reverted to float")
+    ac_ranking_subset: int | None = key(None, check=integer(1, 1_000_000),
+                                        doc="accuracy control: judge-set samples used to rank layers (default all)")
+    preset: str | None = key(None, check=text(16), doc="NNCF preset: performance | mixed (default: by model kind)")
+    timing_s: float = key(0.4, check=number(0, 600), doc="seconds of quick timing per candidate")
+    float_head: str = key("auto", check=text(8),
+                          doc="keep a detector's post-processing in float: auto (detectors) | on | off")
+    float_nodes: tuple[str, ...] = key((), check=list_of(text(1024), 0, 4096),
+                                       doc="more ONNX nodes every INT8 recipe leaves in float: names or name prefixes")
+    reduce_range: str = key("auto", check=text(8),
+                            doc="ONNX Runtime recipes: 7-bit weights, auto (x86 CPUs without VNNI) | on | off")
 
     def __post_init__(self):
         if self.drop_type not in ("absolute", "relative"):
@@ -55,11 +65,7 @@ class CompressionConfig:
     @classmethod
     def from_dict(cls, data: dict | None) -> "CompressionConfig":
         data = dict(data or {})
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise UserInputError(f"Recipe section [compression] has unknown keys {unknown}.",
-                                 f"Allowed keys: {', '.join(sorted(allowed))}.")
+        reject_unknown("compression", data, cls)
         for key in ("candidates", "float_nodes"):
             if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])

@@ -5,34 +5,41 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from edgeopt.errors import UserInputError
+from edgeopt.core.checks import SEED, boolean, integer, key, keys_of, list_of, number, path_text, reject_unknown, text
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    source: str  # training data with labels (same formats as calibration/evaluation data)
-    epochs: int = 3
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    freeze_backbone: bool = False  # train only the classifier head
-    seed: int = 0
+    source: str = key(check=path_text, doc="training data with labels (same formats as calibration/evaluation data)")
+    epochs: int = key(3, check=integer(0, 100_000), doc="epochs of the recovery fine-tune")
+    lr: float = key(1e-3, check=number(0, 100), doc="learning rate")
+    weight_decay: float = key(1e-4, check=number(0, 100), doc="weight decay")
+    batch_size: int = key(64, check=integer(1, 1 << 20), doc="training batch size")
+    freeze_backbone: bool = key(False, check=boolean, doc="train only the classifier head")
+    seed: int = key(0, check=SEED, doc="seed of the shuffling")
     # How training images become samples (image folders): a [pruning.finetune.preprocess] table; default the
     # recipe's own preprocessing ([preprocess], else that of [evaluation] or [calibration]).
-    preprocess: dict | None = None
+    preprocess: dict | None = key(None, doc="a [pruning.finetune.preprocess] table (default: the recipe's own)")
 
 
 @dataclass(frozen=True)
 class PruningConfig:
-    method: str = "structured"  # structured (torch-pruning) | unstructured (NNCF)
-    ratio: float = 0.5  # structured: share of channels removed; unstructured: share of weights zeroed
-    macs_target: float | None = None  # structured: prune until MACs <= this share of the original
-    round_to: int = 8  # keep channel counts multiples of this (friendly to SIMD and tensor cores)
-    ignored: tuple[str, ...] = ()  # module names never pruned (the classifier head is always kept)
-    bn_adaptation: bool = True  # re-estimate batch-norm statistics on calibration data after pruning
-    finetune: FinetuneConfig | None = None
+    method: str = key("structured", check=text(16), doc="structured (torch-pruning) | unstructured (NNCF)")
+    ratio: float = key(0.5, check=number(0, 1),
+                       doc="structured: share of channels removed; unstructured: share of weights zeroed")
+    macs_target: float | None = key(None, check=number(0, 1),
+                                    doc="structured: prune until MACs <= this share of the original")
+    round_to: int = key(8, check=integer(1, 4096),
+                        doc="keep channel counts multiples of this (friendly to SIMD and tensor cores)")
+    ignored: tuple[str, ...] = key((), check=list_of(text(1000), 0, 100_000),
+                                   doc="module names never pruned (the classifier head is always kept)")
+    bn_adaptation: bool = key(True, check=boolean,
+                              doc="re-estimate batch-norm statistics on calibration data after pruning")
+    finetune: FinetuneConfig | None = key(None, doc="the recovery fine-tune: a [pruning.finetune] table")
     # The accuracy guard, in points of the task metric vs the unpruned model; default [compression] max_drop.
     # A recovery fine-tune that ends below the pruned model fails the build's artifacts whatever the budget.
-    max_drop: float | None = None
+    max_drop: float | None = key(None, check=number(0, 100),
+                                 doc="the accuracy guard in points vs the unpruned model (default [compression])")
 
     def __post_init__(self):
         if self.method not in ("structured", "unstructured"):
@@ -50,14 +57,10 @@ class PruningConfig:
         if not data:
             return None
         data = dict(data)
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise UserInputError(f"Recipe section [pruning] has unknown keys {unknown}.",
-                                 f"Allowed keys: {', '.join(sorted(allowed))}.")
+        reject_unknown("pruning", data, cls)
         if data.get("finetune"):
             ft = dict(data["finetune"])
-            bad = sorted(set(ft) - {f.name for f in fields(FinetuneConfig)})
+            bad = sorted(set(ft) - set(keys_of(FinetuneConfig)))
             if bad or "source" not in ft:
                 raise UserInputError(f"[pruning.finetune] has unknown keys {bad} or no source.",
                                      "Give source (training data with labels), and optionally epochs, lr, "

@@ -28,15 +28,17 @@ nms = "plugin"                     # added to (and over) the target file's [opti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgeopt.config.compression import CompressionConfig
-from edgeopt.config.pruning import PruningConfig
+from edgeopt.config.pruning import FinetuneConfig, PruningConfig
 from edgeopt.config.budgets import Budgets
-from edgeopt.config.schema import check_inputs_fit, check_recipe
+from edgeopt.config.schema import DIM, OPTIONS, TOLERANCE, check_inputs_fit, check_recipe, data_section
+from edgeopt.core.checks import (SEED, Check, boolean, either, integer, key, keys_of, list_of, map_of, number,
+                                 path_text, table_of, text)
 from edgeopt.errors import UserInputError
-from edgeopt.core.parity import DEFAULT_TOLERANCES
+from edgeopt.core.parity import DEFAULT_TOLERANCES, Tolerance
 from edgeopt.core.profile import ProfileConfig
 from edgeopt.core.tasks import TaskConfig
 from edgeopt.core.resources import load_toml
@@ -47,6 +49,10 @@ MODEL_KINDS = ("cnn", "transformer", "detector", "generic")
 
 
 def _reject_unknown(section: str, data: dict, allowed) -> None:
+    """Unknown keys of a section (``allowed``: a config dataclass, or the names), keys that belong at the top
+    level named as such."""
+    if isinstance(allowed, type):
+        allowed = tuple(keys_of(allowed))
     unknown = sorted(set(data) - set(allowed))
     misplaced = [k for k in unknown if k in TOP_KEYS and section != "top level"]
     if misplaced:  # TOML puts every key written after a [section] header into that section
@@ -60,21 +66,26 @@ def _reject_unknown(section: str, data: dict, allowed) -> None:
 
 def _section(cls, name: str, data: dict | None):
     data = dict(data or {})
-    _reject_unknown(name, data, [f.name for f in fields(cls)])
+    _reject_unknown(name, data, cls)
     return cls(**data)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    source: str
-    checkpoint: str | None = None
-    name: str | None = None
-    kind: str = "generic"
-    allow_pickle: bool = False  # full unpickling of a checkpoint: only when the user opts in
-    outputs: tuple[str, ...] = ()  # rename the flattened outputs
-    labels: tuple[str, ...] = ()  # class names, shipped in bundles
-    call: str = "positional"  # positional | keywords | list (torchvision detectors take a list of images)
-    adapter: tuple[str, ...] = ()  # PEFT adapter folder(s) on the base model: one artifact set per adapter
+    source: str = key(check=path_text,
+                      doc="file.py:factory | package.module:factory | model.onnx | model.pt2 | hf:FOLDER")
+    checkpoint: str | None = key(None, check=path_text, doc="state_dict for the factory's model | torchscript.pt")
+    name: str | None = key(None, check=text(), doc="the model's name in reports and bundles")
+    kind: str = key("generic", check=text(32), doc="cnn | transformer | detector | generic (picks compression recipes)")
+    allow_pickle: bool = key(False, check=boolean, doc="full unpickling of a checkpoint: only when the user opts in")
+    outputs: tuple[str, ...] = key((), check=list_of(text(), 0, 4096), doc="rename the flattened outputs")
+    labels: tuple[str, ...] = key((), check=list_of(either(text(1000), number(), want="a label (text)"), 0, 1_000_000),
+                                  doc="class names, shipped in bundles")
+    call: str = key("positional", check=text(32),
+                    doc="positional | keywords | list (torchvision detectors take a list of images)")
+    adapter: tuple[str, ...] = key((), check=either(path_text, list_of(path_text, 1, 64),
+                                                    want="a PEFT adapter folder or a list of them"),
+                                   doc="PEFT adapter folder(s) on the base model: one artifact set per adapter")
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -85,9 +96,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    opset: int = 18
-    exporter: str = "auto"  # auto (dynamo, legacy on failure) | dynamo | legacy
-    slim: bool = True
+    opset: int = key(18, check=integer(1, 100), doc="ONNX opset, 11 to 23")
+    exporter: str = key("auto", check=text(16), doc="auto (dynamo, legacy on failure) | dynamo | legacy")
+    slim: bool = key(True, check=boolean, doc="simplify the exported graph (onnxslim)")
 
     def __post_init__(self):
         if self.exporter not in ("auto", "dynamo", "legacy"):
@@ -98,15 +109,17 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ParityConfig:
-    samples: int = 3  # random samples at batch 1; one more at a batch > 1 when the batch is dynamic
-    seed: int = 0
-    tolerances: dict = field(default_factory=dict)  # {"fp32": {"atol": 1e-4, "min_cosine": ...}}
+    samples: int = key(3, check=integer(1, 1000),
+                       doc="random samples at batch 1; one more at a batch > 1 when the batch is dynamic")
+    seed: int = key(0, check=SEED, doc="seed of the random samples")
+    tolerances: dict = key(factory=dict, check=map_of(TOLERANCE, "parity.tolerances"),
+                           doc='per precision: [parity.tolerances.fp32] atol, rtol, min_cosine, max_map_drop')
 
     def __post_init__(self):
         for p, t in self.tolerances.items():
             if p not in DEFAULT_TOLERANCES:
                 raise UserInputError(f"[parity.tolerances] names unknown precision {p!r}.", f"Use {list(PRECISIONS)}.")
-            _reject_unknown(f"parity.tolerances.{p}", t, ("atol", "rtol", "min_cosine", "max_map_drop"))
+            _reject_unknown(f"parity.tolerances.{p}", t, Tolerance)
 
 
 
@@ -167,8 +180,26 @@ TOP_KEYS = ("model", "inputs", "dims", "outputs", "targets", "precisions", "expo
             "calibration", "evaluation", "compression", "pruning", "select", "preprocess", "task", "options")
 
 
+def section_checks() -> dict[str, Check]:
+    """The check of every [section], read from the keys its dataclass declares (edgeopt.core.checks.key)."""
+    from edgeopt.data.dataset import DataConfig
+    from edgeopt.data.preprocess import Preprocess
+
+    pre = table_of(Preprocess)
+    data = data_section(table_of(DataConfig, extra={"preprocess": pre}))
+    finetune = table_of(FinetuneConfig, extra={"preprocess": pre})
+    return {
+        "model": table_of(ModelConfig, "[model]"), "dims": map_of(DIM, "dims"),
+        "export": table_of(ExportConfig, "[export]"), "parity": table_of(ParityConfig, "[parity]"),
+        "profile": table_of(ProfileConfig, "[profile]"), "calibration": data, "evaluation": data,
+        "compression": table_of(CompressionConfig, "[compression]"),
+        "pruning": table_of(PruningConfig, "[pruning]", extra={"finetune": finetune}),
+        "select": table_of(Budgets, "[select]"), "preprocess": pre, "options": OPTIONS,
+    }
+
+
 def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
-    check_recipe(data)  # types, ranges and lengths of every known key: a clear error, never a traceback
+    check_recipe(data, section_checks())  # types, ranges and lengths of every key: a clear error, no traceback
     _reject_unknown("top level", data, TOP_KEYS)
     if "model" not in data or "source" not in data["model"]:
         raise UserInputError("The recipe has no [model] source.", 'Add [model] source = "model.py:build".')

@@ -7,8 +7,9 @@ import os
 import platform
 from functools import lru_cache
 
-LIBRARIES = ("numpy", "torch", "torchvision", "onnx", "onnxscript", "onnxslim", "onnxruntime", "openvino",
-             "nncf", "transformers", "torch-pruning", "tensorrt", "cuda-python")
+# The host's own libraries; each backend adds its own (Backend.libraries, through edgeopt.backends.host_info).
+LIBRARIES = ("numpy", "torch", "torchvision", "onnx", "onnxscript", "onnxslim", "nncf", "transformers",
+             "torch-pruning")
 INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni",
                      "fma", "f16c", "asimd", "asimddp", "sve", "i8mm", "bf16")
 
@@ -47,11 +48,12 @@ def cpu_has(flag: str) -> bool:
     return flag in cpu_info()["flags"]
 
 
-def host_info() -> dict:
+def host_info(libraries: tuple[str, ...] = ()) -> dict:
+    """This machine, with the versions of :data:`LIBRARIES` and of ``libraries`` (the backends')."""
     return {
         "hostname": platform.node(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "cpu": cpu_info(),
-        "libraries": {name: v for name in LIBRARIES if (v := version_of(name))},
+        "libraries": {name: v for name in dict.fromkeys((*LIBRARIES, *libraries)) if (v := version_of(name))},
     }

@@ -6,17 +6,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeopt.core.checks import key, number
+
 
 @dataclass(frozen=True)
 class Tolerance:
-    atol: float | None  # max |a - b| allowed, plus rtol * max |reference|
-    rtol: float
-    min_cosine: float
+    atol: float | None = key(check=number(0, 1e6), doc="max |a - b| allowed, plus rtol * max |reference|")
+    rtol: float = key(check=number(0, 1e6), doc="relative part of the bound, times max |reference|")
+    min_cosine: float = key(check=number(-1, 1), doc="the least cosine similarity of the outputs")
     # Detectors returning final detections (boxes, scores, labels): when they are not element-wise equal, the
     # most points of mAP50 and of mAP50:95 the artifact's detections may lose against the reference's (None:
     # element-wise only). Discrete selections (top-k, NMS, score thresholds) can pick another, equally valid
     # set of boxes on near-tied scores, where raw tensors cannot be compared.
-    max_map_drop: float | None = None
+    max_map_drop: float | None = key(None, check=number(0, 100), doc="detectors: the most points of mAP lost")
 
     def to_dict(self) -> dict:
         return {"atol": self.atol, "rtol": self.rtol, "min_cosine": self.min_cosine, "max_map_drop": self.max_map_drop}

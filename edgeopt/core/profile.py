@@ -16,18 +16,21 @@ from typing import Callable
 import numpy as np
 
 from edgeopt.errors import UserInputError
+from edgeopt.core.checks import boolean, integer, key, list_of, number
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    batches: tuple[int, ...] = (1, 8)
-    warmup: int = 10  # iterations, or
-    warmup_s: float | None = None  # seconds
-    iterations: int | None = None  # fixed count, or
-    duration_s: float = 1.5  # seconds of timed runs (at least min_iterations)
-    min_iterations: int = 20
-    threads: int | None = None  # None: each backend's default, recorded
-    baseline: bool = True  # profile the PyTorch eager model as the baseline row
-    rounds: int = 10  # interleaved rounds: each contender gets duration_s (or iterations) split over them
+    batches: tuple[int, ...] = key((1, 8), check=list_of(integer(1, 65536), 1, 64), doc="batch sizes profiled")
+    warmup: int = key(10, check=integer(0, 100_000), doc="untimed iterations first, or")
+    warmup_s: float | None = key(None, check=number(0, 600), doc="seconds of untimed runs first")
+    iterations: int | None = key(None, check=integer(1, 1_000_000), doc="a fixed count of timed runs, or")
+    duration_s: float = key(1.5, check=number(0, 3600, above=True),
+                            doc="seconds of timed runs (at least min_iterations)")
+    min_iterations: int = key(20, check=integer(1, 1_000_000), doc="timed runs at least")
+    threads: int | None = key(None, check=integer(0, 1024), doc="threads (default: each backend's own, recorded)")
+    baseline: bool = key(True, check=boolean, doc="profile the PyTorch eager model as the baseline row")
+    rounds: int = key(10, check=integer(1, 1000),
+                      doc="interleaved rounds: each contender gets duration_s (or iterations) split over them")
 
     def __post_init__(self):
         if not self.batches or any(int(b) < 1 for b in self.batches):

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edgeopt.errors import DataError, UserInputError
+from edgeopt.core.checks import key, reject_unknown
 
 TASK_TYPES = ("classification", "embedding", "detection", "segmentation", "generic")
 POOLINGS = ("mean", "cls", "none")
@@ -33,21 +34,26 @@ POOLINGS = ("mean", "cls", "none")
 class TaskConfig:
     """``[task]`` of a recipe."""
 
-    type: str = "auto"  # classification | embedding | detection | generic | auto (from [model] kind and outputs)
-    output: str | None = None  # the output judged (default: the first; generic: all)
-    pooling: str = "mean"  # embedding: mean (over the mask) | cls | none (the output is already pooled)
-    mask_input: str | None = None  # the attention-mask input (default: an integer input whose name has "mask")
+    type: str = key("auto", doc="classification | embedding | detection | segmentation | generic | auto (from [model] "
+                    "kind and outputs)")
+    output: str | None = key(None, doc='the output judged (default: the first; generic: all)')
+    pooling: str = key("mean", doc='embedding: mean (over the mask) | cls | none (the output is already pooled)')
+    mask_input: str | None = key(None,
+                                 doc='the attention-mask input (default: an integer input whose name has "mask")')
     # detection (edgeopt.core.detection)
-    format: str = "auto"  # torchvision (boxes/scores/labels outputs) | yolo (raw head [B, 4+C, N]) | auto (shape)
-    boxes: str | None = None  # torchvision-style output names (default: boxes, scores, labels)
-    scores: str | None = None
-    labels: str | None = None
-    score_threshold: float = 0.001  # detections kept for mAP
-    iou_threshold: float = 0.7  # NMS for raw heads
-    max_detections: int = 300
-    label_threshold: float = 0.25  # without annotations: FP32's detections scoring this or more are the labels
-    annotations: str | None = None  # COCO JSON or a folder of YOLO txt files; default: FP32's detections
-    background_class: int = -1  # per-class scores before NMS: the "no object" class (torchvision SSD: 0), or -1
+    format: str = key("auto", doc='torchvision (boxes/scores/labels outputs) | yolo (raw head [B, 4+C, N]) | auto (from '
+                      "the outputs' shapes)")
+    boxes: str | None = key(None, doc='torchvision-style output names (default: boxes, scores, labels)')
+    scores: str | None = key(None, doc="the scores output (default: scores)")
+    labels: str | None = key(None, doc="the labels output (default: labels)")
+    score_threshold: float = key(0.001, doc='detections kept for mAP')
+    iou_threshold: float = key(0.7, doc='NMS for raw heads')
+    max_detections: int = key(300, doc="detections per image kept, 1 to 10000")
+    label_threshold: float = key(0.25,
+                                 doc="without annotations: FP32's detections scoring this or more are the labels")
+    annotations: str | None = key(None, doc="COCO JSON or a folder of YOLO txt files; default: FP32's detections")
+    background_class: int = key(-1, doc='per-class scores before NMS: the "no object" class (torchvision SSD: 0), '
+                                "or -1")
 
     def __post_init__(self):
         if self.type not in (*TASK_TYPES, "auto"):
@@ -79,11 +85,7 @@ class TaskConfig:
             return cls()
         if not isinstance(data, dict):
             raise UserInputError("[task] must be a table.", 'Write [task] with type = "classification" (or another).')
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(map(str, data)) - allowed)
-        if unknown:
-            raise UserInputError(f"Recipe section [task] has unknown keys {unknown}.",
-                                 f"Allowed keys: {', '.join(sorted(allowed))}.")
+        reject_unknown("task", data, cls)
         try:
             return cls(**data)
         except TypeError as exc:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.errors import DataError, UserInputError
+from edgeopt.core.checks import COUNT, SEED, either, integer, key, keys_of, path_text, text
 from edgeopt.core.spec import IOSpec
 from edgeopt.data.preprocess import Preprocess, is_int, unknown_keys
 from edgeopt.data.sources import check_label_count, conform, open_source
@@ -45,18 +46,21 @@ DEFAULT_SIZE = 300
 class DataConfig:
     """One ``[calibration]`` or ``[evaluation]`` section of a recipe."""
 
-    source: str
-    size: int | None = DEFAULT_SIZE  # None: all samples
-    seed: int = 0
-    min_samples: int | None = None  # None: 10 for calibration, 1 for evaluation
-    labels: str = "labels"  # key of the labels array in an .npz or in a callable's dicts
-    input: str | None = None  # which input an image folder or .npy feeds; default the first
-    preprocess: Preprocess | None = None
-    tokenizer: str | None = None  # local folder of a Hugging Face tokenizer (text sources)
-    max_length: int | None = None  # tokens per text sample; default the input's fixed length or opt
-    base_dir: Path | None = None  # relative paths are resolved against it
+    source: str = key(check=path_text, doc="an image folder, .npz, .npy, .txt, or module:function")
+    size: int | None = key(DEFAULT_SIZE, check=either(COUNT, text(8), want='a sample count or "all"'),
+                           doc='samples used ("all": every sample)')
+    seed: int = key(0, check=SEED, doc="seed of the sample choice")
+    min_samples: int | None = key(None, check=COUNT, doc="fewer is an error (default 10 for calibration, 1 for "
+                                  "evaluation)")
+    labels: str = key("labels", check=text(), doc="key of the labels array in an .npz or in a callable's dicts")
+    input: str | None = key(None, check=text(), doc="which input an image folder or .npy feeds; default the first")
+    preprocess: Preprocess | None = key(None, doc="how images become samples: a [SECTION.preprocess] table")
+    tokenizer: str | None = key(None, check=path_text, doc="local folder of a Hugging Face tokenizer (text sources)")
+    max_length: int | None = key(None, check=integer(1, 1_000_000),
+                                 doc="tokens per text sample; default the input's fixed length or opt")
+    base_dir: Path | None = None  # relative paths are resolved against it (not a recipe key)
 
-    KEYS = ("source", "size", "seed", "min_samples", "labels", "input", "preprocess", "tokenizer", "max_length")
+    KEYS = ()  # set below the class: its recipe keys, in order
 
     def __post_init__(self):
         if not isinstance(self.source, str) or not self.source.strip():
@@ -117,6 +121,9 @@ class DataConfig:
 
     def min_for(self, purpose: str) -> int:
         return self.min_samples if self.min_samples is not None else DEFAULT_MIN_SAMPLES[purpose]
+
+
+DataConfig.KEYS = tuple(keys_of(DataConfig))
 
 
 # ================================================================================================

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.errors import DataError, UserInputError, require
+from edgeopt.core.checks import PAIR, PER_CHANNEL, boolean, either, integer, key, keys_of, number, text
 from edgeopt.core.spec import DTYPES, IOSpec, TensorSpec
 from edgeopt.core.untrusted import printable
 
@@ -58,20 +59,23 @@ class Preprocess:
     original pixel lands in the model's input, so detections can be mapped back.
     """
 
-    resize: int | tuple[int, int] | None = None
-    center_crop: tuple[int, int] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    scale: float = 1 / 255
-    channel_order: str = "RGB"
-    layout: str = "NCHW"
-    dtype: str = "float32"
-    interpolation: str = "bilinear"
-    letterbox: bool = False
-    pad_value: int = 114
+    resize: int | tuple[int, int] | None = key(
+        None, check=either(integer(1, 65536), PAIR, want="an integer or [height, width] from 1 to 65536"),
+        doc="the shorter side (aspect ratio kept), or [height, width]")
+    center_crop: tuple[int, int] | None = key(
+        None, check=either(integer(1, 65536), PAIR, want="an integer or [height, width] from 1 to 65536"),
+        doc="[height, width], or one size for a square")
+    mean: tuple[float, ...] | None = key(None, check=PER_CHANNEL, doc="per channel, in the output channel order")
+    std: tuple[float, ...] | None = key(None, check=PER_CHANNEL, doc="per channel, in the output channel order")
+    scale: float = key(1 / 255, check=number(0, None, above=True), doc="pixels are multiplied by it first")
+    channel_order: str = key("RGB", check=text(8), doc="RGB | BGR | L")
+    layout: str = key("NCHW", check=text(8), doc="NCHW | NHWC")
+    dtype: str = key("float32", check=text(16), doc="the input's dtype")
+    interpolation: str = key("bilinear", check=text(16), doc="resize filter: nearest | bilinear | bicubic | lanczos")
+    letterbox: bool = key(False, check=boolean, doc="detectors: fit inside resize = [h, w], pad the rest")
+    pad_value: int = key(114, check=integer(0, 255), doc="letterbox padding (114, grey, as Ultralytics)")
 
-    KEYS = ("resize", "center_crop", "mean", "std", "scale", "channel_order", "layout", "dtype", "interpolation",
-            "letterbox", "pad_value")
+    KEYS = ()  # set below the class: its recipe keys, in order
 
     def __post_init__(self):
         where = "preprocess"
@@ -334,3 +338,6 @@ def open_image(path: Path):
 def image_channels(img) -> int:
     """1 for grayscale images, 3 for colour ones (palette, RGBA, CMYK ... count as colour)."""
     return 1 if img.mode in _GRAY_MODES else 3
+
+
+Preprocess.KEYS = tuple(keys_of(Preprocess))

@@ -105,21 +105,19 @@ def _dpkg_version(package: str) -> str | None:
     return out.strip() or None if out is not None else None
 
 
-def _tensorrt_version() -> str | None:
-    from edgeopt.backends.tensorrt.install import installed_tensorrt_version
+def _backend_facts() -> dict:
+    """What each registered backend records about its system install (TensorRT's version, the GPU it sees)."""
+    from edgeopt.backends import backends
 
-    return installed_tensorrt_version(deb_version=_dpkg_version)
+    facts: dict = {}
+    for b in backends():
+        facts.update(_safe(lambda b=b: b.device_facts(_dpkg_version)) or {})
+    return facts
 
 
-def _gpu() -> dict | None:
-    try:
-        from edgeopt.backends.tensorrt.cuda import probe_cuda_python  # cuda-python only: no torch here
-
-        gpu, _ = probe_cuda_python(0)
-        if gpu:
-            return gpu
-    except Exception:  # noqa: BLE001
-        pass
+def _gpu(facts: dict) -> dict | None:
+    if facts.get("gpu"):
+        return facts["gpu"]
     out = _run(["nvidia-smi", "--query-gpu=name,compute_cap,memory.total,driver_version", "--format=csv,noheader"])
     if out and out.strip():
         parts = [p.strip() for p in out.strip().splitlines()[0].split(",")]
@@ -161,6 +159,7 @@ def device_fingerprint() -> dict:
     jetpack = _safe(lambda: _dpkg_version("nvidia-jetpack"))
     if jetpack is None and l4t:
         jetpack = L4T_TO_JETPACK.get(l4t)
+    facts = _safe(_backend_facts) or {}
     fields = {
         "hostname": lambda: platform.node(),
         "model": lambda: _read("/proc/device-tree/model"),
@@ -168,9 +167,9 @@ def device_fingerprint() -> dict:
         "kernel": lambda: platform.release(),
         "python": lambda: platform.python_version(),
         "edgeopt": lambda: __version__,
-        "tensorrt": _tensorrt_version,
+        **{k: (lambda v=v: v) for k, v in facts.items() if k != "gpu"},
         "cuda": _cuda_version,
-        "gpu": _gpu,
+        "gpu": lambda: _gpu(facts),
         "memory": _memory,
         "nvpmodel": lambda: parse_nvpmodel(_run(["nvpmodel", "-q"])),
         "jetson_clocks": lambda: parse_jetson_clocks(_run(["jetson_clocks", "--show"])),

@@ -13,7 +13,7 @@ from edgeopt.pipeline.build import (
     stage_intake,
 )
 from edgeopt.errors import ArtifactLoadError, UserInputError
-from edgeopt.core.hostinfo import host_info
+from edgeopt.backends import host_info
 from edgeopt.core.lock import out_lock
 from edgeopt.core.manifest import Manifest, load_consistent, load_manifest, mark_incomplete
 from edgeopt.core.energy import note_power

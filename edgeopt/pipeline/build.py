@@ -13,7 +13,7 @@ import numpy as np
 from edgeopt import __version__
 from edgeopt.core.artifact import ARTIFACT_JSON
 from edgeopt.backends.artifact import open_artifact
-from edgeopt.backends import CompileRequest, get_backend
+from edgeopt.backends import CompileRequest, get_backend, get_packaging
 from edgeopt.compress import INT8_RECIPES_VERSION
 from edgeopt.errors import BackendMissingError, DiskFullError, EdgeoptError, ParityError, UserInputError
 from edgeopt.core.fsutil import (
@@ -26,7 +26,7 @@ from edgeopt.core.fsutil import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from edgeopt.core.hostinfo import host_info, version_of
+from edgeopt.core.hostinfo import version_of
 from edgeopt.core.lock import OUT_LOCK, out_lock
 from edgeopt.core.manifest import MANIFEST, Manifest, load_manifest, mark_incomplete
 from edgeopt.core.parity import in_words, parity, parity_summary, tolerance_for
@@ -36,7 +36,7 @@ from edgeopt.core.reference import REFERENCE_FILE, parity_feeds, save_reference
 from edgeopt.core.tasks import describe
 from edgeopt.report.progress import Reporter
 from edgeopt.core.targets import check_precision, get_target, load_targets
-from edgeopt.backends import target_status
+from edgeopt.backends import check_recipe_options, check_target_options, host_info, target_status
 from edgeopt.core.records import Status
 from edgeopt.pipeline.context import BuildContext, EXPORT_DIR, EXPORT_RECORD, MARKER, Plan
 from edgeopt.pipeline.judge import evaluate, gate_by_task, reference_task_metric, stage_judge_set
@@ -74,6 +74,9 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
     if unknown:
         raise UserInputError(f"The recipe has [options.NAME] for {unknown}, which is no target or backend.",
                              f"Name a target or a backend: {', '.join(sorted(known))}.")
+    check_recipe_options(recipe.options, [*load_targets().values(), *chosen])  # each backend's declared keys
+    for t in chosen:
+        check_target_options(t, f"Target {t.path or t.name} [options]")
     chosen = [recipe.target_options(t) for t in chosen]  # [options.BACKEND] / [options.TARGET] of the recipe
     plans: list[Plan] = []
     for t in chosen:
@@ -338,7 +341,7 @@ def score_package(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="edgeopt-score-") as tmp:
             # what ONNX Runtime can run of it: a TensorRT plugin at the end (NMS) is left out, its raw outputs scored
-            host = get_backend(plan.target.backend).package_host_onnx(onnx_path, graph, Path(tmp))
+            host = get_packaging(plan.target.backend).package_host_onnx(onnx_path, graph, Path(tmp))
             acc = evaluate(lambda feed: run_onnx(host, [feed], ctx.model.spec)[0], ctx)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime may lack a kernel TensorRT has: say so, keep the package
         ctx.reporter.warn(f"{plan.id}: the Q/DQ ONNX could not be scored on ONNX Runtime here ({type(exc).__name__})")

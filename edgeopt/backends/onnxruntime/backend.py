@@ -9,6 +9,8 @@ from pathlib import Path
 from edgeopt.errors import CompileError
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
+from edgeopt.config.options import Option
+from edgeopt.core.checks import boolean, choice, integer
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 
 from edgeopt.backends.onnxruntime.runner import LEVELS, MODEL_FILE, OrtRunner, physical_cores, session_options
@@ -35,6 +37,17 @@ class OnnxRuntimeBackend(Backend):
     module = "onnxruntime"
     distribution = "onnxruntime"
     extra = "onnxruntime"
+    libraries = ("onnxruntime",)
+    options = (
+        Option("graph_optimization_level", "at load time, tuned to the CPU it runs on: disable | basic | extended | "
+               "all", choice(*LEVELS)),
+        Option("offline_optimization", "saved into the artifact (portable across CPUs): disable | basic | extended "
+               "| all", choice(*LEVELS)),
+        Option("intra_op_threads", "threads of one inference (0: one per physical core)", integer(0, 4096)),
+        Option("inter_op_threads", "threads across independent nodes (default 1)", integer(0, 4096)),
+        Option("measure_runtime_settings", "time the load-time settings and record the faster (default true)",
+               boolean),
+    )
 
     def details(self) -> dict:
         import onnxruntime as ort

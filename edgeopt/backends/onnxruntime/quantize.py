@@ -20,6 +20,7 @@ from edgeopt.errors import CompileError
 from edgeopt.core.fsutil import working_dir
 from edgeopt.compress import INT8_RECIPES_VERSION, failure, head
 from edgeopt.compress.cache import calibration_key, lookup, store
+from edgeopt.backends import library_names
 from edgeopt.compress.common import (
     FeedReader,
     calibration_feeds,
@@ -316,7 +317,7 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str, reduce: bool):
         params["float_head"] = head.VERSION
     if head.float_nodes_of(req):
         params["float_nodes"] = list(head.float_nodes_of(req))
-    key = calibration_key(onnx_sha, getattr(req.calibration, "sha256", None), name, params)
+    key = calibration_key(onnx_sha, getattr(req.calibration, "sha256", None), name, params, library_names())
     hit = lookup(key)
     if hit is not None:
         req.log(f"int8 candidate {name}: reusing calibration from the cache ({key[:12]})")

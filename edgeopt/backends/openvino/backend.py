@@ -10,6 +10,8 @@ from edgeopt.errors import CompileError, IntegrityError
 from edgeopt.core.untrusted import check_settings, confined, int_in, one_of, printable
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
+from edgeopt.config.options import Option
+from edgeopt.core.checks import boolean, choice, integer
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 
 from edgeopt.backends.openvino.runner import IR_FILE, OvRunner, device_capabilities, ov_core, runtime_config
@@ -30,6 +32,14 @@ class OpenVinoBackend(Backend):
     module = "openvino"
     distribution = "openvino"
     extra = "openvino"
+    libraries = ("openvino",)
+    options = (
+        Option("performance_hint", "OpenVINO's PERFORMANCE_HINT: LATENCY | THROUGHPUT | CUMULATIVE_THROUGHPUT",
+               choice("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")),
+        Option("threads", "INFERENCE_NUM_THREADS (0: OpenVINO's choice)", integer(0, 4096)),
+        Option("measure_runtime_settings", "time the runtime settings and record the faster (default true)",
+               boolean),
+    )
 
     def details(self) -> dict:
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from edgeopt.errors import CompileError
 from edgeopt.compress import failure, head
 from edgeopt.compress.cache import calibration_key, lookup, store
+from edgeopt.backends import library_names
 from edgeopt.compress.common import (
     calibration_feeds,
     config_of,
@@ -152,7 +153,8 @@ def quantize_for_openvino(req, model):
         kw["ignored_scope"] = nncf.IgnoredScope(names=exclude, validate=False)
         params["float_head"] = head.VERSION
         notes["float_head"] = head.summary(exclude)
-    key = calibration_key(req.onnx_key(), getattr(req.calibration, "sha256", None), "nncf-ov", params)
+    key = calibration_key(req.onnx_key(), getattr(req.calibration, "sha256", None), "nncf-ov", params,
+                          library_names())
     feed1 = req.spec.random_feed(__import__("numpy").random.default_rng(0), batch=1 if req.spec.batch_dim else None)
     hit = lookup(key)
     if hit is not None:

@@ -1,3 +1,4 @@
 from edgeopt.backends.tensorrt.backend import BACKEND
+from edgeopt.backends.tensorrt.packaging import PACKAGING
 
-__all__ = ["BACKEND"]
+__all__ = ["BACKEND", "PACKAGING"]

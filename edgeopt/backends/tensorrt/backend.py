@@ -17,18 +17,19 @@ engine cache, open a runner); the pieces live beside it:
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
-from edgeopt.errors import BackendMissingError, EdgeoptError, UserInputError
+from edgeopt.errors import EdgeoptError
 from edgeopt.core.fsutil import onnx_digest, sha256_file, sha256_json, write_bytes_atomic, write_json_atomic
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
+from edgeopt.config.options import Option
+from edgeopt.core.checks import boolean, choice, integer
 from edgeopt.backends.base import Backend, CompileRequest, Runner
-from edgeopt.backends.tensorrt.builder import build_engine, make_builder
+from edgeopt.backends.tensorrt.builder import build_engine
 from edgeopt.backends.tensorrt.cuda import probe_gpu, require_gpu
-from edgeopt.backends.tensorrt.install import INSTALL_FIX, INSTALL_HINT, import_tensorrt, installed_tensorrt_version
+from edgeopt.backends.tensorrt.install import INSTALL_HINT, import_tensorrt, installed_tensorrt_version
 from edgeopt.backends.tensorrt.operators import parse_version
 from edgeopt.backends.tensorrt.plan import build_plan
 from edgeopt.backends.tensorrt.prepare import INT32_ONNX, prepare_onnx, with_int32_outputs
@@ -47,6 +48,20 @@ class TensorRTBackend(Backend):
     distribution = "tensorrt"
     builds_on_device = True  # an engine only runs on the GPU and TensorRT version that built it
     extra = "tensorrt"
+    libraries = ("tensorrt", "cuda-python")
+    options = (
+        Option("workspace_mb", "builder workspace in MiB (0: TensorRT's default)", integer(0, 1 << 24)),
+        Option("builder_optimization_level", "0-5; 3 is TensorRT's default, lower builds faster", integer(0, 5)),
+        Option("timing_cache", "reuse edgeopt's timing cache (default true)", boolean),
+        Option("tf32", "TF32 for fp32 layers (unset: off for fp32, on otherwise)", boolean),
+        Option("dla_core", "-1: GPU only; 0 or 1: fp16/int8 on that DLA core", integer(-1, 15)),
+        Option("gpu_fallback", "layers DLA cannot run fall back to the GPU (default true)", boolean),
+        Option("strongly_typed", "a strongly typed network (types from the ONNX)", boolean),
+        Option("nms", "a detector's NMS in a device package: plugin (EfficientNMS_TRT) | outside",
+               choice("plugin", "outside")),
+        Option("host_check", "a package whose FP16/INT8 ONNX misses the reference on the host: fail | warn",
+               choice("fail", "warn")),
+    )
     rebuild_note = "TensorRT engines load only on the GPU model and with the TensorRT version that built them."
 
     def artifact_fits_here(self, aid: str, meta: dict, built_version: str | None,
@@ -57,117 +72,27 @@ class TensorRTBackend(Backend):
     def require(self):
         return import_tensorrt()
 
+    def preflight(self):
+        from edgeopt.backends.tensorrt.lint import TensorRTPreflight
+
+        return TensorRTPreflight()
+
+    def device_facts(self, deb_version) -> dict:
+        """TensorRT's version (JetPack's .debs included) and the GPU as cuda-python sees it (no torch)."""
+        from edgeopt.backends.tensorrt.cuda import probe_cuda_python
+
+        facts = {"tensorrt": installed_tensorrt_version(deb_version=deb_version)}
+        try:
+            gpu, _ = probe_cuda_python(0)
+        except Exception:  # noqa: BLE001 - a fingerprint never fails
+            gpu = None
+        return {**facts, "gpu": gpu} if gpu else facts
+
     def version(self) -> str | None:
         return installed_tensorrt_version()
 
     def install_hint(self) -> str:
         return INSTALL_HINT + "; TensorRT itself comes with JetPack (on a PC: pip install tensorrt)"
-
-    device_build_why = "TensorRT engines are built on the device that runs them"
-    device_build_note = ("TensorRT engines only load on the GPU model and TensorRT version that built them, so the "
-                         "engine is built on the device.")
-
-    def package_plan(self, spec: IOSpec, target: Target, precision: str) -> tuple[str, object | None]:
-        version = str(target.hardware.get("tensorrt") or "")
-        if not version:
-            raise UserInputError(f"Target {target.name!r} does not say which TensorRT version it runs.",
-                                 'Add tensorrt = "10.3" (for example) under [hardware] in its target file.')
-        plan = build_plan(spec, target, precision, dict(target.options), version)
-        return plan.onnx, plan
-
-    def package_onnx(self, form: str, onnx_path: Path, dst: Path, src, log) -> dict:
-        """FP16 (FP32 inputs/outputs kept), or INT8 Q/DQ (signed, zero point 0) calibrated on the recipe's data."""
-        if form == "fp16":
-            from edgeopt.backends.tensorrt.prepare import convert_to_fp16
-
-            log(f"{src.id}: converting the ONNX to FP16 (FP32 inputs/outputs kept) for TensorRT "
-                f"{src.target.hardware.get('tensorrt')}")
-            convert_to_fp16(onnx_path, dst)
-            return {}
-        if form != "qdq":
-            return super().package_onnx(form, onnx_path, dst, src, log)
-        if src.calibration is None:
-            raise UserInputError(
-                f"{src.id} needs an INT8 Q/DQ model, which is calibrated on data, and the recipe gives no calibration "
-                "data.", "Add a [calibration] section to the recipe (and int8 to its precisions), or drop int8 for "
-                "this target.")
-        try:
-            from edgeopt.backends.tensorrt.quantize import quantize_for_tensorrt
-        except ImportError as exc:
-            raise BackendMissingError("edgeopt.compress (the compression stage)", "nncf",
-                                      f"quantize {src.id} to INT8 Q/DQ") from exc
-        log(f"{src.id}: quantizing to INT8 Q/DQ for TensorRT (signed INT8, zero point 0)")
-        return {"quantization": quantize_for_tensorrt(onnx_path, src.calibration, src.spec, dst, src.model_kind,
-                                                      log=log)}
-
-    def package_graph(self, onnx_path: Path, target: Target, task, detector: bool) -> dict | None:
-        """A detector's NMS as chosen (``nms`` option: the plugin, or outside the engine) and INT64 outputs cast
-        to INT32 (see :mod:`edgeopt.backends.tensorrt.nms`)."""
-        from edgeopt.backends.tensorrt.nms import rewrite_for_tensorrt
-
-        return rewrite_for_tensorrt(onnx_path, task, dict(target.options), detector)
-
-    def package_reference(self, outputs: dict, graph: dict) -> dict:
-        from edgeopt.backends.tensorrt.nms import expected_outputs
-
-        return expected_outputs(outputs, graph)
-
-    def package_host_onnx(self, onnx_path: Path, graph: dict | None, work_dir: Path) -> Path:
-        """Without the NMS plugin (TensorRT's, which ONNX Runtime lacks): the raw head the host's task decodes."""
-        from edgeopt.backends.tensorrt.nms import without_plugin
-
-        return without_plugin(onnx_path, graph, Path(work_dir) / "host_model.onnx")
-
-    def package_preflight(self, onnx_path: Path, target: Target, spec: IOSpec, plan):
-        from edgeopt.backends.tensorrt.lint import lint
-
-        return lint(onnx_path, target, spec, tensorrt_version=plan.tensorrt)
-
-    def device_requirements(self, cuda: str | None = None) -> list[str]:
-        """TensorRT itself comes with JetPack; its Python side needs onnx and cuda-python of the device's CUDA."""
-        cuda = str(cuda or "")
-        return ["onnx", f"cuda-python=={cuda}.*" if re.fullmatch(r"\d+\.\d+", cuda) else "cuda-python"]
-
-    def device_wheel_extra(self) -> str:
-        return ""  # JetPack provides TensorRT (a venv with --system-site-packages sees it)
-
-    def check_device(self, target: Target, what: str, run_there: str, force: bool = False) -> dict:
-        try:
-            trt = import_tensorrt()
-        except BackendMissingError as exc:
-            err = BackendMissingError("tensorrt", "tensorrt", f"build {what}")
-            err.problem = f"{what} needs TensorRT and an NVIDIA GPU to build its engine: tensorrt is not installed here."
-            err.fix = f"{run_there} {INSTALL_FIX}"
-            err.args = (err.problem,)
-            raise err from exc
-        except EdgeoptError as exc:
-            raise EdgeoptError(f"{what} needs TensorRT and an NVIDIA GPU: {exc.problem}",
-                               f"{run_there} {exc.fix or ''}".strip()) from exc
-        gpu, why = probe_gpu()
-        if gpu is None:
-            raise EdgeoptError(f"{what} needs an NVIDIA GPU to build its TensorRT engine; none is usable here ({why}).",
-                               run_there)
-        version = str(trt.__version__)
-        declared = str(target.hardware.get("tensorrt") or "")
-        problems = []
-        mismatch = target_mismatch(target, gpu)
-        if mismatch:
-            problems.append(mismatch)
-        if declared and parse_version(declared)[0] != parse_version(version)[0]:
-            problems.append(f"the target declares TensorRT {declared} (JetPack {target.hardware.get('jetpack', '?')}); "
-                            f"this device has TensorRT {version}")
-        if problems and not force:
-            raise UserInputError(f"This device is not the {target.name} device: " + "; ".join(problems) + ".",
-                                 "Compile a package made for this device's target (`edgeopt targets`; jetson-thor for "
-                                 "JetPack 7), or pass --force to build here anyway (the engine runs only on this device).")
-        dla = target.options.get("dla_core")
-        if dla is not None and int(dla) >= 0:
-            cores = int(make_builder(trt, trt.Logger(trt.Logger.WARNING)).num_DLA_cores)
-            if int(dla) >= cores:
-                raise UserInputError(f"{what} asks for DLA core {dla}; this device has {cores} DLA core(s).",
-                                     "Set dla_core = -1 in the target (GPU only), or compile on a device with DLA (AGX "
-                                     "Orin, Orin NX).")
-        return {"backend": self.name, "version": version, "gpu": gpu, "mismatch_forced": problems or None}
 
     def unavailable_reason(self, target: Target) -> str | None:
         if not self.installed():

@@ -14,6 +14,7 @@ from pathlib import Path
 from edgeopt.errors import UserInputError, require
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
+from edgeopt.backends.base import Preflight
 from edgeopt.backends.tensorrt.operators import (
     BASELINE,
     DATA_DEPENDENT,
@@ -641,3 +642,10 @@ def is_fp16_model(onnx_path: Path | str) -> bool:
         return True
     return any(n.op_type == "Cast" and any(a.name == "to" and a.i == 10 for a in n.attribute)
                for n, _ in _walk_nodes(model))
+
+
+class TensorRTPreflight(Preflight):
+    """``edgeopt lint -t TARGET`` for TensorRT targets: :func:`lint` against the target's TensorRT version."""
+
+    def run(self, model: Path, target: Target, spec: IOSpec | None, version: str | None = None) -> LintReport:
+        return lint(model, target, spec, version)

@@ -17,6 +17,7 @@ from pathlib import Path
 from edgeopt.errors import CompileError
 from edgeopt.core.fsutil import sha256_file
 from edgeopt.compress.cache import calibration_key, lookup, store
+from edgeopt.backends import library_names
 from edgeopt.compress.common import quiet_logging
 from edgeopt.compress.head import float_head_for, summary
 
@@ -82,7 +83,8 @@ def quantize_for_tensorrt(onnx_path, calibration, spec, out_path, model_kind: st
     feeds = list(calibration)[:300]
     exclude = float_head_for(onnx_path, model_kind)  # a detector's post-processing stays in float
     key = calibration_key(sha256_file(onnx_path), getattr(calibration, "sha256", None), "tensorrt-qdq",
-                          {"subset": len(feeds), "kind": model_kind, **({"float_head": len(exclude)} if exclude else {})})
+                          {"subset": len(feeds), "kind": model_kind, **({"float_head": len(exclude)} if exclude else {})},
+                          library_names())
     hit = lookup(key)
     if hit is not None:
         log(f"tensorrt int8: reusing calibration from the cache ({key[:12]})")

@@ -31,7 +31,9 @@ def check_device(target, backend, package_id: str = "", force: bool = False) -> 
     where = describe_device(target)
     run_there = (f"Run `edgeopt device-compile PACKAGE` on the {where}, or from this host: `edgeopt device-compile "
                  "PACKAGE --remote user@device`.")
-    return backend.check_device(target, package_id or target.name, run_there, force=force)
+    from edgeopt.backends import get_packaging
+
+    return get_packaging(backend.name).check_device(target, package_id or target.name, run_there, force=force)
 
 
 def _link_package(src: Path, stage: Path, pkg: dict) -> None:

@@ -20,11 +20,11 @@ def describe_device(target) -> str:
 
 
 def package_reason(src: PackageSource, plan) -> str:
-    from edgeopt.backends import get_backend
+    from edgeopt.backends import get_backend, get_packaging
 
     backend = get_backend(src.target.backend)
     if backend.builds_on_device:
-        why = src.why_not_here or backend.device_build_why
+        why = src.why_not_here or get_packaging(backend.name).device_build_why
         return (f"{why}. Device package written: finish on the {describe_device(src.target)} with `edgeopt device-compile "
                 f"{src.id}` there, or from here with `edgeopt device-compile OUT/{src.id} --remote user@device` "
                 f"(see {src.id}/{INSTRUCTIONS}).")
@@ -36,9 +36,9 @@ def instructions(src: PackageSource, plan, lint_summary: dict | None) -> str:
     t, hw = src.target, src.target.hardware
     pyver = hw.get("python") or "3.10"
     wheel = f"edgeopt-{__version__}-py3-none-any.whl"
-    from edgeopt.backends import get_backend
+    from edgeopt.backends import get_packaging
 
-    backend = get_backend(t.backend)
+    backend = get_packaging(t.backend)
     extra_pkgs = "".join(f" {shlex.quote(r)}" for r in backend.device_requirements(hw.get("cuda")))
     lines = [
         f"# Finish `{src.id}` on the device",

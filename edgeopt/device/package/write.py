@@ -105,9 +105,9 @@ def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> 
     log = log or (lambda msg: None)
     stage = Path(stage)
     target, precision = src.target, src.precision
-    from edgeopt.backends import get_backend
+    from edgeopt.backends import get_packaging
 
-    backend = get_backend(target.backend)
+    backend = get_packaging(target.backend)
     form, plan = backend.package_plan(src.spec, target, precision)
     onnx_meta = _write_onnx(stage, src, form, log)
     spec = src.spec
@@ -177,9 +177,9 @@ def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
     if form == "fp32":
         _copy_onnx(src.onnx_path, dst)
     else:  # fp16, Q/DQ ...: the backend writes the form its device build takes
-        from edgeopt.backends import get_backend
+        from edgeopt.backends import get_packaging
 
-        meta.update(get_backend(src.target.backend).package_onnx(form, src.onnx_path, dst, src, log))
+        meta.update(get_packaging(src.target.backend).package_onnx(form, src.onnx_path, dst, src, log))
     if not dst.is_file():
         raise CompileError(f"The {form} ONNX for {src.id} was not written.", "Report this as a bug in edgeopt.")
     meta["sha256"] = onnx_digest(dst)

@@ -34,7 +34,9 @@ def _error_dict(exc: BaseException) -> dict:
             "fix": "Report this as a bug in edgeopt.", "exit_code": 1}
 
 
-def _modules() -> dict:
+def _modules(backend_modules=()) -> dict:
+    """Which modules the device's Python can import: edgeopt's own needs, and ``backend_modules`` (the host's
+    registry names them: a device without numpy cannot import it)."""
     import importlib.util
 
     def present(m):
@@ -43,8 +45,7 @@ def _modules() -> dict:
         except (ImportError, ValueError):
             return False
 
-    return {m: present(m) for m in ("numpy", "tomli", "click", "rich", "onnx", "tensorrt", "onnxruntime", "openvino",
-                                    "cuda")}
+    return {m: present(m) for m in ("numpy", "tomli", "click", "rich", "onnx", *backend_modules, "cuda")}
 
 
 def _agent_hello(args: dict) -> dict:
@@ -56,7 +57,10 @@ def _agent_hello(args: dict) -> dict:
         free = shutil.disk_usage(work if work.is_dir() else Path.home()).free
     except OSError:
         free = None
-    mods = _modules()
+    asked = args.get("modules") if isinstance(args, dict) else None
+    asked = [m for m in asked[:32] if isinstance(m, str) and re.fullmatch(r"[A-Za-z_][\w.]{0,99}", m)] \
+        if isinstance(asked, list) else []
+    mods = _modules(asked)
     return {"edgeopt_version": __version__, "python": platform.python_version(),
             "python_tuple": list(sys.version_info[:3]), "executable": sys.executable,
             "system_site_packages": sys.prefix != sys.base_prefix and _venv_system_site(),

@@ -112,14 +112,14 @@ def wheel_from_installed(dest: Path) -> Path:
 
 def _device_built_backends() -> list:
     """The backends whose artifacts are compiled on the device (their framework comes with the device's system)."""
-    from edgeopt.backends import REGISTRY, get_backend
+    from edgeopt.backends import backends, get_packaging
 
-    return [b for b in map(get_backend, REGISTRY) if b.builds_on_device]
+    return [get_packaging(b.name) for b in backends() if b.builds_on_device]
 
 
 def _base_probe() -> str:
     """Python code printing the device Python's version, path and which device-side frameworks it can import."""
-    modules = sorted(b.module for b in _device_built_backends())
+    modules = sorted(p.backend.module for p in _device_built_backends())
     return ("import sys, json, importlib.util as u; "
             "print(json.dumps({'version': list(sys.version_info[:3]), 'executable': sys.executable, "
             f"'modules': {{m: u.find_spec(m) is not None for m in {modules!r}}}}}))")
@@ -174,15 +174,15 @@ def setup(host: str, wheel: str | Path | None = None, python: str = "python3", v
                               "Install it there: sudo apt-get install python3-venv (python3.10-venv on JetPack 6).",
                               kind="no-venv")
         raise classify(host, res, "making the venv")
-    from edgeopt.backends import get_backend
+    from edgeopt.backends import get_packaging
 
     backends = _target_backends(targets)
     present = base.get("modules") or {}
-    on_device = [b for b in _device_built_backends() if b.name in backends or present.get(b.module)]
+    on_device = [p for p in _device_built_backends() if p.name in backends or present.get(p.backend.module)]
     if tensorrt is not None:  # --tensorrt / --no-tensorrt: the device-built backends' requirements or none
         on_device = _device_built_backends() if tensorrt else []
     extras = list(extra_requirements)
-    wheel_extras = sorted({e for b in backends if (e := get_backend(b).device_wheel_extra())})
+    wheel_extras = sorted({e for b in backends if (e := get_packaging(b).device_wheel_extra())})
     if on_device and not no_deps:
         cuda = _remote_cuda(host, opts)
         extras += [r for b in on_device for r in b.device_requirements(cuda) if r not in extras]

@@ -288,7 +288,10 @@ def run_agent(host: str, action: str, args: dict, opts: RemoteOptions, *, timeou
 
 def hello(host: str, opts: RemoteOptions, python: str | None = None, check_version: bool = True) -> dict:
     """Reach the device and check its edgeopt: version, Python, free space in the work folder."""
-    h = run_agent(host, "hello", {}, opts, timeout=max(60.0, opts.connect_timeout * 3), python=python)
+    from edgeopt.backends import backends
+
+    h = run_agent(host, "hello", {"modules": [b.module for b in backends()]}, opts,
+                  timeout=max(60.0, opts.connect_timeout * 3), python=python)
     if check_version and h.get("edgeopt_version") != __version__:
         raise RemoteError(host, f"the device runs edgeopt {h.get('edgeopt_version')} ({h.get('executable')}); this "
                           f"machine runs {__version__}.", SETUP_FIX.format(host=host), kind="version")
