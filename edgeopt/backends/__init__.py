@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from edgeopt.errors import UserInputError
+from edgeopt.errors import BackendMissingError, UserInputError
 from edgeopt.backends.base import Backend, CompileRequest, Runner
+from edgeopt.backends.reference import HostReference
 from edgeopt.core.targets import Target, load_targets
 
 REGISTRY: dict[str, str] = {
@@ -20,6 +21,16 @@ def get_backend(name: str) -> Backend:
     if name not in REGISTRY:
         raise UserInputError(f"Unknown backend {name!r}.", f"Use one of: {', '.join(REGISTRY)}.")
     return importlib.import_module(REGISTRY[name]).BACKEND
+
+
+def host_reference() -> HostReference:
+    """The host's reference executor (parity, FP32 outputs, scoring): the first registered backend whose
+    package offers one (``HOST_REFERENCE``)."""
+    for module in REGISTRY.values():
+        ref = getattr(importlib.import_module(module), "HOST_REFERENCE", None)
+        if ref is not None:
+            return ref
+    raise BackendMissingError("a backend that runs ONNX on this host", "torch", "check and score models here")
 
 
 def target_status(target: Target) -> tuple[bool, str]:
@@ -41,4 +52,5 @@ def targets(folder: Path | None = None) -> list[dict]:
     return rows
 
 
-__all__ = ["Backend", "CompileRequest", "Runner", "REGISTRY", "get_backend", "target_status", "targets"]
+__all__ = ["Backend", "CompileRequest", "HostReference", "Runner", "REGISTRY", "get_backend", "host_reference",
+           "target_status", "targets"]
