@@ -35,7 +35,7 @@ def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
     check_output(out, force)
     manifest = Manifest.new(r, host_info())
     ctx = BuildContext(recipe=r, out=out, reporter=reporter, generation=manifest.generation)
-    ctx = replace(ctx, data=load_data(ctx, manifest, calibrate=False))
+    ctx = replace(ctx, data=load_data(ctx, manifest, calibrate=r.pruning is not None))
     ctx = replace(ctx, model=stage_intake(ctx))
     with out_lock(out, "export"):
         prepare_output(out, force)
