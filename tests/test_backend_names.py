@@ -14,10 +14,6 @@ ROOT = PKG.parent
 
 # Files other #19 work is changing (their imports of ONNX Runtime go with it); each entry names what remains.
 PENDING = {
-    "edgeopt/pipeline/export.py": "the host's reference executor (stages: behind an interface)",
-    "edgeopt/pipeline/judge.py": "the host's reference executor (stages)",
-    "edgeopt/pipeline/build.py": "scoring TensorRT packages with ONNX Runtime (stages / int8loop)",
-    "edgeopt/device/package/write.py": "the host check of a package's ONNX with ONNX Runtime (stages)",
     "edgeopt/compress/failure.py": "ONNX Runtime's error types in the INT8 loop (int8loop)",
 }
 

@@ -443,7 +443,7 @@ def test_a_full_disk_during_bundle_names_the_bundles_disk(out, tmp_path):
 def test_a_checkpoint_that_is_not_a_file_says_what_it_is(tmp_path, kind, words):
     import torch
 
-    from edgeopt.pipeline.intake import _read_checkpoint
+    from edgeopt.pipeline.sources import _read_checkpoint
     from edgeopt.errors import ModelLoadError
 
     path = tmp_path / "w.pt"

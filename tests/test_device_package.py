@@ -184,9 +184,22 @@ def _tiny_ctx(tmp_path, opset: int = 17):
     spec = IOSpec((TensorSpec("x", ("batch", 4)),), {"batch": Dim("batch", 1, 2, 8)}, ("y",))
     x = np.linspace(-1, 1, 4, dtype=np.float32)[None]
     save_reference(out / REFERENCE_FILE, [{"x": x}], [{"y": np.maximum(x, 0)}])
-    model_info = SimpleNamespace(spec=spec, kind="generic", describe=lambda: {"name": "tiny", "kind": "generic"})
-    return SimpleNamespace(out=out, onnx_path=out / "export" / "model.onnx", model=model_info, recipe=example_recipe(),
-                           calibration=None, reporter=Reporter(quiet=True))
+    return SimpleNamespace(out=out, onnx_path=out / "export" / "model.onnx", spec=spec, recipe=example_recipe(),
+                           reporter=Reporter(quiet=True))
+
+
+def _write(ctx, plan, folder=None) -> dict:
+    """The device package of ``plan`` as the build's package stage writes it: from a PackageSource alone."""
+    from edgeopt.core.parity import tolerance_for
+    from edgeopt.core.reference import REFERENCE_FILE
+    from edgeopt.device.package import PackageSource
+
+    src = PackageSource(target=plan.target, precision=plan.precision, spec=ctx.spec, model_kind="generic",
+                        onnx_path=ctx.onnx_path, reference_path=ctx.out / REFERENCE_FILE,
+                        tolerance=tolerance_for(plan.precision, ctx.recipe.parity.tolerances).to_dict(),
+                        compression=ctx.recipe.compression, task=ctx.recipe.task,
+                        model={"name": "tiny", "kind": "generic"}, why_not_here=plan.reason)
+    return write_device_package(src, folder or ctx.out / plan.id, _rec(plan), ctx.out, ctx.reporter)
 
 
 def _plan(target: str, precision: str):
@@ -207,7 +220,7 @@ def test_preflight_errors_fail_the_record_and_write_nothing(tmp_path):
     folder = ctx.out / plan.id
     (folder).mkdir()
     (folder / PACKAGE_JSON).write_text("{}")  # an older package there would be stale next to a failed record
-    rec = write_device_package(ctx, plan, folder, _rec(plan))
+    rec = _write(ctx, plan, folder)
     assert rec["status"] == "failed" and rec["files"] == []
     assert "opset-too-new" in rec["reason"] and "lint" in rec["fix"]
     assert rec["lint"]["ok"] is False and rec["lint"]["findings"][0]["code"] == "opset-too-new"
@@ -217,7 +230,7 @@ def test_preflight_errors_fail_the_record_and_write_nothing(tmp_path):
 def test_int8_without_calibration_data_fails_clearly(tmp_path):
     ctx = _tiny_ctx(tmp_path)
     plan = _plan("jetson-orin-nano", "int8")
-    rec = write_device_package(ctx, plan, ctx.out / plan.id, _rec(plan))
+    rec = _write(ctx, plan)
     assert rec["status"] == "failed" and "calibration" in rec["reason"] and "[calibration]" in rec["fix"]
     assert not (ctx.out / plan.id).exists()
 
@@ -225,12 +238,12 @@ def test_int8_without_calibration_data_fails_clearly(tmp_path):
 def test_tiny_package_is_reused_when_nothing_changed(tmp_path):
     ctx = _tiny_ctx(tmp_path)
     plan = _plan("jetson-orin-nano", "fp32")
-    first = write_device_package(ctx, plan, ctx.out / plan.id, _rec(plan))
+    first = _write(ctx, plan)
     assert first["status"] == Status.NOT_BUILT_HERE and "reused" not in first
-    again = write_device_package(ctx, plan, ctx.out / plan.id, _rec(plan))
+    again = _write(ctx, plan)
     assert again["reused"] and again["key"] == first["key"] and again["files"] == first["files"]
     plan16 = _plan("jetson-orin-nano", "fp16")
-    assert write_device_package(ctx, plan16, ctx.out / plan16.id, _rec(plan16))["key"] != first["key"]
+    assert _write(ctx, plan16)["key"] != first["key"]
 
 
 # ---- the device fingerprint ----------------------------------------------------------------------------
@@ -327,11 +340,11 @@ def test_a_package_whose_host_check_fails_fails_unless_kept(tmp_path):
     pytest.importorskip("onnxruntime")
     ctx = _overflow_ctx(tmp_path)
     plan = _plan(_trt11_target(tmp_path), "fp16")
-    rec = write_device_package(ctx, plan, ctx.out / plan.id, _rec(plan))
+    rec = _write(ctx, plan)
     assert rec["status"] == "failed" and rec["files"] == [] and not (ctx.out / plan.id).exists()
     assert "misses the reference outputs on ONNX Runtime here" in rec["reason"] and "cosine" in rec["reason"]
     assert rec["host_check"]["passed"] is False and 'host_check = "warn"' in rec["fix"]
     kept = _plan(_trt11_target(tmp_path, host_check="warn"), "fp16")
-    rec = write_device_package(ctx, kept, ctx.out / kept.id, _rec(kept))
+    rec = _write(ctx, kept)
     assert rec["status"] == Status.NOT_BUILT_HERE and rec["package"]["onnx"]["host_check"]["passed"] is False
     assert read_package(ctx.out / kept.id)["onnx"]["form"] == "fp16"

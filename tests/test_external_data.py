@@ -70,7 +70,7 @@ def test_external_weights_are_in_the_key_and_ort_compiles_them(recipe, tmp_path)
 
 
 def test_missing_or_escaping_external_data_is_a_clear_error(tmp_path):
-    from edgeopt.pipeline.intake import external_data_files
+    from edgeopt.pipeline.sources import external_data_files
 
     path = externalize(tmp_path)
     assert external_data_files(path) == ["weights.bin"]

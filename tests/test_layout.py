@@ -134,3 +134,93 @@ def test_no_module_is_shadowed_by_a_package_of_the_same_name():
     pkg = Path(edgeopt.__file__).resolve().parent
     shadowed = [str(p.relative_to(ROOT)) for p in pkg.rglob("*.py") if p.with_suffix("").is_dir()]
     assert not shadowed, f"modules shadowed by a package of the same name: {shadowed}"
+
+
+PIPELINE_MAX_LINES = 300
+
+
+def test_the_build_is_stage_modules_none_over_300_lines():
+    """``pipeline/build.py`` composes stages, each in its own module: no file of the pipeline grows into a
+    grab-bag again."""
+    pkg = Path(edgeopt.__file__).resolve().parent / "pipeline"
+    long = {p.name: n for p in sorted(pkg.glob("*.py")) if (n := len(p.read_text().splitlines())) > PIPELINE_MAX_LINES}
+    assert not long, f"pipeline modules over {PIPELINE_MAX_LINES} lines (split them by stage): {long}"
+    build = (pkg / "build.py").read_text()
+    for stage in ("intake", "export", "compile", "judge", "timing", "record"):
+        assert f"from edgeopt.pipeline.{stage} import" in build, stage
+
+
+def _annotation(node) -> str:
+    import ast
+
+    return ast.unparse(node) if node is not None else ""
+
+
+def test_the_build_context_and_stage_results_are_typed():
+    """Every field of the build's context and of each stage's result has a real type (no ``object``, no
+    ``Any``), and the stage results are frozen: a stage returns its result, it never sets another's fields."""
+    import ast
+    import dataclasses
+
+    from edgeopt.pipeline import context
+
+    tree = ast.parse(Path(context.__file__).read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    for name in ("BuildContext", "BuildData", "Exported", "Judging", "Pruned", "LoadedModel", "Plan"):
+        fields = [n for n in classes[name].body if isinstance(n, ast.AnnAssign)]
+        assert fields, name
+        loose = [f"{name}.{f.target.id}: {_annotation(f.annotation)}" for f in fields
+                 if {"object", "Any"} & set(_annotation(f.annotation).replace("|", " ").split())]
+        assert not loose, loose
+    for name in ("BuildContext", "BuildData", "Exported", "Judging", "Pruned"):
+        assert getattr(context, name).__dataclass_params__.frozen, name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(getattr(context, name).__new__(getattr(context, name)), "x", 1)
+
+
+def test_device_packages_read_only_the_typed_input_they_declare():
+    """device/package is below the pipeline: it is written from a PackageSource (its own typed input), never
+    from the pipeline's context read by attribute name, and names no pipeline module, even for typing."""
+    import ast
+    import dataclasses
+    import inspect
+
+    from edgeopt.device.package import PackageSource, write_device_package, write_package_files
+
+    device = Path(edgeopt.__file__).resolve().parent / "device"
+    for p in sorted(device.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("edgeopt.pipeline"), f"{p}:{node.lineno}"
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = {a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs}
+                assert not names & {"ctx", "context", "build"}, f"{p}:{node.lineno} {node.name} takes a context"
+    for fn in (write_device_package, write_package_files):
+        params = inspect.signature(fn).parameters.values()
+        assert all(q.annotation is not inspect.Parameter.empty for q in params), fn.__name__
+        assert any(q.annotation in ("PackageSource", PackageSource) for q in params), fn.__name__
+    fields = dataclasses.fields(PackageSource)
+    assert PackageSource.__dataclass_params__.frozen and fields
+    assert all(f.type and "object" not in str(f.type) and "Any" not in str(f.type) for f in fields)
+
+
+def test_the_pipeline_reaches_the_host_reference_through_the_registry():
+    """Parity, the FP32 judge set and scoring run on the host's reference executor, which the registry names:
+    no module of the pipeline or of device/package imports a concrete backend's modules."""
+    import ast
+
+    from edgeopt.backends import REGISTRY, host_reference
+
+    root = Path(edgeopt.__file__).resolve().parent
+    found = []
+    for folder in (root / "pipeline", root / "device" / "package"):
+        for p in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(p.read_text())):
+                mods = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                        else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                found += [f"{p.relative_to(root)}:{node.lineno} {m}" for m in mods
+                          if any(m == f"edgeopt.backends.{n}" or m.startswith(f"edgeopt.backends.{n}.")
+                                 for n in REGISTRY)]
+    assert not found, found
+    ref = host_reference()
+    assert ref.name in REGISTRY and ref.installed()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from edgeopt.errors import UserInputError
+from edgeopt.errors import BackendMissingError, UserInputError
 from edgeopt.backends.base import Backend, CompileRequest, Runner
 from edgeopt.backends.packaging import DevicePackaging
+from edgeopt.backends.reference import HostReference
 from edgeopt.core.targets import Target, load_targets
 
 REGISTRY: dict[str, str] = {
@@ -75,6 +76,16 @@ def host_info() -> dict:
     return core_host_info(library_names())
 
 
+def host_reference() -> HostReference:
+    """The host's reference executor (parity, FP32 outputs, scoring): the first registered backend whose
+    package offers one (``HOST_REFERENCE``)."""
+    for module in REGISTRY.values():
+        ref = getattr(importlib.import_module(module), "HOST_REFERENCE", None)
+        if ref is not None:
+            return ref
+    raise BackendMissingError("a backend that runs ONNX on this host", "torch", "check and score models here")
+
+
 def target_status(target: Target) -> tuple[bool, str]:
     """Can this target run here? (True, details) or (False, why not and what to install)."""
     try:
@@ -94,6 +105,7 @@ def targets(folder: Path | None = None) -> list[dict]:
     return rows
 
 
-__all__ = ["Backend", "CompileRequest", "DevicePackaging", "Runner", "REGISTRY", "backends", "check_recipe_options",
-           "check_target_options", "get_backend", "get_packaging", "host_info", "library_names", "preflight",
+__all__ = ["Backend", "CompileRequest", "DevicePackaging", "HostReference", "Runner", "REGISTRY", "backends",
+           "check_recipe_options", "check_target_options", "get_backend", "get_packaging", "host_info",
+           "host_reference", "library_names", "preflight",
            "target_status", "targets"]

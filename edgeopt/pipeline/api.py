@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from edgeopt.pipeline.context import BuildContext
-from edgeopt.pipeline.build import (
-    check_output,
-    load_data,
-    prepare_output,
-    stage_export,
-    stage_intake,
-)
+from edgeopt.pipeline.export import stage_export
+from edgeopt.pipeline.intake import load_data, stage_intake
+from edgeopt.pipeline.record import check_output, prepare_output
 from edgeopt.errors import ArtifactLoadError, UserInputError
 from edgeopt.backends import host_info
 from edgeopt.core.lock import out_lock
@@ -38,9 +35,9 @@ def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
     reporter = reporter or Reporter()
     check_output(out, force)
     manifest = Manifest.new(r, host_info())
-    ctx = BuildContext(recipe=r, out=out, reporter=reporter)
-    load_data(ctx, manifest)
-    stage_intake(ctx)
+    ctx = BuildContext(recipe=r, out=out, reporter=reporter, generation=manifest.generation)
+    ctx = replace(ctx, data=load_data(ctx, manifest, calibrate=r.pruning is not None))
+    ctx = replace(ctx, model=stage_intake(ctx))
     with out_lock(out, "export"):
         prepare_output(out, force)
         previous = load_manifest(out, missing_ok=True)

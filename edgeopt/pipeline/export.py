@@ -1,196 +1,123 @@
-"""Export stage: PyTorch -> ONNX (dynamo exporter, legacy on failure), check, slim, parity vs PyTorch."""
+"""The export stage: PyTorch -> ONNX (reused while the model and settings are unchanged; see
+:mod:`edgeopt.pipeline.exporter`), parity against PyTorch on the host's reference executor, the reference samples
+and outputs every artifact is checked against, and the model's record (with the tokenizer it ships)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from edgeopt.errors import ExportError, ParityError, require
-from edgeopt.core.fsutil import sha256_file
-from edgeopt.pipeline.intake import LoadedModel, run_torch
-from edgeopt.data.torchfeed import to_torch
+from edgeopt import __version__
+from edgeopt.config.recipe import Recipe
+from edgeopt.core.fsutil import file_record, sha256_file, sha256_json, staged_dir, write_bytes_atomic, write_json_atomic
+from edgeopt.core.hostinfo import version_of
+from edgeopt.core.manifest import Manifest
 from edgeopt.core.parity import figures as _figures
-from edgeopt.core.parity import parity, tolerance_for
-from edgeopt.config.recipe import ExportConfig
-from edgeopt.core.spec import IOSpec
-
-ONNX_FILE = "model.onnx"
-TWO_GB = 2 * 1024**3
-
-
-SPECIFIC_OP_PATTERNS = (
-    r"operator '((?:aten|prim|torchvision)::[A-Za-z0-9_]+)'",  # legacy: Exporting the operator 'aten::x' ...
-    r"[Nn]o (?:ONNX )?(?:function|decomposition)s? (?:found |registered )?for (?:<OpOverload\(op=')?((?:aten|torchvision)[.:]+[A-Za-z0-9_]+)",
-    r"Unsupported FX nodes: \{'((?:aten|torchvision)::[A-Za-z0-9_]+)",
-)
-GENERIC_OP_PATTERNS = (r"((?:aten|torchvision|prim)::[A-Za-z0-9_]+)", r"torch\.ops\.((?:aten|torchvision)\.[A-Za-z0-9_]+)")
+from edgeopt.core.parity import in_words, parity, parity_summary, tolerance_for
+from edgeopt.core.reference import REFERENCE_FILE, parity_feeds, save_reference
+from edgeopt.errors import ParityError
+from edgeopt.pipeline.context import EXPORT_DIR, EXPORT_RECORD, BuildContext, Exported, LoadedModel
+from edgeopt.pipeline.exporter import export_onnx
+from edgeopt.pipeline.flat import run_torch
+from edgeopt.pipeline.record import files_intact, read_json
+from edgeopt.pipeline.sources import onnx_source_digest
 
 
-def failing_operators(text: str) -> list[str]:
-    """Operator names an exporter error blames: the explicit "operator X is not supported" first."""
-    for patterns in (SPECIFIC_OP_PATTERNS, GENERIC_OP_PATTERNS):
-        found: list[str] = []
-        for pat in patterns:
-            for m in re.finditer(pat, text):
-                op = m.group(1).replace(".", "::", 1) if "::" not in m.group(1) else m.group(1)
-                if op not in found:
-                    found.append(op)
-        if found:
-            return found
-    return []
+REAL_REFERENCE_SAMPLES = 16  # real samples in the reference data: what a bundle's self-test scores the task on
 
 
-def export_sizes(spec: IOSpec) -> dict[str, int]:
-    """Sizes for the example inputs: avoid 1 on dynamic axes, which the exporter would specialise."""
-    return {n: min(d.max, max(d.opt, 2 * d.multiple_of)) for n, d in spec.dims.items()}
+def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | None = None) -> Exported:
+    """Export the (pruned) model to OUT/export/, reused while its key holds; the reference samples and outputs;
+    the export, model and reference records of the manifest."""
+    r = ctx.recipe
+    model = ctx.model
+    export_key = sha256_json({"model": model.sha256, "spec": model.spec.to_dict(), "export": r.export.__dict__,
+                              "torch": version_of("torch"), "edgeopt": __version__, "source": model.source})
+    out = ctx.out / EXPORT_DIR
+    prev = (previous.data.get("export") if previous else None) or read_json(out / EXPORT_RECORD) or {}
+    if model.onnx_path is not None:
+        onnx_path = model.onnx_path
+        record = {"exporter": "none (ONNX given)", "sha256": model.sha256}  # covers its external data files
+    elif prev.get("key") == export_key and files_intact(ctx.out, prev.get("files", [])):
+        ctx.reporter.info("Reusing the exported ONNX (model and settings unchanged)")
+        record = prev
+        onnx_path = out / "model.onnx"
+    else:
+        ctx.reporter.step(f"Exporting to ONNX (opset {r.export.opset})")
+        with staged_dir(out) as stage:
+            record = export_onnx(model, stage, r.export, log=ctx.reporter.info)
+            record["key"] = export_key
+            record["files"] = [{**file_record(p, stage), "path": f"{EXPORT_DIR}/{p.relative_to(stage).as_posix()}"}
+                               for p in sorted(stage.rglob("*")) if p.is_file()]
+            # The record travels with the ONNX (same rename), so a rerun after kill -9 or Ctrl-C reuses the
+            # export even though the interrupted run never wrote its manifest.
+            write_json_atomic(stage / EXPORT_RECORD, record)
+        onnx_path = out / "model.onnx"
+    record["key"] = export_key
+    onnx_sha256 = model.sha256 if model.onnx_path is not None else onnx_source_digest(onnx_path)
+    # Reference samples: random within the declared ranges, plus real ones from the evaluation data.
+    real_ds = ctx.data.real
+    real = real_ds.feeds(min(REAL_REFERENCE_SAMPLES, len(real_ds))) if real_ds is not None else []
+    feeds = parity_feeds(model.spec, r.parity.samples, r.parity.seed, real)
+    real_from = len(feeds) - len(real)
+    ctx.reporter.step("Computing reference outputs")
+    refs = reference_outputs(model, feeds)
+    save_reference(ctx.out / REFERENCE_FILE, feeds, refs)
+    if model.module is not None:
+        record["parity"] = parity_summary(check_export_parity(model, onnx_path, feeds, refs, r.parity.tolerances))
+        ctx.reporter.info(f"Exported ONNX matches PyTorch: {in_words(record['parity'])}")
+    manifest.data["export"] = record
+    manifest.data["model"] = {**model.describe(), "preprocess": r.shipped_preprocess(),
+                              "labels": list(r.model.labels or model.labels or ()) or None, "tokenizer": ship_tokenizer(r, model, ctx.out)}
+    manifest.data["reference"] = {"real_from": real_from, "path": REFERENCE_FILE,
+                                  "sha256": sha256_file(ctx.out / REFERENCE_FILE), "samples": len(feeds),
+                                  "source": "pytorch" if model.module is not None else "onnx"}
+    return Exported(onnx_path=onnx_path, onnx_sha256=onnx_sha256, export_sha256=record.get("sha256"), feeds=feeds,
+                    refs=refs, real_from=real_from)
 
 
-def example_args(spec: IOSpec) -> tuple:
-    """Example torch inputs for torch.export / torch.onnx.export, at :func:`export_sizes`."""
-    return to_torch(spec.random_feed(np.random.default_rng(0), sizes=export_sizes(spec)), spec)
+TOKENIZER_FILE = "tokenizer.json"
 
 
-def torch_dynamic_shapes(torch, spec: IOSpec):
-    dims = {n: torch.export.Dim(n, min=d.min, max=d.max) if d.multiple_of == 1 else
-            d.multiple_of * torch.export.Dim(f"{n}_div_{d.multiple_of}", min=d.min // d.multiple_of,
-                                             max=d.max // d.multiple_of)
-            for n, d in spec.dims.items()}
-    # The flat module's forward takes *args: its dynamic shapes are keyed by that parameter's name.
-    return {"args": tuple({ax: dims[name] for ax, name in t.dynamic_axes.items()} or None for t in spec.inputs)}
+TOKENIZER_PATH = "reference/tokenizer.json"  # travels with the reference data in bundles
 
 
-def _export_dynamo(torch, model: LoadedModel, args, path: Path, cfg: ExportConfig):
+def tokenizer_folder(r: Recipe) -> Path | None:
+    """The Hugging Face folder holding the model's ``tokenizer.json``: the text data's tokenizer, else the
+    ``hf:`` model folder (the same folder when saved with save_pretrained)."""
+    cands = [getattr(d, "tokenizer", None) for d in (r.evaluation, r.calibration)]
+    src = r.resolve(r.model.source) or ""
+    if src.startswith("hf:"):
+        cands.append(src[3:])
+    for c in cands:
+        if c and (Path(c) / TOKENIZER_FILE).is_file():
+            return Path(c)
+    return None
+
+
+def ship_tokenizer(r: Recipe, model: LoadedModel, out: Path) -> dict | None:
+    """Copy the model's fast-tokenizer file into OUT (bundles carry it, so the torch-free runtime goes from
+    text to the model's inputs), with the sequence length the inputs take."""
+    folder = tokenizer_folder(r)
+    if folder is None:
+        return None
     spec = model.spec
-    torch.onnx.export(
-        model.module, args, str(path), dynamo=True, opset_version=cfg.opset,
-        input_names=[t.name for t in spec.inputs], output_names=list(spec.outputs),
-        dynamic_shapes=torch_dynamic_shapes(torch, spec) if spec.dims else None,
-        external_data=_too_big(model.module), optimize=True, verbose=False, report=False,
-    )
-
-
-def _export_legacy(torch, model: LoadedModel, args, path: Path, cfg: ExportConfig):
-    spec = model.spec
-    axes = {t.name: dict(t.dynamic_axes) for t in spec.inputs if t.dynamic_axes}
-    torch.onnx.export(
-        model.scripted if model.scripted is not None else model.module, args, str(path), dynamo=False, opset_version=cfg.opset, do_constant_folding=True,
-        input_names=[t.name for t in spec.inputs], output_names=list(spec.outputs), dynamic_axes=axes or None,
-    )
-
-
-def _too_big(module) -> bool:
-    return sum(p.numel() * p.element_size() for p in module.parameters()) >= TWO_GB
-
-
-def _quiet():
-    """The exporters print pages of progress and warnings; keep them out of the user's terminal."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    return stack
-
-
-def export_onnx(model: LoadedModel, out_dir: Path, cfg: ExportConfig, log=print) -> dict:
-    """Write ``out_dir/model.onnx`` (plus ``.data`` when > 2 GB). Returns the export record."""
-    torch = require("torch", "torch", "export to ONNX")
-    require("onnx", "torch", "export to ONNX")
-    path = Path(out_dir) / ONNX_FILE
-    args = example_args(model.spec)
-    order = {"auto": ("dynamo", "legacy"), "dynamo": ("dynamo",), "legacy": ("legacy",)}[cfg.exporter]
-    errors: dict[str, str] = {}
-    if model.scripted is not None:  # torch.export cannot trace a ScriptModule
-        order = ("legacy",)
-        errors["dynamo"] = "skipped: the model is TorchScript, which only the legacy exporter takes"
-    record: dict = {}
-    for name in order:
-        t0 = time.perf_counter()
-        try:
-            with _quiet():
-                (_export_dynamo if name == "dynamo" else _export_legacy)(torch, model, args, path, cfg)
-            record = {"exporter": name, "seconds": round(time.perf_counter() - t0, 2)}
-            break
-        except Exception as exc:  # noqa: BLE001 - exporters raise many types
-            from edgeopt.core.fsutil import enospc_in
-
-            if enospc_in(exc) is not None:
-                raise  # a full disk, not the model: staged_dir turns it into DiskFullError
-            errors[name] = _root_cause(exc)
-            log(f"{name} exporter failed: {_first_line(errors[name])}")
-            for p in Path(out_dir).glob("*"):
-                p.unlink()
-    if not record:
-        ops = failing_operators(" ".join(errors.values()))
-        which = f"the operator(s) {', '.join(ops)}" if ops else "an operator the exporters do not handle"
-        raise ExportError(
-            f"ONNX export failed on {which}. " + " | ".join(f"{k}: {_first_line(v)}" for k, v in errors.items()),
-            "Rewrite that part of forward() with supported operations, try another opset (--opset), "
-            "or export the ONNX yourself and pass the .onnx file as the model source.")
-    if "dynamo" in errors:
-        record["fallback_reason"] = _first_line(errors["dynamo"])
-    record.update(check_and_slim(path, cfg))
-    record.update({"requested_opset": cfg.opset})
-    return record
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost error of the chain, where the exporters say what actually failed; the full
-    text of every link is kept for the operator search."""
-    chain = [exc]
-    while chain[-1].__cause__ is not None and len(chain) < 10:
-        chain.append(chain[-1].__cause__)
-    root = chain[-1]
-    return f"{type(root).__name__}: {root}" + "".join(f"\n{type(e).__name__}: {e}" for e in chain[:-1])
-
-
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return (lines[0] if lines else text)[:400]
-
-
-def check_and_slim(path: Path, cfg: ExportConfig) -> dict:
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=False)
-    except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"The exported ONNX fails onnx.checker: {exc}", "Report this model; try --exporter legacy.") from exc
-    m = onnx.load(str(path))
-    produced = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
-    out = {"opset": produced, "ir_version": m.ir_version, "checker": "passed", "slim": None}
-    if produced != cfg.opset:
-        out["opset_note"] = f"asked for opset {cfg.opset}, the exporter produced {produced}"
-    if cfg.slim:
-        try:
-            import onnxslim
-
-            before = len(m.graph.node)
-            with _quiet():
-                slim = onnxslim.slim(m)
-            onnx.checker.check_model(slim)
-            onnx.save(slim, str(path), save_as_external_data=slim.ByteSize() >= TWO_GB)
-            out["slim"] = {"tool": "onnxslim", "nodes_before": before, "nodes_after": len(slim.graph.node)}
-        except ImportError:
-            out["slim"] = {"skipped": "onnxslim is not installed"}
-        except Exception as exc:  # noqa: BLE001 - keep the unslimmed model, say so
-            out["slim"] = {"skipped": f"onnxslim failed: {_first_line(str(exc))}"}
-    out["sha256"] = sha256_file(path)
-    return out
+    ints = [t for t in spec.inputs if np.issubdtype(np.dtype(t.dtype), np.integer) and len(t.shape) == 2]
+    if not ints:
+        return None
+    seq = ints[0].shape[1]
+    length = seq if isinstance(seq, int) else spec.dims[seq].opt
+    write_bytes_atomic(out / TOKENIZER_PATH, (folder / TOKENIZER_FILE).read_bytes())
+    return {"path": TOKENIZER_PATH, "sha256": sha256_file(out / TOKENIZER_PATH), "max_length": int(length),
+            "fixed_length": isinstance(seq, int), "inputs": [t.name for t in ints]}
 
 
 def check_export_parity(model: LoadedModel, onnx_path: Path, feeds, refs, overrides: dict | None = None) -> dict:
-    """The exported ONNX, run by ONNX Runtime without optimisation, against PyTorch: fail on mismatch."""
-    from edgeopt.backends.onnxruntime.runner import run_onnx
+    """The exported ONNX, run by the host's reference executor, against PyTorch: fail on mismatch."""
+    from edgeopt.backends import host_reference
 
-    require("onnxruntime", "onnxruntime", "check the exported ONNX against PyTorch")
-    got = run_onnx(onnx_path, feeds, model.spec)
+    got = host_reference().require("check the exported ONNX against PyTorch").run(onnx_path, feeds)
     rep = parity(refs, got, tolerance_for("fp32", overrides), model.kind)
     if not rep["passed"] and "detections" in rep and model.module is not None:
         raise ParityError(*_detections_differ(model, feeds, refs, rep))
@@ -260,8 +187,9 @@ def _detections_differ(model: LoadedModel, feeds, refs, rep: dict) -> tuple[str,
 
 
 def reference_outputs(model: LoadedModel, feeds) -> list[dict]:
+    """The reference outputs on ``feeds``: PyTorch's, or the host's reference executor's for an ONNX source."""
     if model.module is not None:  # an adapter's model as trained (unmerged) when the export is its merge
         return run_torch(model.reference_module(), feeds, model.spec)
-    from edgeopt.backends.onnxruntime.runner import run_onnx
+    from edgeopt.backends import host_reference
 
-    return run_onnx(model.onnx_path, feeds, model.spec)
+    return host_reference().run(model.onnx_path, feeds)

@@ -4,39 +4,41 @@ against the FP32 model and the [compression] budget, and the gate an artifact mu
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from edgeopt.errors import ParityError
 from edgeopt.core.manifest import Manifest
 from edgeopt.core.parity import figures
 from edgeopt.core.tasks import describe
-from edgeopt.pipeline.context import BuildContext, Plan
+from edgeopt.pipeline.context import BuildContext, Exported, Judging, Plan
 
 
-def reference_task_metric(ctx: BuildContext, got: list[dict]) -> dict | None:
+def reference_task_metric(judging: Judging, exported: Exported, got: list[dict]) -> dict | None:
     """The task metric of an artifact on the real samples among the reference samples (against the FP32
     reference outputs, no labels): what ``edgeopt verify`` recomputes on a device and compares with."""
     from edgeopt.core.tasks import Outputs
     from edgeopt.core.tasks import evaluate as task_metric
 
-    if ctx.task is None or ctx.real_from >= len(ctx.feeds):
+    start = exported.real_from
+    if judging.task is None or start >= len(exported.feeds):
         return None
-    feeds = ctx.feeds[ctx.real_from:]
-    res = task_metric(ctx.task, Outputs(feeds, got[ctx.real_from:]), Outputs(feeds, ctx.refs[ctx.real_from:]))
+    feeds = exported.feeds[start:]
+    res = task_metric(judging.task, Outputs(feeds, got[start:]), Outputs(feeds, exported.refs[start:]))
     return {k: res[k] for k in ("metric", "label", "value", "budget", "samples") if k in res}
 
 
-def torch_judge_set(ctx: BuildContext, module) -> None:
+def torch_judge_set(ctx: BuildContext, module) -> Judging:
     """A judge set from the PyTorch model itself (before export: what pruning is judged by)."""
     from edgeopt.core.metrics import eval_batch_size
     from edgeopt.core.tasks import dataset_feeds, run_over
 
-    ds = ctx.evaluation if ctx.evaluation is not None else ctx.holdout
-    feeds, labels = dataset_feeds(ds, eval_batch_size(ctx.model.spec))
-    ctx.judge = run_over(torch_infer(module, ctx.model.spec), feeds, labels)
-    shapes = {n: np.asarray(a).shape for n, a in ctx.judge.outputs[0].items()}
-    ctx.task = ctx.recipe.task.resolve(ctx.model.kind, shapes, labels is not None)
-    ctx.fp32_metric = None
-    ctx.fp32_metric = evaluate_outputs(ctx, ctx.judge)
+    feeds, labels = dataset_feeds(ctx.data.real, eval_batch_size(ctx.model.spec))
+    outputs = run_over(torch_infer(module, ctx.model.spec), feeds, labels)
+    shapes = {n: np.asarray(a).shape for n, a in outputs.outputs[0].items()}
+    judging = Judging(ctx.recipe.task.resolve(ctx.model.kind, shapes, labels is not None), ctx.recipe.compression,
+                      outputs)
+    return replace(judging, fp32_metric=evaluate_outputs(judging, outputs))
 
 
 def gate_by_task(plan: Plan, rep: dict, accuracy: dict | None) -> None:
@@ -59,62 +61,68 @@ def gate_by_task(plan: Plan, rep: dict, accuracy: dict | None) -> None:
         raise ParityError(f"{plan.id} differs from PyTorch: {rep['reason']} ({figures(rep)}).", fix)
 
 
-def stage_judge_set(ctx: BuildContext, manifest: Manifest) -> None:
-    """The real samples every artifact is judged on, the FP32 model's outputs on them, the resolved task and
-    the FP32 model's task metric. (Bundles' self-tests use the real samples among the reference samples.)"""
-    from edgeopt.backends.onnxruntime.runner import run_onnx
+def stage_judge_set(ctx: BuildContext, manifest: Manifest) -> Judging:
+    """The real samples every artifact is judged on, the FP32 model's outputs on them (the host's reference
+    executor running the exported ONNX), the resolved task and the FP32 model's task metric. (Bundles'
+    self-tests use the real samples among the reference samples.)"""
+    from edgeopt.backends import host_reference
     from edgeopt.core.metrics import eval_batch_size
     from edgeopt.core.tasks import Outputs, dataset_feeds
 
-    source, ds = ("evaluation", ctx.evaluation) if ctx.evaluation is not None else ("held out of calibration",
-                                                                                   ctx.holdout)
+    r, model, exported = ctx.recipe, ctx.model, ctx.exported
+    source, ds = ("evaluation", ctx.data.evaluation) if ctx.data.evaluation is not None else (
+        "held out of calibration", ctx.data.holdout)
     if ds is None:
-        ctx.task = ctx.recipe.task.resolve(ctx.model.kind, {n: r.shape for n, r in ctx.refs[0].items()}, False)
-        note_inferred_format(ctx, {n: r.shape for n, r in ctx.refs[0].items()})
-        manifest.data["task"] = {"config": ctx.task.to_dict(), "source": None,
+        shapes = {n: a.shape for n, a in exported.refs[0].items()}
+        task = r.task.resolve(model.kind, shapes, False)
+        note_inferred_format(ctx, task, shapes)
+        manifest.data["task"] = {"config": task.to_dict(), "source": None,
                                  "note": "no real samples: artifacts are judged on parity samples only"}
-        return
-    feeds, labels = dataset_feeds(ds, eval_batch_size(ctx.model.spec))
-    outs = run_onnx(ctx.onnx_path, feeds, ctx.model.spec)
-    ctx.judge = Outputs(feeds, outs, labels)  # the FP32 model's outputs, batch by batch
+        return Judging(task, r.compression)
+    feeds, labels = dataset_feeds(ds, eval_batch_size(model.spec))
+    outs = host_reference().run(exported.onnx_path, feeds)
+    judge = Outputs(feeds, outs, labels)  # the FP32 model's outputs, batch by batch
     shapes = {n: np.asarray(a).shape for n, a in outs[0].items()}
-    ctx.task = ctx.recipe.task.resolve(ctx.model.kind, shapes, labels is not None)
-    note_inferred_format(ctx, shapes)
-    ctx.fp32_metric = evaluate_outputs(ctx, ctx.judge)
-    manifest.data["task"] = {"config": ctx.task.to_dict(), "source": source, "samples": len(ds),
-                             "fp32": ctx.fp32_metric, "labels": labels is not None}
-    manifest.data["fp32_metric"] = ctx.fp32_metric
-    ctx.reporter.info(f"Task: {ctx.task.type}, judged on {len(ds)} real samples ({source}); "
-                      f"FP32 {describe(ctx.fp32_metric)}")
+    task = r.task.resolve(model.kind, shapes, labels is not None)
+    note_inferred_format(ctx, task, shapes)
+    # A pruned build's FP32 ONNX is judged against the user's (unpruned) model: pruning's FP32 figure is the base.
+    base = ctx.pruned.judging.fp32_metric if ctx.pruned is not None and ctx.pruned.judging is not None else None
+    fp32_metric = evaluate_outputs(Judging(task, r.compression, judge, base), judge)
+    manifest.data["task"] = {"config": task.to_dict(), "source": source, "samples": len(ds),
+                             "fp32": fp32_metric, "labels": labels is not None}
+    manifest.data["fp32_metric"] = fp32_metric
+    ctx.reporter.info(f"Task: {task.type}, judged on {len(ds)} real samples ({source}); "
+                      f"FP32 {describe(fp32_metric)}")
+    return Judging(task, r.compression, judge, fp32_metric)
 
 
-def note_inferred_format(ctx: BuildContext, shapes: dict) -> None:
+def note_inferred_format(ctx: BuildContext, task, shapes: dict) -> None:
     """Say in the log when a detector's output format was read from its shapes, not from the recipe."""
-    if ctx.task.type == "detection" and ctx.recipe.task.format == "auto":
-        name = ctx.task.output or next(iter(shapes), "?")
+    if task.type == "detection" and ctx.recipe.task.format == "auto":
+        name = task.output or next(iter(shapes), "?")
         how = (f"a raw YOLO head: output {name!r} is {list(shapes.get(name, ()))}, [batch, 4 + classes, anchors]"
-               if ctx.task.format == "yolo" else "boxes, scores and labels outputs")
-        ctx.reporter.info(f"[task] format = \"{ctx.task.format}\" (not in the recipe; read from the outputs: {how})")
+               if task.format == "yolo" else "boxes, scores and labels outputs")
+        ctx.reporter.info(f"[task] format = \"{task.format}\" (not in the recipe; read from the outputs: {how})")
 
 
-def evaluate_outputs(ctx: BuildContext, got) -> dict:
+def evaluate_outputs(judging: Judging, got) -> dict:
     """The task metric of ``got`` (outputs over the judge set's feeds) against the FP32 outputs, judged
     against [compression]'s budget."""
     from edgeopt.core.tasks import evaluate as task_metric
     from edgeopt.core.tasks import judge
 
-    res = task_metric(ctx.task, got, ctx.judge)
-    cfg = ctx.recipe.compression
-    base = ctx.fp32_metric or res
+    res = task_metric(judging.task, got, judging.outputs)
+    cfg = judging.compression
+    base = judging.fp32_metric or res
     return judge(res, base, cfg.allowed_drop(base.get("value", 1.0)) * 100, cfg.min_cosine)
 
 
-def evaluate(runner_or_fn, ctx: BuildContext) -> dict:
+def evaluate(runner_or_fn, judging: Judging) -> dict:
     """The task metric of a runner (or a feed -> outputs function) on the judge set's real samples."""
     from edgeopt.core.tasks import run_over
 
     infer = runner_or_fn.infer if hasattr(runner_or_fn, "infer") else runner_or_fn
-    return evaluate_outputs(ctx, run_over(infer, ctx.judge.feeds, ctx.judge.labels))
+    return evaluate_outputs(judging, run_over(infer, judging.outputs.feeds, judging.outputs.labels))
 
 
 def torch_infer(module, spec):

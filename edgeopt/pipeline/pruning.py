@@ -5,6 +5,8 @@ same task-metric guard as INT8, and keep the pruned model beside the ONNX.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 from edgeopt.errors import UserInputError
 from edgeopt.core.fsutil import (
@@ -13,35 +15,37 @@ from edgeopt.core.fsutil import (
     staged_dir,
 )
 from edgeopt.core.manifest import Manifest
-from edgeopt.pipeline.context import BuildContext
+from edgeopt.pipeline.context import BuildContext, LoadedModel, Pruned
 from edgeopt.pipeline.judge import evaluate, torch_infer, torch_judge_set
 
 
-def stage_prune(ctx: BuildContext, manifest: Manifest) -> None:
-    """Prune the PyTorch model (and fine-tune it back) before export; the baseline row stays the original."""
+def stage_prune(ctx: BuildContext, manifest: Manifest) -> Pruned | None:
+    """Prune the PyTorch model (and fine-tune it back) before export; the baseline row stays the original.
+    None without [pruning]."""
     cfg = ctx.recipe.pruning
     if cfg is None:
-        return
+        return None
     import copy
 
     from edgeopt.compress import prune
-    from edgeopt.pipeline.intake import state_digest
+    from edgeopt.pipeline.sources import state_digest
     from edgeopt.data.torchfeed import to_torch
 
-    model = ctx.model
+    model = replace(ctx.model)  # the pruned model: a new record, the module pruned in place
     if model.module is None:
         raise UserInputError("Pruning needs the PyTorch model; the model source is an ONNX file.",
                              "Give the factory or checkpoint the ONNX was made from, or drop [pruning].")
     spec = model.spec
     args = to_torch(spec.random_feed(np.random.default_rng(0), batch=1 if spec.batch_dim else None), spec)
-    ctx.original_module = copy.deepcopy(model.module)
-    if ctx.evaluation is not None or ctx.holdout is not None:
-        torch_judge_set(ctx, model.module)  # pruning is judged against the user's model; export redoes it
-    acc = (lambda: evaluate(torch_infer(model.module, spec), ctx)["value"]) if ctx.judge is not None else (lambda: None)
+    original_module = copy.deepcopy(model.module)
+    # pruning is judged against the user's model; the judge stage redoes it on the exported ONNX
+    judging = torch_judge_set(ctx, model.module) if ctx.data.real is not None else None
+    acc = (lambda: evaluate(torch_infer(model.module, spec), judging)["value"]) if judging is not None else (lambda: None)
     macs0, params0 = prune.count(model.module, args)
     record = {"config": cfg.to_dict(), "macs_before": macs0, "params_before": params0, "accuracy_before": acc()}
     ctx.reporter.step(f"Pruning ({cfg.method}, ratio {cfg.ratio})")
-    feeds = list(ctx.calibration) if ctx.calibration is not None else (ctx.evaluation.feeds() if ctx.evaluation else [])
+    data = ctx.data
+    feeds = list(data.calibration) if data.calibration is not None else (data.evaluation.feeds() if data.evaluation else [])
     if cfg.method == "structured":
         prune.prune_structured(model.module, args, cfg)
         work = model.module
@@ -77,13 +81,15 @@ def stage_prune(ctx: BuildContext, manifest: Manifest) -> None:
     model.sha256 = sha256_json({"model": model.sha256, "pruning": cfg.to_dict(), "state": state_digest(model.module)})
     ctx.reporter.info(_pruning_line(record))
     record["guard"] = pruning_guard(record, cfg, ctx.recipe.compression)
+    failure = None
     if not record["guard"]["passed"]:
-        ctx.pruning_failure = record["guard"]["reason"]
-        ctx.reporter.error(ctx.pruning_failure)
+        failure = record["guard"]["reason"]
+        ctx.reporter.error(failure)
     elif record["guard"]["reason"]:
         ctx.reporter.warn(record["guard"]["reason"])
-    record["files"] = save_pruned(ctx)
+    record["files"] = save_pruned(model, ctx.out)
     manifest.data["pruning"] = record
+    return Pruned(model=model, original_module=original_module, judging=judging, failure=failure)
 
 
 def pruning_guard(record: dict, cfg, compression) -> dict:
@@ -121,21 +127,21 @@ def _pruning_line(r: dict) -> str:
     return ", ".join(parts)
 
 
-def save_pruned(ctx: BuildContext) -> list[dict]:
+def save_pruned(model: LoadedModel, out: Path) -> list[dict]:
     """The pruned model as a torch.export program (reloads without unpickling objects); the ONNX comes
     from the export stage."""
     import torch
 
-    from edgeopt.pipeline.export import example_args, torch_dynamic_shapes
+    from edgeopt.pipeline.exporter import example_args, torch_dynamic_shapes
 
-    folder = ctx.out / "pruned"
-    spec = ctx.model.spec
+    folder = out / "pruned"
+    spec = model.spec
     args = example_args(spec)  # sizes above 1 on dynamic axes, or torch.export specialises them
     with staged_dir(folder) as stage:
         try:
-            ep = torch.export.export(ctx.model.module, args,
+            ep = torch.export.export(model.module, args,
                                      dynamic_shapes=torch_dynamic_shapes(torch, spec) if spec.dims else None)
             torch.export.save(ep, str(stage / "model.pt2"))
         except Exception as exc:  # noqa: BLE001 - the ONNX stays the shipped form; say why the .pt2 is missing
             (stage / "NOTE.txt").write_text(f"torch.export could not save the pruned model: {exc}\n")
-    return file_records(folder, ctx.out)
+    return file_records(folder, out)

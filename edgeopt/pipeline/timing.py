@@ -1,4 +1,4 @@
-"""The build's profile stage: the PyTorch baseline and every ok artifact timed in interleaved rounds in one
+"""The profile stage: the PyTorch baseline and every ok artifact timed in interleaved rounds in one
 run (speed-ups only from that run), and the flags on artifacts slower than torch eager or their FP32 sibling.
 """
 
@@ -25,7 +25,7 @@ def stage_profile(ctx: BuildContext, manifest: Manifest, records: list[dict]) ->
 
     cfg = ctx.recipe.profile
     batches = [b for b in cfg.batches if _batch_ok(ctx.model.spec, b)]
-    real = ctx.evaluation.arrays if ctx.evaluation is not None else None
+    real = ctx.data.evaluation.arrays if ctx.data.evaluation is not None else None
     ok = [rec for rec in records if rec["status"] == Status.OK]
     with_baseline = cfg.baseline and ctx.model.module is not None
     load = machine_load()
@@ -126,10 +126,12 @@ class _torch_baseline:
         from edgeopt.data.torchfeed import to_torch
 
         ctx = self.ctx
-        module = ctx.original_module if ctx.original_module is not None else ctx.model.module
+        # the baseline row: the user's model as trained (before pruning; an adapter unmerged)
+        module = ctx.pruned.original_module if ctx.pruned is not None else ctx.model.reference_module()
         if ctx.recipe.profile.threads:
             torch.set_num_threads(ctx.recipe.profile.threads)
-        accuracy = evaluate(torch_infer(module, ctx.model.spec), ctx) if ctx.judge is not None else None
+        judging = ctx.judging
+        accuracy = evaluate(torch_infer(module, ctx.model.spec), judging) if judging.outputs is not None else None
         self._mode = torch.inference_mode()
         self._mode.__enter__()
         reset_peak_rss()

@@ -11,6 +11,7 @@ from edgeopt.errors import CompileError
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.untrusted import cap_threads
 from edgeopt.backends.base import Runner
+from edgeopt.backends.reference import HostReference
 
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
           "all": "ORT_ENABLE_ALL"}
@@ -144,7 +145,7 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_onnx(path: Path, feeds: list[dict[str, np.ndarray]], spec: IOSpec) -> list[dict[str, np.ndarray]]:
+def run_onnx(path: Path, feeds: list[dict[str, np.ndarray]], spec: IOSpec | None = None) -> list[dict[str, np.ndarray]]:
     """Run an ONNX file on ORT without graph changes (the exporter's own parity check)."""
     import onnxruntime as ort
 
@@ -153,3 +154,28 @@ def run_onnx(path: Path, feeds: list[dict[str, np.ndarray]], spec: IOSpec) -> li
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return [dict(zip(names, sess.run(names, f))) for f in feeds]
+
+
+class OrtReference(HostReference):
+    """ONNX Runtime's CPU provider as the host's reference executor (see :mod:`edgeopt.backends.reference`)."""
+
+    name = distribution = "onnxruntime"
+    extra = "onnxruntime"
+
+    def installed(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("onnxruntime") is not None
+
+    def run(self, onnx_path: Path, feeds: list[dict[str, np.ndarray]], *,
+            optimize: bool = True) -> list[dict[str, np.ndarray]]:
+        if optimize:
+            return run_onnx(onnx_path, feeds)
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        return [dict(zip(names, sess.run(names, f))) for f in feeds]

@@ -5,7 +5,10 @@ reading one, on either side.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
 from edgeopt import __version__
 from edgeopt.errors import (
     CompileError,
@@ -17,6 +20,12 @@ from edgeopt.core.fsutil import (
     sha256_file,
     sha256_json,
 )
+from edgeopt.core.spec import IOSpec
+from edgeopt.core.targets import Target
+from edgeopt.core.tasks import TaskConfig
+
+if TYPE_CHECKING:  # the data package is imported where data is loaded
+    from edgeopt.data.dataset import Dataset
 
 
 PACKAGE_JSON = "package.json"
@@ -59,19 +68,33 @@ class PackageLintError(CompileError):
         self.report = report
 
 
+@dataclass(frozen=True, kw_only=True)
 class PackageSource:
-    """Everything a package is made from (a small value object; see :func:`write_package_files`)."""
+    """Everything a package is made from: the one input the package writer reads (see
+    :func:`write_package_files`); the build fills it from its stages' results, ``package_from_out`` from an OUT
+    folder."""
 
-    def __init__(self, *, target, precision: str, spec, model_kind: str, onnx_path: Path, reference_path: Path,
-                 tolerance: dict, calibration=None, compression=None, model: dict | None = None,
-                 why_not_here: str | None = None, task=None):
-        self.target, self.precision, self.spec, self.model_kind = target, precision, spec, model_kind
-        self.onnx_path, self.reference_path, self.tolerance = Path(onnx_path), Path(reference_path), tolerance
-        self.calibration, self.compression, self.model = calibration, _plain(compression), dict(model or {})
-        self.why_not_here = why_not_here
-        from edgeopt.core.tasks import TaskConfig
+    target: Target
+    precision: str
+    spec: IOSpec
+    model_kind: str
+    onnx_path: Path
+    reference_path: Path
+    tolerance: dict  # the precision's parity tolerance (Tolerance.to_dict())
+    calibration: Dataset | None = None  # the calibration set: an INT8 package's Q/DQ ONNX is calibrated on it
+    compression: dict = field(default_factory=dict)  # [compression] as plain data (a CompressionConfig is converted)
+    model: dict = field(default_factory=dict)  # name, source, sha256, kind
+    why_not_here: str | None = None  # why the artifact is not built on this machine
+    task: TaskConfig = field(default_factory=TaskConfig)  # the resolved task (None: the default)
 
-        self.task = task if task is not None else TaskConfig()
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise the inputs once, here
+        set_(self, "onnx_path", Path(self.onnx_path))
+        set_(self, "reference_path", Path(self.reference_path))
+        set_(self, "compression", _plain(self.compression))
+        set_(self, "model", dict(self.model or {}))
+        if self.task is None:
+            set_(self, "task", TaskConfig())
 
     @property
     def detector(self) -> bool:

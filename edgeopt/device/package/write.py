@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
 from edgeopt import __version__
 from edgeopt.errors import (
     CompileError,
@@ -28,62 +30,55 @@ from edgeopt.device.package.format import (
 )
 from edgeopt.device.package.instructions import instructions, package_reason
 
+if TYPE_CHECKING:
+    from edgeopt.report.progress import Reporter
 
-def write_device_package(ctx, plan, folder: Path, rec: dict) -> dict:
-    """Write the device package for ``plan`` (a build ``Plan`` of status "not built here") into ``folder``.
+
+def write_device_package(source: PackageSource, folder: Path, rec: dict, out: Path, reporter: Reporter) -> dict:
+    """Write the device package made from ``source`` (an artifact of status "not built here") into ``folder``
+    inside the build's ``out``, extending the artifact's record ``rec``.
 
     Returns the manifest record: status "not built here" with the way to finish on the device, or "failed"
     (nothing written) when the preflight finds errors or the precision's ONNX cannot be made here.
     """
     folder = Path(folder)
-    reporter = ctx.reporter
-    spec, kind = ctx.model.spec, ctx.model.kind
-    from edgeopt.core.parity import tolerance_for
-    from edgeopt.core.reference import REFERENCE_FILE
-
-    tolerance = tolerance_for(plan.precision, ctx.recipe.parity.tolerances)
-    source = PackageSource(
-        target=plan.target, precision=plan.precision, spec=spec, model_kind=kind, onnx_path=Path(ctx.onnx_path),
-        reference_path=Path(ctx.out) / REFERENCE_FILE, tolerance=tolerance.to_dict(),
-        calibration=ctx.calibration, compression=ctx.recipe.compression, task=getattr(ctx, "task", None) or ctx.recipe.task,
-        model={k: v for k, v in (ctx.model.describe() or {}).items() if k in ("name", "source", "sha256", "kind")},
-        why_not_here=plan.reason)
-    reporter.step(f"{plan.id}: writing a device package (the engine is built on the device)")
+    aid = source.id
+    reporter.step(f"{aid}: writing a device package (the engine is built on the device)")
     try:
         key = source.key()
         previous = _reusable(folder, key)
         if previous is not None:
-            reporter.info(f"{plan.id}: reusing the device package (inputs unchanged)")
+            reporter.info(f"{aid}: reusing the device package (inputs unchanged)")
             pkg = previous
         else:
             with staged_dir(folder) as stage:
                 pkg = write_package_files(stage, source, key, log=reporter.info)
     except PackageLintError as exc:
-        reporter.error(f"{plan.id}: {exc}")
+        reporter.error(f"{aid}: {exc}")
         _remove_package(folder)
         return {**rec, "status": Status.FAILED, "reason": exc.problem, "fix": exc.fix, "files": [],
                 "lint": exc.report.to_dict()}
     except EdgeoptError as exc:
-        reporter.error(f"{plan.id}: {exc}")
+        reporter.error(f"{aid}: {exc}")
         _remove_package(folder)
         return {**rec, "status": Status.FAILED, "reason": exc.problem, "fix": exc.fix, "files": []}
     lint = pkg.get("lint")
     for w in (lint or {}).get("findings", []):
-        reporter.warn(f"{plan.id}: preflight {w['code']}" + (f" [{w['node']}]" if w["node"] else "") + f": {w['message']}")
+        reporter.warn(f"{aid}: preflight {w['code']}" + (f" [{w['node']}]" if w["node"] else "") + f": {w['message']}")
     failed = host_check_failure(pkg)
     if failed is not None:
-        if str(plan.target.options.get("host_check", "fail")) != "warn":
-            reporter.error(f"{plan.id}: {failed}")
+        if str(source.target.options.get("host_check", "fail")) != "warn":
+            reporter.error(f"{aid}: {failed}")
             _remove_package(folder)
             return {**rec, "status": Status.FAILED, "reason": failed, "files": [],
                     "fix": "Use another precision (or fix the quantization); if the device's TensorRT may do better "
                            "than ONNX Runtime here, keep the package: host_check = \"warn\" in the target's "
                            "[options], then build again.",
                     "host_check": pkg["onnx"]["host_check"]}
-        reporter.warn(f"{plan.id}: {failed}; the package is kept (host_check = \"warn\"): the device's build decides")
-    reporter.info(f"{plan.id}: device package {folder} (finish on the device: see {folder.name}/{INSTRUCTIONS})")
+        reporter.warn(f"{aid}: {failed}; the package is kept (host_check = \"warn\"): the device's build decides")
+    reporter.info(f"{aid}: device package {folder} (finish on the device: see {folder.name}/{INSTRUCTIONS})")
     return {**rec, "status": Status.NOT_BUILT_HERE, "reason": pkg["reason"], "key": key,
-            "files": file_records(folder, Path(ctx.out)),
+            "files": file_records(folder, Path(out)),
             "package": {k: pkg.get(k) for k in ("schema", "onnx", "build_plan", "lint", "reference", "instructions")},
             **({"reused": True} if previous is not None else {})}
 
@@ -100,7 +95,7 @@ def host_check_failure(pkg: dict) -> str | None:
             f"({check.get('reason') or 'outside the tolerance'}" + (f"; {figures}" if figures else "") + ")")
 
 
-def write_package_files(stage: Path, src: PackageSource, key: str, log=None) -> dict:
+def write_package_files(stage: Path, src: PackageSource, key: str, log: Callable[[str], None] | None = None) -> dict:
     """Write a complete package into the empty folder ``stage``; return its package.json."""
     log = log or (lambda msg: None)
     stage = Path(stage)
@@ -188,40 +183,33 @@ def _write_onnx(stage: Path, src: PackageSource, form: str, log) -> dict:
     return meta
 
 
-def _run_unfused(onnx_path: Path, feeds: list) -> list[dict]:
-    """Run the ONNX on ONNX Runtime CPU with its graph optimizations off: Q/DQ pairs stay float quantize-dequantize
-    steps, which is what TensorRT's explicit quantization computes (int8 products, int32 sums). ORT's fused int8
-    kernels are not: on x86 CPUs without VNNI its s8s8 kernels saturate (the example's INT8 Q/DQ: cosine 0.19
-    fused, 0.9999 unfused), which is ORT's limit, not the model's."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return [dict(zip(names, sess.run(names, f))) for f in feeds]
-
-
 def _host_check(onnx_path: Path, src: PackageSource, log) -> dict | None:
-    """The converted ONNX run on ONNX Runtime CPU here against the reference outputs: an early warning (the
-    device's TensorRT decides), so a model that is already off does not wait for a long upload and build."""
-    import importlib.util
+    """The converted ONNX run on the host's reference executor (ONNX Runtime CPU) against the reference outputs: an
+    early warning (the device's TensorRT decides), so a model that is already off does not wait for a long upload
+    and build.
 
-    if importlib.util.find_spec("onnxruntime") is None:
+    Run with graph optimizations off: Q/DQ pairs stay float quantize-dequantize steps, which is what TensorRT's
+    explicit quantization computes (int8 products, int32 sums). ORT's fused int8 kernels are not: on x86 CPUs
+    without VNNI its s8s8 kernels saturate (the example's INT8 Q/DQ: cosine 0.19 fused, 0.9999 unfused), which is
+    ORT's limit, not the model's."""
+    from edgeopt.backends import host_reference
+
+    ref = host_reference()
+    if not ref.installed():
         return None
     from edgeopt.core.parity import Tolerance, parity, parity_summary
     from edgeopt.core.reference import load_reference
 
+    runtime = f"{ref.name}-cpu"
     try:
         feeds, refs = load_reference(src.reference_path)
-        rep = parity(refs, _run_unfused(onnx_path, feeds), Tolerance(**src.tolerance), src.model_kind)
+        rep = parity(refs, ref.run(onnx_path, feeds, optimize=False), Tolerance(**src.tolerance), src.model_kind)
     except Exception as exc:  # noqa: BLE001 - ORT may lack a kernel TensorRT has: only a warning
         log(f"{src.id}: the {onnx_path.name} could not be checked on ONNX Runtime here ({type(exc).__name__}: {exc})")
-        return {"runtime": "onnxruntime-cpu", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        return {"runtime": runtime, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     log(f"{src.id}: on ONNX Runtime CPU here: max abs {rep['max_abs']:.2e}, cosine {rep['cosine']:.6f}"
         + ("" if rep["passed"] else f" (outside the tolerance: {rep['reason']}; the device's build decides)"))
-    return {"runtime": "onnxruntime-cpu", "graph_optimizations": "off (Q/DQ in float, as TensorRT computes)",
+    return {"runtime": runtime, "graph_optimizations": "off (Q/DQ in float, as TensorRT computes)",
             **parity_summary(rep)}
 
 
