@@ -12,7 +12,10 @@ ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entro
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    max_drop: float = 1.0  # allowed task-metric drop vs FP32, in points (absolute) or % (relative)
+    # allowed task-metric drop vs FP32, in points (absolute) or % (relative): points of true top-1 / mAP50 with
+    # labels; without, of the same metric estimated from FP32's outputs (expected top-1 under FP32's
+    # probabilities, mAP50 against FP32's detections): edgeopt.core.tasks
+    max_drop: float = 1.0
     drop_type: str = "absolute"  # absolute | relative
     min_cosine: float = 0.99  # without labels: minimum cosine similarity of outputs vs FP32
     candidates: tuple[str, ...] = ()  # ONNX Runtime recipes to try (default: by model kind)
