@@ -275,7 +275,7 @@ def classification(task: TaskConfig, got: Outputs, ref: Outputs | None, interval
         out = {"metric": "top1", "label": "top-1", "value": top1, "top1": top1, "samples": n, "budget": "points"}
         if logits.shape[1] >= 5:
             out["top5"] = float(np.mean(np.any(order[:, :5] == labels[:, None], axis=1)))
-        if r is not None and interval:  # the drop's interval; and what the unlabelled judge would have said (its validation)
+        if r is not None and interval:  # the drop's interval, and what the judge would have said without labels
             out["drop_interval"] = paired_interval(np.argmax(r, axis=1) == labels, correct)
             est = expected_top1(logits, r)
             out["unlabelled"] = {"expected_top1": est["expected_top1"], "fp32_expected_top1": est["fp32_expected_top1"],
@@ -427,8 +427,9 @@ def decide(result: dict, budget_points: float) -> None:
     that would decide). Adds ``drop_low``/``drop_high`` (points) and ``decision_note``."""
     iv = result.get("drop_interval")
     drop = result["drop_points"]
-    if not iv or iv.get("resamples", 0) == 0:
+    if not iv or iv.get("resamples", 0) == 0:  # no interval (one sample, or not asked for): the point alone
         result["decision"] = "within" if drop <= budget_points + 1e-9 else "over"
+        result["decision_note"] = "no interval: decided by the point estimate alone"
         return
     # the interval is around the metric's own drop; the caller's drop (vs the build's FP32 figure) is the point
     shift = drop - iv["drop_points"]
