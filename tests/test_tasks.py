@@ -67,9 +67,12 @@ def test_classification_with_labels_and_without():
     swapped[0] = [1, 3, 0, 0, 0, 0]
     a = evaluate(TaskConfig(type="classification"), Outputs([feed], [{"logits": swapped}]),
                  Outputs([feed], [{"logits": logits}]))
-    assert a["metric"] == "top1_agreement" and a["value"] == 0.75 and a["top5_overlap"] == 1.0
-    judged = judge(a, {"metric": "top1_agreement", "value": 1.0}, 1.0, 0.99)
-    assert judged["drop_points"] == pytest.approx(25.0) and not judged["within_budget"]
+    # without labels: the expected top-1 under FP32's probabilities; agreement and flips beside it
+    assert a["metric"] == "expected_top1" and a["top1_agreement"] == 0.75 and a["top5_overlap"] == 1.0
+    assert a["flips"] == 1 and a["flips_confident"] == 1  # FP32 gave the class it moved away from 0.75
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    judged = judge(a, None, 1.0, 0.99)  # no FP32 record: the metric's own FP32 figure
+    assert judged["drop_points"] == pytest.approx((p[0] - p[1]) / 4 * 100) and not judged["within_budget"]
     ok = judge(dict(r), {"metric": "top1", "value": 0.76}, 1.0, 0.99)
     assert ok["drop_points"] == pytest.approx(1.0) and ok["within_budget"]
 
@@ -187,7 +190,7 @@ def test_without_evaluation_data_artifacts_are_judged_on_held_out_calibration_sa
     assert held == 60 and m["calibration"]["used"] == 240  # 300 requested: the last fifth is never calibrated on
     assert "held out" not in m["calibration"]["source"]
     (a,) = m["artifacts"]
-    assert a["accuracy"]["samples"] == held and a["accuracy"]["metric"] in ("top1", "top1_agreement")
+    assert a["accuracy"]["samples"] == held and a["accuracy"]["metric"] in ("top1", "expected_top1")
 
 
 def test_a_text_bundle_goes_from_a_sentence_to_an_embedding_without_torch(tmp_path):

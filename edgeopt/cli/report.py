@@ -66,8 +66,13 @@ def print_selection(res: dict) -> None:
     for c in res["candidates"]:
         verdict = "selected" if c["id"] == res["selected"] else ("fits, slower" if c["qualifies"] else "out")
         note = ""
-        if c["reasons"]:
-            notes.append(f"[{len(notes) + 1}] {c['id']}: {'; '.join(c['reasons'])}")
+        judged = c.get("drop_vs_fp32") or {}
+        why = [*c["reasons"]] + ([f"judged vs FP32: drop {judged['points']:.2f} points"
+                                  + (f" ({judged['low']:.2f}..{judged['high']:.2f})" if "low" in judged else "")
+                                  + f", {judged.get('decision')}"]
+                                 if judged and c["precision"] != "fp32" else [])
+        if why:
+            notes.append(f"[{len(notes) + 1}] {c['id']}: {'; '.join(why)}")
             note = f"[{len(notes)}]"
         rows.append([c["id"], verdict, f(c["median_ms"], ".3f"), f(c["p99_ms"], ".3f"), f(c["drop"], "+.2f"),
                      f(c["cosine"], ".6f"), f(c["size_mb"], ".2f"), note])

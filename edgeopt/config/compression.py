@@ -13,6 +13,8 @@ ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entro
 
 @dataclass(frozen=True)
 class CompressionConfig:
+    # points of true top-1 / mAP50 with labels; without, of the same metric estimated from FP32's outputs
+    # (expected top-1 under FP32's probabilities, mAP50 against FP32's detections): edgeopt.core.tasks
     max_drop: float = key(1.0, check=number(0, 100),
                           doc="allowed task-metric drop vs FP32, in points (absolute) or % (relative)")
     drop_type: str = key("absolute", check=text(16), doc="absolute | relative")

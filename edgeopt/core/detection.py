@@ -391,8 +391,9 @@ def load_annotations(path: str | Path, count: int, input_hw: tuple[int, int] | N
 # mAP
 # ------------------------------------------------------------------------------------------------
 
-def mean_ap(truth: list[Detections], found: list[Detections], max_detections: int = 100) -> dict:
-    """COCO mAP@0.5 and mAP@0.5:0.95 of ``found`` against ``truth`` (one entry per image, same order)."""
+def _evaluated(truth: list[Detections], found: list[Detections], max_detections: int):
+    """pycocotools' COCOeval of ``found`` against ``truth`` after evaluate() (per-image matching), or None
+    when nothing was found."""
     if len(truth) != len(found):
         raise DataError(f"{len(found)} images of detections for {len(truth)} images of ground truth.",
                         "Evaluate the same samples.")
@@ -401,7 +402,7 @@ def mean_ap(truth: list[Detections], found: list[Detections], max_detections: in
         raise DataError("There is no ground truth box on any evaluation sample, so mAP is undefined.",
                         "Give annotations, evaluation images with objects, or lower [task] label_threshold.")
     if sum(len(f) for f in found) == 0:
-        return {"map50": 0.0, "map50_95": 0.0}
+        return None
     require("pycocotools", "detection", "compute mAP")
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -425,6 +426,15 @@ def mean_ap(truth: list[Detections], found: list[Detections], max_detections: in
         ev = COCOeval(coco, dt, "bbox")
         ev.params.maxDets = [1, 10, max(max_detections, 1)]
         ev.evaluate()
+    return ev
+
+
+def mean_ap(truth: list[Detections], found: list[Detections], max_detections: int = 100) -> dict:
+    """COCO mAP@0.5 and mAP@0.5:0.95 of ``found`` against ``truth`` (one entry per image, same order)."""
+    ev = _evaluated(truth, found, max_detections)
+    if ev is None:
+        return {"map50": 0.0, "map50_95": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
         ev.accumulate()
     p = ev.eval["precision"][:, :, :, 0, -1]  # [iou, recall, class] at area "all", the largest maxDets
 
@@ -435,14 +445,101 @@ def mean_ap(truth: list[Detections], found: list[Detections], max_detections: in
     return {"map50": mean(p[0]), "map50_95": mean(p)}
 
 
+def matches50(truth: list[Detections], found: list[Detections], max_detections: int = 100) -> dict:
+    """Per detection, COCO's matching at IoU 0.5 (each image matched on its own, as COCOeval does): what
+    :func:`map50_resampled` needs to recompute mAP50 on any multiset of the images without matching again."""
+    n = len(truth)
+    ev = _evaluated(truth, found, max_detections)
+    cats = sorted({int(c) for t in truth for c in t.labels} | {int(c) for f in found for c in f.labels})
+    gt = np.zeros((n, len(cats)), np.float64)
+    index = {c: k for k, c in enumerate(cats)}
+    for i, t in enumerate(truth):
+        for c in t.labels:
+            gt[i, index[int(c)]] += 1
+    img, cat, score, tp = [], [], [], []
+    if ev is not None:
+        for e in ev.evalImgs:
+            if e is None or list(e["aRng"]) != list(ev.params.areaRng[0]):
+                continue
+            keep = ~np.asarray(e["dtIgnore"][0], bool)
+            m = np.asarray(e["dtMatches"][0])[keep] > 0
+            s = np.asarray(e["dtScores"])[keep]
+            img += [e["image_id"] - 1] * len(s)
+            cat += [index[e["category_id"] - 1]] * len(s)
+            score += list(s)
+            tp += list(m)
+    return {"gt": gt, "image": np.asarray(img, np.int64), "category": np.asarray(cat, np.int64),
+            "score": np.asarray(score, np.float64), "tp": np.asarray(tp, bool)}
+
+
+def map50_resampled(m: dict, weights: np.ndarray) -> float:
+    """mAP50 (COCO's 101-point interpolation) of the images taken ``weights[i]`` times each, from
+    :func:`matches50`; NaN when the resample has no ground truth."""
+    rec_thrs = np.linspace(0.0, 1.0, 101)
+    aps = []
+    for k in range(m["gt"].shape[1]):
+        npig = float(weights @ m["gt"][:, k])
+        if npig == 0:
+            continue
+        sel = m["category"] == k
+        w = weights[m["image"][sel]]
+        order = np.argsort(-m["score"][sel], kind="mergesort")
+        w, t = w[order], m["tp"][sel][order]
+        nz = w > 0
+        w, t = w[nz], t[nz]
+        if w.size == 0:
+            aps.append(0.0)
+            continue
+        tps, fps = np.cumsum(w * t), np.cumsum(w * ~t)
+        rc, pr = tps / npig, tps / np.maximum(tps + fps, np.spacing(1))
+        pr = np.maximum.accumulate(pr[::-1])[::-1]
+        inds = np.searchsorted(rc, rec_thrs, side="left")
+        q = np.where(inds < len(pr), pr[np.minimum(inds, len(pr) - 1)], 0.0)
+        aps.append(float(np.mean(q)))
+    return float(np.mean(aps)) if aps else float("nan")
+
+
 def pseudo_labels(dets: list[Detections], threshold: float) -> list[Detections]:
     return [d.keep(d.scores >= threshold) for d in dets]
 
 
-def detection_metric(task, got, ref) -> dict:
-    """The detection metric of ``got`` (a :class:`edgeopt.core.tasks.Outputs`) against labels or FP32 ``ref``."""
+SENSITIVITY_THRESHOLDS = (0.1, 0.5)  # pseudo-label thresholds the drop is also reported at, beside label_threshold
+DETECTION_RESAMPLES = 1000
+
+
+def paired_map_interval(truth: list[Detections], found: list[Detections], ref_found: list[Detections],
+                        max_detections: int, resamples: int = DETECTION_RESAMPLES, seed: int = 0,
+                        level: float = 0.95) -> dict:
+    """The mAP50 drop of ``found`` from ``ref_found`` (both against ``truth``) in points, with a paired
+    bootstrap interval over images: each resample of the images scores both on the same images (COCO's
+    per-image matching is computed once, the accumulation redone per resample)."""
+    a, b = matches50(truth, ref_found, max_detections), matches50(truth, found, max_detections)
+    n = len(truth)
+    ones = np.ones(n)
+    point = (map50_resampled(a, ones) - map50_resampled(b, ones)) * 100
+    rng = np.random.default_rng(seed)
+    drops = []
+    for idx in rng.integers(0, n, size=(resamples, n)):
+        w = np.bincount(idx, minlength=n).astype(np.float64)
+        d = (map50_resampled(a, w) - map50_resampled(b, w)) * 100
+        if np.isfinite(d):  # a resample without ground truth says nothing
+            drops.append(d)
+    if len(drops) < 2 or n < 2:
+        return {"drop_points": point, "low": point, "high": point, "level": level, "resamples": 0, "seed": seed,
+                "samples": n}
+    lo, hi = np.quantile(drops, [(1 - level) / 2, (1 + level) / 2])
+    return {"drop_points": float(point), "low": float(min(lo, point)), "high": float(max(hi, point)),
+            "level": level, "resamples": len(drops), "seed": seed, "samples": n}
+
+
+def detection_metric(task, got, ref, interval: bool = True) -> dict:
+    """The detection metric of ``got`` (a :class:`edgeopt.core.tasks.Outputs`) against labels or FP32 ``ref``.
+    With ``ref`` (FP32's outputs on the same samples) and ``interval``: the drop's paired bootstrap interval
+    and, against pseudo-labels, the drop at other label thresholds (how much the verdict leans on the one
+    threshold chosen)."""
     found = decode(task, got.outputs)
     threshold = float(getattr(task, "label_threshold", DEFAULT_LABEL_THRESHOLD))
+    ref_dets = decode(task, ref.outputs) if ref is not None else None
     if task.annotations:
         truth = load_annotations(task.annotations, len(found), _input_hw(got.feeds))
         against = "labels"
@@ -452,17 +549,34 @@ def detection_metric(task, got, ref) -> dict:
         if ref is None:
             raise DataError("Detections are judged against labels or the FP32 model's detections; neither is here.",
                             "Give [task] annotations or evaluation data.")
-        truth, against = pseudo_labels(decode(task, ref.outputs), threshold), "fp32"
+        truth, against = pseudo_labels(ref_dets, threshold), "fp32"
         if sum(len(t) for t in truth) == 0:
             raise DataError(f"The FP32 model detects nothing scoring {threshold} or more on the "
                             f"{len(truth)} evaluation samples, so there is nothing to compare detections with.",
                             "Evaluate on images with objects, give [task] annotations, or lower [task] "
                             "label_threshold.")
     ap = mean_ap(truth, found, task.max_detections)
-    return {"metric": "map50", "label": "mAP50", "value": ap["map50"], "map50": ap["map50"],
-            "map50_95": ap["map50_95"], "budget": "points", "against": against, "samples": len(found),
-            "detections": int(sum(len(f) for f in found)), "ground_truth": int(sum(len(t) for t in truth)),
-            "format": task.format, "scores": score_statistics(task, got.outputs)}
+    out = {"metric": "map50", "label": "mAP50", "value": ap["map50"], "map50": ap["map50"],
+           "map50_95": ap["map50_95"], "budget": "points", "against": against, "samples": len(found),
+           "detections": int(sum(len(f) for f in found)), "ground_truth": int(sum(len(t) for t in truth)),
+           "format": task.format, "scores": score_statistics(task, got.outputs)}
+    if against == "fp32":
+        out["label_threshold"] = threshold
+    if ref_dets is None or not interval or len(ref_dets) != len(found):
+        return out
+    out["drop_interval"] = paired_map_interval(truth, found, ref_dets, task.max_detections)
+    if against == "fp32":
+        sens = []
+        for t in sorted({*SENSITIVITY_THRESHOLDS, threshold}):
+            tt = pseudo_labels(ref_dets, t)
+            n_gt = int(sum(len(x) for x in tt))
+            if n_gt == 0:
+                sens.append({"label_threshold": t, "ground_truth": 0, "drop_points": None})
+                continue
+            a, b = (map50_resampled(matches50(tt, d, task.max_detections), np.ones(len(tt))) for d in (ref_dets, found))
+            sens.append({"label_threshold": t, "ground_truth": n_gt, "drop_points": float((a - b) * 100)})
+        out["threshold_sensitivity"] = sens
+    return out
 
 
 def agreement(refs: list[dict], gots: list[dict]) -> dict | None:

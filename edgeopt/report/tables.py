@@ -86,6 +86,20 @@ def quality_cell(acc: dict | None) -> str:
     return f"{acc['value']:.4f}" if acc.get("budget") == "cosine" else f"{acc['value'] * 100:.2f}"
 
 
+def judged_note(acc: dict | None) -> str:
+    """The INT8 judge's drop vs the FP32 model with its bootstrap interval and how sure the verdict is:
+    'vs FP32: drop 0.55 points (95% 0.12..1.02), within'; '' for an artifact without one or with no drop."""
+    from edgeopt.core.tasks import drop_text
+
+    acc = acc or {}
+    if acc.get("drop_points") is None or (acc["drop_points"] == 0 and acc.get("drop_high", 0) == 0):
+        return ""
+    text = f"vs FP32: {drop_text(acc)}, {acc.get('decision', '?')}"
+    if acc.get("decision") == "undecided" and acc.get("samples_to_decide"):
+        text += f" (about {acc['samples_to_decide']} samples would decide)"
+    return text
+
+
 def artifact_rows(manifest: dict) -> list[dict]:
     """One row per artifact (and the torch baseline) with the figures the final table shows. ``drop``: points of
     the task metric below the baseline's (for cosine metrics, hundredths of cosine)."""
@@ -111,7 +125,7 @@ def artifact_rows(manifest: dict) -> list[dict]:
             "interval": (a.speedup_interval or {}) if same_run(manifest, a) else {},
             "withheld": bool(a.extra.get("speedup_withheld")) and same_run(manifest, a),
             "parity": (a.parity or {}).get("max_abs"), "parity_cell": _parity_cell(a),
-            "note": a.reason or "; ".join(a.flags or ()),
+            "note": "; ".join(filter(None, [a.reason or "; ".join(a.flags or ()), judged_note(rec)])),
         })
     return rows
 

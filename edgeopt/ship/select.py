@@ -67,6 +67,9 @@ def select_manifest(m: dict, budgets: Budgets) -> dict:
              "cosine": (a.parity or {}).get("cosine"), "flags": list(a.flags or []),
              "qualifies": False, "reasons": _budget_reasons(a, c_lat=lat, row=row, budgets=budgets, base_acc=base_acc)}
         c["qualifies"] = not c["reasons"]
+        judged = judged_drop(a.accuracy)
+        if judged:  # the INT8 judge's drop vs FP32 on the judge set, with its interval and how sure it is
+            c["drop_vs_fp32"] = judged
         candidates.append(c)
     fit = sorted((c for c in candidates if c["qualifies"]), key=lambda c: (c["median_ms"], c["id"]))
     winner = fit[0] if fit else None
@@ -89,6 +92,20 @@ def select_manifest(m: dict, budgets: Budgets) -> dict:
             "Loosen a budget, or build more targets/precisions (`edgeopt targets` lists what runs here), then "
             "select again.", result)
     return result
+
+
+def judged_drop(acc: dict | None) -> dict | None:
+    """The judge's drop of an artifact's task metric vs the FP32 model (points), its bootstrap interval and
+    decision (within | over | undecided), as the build recorded them; None without."""
+    acc = acc or {}
+    if acc.get("drop_points") is None:
+        return None
+    out = {"points": acc["drop_points"], "budget": acc.get("budget_points"), "decision": acc.get("decision")}
+    if "drop_low" in acc:
+        out.update(low=acc["drop_low"], high=acc["drop_high"])
+    if acc.get("decision_note"):
+        out["note"] = acc["decision_note"]
+    return out
 
 
 def _budget_reasons(a: ArtifactRecord, c_lat: dict | None, row: dict, budgets: Budgets,
