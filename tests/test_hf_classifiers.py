@@ -41,7 +41,7 @@ def test_sequence_classifier_folder_builds_with_its_head_and_labels(tmp_path):
     assert m["model"]["outputs"] == ["logits"]  # the classification head, not the bare encoder
     assert m["model"]["labels"] == ["spam", "ham"]
     assert m["task"]["config"]["type"] == "classification"
-    assert m["fp32_metric"]["metric"] == "top1_agreement"
+    assert m["fp32_metric"]["metric"] == "expected_top1"  # no labels: FP32's own probabilities (issue 20)
     assert m["artifacts"][0]["status"] == "ok", m["artifacts"][0]
 
 
