@@ -25,6 +25,8 @@ class CompressionConfig:
     float_head: str = "auto"  # keep a detector's post-processing in float: auto (detectors) | on | off
     float_nodes: tuple[str, ...] = ()  # more ONNX nodes every INT8 recipe leaves in float: names or name prefixes
     reduce_range: str = "auto"  # ONNX Runtime recipes: 7-bit weights, auto (x86 CPUs without VNNI) | on | off
+    mixed_precision: bool = True  # when over budget, put back in float the fewest layers that cost most, measured
+    mixed_time_s: float = 600.0  # mixed precision: at most this many seconds per backend
 
     def __post_init__(self):
         if self.drop_type not in ("absolute", "relative"):
@@ -49,6 +51,9 @@ class CompressionConfig:
         if self.reduce_range not in ("auto", "on", "off"):
             raise UserInputError(f"[compression] reduce_range {self.reduce_range!r} is unknown.",
                                  'Use "auto" (on for x86 CPUs without VNNI), "on" or "off".')
+        if not 0 < self.mixed_time_s <= 86400:
+            raise UserInputError(f"[compression] mixed_time_s = {self.mixed_time_s!r} is out of range.",
+                                 "Give seconds in (0, 86400], for example mixed_time_s = 600.")
         if self.preset not in (None, "performance", "mixed"):
             raise UserInputError(f"[compression] preset {self.preset!r} is unknown.", "Use performance or mixed.")
 

@@ -201,6 +201,7 @@ RECIPE = {
         "preset": text(16), "timing_s": number(0, 600), "float_head": text(8),
         "ac_max_iterations": integer(1, 1_000_000), "ac_ranking_subset": integer(1, 1_000_000),
         "float_nodes": list_of(text(1024), 0, 4096), "reduce_range": text(8),
+        "mixed_precision": boolean, "mixed_time_s": number(0, 86400, above=True),
     }, "[compression]"),
     "pruning": table({
         "method": text(16), "ratio": number(0, 1), "macs_target": number(0, 1), "round_to": integer(1, 4096),

@@ -2,7 +2,8 @@
 fastest within the accuracy budget, and record why it won.
 
 Measured on a 2-core AVX-512-VNNI CPU: u8 activations + s8 per-channel weights is the fast recipe for CNNs;
-ORT's s8-activation default and NNCF's QDQ graph can be slower than FP32 (ORT fuses fewer nodes); models with
+ORT's s8-activation default can be slower than FP32 (ORT fuses fewer nodes), and NNCF's QDQ graph is re-laid
+out for ORT's kernels (per-tensor u8 activations: rewrite.nncf_for_onnxruntime) without which it was 0.4x FP32; models with
 hard-swish and squeeze-excitation (MobileNetV3) need the same recipe on a rewritten graph ("-fused", see
 rewrite.py) to beat FP32; dynamic weight-only quantization is often the right choice for transformers.
 Nothing is assumed: every candidate is timed and scored.
@@ -60,6 +61,9 @@ def _preprocess(src: Path, work: Path) -> Path:
         return dst
     except Exception:  # noqa: BLE001 - large or unusual graphs: quantize the model as exported
         return src
+
+
+NNCF_LAYOUT = "per-tensor activations, u8, float layers folded"  # rewrite.nncf_for_onnxruntime; cache key
 
 
 CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -144,12 +148,20 @@ def _nncf_qdq(src, dst, feeds, req, cfg, accuracy_control=False, exclude=()):
               model_type=nncf_model_type(nncf, req.model_kind))
     if exclude:
         kw["ignored_scope"] = nncf.IgnoredScope(names=list(exclude), validate=False)
+    # One scale per activation tensor: ONNX Runtime's QLinearConv takes no per-channel input (rewrite.py).
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    adv = AdvancedQuantizationParameters(activations_quantization_params=QuantizationParameters(per_channel=False))
     if accuracy_control:
         q = nncf.quantize_with_accuracy_control(
             model, calib, nncf.Dataset(req.judge_set.feeds), task_validator(req, _onnx_infer),
-            max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw, **nncf_restorer(cfg))
+            max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw, **nncf_restorer(cfg),
+            advanced_quantization_parameters=adv)
     else:
-        q = nncf.quantize(model, calib, **kw)
+        q = nncf.quantize(model, calib, **kw, advanced_parameters=adv)
+    from edgeopt.backends.onnxruntime.rewrite import nncf_for_onnxruntime
+
+    nncf_for_onnxruntime(q)
     onnx.save(q, str(dst))
 
 
@@ -241,6 +253,11 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
             results.append(r)
         results.sort(key=lambda r: candidates.index(r["candidate"]))
         within = [r for r in results if r.get("within_budget")]
+        if not within and cfg.mixed_precision:
+            r = _mixed(results, paths, req, cfg, feeds, work, feed1)
+            if r is not None:
+                results.append(r)
+                within = [r] if r["within_budget"] else []
         if not within and cfg.accuracy_control and can_control_accuracy(req):
             req.log("no int8 candidate meets the budget: NNCF accuracy control keeps the most sensitive layers in float")
             path = work / "nncf-qdq-ac.onnx"
@@ -278,6 +295,52 @@ def quantize_for_onnxruntime(req, out_path: Path) -> dict:
                      "calibration_samples": len(feeds), "compression": cfg.to_dict()}}
 
 
+RANKING_SAMPLES = 32  # calibration samples mixed precision ranks layers on
+
+
+def _mixed(results, paths, req, cfg, feeds, work: Path, feed1) -> dict | None:
+    """Mixed precision (compress/mixed.py) on the most accurate candidate that ran: the fewest layers that cost
+    most back in float until the guard accepts it. Returns its measured result, or None when nothing ran."""
+    import onnx
+
+    from edgeopt.compress.mixed import mixed_precision
+
+    ran = [r for r in results if r["candidate"] in paths and "error" not in r
+           and (r.get("accuracy") or r.get("cosine") is not None)]
+    if not ran:
+        return None
+    base = max(ran, key=lambda r: ((r.get("accuracy") or {}).get("value", 0.0), r.get("cosine") or 0.0))
+    name = f"{base['candidate']}-mixed"
+    req.log(f"no int8 candidate meets the budget: mixed precision puts the layers of {base['candidate']} that "
+            f"cost most back in float (at most {cfg.mixed_time_s:g} s)")
+    try:
+        qdq = onnx.load(str(paths[base["candidate"]]))
+        twin = onnx.load(str(_preprocess(req.onnx_path, work)))
+        ranking, n = [], 0
+        for f in feeds:
+            ranking.append(f)
+            n += int(__import__("numpy").asarray(next(iter(f.values()))).shape[0]) if req.spec.batch_dim else 1
+            if n >= RANKING_SAMPLES:
+                break
+        outcome = mixed_precision(qdq, twin, _onnx_infer, ranking, lambda infer: score(infer, req),
+                                  cfg.mixed_time_s, req.log)
+    except Exception as exc:  # noqa: BLE001 - the numbers so far stand
+        return {"candidate": name, "within_budget": False,
+                "error": failure.with_nodes(_clip(exc, 300), req.onnx_path, str(exc))[0]}
+    if outcome.float_layers is None:
+        why = outcome.record.get("why") or ("no choice of float layers met the budget in "
+                                            f"{outcome.record.get('seconds')} s")
+        return {"candidate": name, "within_budget": False, "why": why, "mixed_precision": outcome.record}
+    path = work / f"{name}.onnx"
+    onnx.save(outcome.model, str(path))
+    r = _measure({name: path}, req, cfg, feed1)[name]
+    r.update(mixed_precision=outcome.record, float_layers=float_layers(path), calibration_cache="off")
+    if len(r["float_layers"]) >= compute_layer_count(path):
+        r.update(within_budget=False, why="mixed precision kept every layer in float: no INT8 left")
+    paths[name] = path
+    return r
+
+
 NOISE = 0.05  # quick timings closer than this are a tie: the more accurate candidate wins it
 
 
@@ -309,6 +372,8 @@ def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str, reduce: bool):
         params["reduce_range"] = reduce
     if name == "ort-dynamic":
         params["weights"] = "per-channel"
+    if name == "nncf-qdq":
+        params["layout"] = NNCF_LAYOUT
     if fused:
         params["rewrites"] = INT8_RECIPES_VERSION
     float_head = head.wanted(req) or bool(head.float_nodes_of(req))
