@@ -123,3 +123,27 @@ def test_build_recovers_int8_by_mixed_precision(tmp_path):
     d["compression"]["mixed_precision"] = False
     m = build(recipe_from_dict(d, tmp_path), tmp_path / "off", reporter=Reporter(quiet=True))
     assert m["artifacts"][0]["status"] == "failed" and "accuracy budget" in m["artifacts"][0]["reason"]
+
+
+def test_openvino_build_recovers_int8_by_mixed_precision(tmp_path):
+    """OpenVINO: NNCF's INT8 of the outlier model misses the budget; mixed precision (NNCF's Q/DQ ONNX, its
+    costliest nodes in float, compiled by OpenVINO) meets it with INT8 left."""
+    pytest.importorskip("openvino")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", image=rng.normal(size=(32, 3, 16, 16)).astype(np.float32))
+    d = {
+        "model": {"source": f"{MODELS / 'tiny.py'}:outlier_channel", "kind": "cnn"},
+        "inputs": [{"name": "image", "shape": [1, 3, 16, 16]}],
+        "targets": ["openvino-cpu"], "precisions": ["int8"],
+        "calibration": {"source": "calib.npz", "size": 32},
+        "compression": {"min_cosine": 0.99, "accuracy_control": False},
+        "task": {"type": "generic"},
+        "profile": {"batches": [1], "duration_s": 0.2, "min_iterations": 5, "warmup": 2},
+    }
+    m = build(recipe_from_dict(d, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
+    a = m["artifacts"][0]
+    assert a["status"] == "ok", a
+    int8 = a["meta"]["int8"]
+    plain, mixed = int8["candidates"]
+    assert not plain["within_budget"] and mixed["within_budget"] and int8["recipe"] == "nncf-ov-mixed"
+    assert 1 <= len(mixed["float_layers"]) < mixed["mixed_precision"]["quantized_layers"]

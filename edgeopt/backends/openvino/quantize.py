@@ -128,6 +128,75 @@ def _ov_infer(compiled_model):
     return infer
 
 
+RANKING_SAMPLES = 32  # calibration samples mixed precision ranks layers on
+
+
+def _mixed(req, cfg, feeds, kw, feed1, fp32_model):
+    """Mixed precision (compress/mixed.py) for OpenVINO: NNCF's Q/DQ ONNX of the model (same preset, device and
+    float head), its costliest nodes back in float, each try compiled by OpenVINO from the Q/DQ ONNX (Q/DQ pairs
+    become FakeQuantize) and judged by the guard. Returns (result, ov.Model or None)."""
+    import numpy as np
+    import onnx
+    import openvino as ov
+
+    from edgeopt.compress.mixed import mixed_precision
+
+    name = "nncf-ov-mixed"
+    req.log(f"int8 over budget: mixed precision puts the nodes that cost most back in float (at most "
+            f"{cfg.mixed_time_s:g} s)")
+    core = ov.Core()
+    with tempfile.TemporaryDirectory(prefix="edgeopt-ov-mixed-") as tmp:
+        def to_ov(m):
+            path = Path(tmp) / "try.onnx"
+            onnx.save(m, str(path))
+            return core.read_model(str(path))
+
+        def infer_for(m):
+            return _ov_infer(core.compile_model(to_ov(m), req.target.device))
+
+        try:
+            nncf = nncf_module()
+            float_model = onnx.load(str(req.onnx_path))
+            okw = dict(kw)
+            exclude = (head.onnx_float_head_of(req.onnx_path) if head.wanted(req) else []) + head.named(
+                [n.name for n in float_model.graph.node], head.float_nodes_of(req))
+            okw["ignored_scope"] = nncf.IgnoredScope(names=exclude, validate=False) if exclude else None
+            okw = {k: v for k, v in okw.items() if v is not None}
+            qdq = nncf.quantize(float_model, nncf.Dataset(feeds), **okw)
+            ranking, n = [], 0
+            for f in feeds:
+                ranking.append(f)
+                n += int(np.asarray(next(iter(f.values()))).shape[0]) if req.spec.batch_dim else 1
+                if n >= RANKING_SAMPLES:
+                    break
+            outcome = mixed_precision(qdq, float_model, infer_for, ranking, lambda infer: score(infer, req),
+                                      cfg.mixed_time_s, req.log)
+            if outcome.float_layers is None:
+                why = outcome.record.get("why") or ("no choice of float layers met the budget in "
+                                                    f"{outcome.record.get('seconds')} s")
+                return {"candidate": name, "within_budget": False, "why": why, "mixed_precision": outcome.record}, None
+            q = _detached(to_ov(outcome.model), tmp)
+        except Exception as exc:  # noqa: BLE001 - the numbers so far stand
+            text = " ".join(str(exc).split())
+            return {"candidate": name, "within_budget": False,
+                    "error": failure.with_nodes(text[:300], req.onnx_path, text)[0]}, None
+    r, _ = _measure(name, q, req, cfg, feed1, fp32_model=fp32_model)
+    r.update(mixed_precision=outcome.record, float_layers=outcome.float_layers, calibration_cache="off")
+    if not any(op.get_type_name() == "FakeQuantize" for op in q.get_ops()):
+        r.update(within_budget=False, why="mixed precision kept every layer in float: no INT8 left")
+    return r, q
+
+
+def _detached(model, folder):
+    """``model`` saved as IR and read back into memory: nothing of it left in ``folder``'s files."""
+    import numpy as np
+    import openvino as ov
+
+    ov.save_model(model, f"{folder}/mixed.xml", compress_to_fp16=False)
+    xml = Path(folder, "mixed.xml").read_text()
+    return ov.Core().read_model(xml, ov.Tensor(np.fromfile(Path(folder, "mixed.bin"), dtype=np.uint8)))
+
+
 def quantize_for_openvino(req, model):
     """Returns (quantized ov.Model, metadata)."""
     import openvino as ov
@@ -178,7 +247,12 @@ def quantize_for_openvino(req, model):
     req.log(f"int8 nncf-ov: {results[0]['latency_ms_b1']:.3f} ms at batch 1 ({vs_text(results[0])})" +
             (f", {describe(results[0]['accuracy'])}" if "accuracy" in results[0] else "") +
             (f", cosine {results[0]['cosine']:.4f}" if results[0].get("cosine") is not None else ""))
-    if not results[0]["within_budget"] and cfg.accuracy_control and can_control_accuracy(req):
+    if not results[0]["within_budget"] and cfg.mixed_precision:
+        r, mq = _mixed(req, cfg, feeds, kw, feed1, model)
+        results.append(r)
+        if r.get("within_budget"):
+            q = mq
+    if not results[-1]["within_budget"] and cfg.accuracy_control and can_control_accuracy(req):
         req.log(f"int8 over budget ({results[0]['why']}): NNCF accuracy control keeps the most sensitive layers in float")
         try:
             q = nncf.quantize_with_accuracy_control(
