@@ -111,6 +111,79 @@ def search(order: list[str], judge: Callable[[list[str]], tuple[Any, dict]], dea
 
 
 # ------------------------------------------------------------------------------------------------
+# The INT8 loop's recovery step (compress/recovery.py)
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class MixedInput:
+    """What a quantizer hands mixed precision (its optional ``mixed_input(state)``; None: nothing to start
+    from): the recovered candidate's name, the Q/DQ ONNX to start from, its float twin (node names match),
+    ``infer_for(model)`` running an in-memory ONNX model as the backend will, and ``adopt(model)``, which
+    makes the result the backend's model."""
+
+    name: str
+    qdq: Any
+    float_model: Any
+    infer_for: Callable[[Any], Callable[[dict], dict]]
+    adopt: Callable[[Any], Any]
+
+
+RANKING_SAMPLES = 32  # calibration samples the ranking runs
+
+
+def ranking_feeds(feeds: list[dict], batched: bool, samples: int = RANKING_SAMPLES) -> list[dict]:
+    """The first calibration feeds holding at least ``samples`` samples."""
+    out, n = [], 0
+    for f in feeds:
+        out.append(f)
+        n += int(np.asarray(next(iter(f.values()))).shape[0]) if batched and f else 1
+        if n >= samples:
+            break
+    return out
+
+
+class MixedPrecision:
+    """Recovery step: the fewest, most costly layers back in float (see above), bounded by [compression]
+    mixed_time_s. Runs for quantizers with ``mixed_input``; [compression] mixed_precision = false turns it off."""
+
+    name = "mixed precision"
+
+    def applies(self, state) -> bool:
+        return bool(state.judging.compression.mixed_precision) and hasattr(state.quantizer, "mixed_input")
+
+    def run(self, state) -> list:
+        from edgeopt.compress.failure import clip
+        from edgeopt.compress.quantizer import Candidate
+
+        cfg = state.judging.compression
+        name = "mixed"
+        try:
+            inp = state.quantizer.mixed_input(state)
+            if inp is None:
+                return []
+            name = inp.name
+            state.log(f"no int8 candidate meets the budget: mixed precision puts the nodes that cost most back in "
+                      f"float (at most {cfg.mixed_time_s:g} s)")
+            spec = getattr(getattr(state.quantizer, "req", None), "spec", None)
+            feeds = ranking_feeds(state.feeds, bool(getattr(spec, "batch_dim", True)))
+            outcome = mixed_precision(inp.qdq, inp.float_model, inp.infer_for, feeds, state.judge, cfg.mixed_time_s,
+                                      state.log)
+            if outcome.float_layers is None:
+                why = outcome.record.get("why") or (
+                    f"no choice of float layers met the budget in {outcome.record.get('seconds')} s")
+                state.log(f"int8 candidate {name}: {why}")
+                state.results.append({"candidate": name, "within_budget": False, "why": why,
+                                      "mixed_precision": outcome.record})
+                return []
+            model = inp.adopt(outcome.model)
+        except Exception as exc:  # noqa: BLE001 - the numbers so far stand
+            state.fail(name, clip(exc), str(exc))
+            return []
+        return [Candidate(name, model, {"calibration_cache": "off", "float_layers": outcome.float_layers,
+                                        "mixed_precision": outcome.record}, recovered=True)]
+
+
+# ------------------------------------------------------------------------------------------------
 # Q/DQ ONNX graphs
 # ------------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from edgeopt.core.artifact import ARTIFACT_JSON
 from edgeopt.backends.artifact import open_artifact
 from edgeopt.backends import CompileRequest, get_backend
 from edgeopt.compress import INT8_RECIPES_VERSION
+from edgeopt.compress.judging import Judging
 from edgeopt.errors import BackendMissingError, DiskFullError, EdgeoptError, ParityError, UserInputError
 from edgeopt.core.fsutil import (
     clean_stale_staging,
@@ -253,7 +254,8 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
     if plan.status == Status.NOT_BUILT_HERE:
         from edgeopt.device.package import write_device_package
 
-        return score_package(ctx, plan, write_device_package(ctx, plan, ctx.out / plan.id, rec))
+        judging = judging_of(ctx) if plan.precision == "int8" else None
+        return package_accuracy(ctx, plan, write_device_package(ctx, plan, ctx.out / plan.id, rec, judging))
     if plan.status != Status.PLANNED:
         return {**rec, "status": plan.status, "reason": plan.reason, "files": []}
     key = artifact_key(ctx, plan)
@@ -270,9 +272,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
                                  precision=plan.precision,
                                  spec=ctx.model.spec, out_dir=stage, model_kind=ctx.model.kind,
                                  calibration=ctx.calibration, options=dict(plan.target.options),
-                                 compression=r.compression, evaluation=ctx.evaluation,
-                                 reference=(ctx.feeds, ctx.refs), fp32_metric=ctx.fp32_metric,
-                                 task=ctx.task, judge_set=ctx.judge,
+                                 judging=judging_of(ctx),
                                  log=ctx.reporter.info)
             meta = backend.compile(req)
             compile_s = time.perf_counter() - t0
@@ -307,40 +307,22 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
             "meta": meta, "runtime": runtime}
 
 
-def score_package(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
-    """An INT8 device package's Q/DQ ONNX scored on the evaluation data with ONNX Runtime here, before it
-    ships: the accuracy figure the device's engine is then compared with, and the INT8 budget applied to it
-    (over budget: failed with the numbers, no package)."""
-    import importlib.util
+def judging_of(ctx: BuildContext) -> Judging:
+    """What the INT8 stage judges candidates with: this build's options, reference outputs, task and samples."""
+    return Judging(ctx.recipe.compression, (ctx.feeds, ctx.refs), ctx.fp32_metric, ctx.task, ctx.judge)
 
-    from edgeopt.device.package import PACKAGE_ONNX
 
-    onnx_path = ctx.out / plan.id / PACKAGE_ONNX
-    if (rec.get("status") != Status.NOT_BUILT_HERE or plan.precision != "int8" or ctx.judge is None
-            or not onnx_path.is_file() or importlib.util.find_spec("onnxruntime") is None):
+def package_accuracy(ctx: BuildContext, plan: Plan, rec: dict) -> dict:
+    """An INT8 device package's accuracy as the INT8 loop scored its Q/DQ ONNX with ONNX Runtime here (the
+    figure the device's engine is then compared with); over budget, the package was not written."""
+    int8 = ((((rec.get("package") or {}).get("onnx") or {}).get("quantization") or {}).get("int8") or {})
+    win = next((c for c in int8.get("candidates", []) if c["candidate"] == int8.get("recipe")), None)
+    if rec.get("status") != Status.NOT_BUILT_HERE or not win or "accuracy" not in win:
         return rec
-    import tempfile
-
-    from edgeopt.backends.onnxruntime.runner import run_onnx
-
-    graph = ((rec.get("package") or {}).get("onnx") or {}).get("graph")
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgeopt-score-") as tmp:
-            # what ONNX Runtime can run of it: a TensorRT plugin at the end (NMS) is left out, its raw outputs scored
-            host = get_backend(plan.target.backend).package_host_onnx(onnx_path, graph, Path(tmp))
-            acc = evaluate(lambda feed: run_onnx(host, [feed], ctx.model.spec)[0], ctx)
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime may lack a kernel TensorRT has: say so, keep the package
-        ctx.reporter.warn(f"{plan.id}: the Q/DQ ONNX could not be scored on ONNX Runtime here ({type(exc).__name__})")
-        return rec
-    acc["measured_on"] = "onnxruntime-cpu on the build host (the package's Q/DQ ONNX; the device confirms)"
-    rec = {**rec, "accuracy": acc}
+    acc = {**win["accuracy"], "measured_on": "onnxruntime-cpu on the build host (the package's Q/DQ ONNX; the "
+                                             "device confirms)"}
     ctx.reporter.info(f"{plan.id}: Q/DQ ONNX on ONNX Runtime here: {describe(acc)}")
-    if acc.get("within_budget") is False:
-        reason = f"{plan.id}: the INT8 Q/DQ ONNX on ONNX Runtime here: {describe(acc)}: {acc.get('why')}"
-        ctx.reporter.error(reason)
-        shutil.rmtree(ctx.out / plan.id, ignore_errors=True)
-        return {**rec, "status": Status.FAILED, "reason": reason, "files": []}
-    return rec
+    return {**rec, "accuracy": acc}
 
 
 def carry_over(ctx: BuildContext, previous: Manifest | None, planned: set[str]) -> list[dict]:

@@ -64,11 +64,12 @@ class PackageSource:
 
     def __init__(self, *, target, precision: str, spec, model_kind: str, onnx_path: Path, reference_path: Path,
                  tolerance: dict, calibration=None, compression=None, model: dict | None = None,
-                 why_not_here: str | None = None, task=None):
+                 why_not_here: str | None = None, task=None, judging=None):
         self.target, self.precision, self.spec, self.model_kind = target, precision, spec, model_kind
         self.onnx_path, self.reference_path, self.tolerance = Path(onnx_path), Path(reference_path), tolerance
         self.calibration, self.compression, self.model = calibration, _plain(compression), dict(model or {})
         self.why_not_here = why_not_here
+        self.judging = judging  # compress.judging.Judging: how an INT8 form is scored here (None: cosine only)
         from edgeopt.core.tasks import TaskConfig
 
         self.task = task if task is not None else TaskConfig()

@@ -29,8 +29,9 @@ from edgeopt.device.package.format import (
 from edgeopt.device.package.instructions import instructions, package_reason
 
 
-def write_device_package(ctx, plan, folder: Path, rec: dict) -> dict:
-    """Write the device package for ``plan`` (a build ``Plan`` of status "not built here") into ``folder``.
+def write_device_package(ctx, plan, folder: Path, rec: dict, judging=None) -> dict:
+    """Write the device package for ``plan`` (a build ``Plan`` of status "not built here") into ``folder``;
+    ``judging`` (compress.judging.Judging): how the INT8 loop scores an INT8 form here.
 
     Returns the manifest record: status "not built here" with the way to finish on the device, or "failed"
     (nothing written) when the preflight finds errors or the precision's ONNX cannot be made here.
@@ -47,7 +48,7 @@ def write_device_package(ctx, plan, folder: Path, rec: dict) -> dict:
         reference_path=Path(ctx.out) / REFERENCE_FILE, tolerance=tolerance.to_dict(),
         calibration=ctx.calibration, compression=ctx.recipe.compression, task=getattr(ctx, "task", None) or ctx.recipe.task,
         model={k: v for k, v in (ctx.model.describe() or {}).items() if k in ("name", "source", "sha256", "kind")},
-        why_not_here=plan.reason)
+        why_not_here=plan.reason, judging=judging)
     reporter.step(f"{plan.id}: writing a device package (the engine is built on the device)")
     try:
         key = source.key()
