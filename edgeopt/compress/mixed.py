@@ -203,8 +203,8 @@ def quantized_layers(model) -> list[str]:
 def keep_in_float(qdq, float_model, names) -> Any:
     """A copy of the Q/DQ ONNX model ``qdq`` with the nodes ``names`` in float: their constant inputs (weights,
     bias) taken from the same-named node of ``float_model`` (dequantized when it has none), their computed
-    inputs taken before their QuantizeLinear/DequantizeLinear pair, clipped to its range. Other layers are untouched; Q/DQ nodes
-    and initializers nothing uses any more are dropped."""
+    inputs taken before their QuantizeLinear/DequantizeLinear pair, clipped to its range. Other layers are
+    untouched; Q/DQ nodes and initializers nothing uses any more are dropped."""
     from onnx import numpy_helper
 
     out = copy.deepcopy(qdq)
