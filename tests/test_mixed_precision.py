@@ -94,6 +94,16 @@ def test_the_layer_reading_the_outlier_tensor_goes_back_to_float(tmp_path):
     twin = next(n for n in fp32.graph.node if n.name == "/2/Conv")
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(w[conv.input[1]]),
                                   onnx.numpy_helper.to_array(fw[twin.input[1]]))
+    # a layer whose weights were quantized and folded back into float (no Q/DQ left on it) is still a layer
+    # mixed precision can restore: its constants differ from the float model's
+    folded = keep_in_float(q, None, ["/7/Gemm"])  # no float model: the dequantized (rounded) weights
+    assert "/7/Gemm" not in quantized_layers(folded) and "/7/Gemm" in quantized_layers(folded, fp32)
+    restored = keep_in_float(folded, fp32, ["/7/Gemm"])
+    r_init = {t.name: t for t in restored.graph.initializer}
+    gemm = next(n for n in restored.graph.node if n.name == "/7/Gemm")
+    f_gemm = next(n for n in fp32.graph.node if n.name == "/7/Gemm")
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(r_init[gemm.input[1]]),
+                                  onnx.numpy_helper.to_array(fw[f_gemm.input[1]]))
 
 
 def test_build_recovers_int8_by_mixed_precision(tmp_path):

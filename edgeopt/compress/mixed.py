@@ -190,14 +190,38 @@ class MixedPrecision:
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
-def quantized_layers(model) -> list[str]:
+def quantized_layers(model, float_model=None) -> list[str]:
     """The nodes of a Q/DQ ONNX model that run quantized (an input of theirs comes out of a DequantizeLinear):
     the compute layers (Conv, Gemm, MatMul) and the others ONNX Runtime runs in INT8 (a residual Add, a pool).
     Each is a unit mixed precision may put back in float: on the real MobileNetV2 with every convolution in
-    float, the quantized residual Adds alone still cost 6.5 points of top-1 agreement with FP32. In graph order."""
+    float, the quantized residual Adds alone still cost 6.5 points of top-1 agreement with FP32. With
+    ``float_model``, also the nodes whose constants differ from their float twin's (weights quantized and folded
+    back into float: ONNX Runtime's layout of NNCF's classifier). In graph order."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    return [n.name for n in model.graph.node if n.op_type not in QDQ_OPS and n.name and any(
-        getattr(producer.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)]
+    rounded = _rounded_constants(model, float_model) if float_model is not None else set()
+    return [n.name for n in model.graph.node if n.op_type not in QDQ_OPS and n.name and (n.name in rounded or any(
+        getattr(producer.get(i), "op_type", None) == "DequantizeLinear" for i in n.input))]
+
+
+def _rounded_constants(model, float_model) -> set[str]:
+    """Names of the nodes of ``model`` with an initializer input of the same shape as, but not equal to, their
+    float twin's."""
+    from onnx import numpy_helper
+
+    init = {t.name: t for t in model.graph.initializer}
+    fl_init = {t.name: t for t in float_model.graph.initializer}
+    twins = {n.name: n for n in float_model.graph.node if n.name}
+    out = set()
+    for n in model.graph.node:
+        twin = twins.get(n.name)
+        if twin is None or n.op_type != twin.op_type:
+            continue
+        for a, b in zip(n.input, twin.input):
+            if a in init and b in fl_init and tuple(init[a].dims) == tuple(fl_init[b].dims) and not np.array_equal(
+                    numpy_helper.to_array(init[a]), numpy_helper.to_array(fl_init[b])):
+                out.add(n.name)
+                break
+    return out
 
 
 def keep_in_float(qdq, float_model, names) -> Any:
@@ -222,6 +246,13 @@ def keep_in_float(qdq, float_model, names) -> Any:
         twin = fl_nodes.get(node.name)
         for i, inp in enumerate(node.input):
             dq = producer.get(inp)
+            src = twin.input[i] if twin is not None and i < len(twin.input) else None
+            if inp in init and src in fl_init and tuple(init[inp].dims) == tuple(fl_init[src].dims):
+                tensor = copy.deepcopy(fl_init[src])  # a constant quantized and folded back: the float one
+                tensor.name = _fresh(f"{node.name}_float_{i}", taken)
+                g.initializer.append(tensor)
+                node.input[i] = tensor.name
+                continue
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
             if dq.input[0] in init:  # a quantized constant: the float model's, else its dequantized value
@@ -336,7 +367,7 @@ def mixed_precision(qdq, float_model, infer_for: Callable[[Any], Callable[[dict]
     on them are the reference); ``judge(infer)``: the guard's verdict on a candidate."""
     start = time.monotonic()
     deadline = start + time_limit_s
-    layers = quantized_layers(qdq)
+    layers = quantized_layers(qdq, float_model)
     if len(layers) < 2:
         return Outcome(None, record={"why": f"{len(layers)} quantized layer(s): nothing to choose from"})
     ref_infer = infer_for(float_model)
