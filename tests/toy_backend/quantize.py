@@ -85,6 +85,12 @@ class ToyQuantizer(BaseQuantizer):
     def load(self, folder):
         return folder / "model.onnx"
 
+    def int8_left(self, model) -> bool:
+        import onnx
+
+        m = onnx.load(str(model), load_external_data=False)
+        return any(i.data_type == onnx.TensorProto.INT8 for i in m.graph.initializer)
+
     def open(self, model):
         from toy_backend import ToyRunner
 

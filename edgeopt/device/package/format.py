@@ -91,11 +91,13 @@ class PackageSource:
         if not self.reference_path.is_file():
             raise UserInputError(f"The reference outputs {self.reference_path} are missing.",
                                  "Run `edgeopt export` (or build) again: it writes OUT/reference/reference.npz.")
+        judged = {"judged_on": getattr(self.judging, "fp32_metric", None)} if self.judging is not None else {}
         return sha256_json({"onnx": onnx_digest(self.onnx_path), "reference": sha256_file(self.reference_path),
                             "target": self.target.to_dict(), "precision": self.precision,
                             "spec": self.spec.to_dict(), "kind": self.model_kind, "tolerance": self.tolerance,
                             "calibration": getattr(self.calibration, "sha256", None),
-                            "compression": self.compression, "task": self.task.to_dict(), "edgeopt": __version__})
+                            "compression": self.compression, "task": self.task.to_dict(), "edgeopt": __version__,
+                            **judged})  # the INT8 loop's verdict depends on the judge set (its FP32 figure)
 
 
 def _plain(obj):
