@@ -86,6 +86,38 @@ def test_a_backend_from_outside_the_package_builds_the_example(tmp_path, monkeyp
     assert (tmp_path / "out" / "toy-cpu-fp32" / "toy.onnx").is_file()
 
 
+def test_a_backend_from_outside_the_package_builds_int8_through_the_loop(tmp_path, monkeypatch):
+    """The toy backend's INT8 is its quantizer alone (tests/toy_backend/quantize.py): the INT8 loop calibrates
+    through the cache, times each candidate against FP32, judges it by the task metric and records the pick."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    from edgeopt.backends import REGISTRY
+    from edgeopt.pipeline.build import build
+    from edgeopt.report.progress import Reporter
+
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(TOY.parent))
+    monkeypatch.setitem(REGISTRY, "toy", "toy_backend")
+    for run in ("a", "b"):
+        m = build(None, tmp_path / run, targets=[str(TOY / "toy-cpu.toml")], precisions=["int8"],
+                  reporter=Reporter(quiet=True), profile=False)
+        (a,) = [a for a in m["artifacts"] if a["id"] == "toy-cpu-int8"]
+        assert a["status"] == "ok", a
+        int8 = a["meta"]["int8"]
+        cands = {c["candidate"]: c for c in int8["candidates"]}
+        assert set(cands) == {"toy-int8-per-channel", "toy-int8-per-tensor"} and int8["recipe"] in cands
+        for c in cands.values():  # timed against FP32 in the same rounds, judged by the task metric
+            assert c["vs_fp32"]["low"] <= c["vs_fp32"]["value"] <= c["vs_fp32"]["high"], c
+            assert c["accuracy"]["metric"] == "top1" and c["int8_layers"] > 0 and "within_budget" in c
+            assert c["calibration_cache"] == ("miss" if run == "a" else "hit")
+        assert int8["fp32_quick"]["latency_ms_b1"] > 0 and int8["calibration_samples"] > 0
+        assert (m["fp32_metric"]["value"] - a["accuracy"]["value"]) * 100 <= 1.0
+    import onnx
+
+    model = onnx.load(str(tmp_path / "b" / "toy-cpu-int8" / "toy.onnx"))
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in model.graph.initializer)
+
+
 def _modules() -> dict[str, Path]:
     pkg = Path(edgeopt.__file__).resolve().parent
     return {str(p.relative_to(pkg.parent)): p for p in sorted(pkg.rglob("*.py"))}

@@ -22,13 +22,11 @@ from edgeopt.errors import ArtifactLoadError, BackendMissingError, EdgeoptError,
 from edgeopt.core.hostinfo import version_of
 from edgeopt.core.versions import version_tuple
 from edgeopt.core.spec import IOSpec
-from edgeopt.core.tasks import Outputs, TaskConfig
 from edgeopt.core.targets import Target
-from edgeopt.config.compression import CompressionConfig
 from edgeopt.config.options import Option, check_options
 
-if TYPE_CHECKING:  # the data package is imported where data is loaded, not by every backend
-    from edgeopt.data.dataset import Dataset
+if TYPE_CHECKING:  # the INT8 stage's type; the device side never imports compression
+    from edgeopt.compress.judging import Judging
 
 
 @dataclass
@@ -44,14 +42,7 @@ class CompileRequest:
     calibration: Iterable[dict[str, np.ndarray]] | None = None  # feeds, for int8
     options: dict = field(default_factory=dict)  # target options overlaid with recipe/CLI options
     cache_dir: Path | None = None  # content-keyed caches (TensorRT timing cache, OpenVINO model cache)
-    # For int8: how candidates are judged, on what, against which FP32 figure.
-    compression: CompressionConfig | None = None
-    evaluation: Dataset | None = None  # the evaluation data (with labels when given), or None
-    # (feeds, fp32 reference outputs) on the parity samples: reported
-    reference: tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]] | None = None
-    fp32_metric: dict | None = None  # the FP32 model's task metric on the real samples below
-    task: TaskConfig | None = None  # the resolved task: how candidates are judged
-    judge_set: Outputs | None = None  # real samples (evaluation, or held out of calibration) + FP32's outputs
+    judging: Judging | None = None  # the INT8 stage's: how candidates are judged (and [compression]'s options)
     log: Callable[[str], None] = print
     onnx_sha256: str | None = None  # the ONNX with its external data files (caches key on it); None: hash the file
 

@@ -1,11 +1,16 @@
-"""Compression stage: INT8 calibration per backend with an accuracy guard, and pruning.
+"""Compression stage: INT8 with an accuracy guard, written once for every backend, and pruning.
 
-- ``onnxruntime.py``: QDQ candidates for ONNX Runtime, measured; the fastest within budget wins.
-- ``openvino.py``: NNCF on the OpenVINO IR (accuracy control when over budget).
-- ``tensorrt.py``: the Q/DQ ONNX TensorRT's explicit quantization accepts (signed, symmetric, zero point 0).
+- ``int8.py``: the INT8 loop: candidates -> cached calibration -> quantize -> time against FP32 -> judge ->
+  recovery steps -> pick -> record. Each backend hands it a quantizer (``backends/<name>/quantize.py``).
+- ``quantizer.py``: what a backend's quantizer provides (the protocol, documented there).
+- ``recovery.py``: the steps tried when no candidate meets the budget (NNCF accuracy control first).
+- ``guard.py``: how a candidate is scored against the FP32 model and the budget (``score``: the one function).
+- ``judging.py``: what candidates are judged with (lives with the INT8 stage, not the compile request).
+- ``cache.py``: calibration results keyed by content (one key function).
+- ``common.py``: calibration feeds (the one sample budget), NNCF presets and datasets.
+- ``head.py``: the post-processing every INT8 recipe leaves in float; ``failure.py``: a quantizer's error
+  told per node.
 - ``prune.py``: NNCF unstructured pruning, torch-pruning structured pruning, recovery fine-tuning.
-- ``cache.py``: calibration results keyed by content.
-- ``guard.py``: how a candidate is scored against the FP32 model and the budget.
 """
 
 from __future__ import annotations

@@ -1,27 +1,27 @@
-"""Calibration cache keyed by content: model, calibration set, algorithm and parameters, library versions.
+"""Calibration cache keyed by content: model, calibration set, quantizer and candidate, parameters, and the
+versions of the libraries the quantizer names (``Quantizer.versions``).
 
 A changed input gives another key (the old entry is simply not used); a hit is reported as such.
 """
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
+from typing import Callable, Iterable
 
 from edgeopt.core.fsutil import sha256_json, staged_dir
 from edgeopt.core.hostinfo import version_of
 from edgeopt.core.isolation import cache_dir
 
-LIBS = ("nncf", "onnx")  # the compression libraries; the backends' own come from the registry (libraries=)
+NOTES = "notes.json"  # what the candidate changed besides quantizing, kept beside its files
 
 
 def calibration_key(model_sha256: str, calibration_sha256: str | None, algorithm: str, params: dict,
-                    libraries: tuple[str, ...] = ()) -> str:
-    """``libraries``: the backends' pip distributions (``edgeopt.backends.library_names()``), whose versions
-    key the entry beside :data:`LIBS`."""
-    libs = sorted({*LIBS, *libraries})
+                    libraries: Iterable[str]) -> str:
+    """The one cache key: ``model_sha256`` is the ONNX with its external data (``CompileRequest.onnx_key``)."""
     return sha256_json({"model": model_sha256, "calibration": calibration_sha256, "algorithm": algorithm,
-                        "params": params, "versions": {lib: version_of(lib) for lib in libs}})
+                        "params": params, "versions": {lib: version_of(lib) for lib in sorted(set(libraries))}})
 
 
 def cache_root() -> Path:
@@ -33,11 +33,16 @@ def lookup(key: str) -> Path | None:
     return folder if (folder / "COMPLETE").is_file() else None
 
 
-def store(key: str, files: dict[str, Path]) -> Path:
-    """Copy ``files`` (name -> path) into the cache entry for ``key``, atomically."""
+def notes_of(folder: Path) -> dict:
+    path = folder / NOTES
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def store(key: str, write: Callable[[Path], None], notes: dict | None = None) -> Path:
+    """``write(folder)`` fills the cache entry for ``key`` (with ``notes`` beside), atomically."""
     folder = cache_root() / key
     with staged_dir(folder) as stage:
-        for name, src in files.items():
-            shutil.copy2(src, stage / name)
+        write(stage)
+        (stage / NOTES).write_text(json.dumps(notes or {}))
         (stage / "COMPLETE").write_text(key + "\n")
     return folder

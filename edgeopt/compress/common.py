@@ -9,13 +9,17 @@ from edgeopt.config.compression import CompressionConfig
 
 
 def config_of(req) -> CompressionConfig:
-    return req.compression if req.compression is not None else CompressionConfig()
+    """The compression options of a compile request (its judging inputs'), or the defaults."""
+    judging = getattr(req, "judging", None)
+    return judging.compression if judging is not None else CompressionConfig()
 
 
 def calibration_feeds(req, limit: int | None = None) -> list[dict]:
+    """The calibration feeds every INT8 candidate of ``req`` is calibrated on: at most ``limit``
+    ([compression] subset_size: the one sample budget)."""
     if req.calibration is None:
         raise CompileError(
-            f"{req.target.name} int8 needs calibration data, and the recipe gives none.",
+            f"{getattr(req.target, 'name', 'This')} int8 needs calibration data, and the recipe gives none.",
             "Add [calibration] source = \"...\" (a .npz, an image folder, a module:function) to the recipe.")
     feeds = list(req.calibration)
     return feeds[:limit] if limit else feeds

@@ -143,6 +143,12 @@ def explain(message: str, onnx_path, feeds: list[dict] | None = None) -> dict:
             "text": text + (f" and {len(nodes) - MAX_NAMED} more" if len(nodes) > MAX_NAMED else "")}
 
 
+def clip(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line, cut to ``limit`` characters (node names are searched in the full text)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def with_nodes(message: str, onnx_path, full: str | None = None, feeds: list[dict] | None = None) -> tuple[str, dict]:
     """``message`` followed by where the nodes named in ``full`` (the whole error text; default ``message``)
     are, and the hint; and the details for the manifest. ``feeds``: a few calibration samples, to tell

@@ -13,7 +13,9 @@ from edgeopt.errors import DataError
 
 
 def score(infer: Callable[[dict], dict], req) -> dict:
-    """``infer`` maps a feed to named outputs. Returns the task metric, cosine vs FP32 and the verdict."""
+    """THE scoring of an INT8 candidate (every backend's, every recovery step's): ``infer`` maps a feed to named
+    outputs; ``req`` is a :class:`~edgeopt.compress.judging.Judging`. Returns the task metric, cosine vs FP32
+    and the verdict (``within_budget``, ``why``)."""
     out: dict = {}
     if req.reference is not None:
         feeds, refs = req.reference

@@ -7,9 +7,6 @@ from dataclasses import dataclass, fields
 from edgeopt.errors import UserInputError
 from edgeopt.core.checks import boolean, integer, key, list_of, number, reject_unknown, text
 
-ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy", "ort-qdq-u8s8-fused", "nncf-qdq",
-                  "ort-qdq-s8s8", "ort-dynamic")
-
 
 @dataclass(frozen=True)
 class CompressionConfig:
@@ -21,7 +18,8 @@ class CompressionConfig:
     min_cosine: float = key(0.99, check=number(-1, 1),
                             doc="without labels: minimum cosine similarity of outputs vs FP32")
     candidates: tuple[str, ...] = key((), check=list_of(text(64), 0, 32),
-                                      doc="ONNX Runtime recipes to try (default: by model kind)")
+                                      doc="ONNX Runtime recipes to try (default: by model kind; the backend checks "
+                                      "names)")
     accuracy_control: bool = key(True, check=boolean,
                                  doc="when over budget, let NNCF keep the most sensitive layers in float")
     subset_size: int = key(300, check=integer(1, 1_000_000), doc="calibration samples NNCF uses at most")
@@ -37,6 +35,10 @@ class CompressionConfig:
                                        doc="more ONNX nodes every INT8 recipe leaves in float: names or name prefixes")
     reduce_range: str = key("auto", check=text(8),
                             doc="ONNX Runtime recipes: 7-bit weights, auto (x86 CPUs without VNNI) | on | off")
+    mixed_precision: bool = key(True, check=boolean, doc="when over budget, put back in float the fewest layers "
+                                "that cost most, measured")
+    mixed_time_s: float = key(600.0, check=number(0, 86400, above=True),
+                              doc="mixed precision: at most this many seconds per backend")
 
     def __post_init__(self):
         if self.drop_type not in ("absolute", "relative"):
@@ -44,9 +46,6 @@ class CompressionConfig:
         if self.max_drop < 0 or not 0 < self.min_cosine <= 1:
             raise UserInputError("[compression] max_drop must be >= 0 and min_cosine in (0, 1].",
                                  "For example max_drop = 1.0, min_cosine = 0.99.")
-        bad = [c for c in self.candidates if c not in ORT_CANDIDATES]
-        if bad:
-            raise UserInputError(f"[compression] candidates {bad} are unknown.", f"Use any of {list(ORT_CANDIDATES)}.")
         if self.float_head not in ("auto", "on", "off"):
             raise UserInputError(f"[compression] float_head {self.float_head!r} is unknown.",
                                  'Use "auto" (detectors), "on" or "off".')
@@ -61,6 +60,9 @@ class CompressionConfig:
         if self.reduce_range not in ("auto", "on", "off"):
             raise UserInputError(f"[compression] reduce_range {self.reduce_range!r} is unknown.",
                                  'Use "auto" (on for x86 CPUs without VNNI), "on" or "off".')
+        if not 0 < self.mixed_time_s <= 86400:
+            raise UserInputError(f"[compression] mixed_time_s = {self.mixed_time_s!r} is out of range.",
+                                 "Give seconds in (0, 86400], for example mixed_time_s = 600.")
         if self.preset not in (None, "performance", "mixed"):
             raise UserInputError(f"[compression] preset {self.preset!r} is unknown.", "Use performance or mixed.")
 

@@ -18,7 +18,7 @@ from edgeopt.core.records import Status
 from edgeopt.core.tasks import describe
 from edgeopt.errors import DiskFullError, EdgeoptError, ParityError
 from edgeopt.pipeline.context import BuildContext, Plan
-from edgeopt.pipeline.judge import evaluate, gate_by_task, reference_task_metric
+from edgeopt.pipeline.judge import evaluate, gate_by_task, int8_judging, reference_task_metric
 from edgeopt.pipeline.record import files_intact
 
 
@@ -64,10 +64,7 @@ def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:
                                  precision=plan.precision,
                                  spec=ctx.model.spec, out_dir=stage, model_kind=ctx.model.kind,
                                  calibration=ctx.data.calibration, options=dict(plan.target.options),
-                                 compression=r.compression, evaluation=ctx.data.evaluation,
-                                 reference=(exported.feeds, exported.refs), fp32_metric=judging.fp32_metric,
-                                 task=judging.task, judge_set=judging.outputs,
-                                 log=ctx.reporter.info)
+                                 judging=int8_judging(ctx), log=ctx.reporter.info)
             meta = backend.compile(req)
             compile_s = time.perf_counter() - t0
             write_json_atomic(stage / ARTIFACT_JSON, {

@@ -136,3 +136,13 @@ def torch_infer(module, spec):
             return {n: t.numpy() for n, t in zip(spec.outputs, module(*to_torch(feed, spec)))}
 
     return infer
+
+
+def int8_judging(ctx: BuildContext):
+    """What the INT8 stage (edgeopt.compress) judges candidates with: this build's [compression], reference
+    samples, resolved task, judge set and FP32 figure."""
+    from edgeopt.compress.judging import Judging as Int8Judging
+
+    j = ctx.judging
+    return Int8Judging(ctx.recipe.compression, (ctx.exported.feeds, ctx.exported.refs), j.fp32_metric, j.task,
+                       j.outputs)

@@ -195,3 +195,22 @@ def ssdlite160():
     m = ssdlite()
     m.transform.min_size, m.transform.max_size, m.transform.fixed_size = (160,), 160, (160, 160)
     return m
+
+
+def outlier_channel():
+    """A CNN whose first convolution has one output channel 1000x larger than the others, which the second
+    mostly ignores: one scale per activation tensor rounds the other channels to nothing, so post-training
+    INT8 loses the output, and keeping the second convolution (the one reading that tensor) in float restores it."""
+    import torch
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                      nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    with torch.no_grad():
+        for layer in (m[2], m[4], m[7]):
+            layer.bias.zero_()
+        m[0].bias.zero_()
+        m[0].bias[0] = 1000.0  # channel 0: about 1000 everywhere
+        m[2].weight[:, 0] = 0.0  # and nothing downstream reads it
+    return m.eval()

@@ -1,5 +1,6 @@
 """A toy backend that lives outside edgeopt: it 'compiles' by copying the ONNX and runs it with ONNX's own
-reference evaluator (pure Python). It exists to show that a backend is one folder plus one registry line."""
+reference evaluator (pure Python); its INT8 (int8 weights, quantize.py) goes through edgeopt's INT8 loop by the
+quantizer interface alone. It exists to show that a backend is one folder plus one registry line."""
 
 from __future__ import annotations
 
@@ -35,8 +36,19 @@ class ToyBackend(Backend):
     extra = "torch"
 
     def compile(self, req: CompileRequest) -> dict:
-        shutil.copyfile(req.onnx_path, Path(req.out_dir) / MODEL_FILE)
-        return {"model_file": MODEL_FILE, "evaluator": "onnx.reference"}
+        meta = {}
+        if req.precision == "int8":  # through edgeopt's INT8 loop, with this backend's quantizer
+            import tempfile
+
+            from edgeopt.compress.int8 import run_int8
+            from toy_backend.quantize import ToyQuantizer
+
+            with tempfile.TemporaryDirectory(prefix="toy-int8-") as tmp:
+                model, meta = run_int8(ToyQuantizer(req, Path(tmp)), req)
+                shutil.copyfile(model, Path(req.out_dir) / MODEL_FILE)
+        else:
+            shutil.copyfile(req.onnx_path, Path(req.out_dir) / MODEL_FILE)
+        return {**meta, "model_file": MODEL_FILE, "evaluator": "onnx.reference"}
 
     def open(self, artifact_dir: Path, meta: dict, spec: IOSpec, target: Target, threads: int | None = None) -> Runner:
         from edgeopt.core.untrusted import confined

@@ -167,7 +167,8 @@ def choose_runtime_options(model: Path, req: CompileRequest, level: str, threads
     try:
         for r in runners.values():
             r.activate()
-        seconds = getattr(req.compression, "timing_s", None) or 0.4
+        seconds = getattr(getattr(req, "judging", None), "compression", None)
+        seconds = getattr(seconds, "timing_s", None) or 0.4
         timed = race({name: r.timed_call(feed) for name, r in runners.items()}, seconds, baseline="target")
     finally:
         for r in runners.values():

@@ -2,10 +2,13 @@
 fastest within the accuracy budget, and record why it won.
 
 Measured on a 2-core AVX-512-VNNI CPU: u8 activations + s8 per-channel weights is the fast recipe for CNNs;
-ORT's s8-activation default and NNCF's QDQ graph can be slower than FP32 (ORT fuses fewer nodes); models with
+ORT's s8-activation default can be slower than FP32 (ORT fuses fewer nodes), and NNCF's QDQ graph is re-laid
+out for ORT's kernels (per-tensor u8 activations: rewrite.nncf_for_onnxruntime) without which it ran at 0.4x FP32;
+models with
 hard-swish and squeeze-excitation (MobileNetV3) need the same recipe on a rewritten graph ("-fused", see
 rewrite.py) to beat FP32; dynamic weight-only quantization is often the right choice for transformers.
-Nothing is assumed: every candidate is timed and scored.
+Nothing is assumed: every candidate is timed and scored, by the INT8 loop (compress/int8.py) this quantizer
+serves.
 """
 
 from __future__ import annotations
@@ -16,26 +19,27 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgeopt.errors import CompileError
+from edgeopt.errors import UserInputError
 from edgeopt.core.fsutil import working_dir
-from edgeopt.compress import INT8_RECIPES_VERSION, failure, head
-from edgeopt.compress.cache import calibration_key, lookup, store
-from edgeopt.backends import library_names
+from edgeopt.compress import INT8_RECIPES_VERSION, head
 from edgeopt.compress.common import (
     FeedReader,
-    calibration_feeds,
     config_of,
     nncf_model_type,
     nncf_module,
     nncf_preset,
-    nncf_restorer,
     preset_name,
     quiet_logging,
     quiet_nncf,
 )
-from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, score, task_validator, vs_text
-from edgeopt.core.profile import race
-from edgeopt.core.tasks import describe
+from edgeopt.compress.judging import judging_of
+from edgeopt.compress.mixed import MixedInput
+from edgeopt.compress.quantizer import BaseQuantizer, NncfInput, Skip
+
+# Every recipe [compression] candidates may name.
+ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy", "ort-qdq-u8s8-fused", "nncf-qdq",
+                  "ort-qdq-s8s8", "ort-dynamic")
+FUSED = "ort-qdq-u8s8-fused"
 
 DEFAULTS = {
     "transformer": ("ort-dynamic", "ort-qdq-u8s8", "nncf-qdq"),
@@ -111,47 +115,32 @@ def _ort_dynamic(src, dst, exclude=()):
                      nodes_to_exclude=list(exclude))
 
 
-FEEDS_TRIED = 4  # calibration samples a failure's diagnosis runs
+NNCF_LAYOUT = "per-tensor activations, u8, float layers folded"  # rewrite.nncf_for_onnxruntime; cache key
 
 
-def _clip(exc: BaseException, limit: int = 200) -> str:
-    """An exception's text, cut to ``limit`` characters (the node names it holds are searched in full first)."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _ort_layout():
+    """NNCF's advanced parameters for ONNX Runtime: one scale per activation tensor (QLinearConv takes no
+    per-channel input; rewrite.py)."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    return AdvancedQuantizationParameters(activations_quantization_params=QuantizationParameters(per_channel=False))
 
 
-def _float_head(req, src) -> list[str]:
-    """The nodes of a detector's post-processing in ``src``, left in float by every recipe (compress/head.py),
-    and those ``[compression] float_nodes`` names."""
-    found = head.onnx_float_head_of(src) if head.wanted(req) else []
-    extra = head.float_nodes_of(req)
-    if extra:
-        import onnx
+def _for_ort(q):
+    """NNCF's Q/DQ ONNX in ONNX Runtime's fusable layout (in place), returned."""
+    from edgeopt.backends.onnxruntime.rewrite import nncf_for_onnxruntime
 
-        names = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node]
-        found += [n for n in head.named(names, extra) if n not in set(found)]
-    return found
+    nncf_for_onnxruntime(q)
+    return q
 
 
-def _nncf_qdq(src, dst, feeds, req, cfg, accuracy_control=False, exclude=()):
+def _nncf_qdq(src, dst, feeds, kw: dict) -> None:
     import onnx
 
     nncf = nncf_module()
     quiet_nncf()
-    preset, _ = nncf_preset(nncf, cfg, req.model_kind)
-    model = onnx.load(str(src))
-    calib = nncf.Dataset(feeds)
-    kw = dict(preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=min(cfg.subset_size, len(feeds)),
-              model_type=nncf_model_type(nncf, req.model_kind))
-    if exclude:
-        kw["ignored_scope"] = nncf.IgnoredScope(names=list(exclude), validate=False)
-    if accuracy_control:
-        q = nncf.quantize_with_accuracy_control(
-            model, calib, nncf.Dataset(req.judge_set.feeds), task_validator(req, _onnx_infer),
-            max_drop=accuracy_control_drop(req, cfg), drop_type=nncf.DropType.ABSOLUTE, **kw, **nncf_restorer(cfg))
-    else:
-        q = nncf.quantize(model, calib, **kw)
-    onnx.save(q, str(dst))
+    q = nncf.quantize(onnx.load(str(src)), nncf.Dataset(feeds), **kw, advanced_parameters=_ort_layout())
+    onnx.save(_for_ort(q), str(dst))
 
 
 def _onnx_infer(model):
@@ -163,197 +152,161 @@ def _onnx_infer(model):
     return lambda feed: dict(zip(names, sess.run(names, feed)))
 
 
-def _runner(path: Path, req):
-    """An activated ONNX Runtime runner with the target's options: candidates run as the artifact will."""
-    from edgeopt.backends.onnxruntime.runner import OrtRunner
+class OrtQuantizer(BaseQuantizer):
+    """ONNX Runtime's side of the INT8 loop (compress/quantizer.py): QDQ candidates in ONNX files under ``work``."""
 
-    runner = OrtRunner(Path(path), req.spec, req.target.options)
-    runner.activate()
-    return runner
+    name, title = "onnxruntime", "ONNX Runtime"
+    versions = ("onnxruntime", "nncf", "onnx")
 
+    def __init__(self, req, work: Path):
+        self.req, self.work, self.cfg = req, Path(work), config_of(req)
+        self.onnx_path = Path(req.onnx_path)
+        self._sources: dict[str, tuple[Path, dict]] = {}
+        self.reduce, self.reduce_why = reduce_range(self.cfg)
+        req.log(f"int8: static recipes quantize weights to {7 if self.reduce else 8} bits ({self.reduce_why})")
 
-def _measure(paths: dict[str, Path], req, cfg, feed1) -> dict[str, dict]:
-    """Every candidate of ``paths`` (and "fp32", the unquantized model) timed together in interleaved rounds,
-    then scored by the guard. Returns name -> result (fp32: its timing only). A candidate ONNX Runtime cannot
-    load, run or score fails alone: its result says why."""
-    runners, results = {}, {}
+    def candidates(self, kind: str, cfg) -> tuple[str, ...]:
+        bad = [c for c in cfg.candidates if c not in ORT_CANDIDATES]
+        if bad:
+            raise UserInputError(f"[compression] candidates {bad} are unknown.", f"Use any of {list(ORT_CANDIDATES)}.")
+        return tuple(cfg.candidates) or DEFAULTS.get(kind, DEFAULTS["generic"])
 
-    def failed(name, exc):
-        why, where = failure.with_nodes(f"running it failed: {type(exc).__name__}: {_clip(exc)}",
-                                        paths.get(name, req.onnx_path), str(exc))
-        results[name] = {"candidate": name, "error": why, "within_budget": False, "why": why,
-                         **({"nodes": where["nodes"]} if where else {})}
+    def params(self, name: str) -> dict:
+        p = {"preset": preset_name(self.cfg, self.req.model_kind)}
+        if name.startswith("ort-qdq"):
+            p["reduce_range"] = self.reduce
+        if name == "ort-dynamic":
+            p["weights"] = "per-channel"
+        if name == FUSED:
+            p["rewrites"] = INT8_RECIPES_VERSION
+        if name == "nncf-qdq":
+            p["layout"] = NNCF_LAYOUT
+        return p
 
-    try:
-        runners["fp32"] = _runner(req.onnx_path, req)
-        calls = {"fp32": runners["fp32"].timed_call(feed1)}
-        for name, path in paths.items():
-            try:
-                runners[name] = _runner(path, req)
-                calls[name] = runners[name].timed_call(feed1)
-            except Exception as exc:  # noqa: BLE001 - ORT raises its own types
-                failed(name, exc)
-        timed = race(calls, cfg.timing_s, baseline="fp32")
-        for name in calls:
-            if name == "fp32":
-                results[name] = {"candidate": name, **timed[name]}
-                continue
-            try:
-                results[name] = {"candidate": name, **timed[name],
-                                 **score(lambda feed, r=runners[name]: r.infer(feed, check=False), req)}
-            except Exception as exc:  # noqa: BLE001 - scoring runs the model on real data
-                failed(name, exc)
-        return results
-    finally:
-        for r in runners.values():
-            r.close()
+    def _source(self, name: str) -> tuple[Path, dict]:
+        """The graph ``name`` quantizes (pre-processed; for the "-fused" recipe rewritten) and the rewrites."""
+        if name not in self._sources:
+            src, notes = _preprocess(self.onnx_path, self.work), {}
+            if name == FUSED:
+                src, notes["rewrites"] = _prepared(src, self.work)
+                if not any(notes["rewrites"].values()):
+                    raise Skip("nothing in this graph for its rewrites to change")
+            self._sources[name] = (src, notes)
+        self.onnx_path = self._sources[name][0]  # what a failure is explained against
+        return self._sources[name]
 
+    def float_nodes(self, name: str, keep_head: bool, names: tuple[str, ...]) -> list[str]:
+        """The post-processing of the graph ``name`` quantizes (compress/head.py) and the nodes ``names`` picks."""
+        src = self._source(name)[0]
+        found = head.onnx_float_head_of(src) if keep_head else []
+        if names:
+            import onnx
 
-def quantize_for_onnxruntime(req, out_path: Path) -> dict:
-    cfg = config_of(req)
-    feeds = calibration_feeds(req, cfg.subset_size)
-    candidates = cfg.candidates or DEFAULTS.get(req.model_kind, DEFAULTS["generic"])
-    onnx_sha = req.onnx_key()  # with its external data files
-    feed1 = req.spec.random_feed(__import__("numpy").random.default_rng(0), batch=1 if req.spec.batch_dim else None)
-    reduce, reduce_why = reduce_range(cfg)
-    req.log(f"int8: static recipes quantize weights to {7 if reduce else 8} bits ({reduce_why})")
-    results, paths = [], {}
-    with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp:
-        work = Path(tmp)
-        notes_of = {}
-        for name in candidates:
-            path, cache, notes = _candidate(name, req, cfg, feeds, work, onnx_sha, reduce)
-            if path is None:
-                outcome = "skipped" if cache.startswith("skipped") else "error"
-                results.append({"candidate": name, outcome: cache, "within_budget": False, "why": cache})
-                continue
-            paths[name] = path
-            notes_of[name] = {"calibration_cache": cache, **notes}
-        measured = _measure(paths, req, cfg, feed1)
-        fp32 = measured.pop("fp32")
-        for name, r in measured.items():
-            r.update(notes_of[name])
-            if "error" in r:
-                req.log(f"int8 candidate {name}: {r['error']}")
-                results.append(r)
-                continue
-            req.log(f"int8 candidate {name}: {r['latency_ms_b1']:.3f} ms at batch 1 (fp32 {fp32['latency_ms_b1']:.3f}; "
-                    f"{vs_text(r)}), " + _fig(r) + ("" if r["within_budget"] else f" -- over budget: {r['why']}"))
-            results.append(r)
-        results.sort(key=lambda r: candidates.index(r["candidate"]))
-        within = [r for r in results if r.get("within_budget")]
-        if not within and cfg.accuracy_control and can_control_accuracy(req):
-            req.log("no int8 candidate meets the budget: NNCF accuracy control keeps the most sensitive layers in float")
-            path = work / "nncf-qdq-ac.onnx"
-            try:
-                src = _preprocess(req.onnx_path, work)
-                exclude = _float_head(req, src)
-                _nncf_qdq(src, path, feeds, req, cfg, accuracy_control=True, exclude=exclude)
-                r = _measure({"nncf-qdq-ac": path}, req, cfg, feed1)["nncf-qdq-ac"]
-                r["float_layers"] = float_layers(path)
-                if exclude:
-                    r["float_head"] = head.summary(exclude)
-                if len(r["float_layers"]) >= compute_layer_count(path):
-                    r.update(within_budget=False, why="accuracy control kept every layer in float: no INT8 left")
-                r["calibration_cache"] = "off"
-                results.append(r)
-                paths["nncf-qdq-ac"] = path
-                within = [r] if r["within_budget"] else []
-            except Exception as exc:  # noqa: BLE001 - accuracy control can give up; the numbers above stand
-                results.append({"candidate": "nncf-qdq-ac", "within_budget": False,
-                                "error": failure.with_nodes(_clip(exc, 300), req.onnx_path, str(exc))[0]})
-        if not within:
-            raise CompileError(
-                "No INT8 recipe for ONNX Runtime meets the accuracy budget: "
-                + "; ".join(f"{r['candidate']}: {r.get('why') or r.get('error')}" for r in results),
-                "Raise [compression] max_drop (or lower min_cosine), give more or better calibration data, or ship fp32.")
-        win = pick(within)
-        shutil.copy(paths[win["candidate"]], out_path)
-    others = [r["candidate"] for r in within if r is not win]
-    why = (f"fastest at batch 1 of the candidates within budget ({', '.join([win['candidate'], *others])}; "
-           f"timings within {NOISE:.0%} count as a tie, won by the more accurate)")
-    if win["latency_ms_b1"] >= fp32["latency_ms_b1"]:
-        why += f"; note: not faster than fp32 here ({win['latency_ms_b1']:.3f} vs {fp32['latency_ms_b1']:.3f} ms)"
-    return {"int8": {"recipe": win["candidate"], "why": why, "candidates": results, "fp32_quick": fp32,
-                     "reduce_range": {"static_recipes": reduce, "why": reduce_why},
-                     "calibration_samples": len(feeds), "compression": cfg.to_dict()}}
+            every = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node]
+            found += [n for n in head.named(every, names) if n not in set(found)]
+        return found
 
+    def nncf_kwargs(self, feeds, exclude) -> dict:
+        nncf = nncf_module()
+        kind = self.req.model_kind
+        kw = dict(preset=nncf_preset(nncf, self.cfg, kind)[0], target_device=nncf.TargetDevice.CPU,
+                  subset_size=min(self.cfg.subset_size, len(feeds)), model_type=nncf_model_type(nncf, kind))
+        if exclude:
+            kw["ignored_scope"] = nncf.IgnoredScope(names=list(exclude), validate=False)
+        return kw
 
-NOISE = 0.05  # quick timings closer than this are a tie: the more accurate candidate wins it
-
-
-def pick(within: list[dict]) -> dict:
-    """The fastest candidate, unless another is within timing noise of it and more accurate."""
-    fastest = min(r["latency_ms_b1"] for r in within)
-    close = [r for r in within if r["latency_ms_b1"] <= fastest * (1 + NOISE)]
-    return max(close, key=lambda r: ((r.get("accuracy") or {}).get("value", 0.0), r.get("cosine") or 0.0,
-                                     -r["latency_ms_b1"]))
-
-
-def _fig(r: dict) -> str:
-    parts = []
-    if "accuracy" in r:
-        parts.append(describe(r["accuracy"]))
-    if r.get("cosine") is not None:
-        parts.append(f"cosine {r['cosine']:.4f}")
-    return ", ".join(parts)
-
-
-def _candidate(name, req, cfg, feeds, work: Path, onnx_sha: str, reduce: bool):
-    """(path, "hit"|"miss", notes) or (None, why, {}) for one recipe, through the calibration cache; ``reduce``:
-    the static recipes' 7-bit weights (:func:`reduce_range`).
-
-    ``notes`` holds what the recipe changed besides quantizing (the graph rewrites of the "-fused" recipe)."""
-    fused = name == "ort-qdq-u8s8-fused"
-    params = {"subset": len(feeds), "kind": req.model_kind, "preset": preset_name(cfg, req.model_kind)}
-    if name.startswith("ort-qdq"):
-        params["reduce_range"] = reduce
-    if name == "ort-dynamic":
-        params["weights"] = "per-channel"
-    if fused:
-        params["rewrites"] = INT8_RECIPES_VERSION
-    float_head = head.wanted(req) or bool(head.float_nodes_of(req))
-    if float_head:
-        params["float_head"] = head.VERSION
-    if head.float_nodes_of(req):
-        params["float_nodes"] = list(head.float_nodes_of(req))
-    key = calibration_key(onnx_sha, getattr(req.calibration, "sha256", None), name, params, library_names())
-    hit = lookup(key)
-    if hit is not None:
-        req.log(f"int8 candidate {name}: reusing calibration from the cache ({key[:12]})")
-        notes = hit / "notes.json"
-        return hit / "model.onnx", "hit", json.loads(notes.read_text()) if notes.is_file() else {}
-    dst = work / f"{name}.onnx"
-    src = _preprocess(req.onnx_path, work)
-    notes = {}
-    try:
-        if fused:
-            src, notes["rewrites"] = _prepared(src, work)
-            if not any(notes["rewrites"].values()):
-                return None, "skipped: nothing in this graph for its rewrites to change", {}
-        exclude = _float_head(req, src)
-        if float_head:
-            notes["float_head"] = head.summary(exclude)
+    def quantize(self, name: str, feeds, exclude) -> tuple[Path, dict]:
+        src, notes = self._source(name)
+        notes = json.loads(json.dumps(notes))
+        dst = self.work / f"{name}.onnx"
         with contextlib.redirect_stdout(None), quiet_logging():
-            if name in ("ort-qdq-u8s8", "ort-qdq-u8s8-fused"):
-                _ort_static(src, dst, feeds, "u8", symmetric=False, exclude=exclude, reduce=reduce)
-                if fused:
+            if name in ("ort-qdq-u8s8", FUSED):
+                _ort_static(src, dst, feeds, "u8", symmetric=False, exclude=exclude, reduce=self.reduce)
+                if name == FUSED:
                     _int8_hard_swish(dst, notes["rewrites"])
             elif name in ("ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy"):
                 _ort_static(src, dst, feeds, "u8", symmetric=False, method=name.rsplit("-", 1)[1], exclude=exclude,
-                            reduce=reduce)
+                            reduce=self.reduce)
             elif name == "ort-qdq-s8s8":
-                _ort_static(src, dst, feeds, "s8", symmetric=True, exclude=exclude, reduce=reduce)
+                _ort_static(src, dst, feeds, "s8", symmetric=True, exclude=exclude, reduce=self.reduce)
             elif name == "ort-dynamic":
                 _ort_dynamic(src, dst, exclude)
             elif name == "nncf-qdq":
-                _nncf_qdq(src, dst, feeds, req, cfg, exclude=exclude)
-    except Exception as exc:  # noqa: BLE001 - one failing recipe does not stop the others
-        return None, failure.with_nodes(f"quantization failed: {type(exc).__name__}: {_clip(exc)}", src,
-                                        str(exc), feeds[:FEEDS_TRIED])[0], {}
-    (work / f"{name}.notes.json").write_text(json.dumps(notes))
-    store(key, {"model.onnx": dst, "notes.json": work / f"{name}.notes.json"})
-    return dst, "miss", notes
+                _nncf_qdq(src, dst, feeds, self.nncf_kwargs(feeds, exclude))
+        return dst, notes
+
+    def save(self, model: Path, folder: Path) -> None:
+        shutil.copy2(model, folder / "model.onnx")
+
+    def load(self, folder: Path) -> Path:
+        return folder / "model.onnx"
+
+    def open(self, model: Path):
+        """An ONNX Runtime runner with the target's options: candidates run as the artifact will."""
+        from edgeopt.backends.onnxruntime.runner import OrtRunner
+
+        return OrtRunner(Path(model), self.req.spec, self.req.target.options)
+
+    def open_fp32(self):
+        return self.open(self.req.onnx_path)
+
+    def record(self) -> dict:
+        return {"reduce_range": {"static_recipes": self.reduce, "why": self.reduce_why}}
+
+    def int8_left(self, model: Path) -> bool:
+        return len(float_layers(model)) < compute_layer_count(model)
+
+    def describe(self, model: Path) -> dict:
+        return {"float_layers": float_layers(model)}
+
+    def nncf_input(self, feeds) -> NncfInput:
+        """The pre-processed ONNX for NNCF's algorithms (accuracy control), its float nodes left out."""
+        import onnx
+
+        j = judging_of(self.req)
+        src = _preprocess(self.req.onnx_path, self.work)
+        self._sources.setdefault("nncf-qdq", (src, {}))
+        keep = head.wanted_for(j.model_kind, getattr(j.task, "type", None), self.cfg.float_head)
+        exclude = self.float_nodes("nncf-qdq", keep, tuple(self.cfg.float_nodes or ()))
+
+        def adopt(q) -> Path:
+            dst = self.work / "nncf-qdq-ac.onnx"
+            onnx.save(_for_ort(q), str(dst))
+            return dst
+
+        kw = {**self.nncf_kwargs(feeds, exclude), "advanced_quantization_parameters": _ort_layout()}
+        return NncfInput("nncf-qdq", onnx.load(str(src)), kw, _onnx_infer, adopt, exclude)
+
+    def mixed_input(self, state) -> MixedInput | None:
+        """Mixed precision (compress/mixed.py) starts from the most accurate candidate that ran; its float twin
+        is the graph it quantized (node names match)."""
+        import onnx
+
+        ran = [r for r in state.results if r["candidate"] in state.models and "error" not in r
+               and (r.get("accuracy") or r.get("cosine") is not None)]
+        if not ran:
+            return None
+        base = max(ran, key=lambda r: ((r.get("accuracy") or {}).get("value", 0.0), r.get("cosine") or 0.0))
+        name = base["candidate"]
+        src = self._sources[name][0] if name in self._sources else _preprocess(self.req.onnx_path, self.work)
+
+        def adopt(q) -> Path:
+            dst = self.work / f"{name}-mixed.onnx"
+            onnx.save(q, str(dst))
+            return dst
+
+        return MixedInput(f"{name}-mixed", onnx.load(str(state.models[name])), onnx.load(str(src)), _onnx_infer,
+                          adopt)
+
+
+def quantize_for_onnxruntime(req, out_path: Path) -> dict:
+    """INT8 for ONNX Runtime through the INT8 loop; the winner is written to ``out_path``."""
+    from edgeopt.compress.int8 import run_int8
+
+    with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp:
+        model, meta = run_int8(OrtQuantizer(req, Path(tmp)), req)
+        shutil.copy(model, out_path)
+    return meta
 
 
 def _prepared(src: Path, work: Path) -> tuple[Path, dict]:

@@ -205,3 +205,106 @@ class _Names:
             if not any(t.startswith(p + "_") for t in self._taken):
                 self._taken.add(p + "_")
                 return p
+
+
+# ------------------------------------------------------------------------------------------------
+# NNCF's Q/DQ ONNX in the layout ONNX Runtime's CPU kernels fuse.
+#
+# Measured on the real MobileNetV2 (Intel Xeon, AVX-512 VNNI + AMX, 1 thread, batch 1, interleaved in one
+# process): NNCF's ONNX ran at 0.36-0.40x FP32 while ONNX Runtime's own u8/s8 recipe ran at 1.8x. In ONNX
+# Runtime's optimized graph only 13 of 52 convolutions became QLinearConv; the others ran in float between
+# DequantizeLinear and QuantizeLinear nodes, for two reasons:
+# - NNCF's CPU preset quantizes the activations into depthwise convolutions per channel (axis 1); QLinearConv
+#   takes one scale per input tensor, so those convolutions stay float. Asked for per-tensor activations
+#   (ignored here: see the recipe) NNCF kept 37 of 52 and ran at 0.97x;
+# - NNCF's symmetric activations are u8 after a ReLU and s8 elsewhere (after a residual Add, a projection),
+#   and ONNX Runtime fuses a convolution only when its input and output have the same 8-bit type. An s8
+#   tensor with zero point 0 is the same set of values as a u8 one with zero point 128 (same scale): the
+#   rewrite below changes the types only, so every convolution fuses (52 of 52, 1.63x);
+# - a layer ONNX Runtime leaves in float (the classifier's Gemm after Flatten) kept its weights as int8 and
+#   dequantized them on every call; folded into float weights: 1.78x, the speed of ONNX Runtime's own recipe.
+# Top-1 agreement with FP32 on 200 photo crops: NNCF as it was 91.0%, per-tensor + this layout 95.0%
+# (ONNX Runtime's u8/s8 MinMax 81.0%).
+# ------------------------------------------------------------------------------------------------
+
+FLOAT_WEIGHT_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+
+
+def activations_to_u8(model) -> int:
+    """Each int8 activation Q/DQ pair (QuantizeLinear over a computed tensor, its users all DequantizeLinear)
+    re-spelled as uint8 with the zero point moved by 128: the same values, the type ONNX Runtime's QLinear
+    kernels pair with u8. In place; returns how many. Weights (QuantizeLinear or DequantizeLinear over an
+    initializer) keep int8."""
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    users = _users(graph)
+    names = _Names(graph)
+    changed = set()
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in init or len(node.input) < 3:
+            continue
+        zero = init.get(node.input[2])
+        dqs = users.get(node.output[0]) or []
+        if zero is None or zero.data_type != TensorProto.INT8 or not dqs or any(
+                getattr(d, "op_type", None) != "DequantizeLinear" or d.input[0] != node.output[0]
+                or len(d.input) < 3 or d.input[2] != node.input[2] for d in dqs):
+            continue
+        moved = (numpy_helper.to_array(zero).astype(np.int16) + 128).astype(np.uint8)
+        name = names.prefix("edgeopt_u8_zero")
+        graph.initializer.append(numpy_helper.from_array(moved, name))
+        node.input[2] = name
+        for d in dqs:
+            d.input[2] = name
+        changed.add(node.output[0])
+    # Shape inference recorded the old element type of the quantized tensors: drop those records.
+    keep = [v for v in graph.value_info if v.name not in changed]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+    _drop_unused_initializers(graph)
+    return len(changed)
+
+
+def fold_float_weights(model) -> int:
+    """Quantized weights (DequantizeLinear over an initializer) of layers whose activation input is not
+    dequantized (ONNX Runtime cannot run them in INT8 and would dequantize the weights on every call) folded
+    into float initializers. In place; returns how many."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    users = _users(graph)
+    out, count = [], 0
+    for node in graph.node:
+        layers = users.get(node.output[0]) or [] if node.op_type == "DequantizeLinear" else []
+        foldable = (node.op_type == "DequantizeLinear" and node.input[0] in init and node.input[1] in init
+                    and (len(node.input) < 3 or not node.input[2] or node.input[2] in init)
+                    and layers and all(getattr(u, "op_type", None) in FLOAT_WEIGHT_OPS for u in layers)
+                    and not all(getattr(producer.get(u.input[0]), "op_type", None) == "DequantizeLinear"
+                                for u in layers))
+        if not foldable or node.output[0] in {o.name for o in graph.output}:
+            out.append(node)
+            continue
+        q = numpy_helper.to_array(init[node.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(init[node.input[1]]).astype(np.float32)
+        zero = (numpy_helper.to_array(init[node.input[2]]).astype(np.float32)
+                if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
+        if scale.ndim == 1 and scale.size > 1:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        graph.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), node.output[0]))
+        count += 1
+    del graph.node[:]
+    graph.node.extend(out)
+    _drop_unused_initializers(graph)
+    return count
+
+
+def nncf_for_onnxruntime(model) -> dict[str, int]:
+    """NNCF's Q/DQ ONNX in ONNX Runtime's fusable layout (see above), in place; returns what changed."""
+    return {"int8 activations as uint8": activations_to_u8(model),
+            "float layers' weights folded": fold_float_weights(model)}

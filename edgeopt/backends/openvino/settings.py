@@ -46,7 +46,8 @@ def choose_streams(model, req, config: dict) -> dict | None:
             return {"setting": "streams for batch > 1", "batch": batch, "chosen": "1 stream", "config": None,
                     "figures": {}, "why": f"the outputs of the batch split over {n} streams differ from one "
                                           "request's (outputs that do not follow the batch): not split"}
-        seconds = getattr(req.compression, "timing_s", None) or 0.4
+        seconds = getattr(getattr(req, "judging", None), "compression", None)
+        seconds = getattr(seconds, "timing_s", None) or 0.4
         cfg = ProfileConfig(batches=(batch,), warmup=2, duration_s=seconds, rounds=5, min_iterations=5)
         names = ("1 stream", f"{n} streams")
         rows = time_interleaved({names[0]: one.timed_call(feed), names[1]: many.timed_call(feed)}, cfg, batch)

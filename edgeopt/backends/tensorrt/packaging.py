@@ -56,7 +56,7 @@ class TensorRTPackaging(DevicePackaging):
                                       f"quantize {src.id} to INT8 Q/DQ") from exc
         log(f"{src.id}: quantizing to INT8 Q/DQ for TensorRT (signed INT8, zero point 0)")
         return {"quantization": quantize_for_tensorrt(onnx_path, src.calibration, src.spec, dst, src.model_kind,
-                                                      log=log)}
+                                                      log=log, judging=src.judging, target=src.target)}
 
     def package_graph(self, onnx_path: Path, target: Target, task, detector: bool) -> dict | None:
         """A detector's NMS as chosen (``nms`` option: the plugin, or outside the engine) and INT64 outputs cast

@@ -4,7 +4,8 @@ quantized torch modules export OpenVINO-only FakeQuantize nodes).
 
 Recipe order: NNCF with ``preset=PERFORMANCE``, ``overflow_fix=DISABLE`` and signed activations; where NNCF
 refuses that combination for the model, ONNX Runtime's static QDQ quantizer with s8 symmetric activations
-and weights. Either result is checked: only signed INT8 Q/DQ with zero point 0 is written.
+and weights. Either result is checked: only signed INT8 Q/DQ with zero point 0 is written. The INT8 loop
+(compress/int8.py) tries them in order, scores each on ONNX Runtime here and keeps the first within budget.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgeopt.errors import CompileError
-from edgeopt.core.fsutil import sha256_file
-from edgeopt.compress.cache import calibration_key, lookup, store
-from edgeopt.backends import library_names
 from edgeopt.compress.common import quiet_logging
-from edgeopt.compress.head import float_head_for, summary
+from edgeopt.compress.head import named, onnx_float_head_of
+from edgeopt.compress.quantizer import BaseQuantizer
 
 
 def _nncf_trt(src: Path, dst: Path, feeds, kind: str, exclude=()) -> None:
@@ -76,45 +74,69 @@ def qdq_problems(path: Path) -> list[str]:
     return bad
 
 
-def quantize_for_tensorrt(onnx_path, calibration, spec, out_path, model_kind: str = "generic", log=print) -> dict:
-    if calibration is None:
-        raise CompileError("TensorRT int8 needs calibration data, and the recipe gives none.",
-                           "Add [calibration] source = \"...\" to the recipe.")
-    feeds = list(calibration)[:300]
-    exclude = float_head_for(onnx_path, model_kind)  # a detector's post-processing stays in float
-    key = calibration_key(sha256_file(onnx_path), getattr(calibration, "sha256", None), "tensorrt-qdq",
-                          {"subset": len(feeds), "kind": model_kind, **({"float_head": len(exclude)} if exclude else {})},
-                          library_names())
-    hit = lookup(key)
-    if hit is not None:
-        log(f"tensorrt int8: reusing calibration from the cache ({key[:12]})")
-        shutil.copy(hit / "model.onnx", out_path)
-        recipe = (hit / "RECIPE").read_text().strip() if (hit / "RECIPE").exists() else "cached"
-        return {"int8": {"recipe": recipe, "calibration_cache": "hit", "calibration_samples": len(feeds)}}
-    notes = []
+class TrtQuantizer(BaseQuantizer):
+    """TensorRT's side of the INT8 loop (compress/quantizer.py): Q/DQ ONNX for a device package, in order (NNCF,
+    then ONNX Runtime's quantizer), only Q/DQ TensorRT accepts. Not timed here (the engine is built on the
+    device); scored on this host through ONNX Runtime."""
+
+    name, title = "tensorrt", "TensorRT"
+    versions = ("nncf", "onnxruntime", "onnx")
+    timed = False
+
+    def __init__(self, req, work: Path):
+        self.req, self.work, self.onnx_path = req, Path(work), Path(req.onnx_path)
+
+    def candidates(self, kind: str, cfg) -> tuple[str, ...]:
+        return ("nncf-trt", "ort-qdq-s8s8-symmetric")
+
+    def params(self, name: str) -> dict:
+        return {}
+
+    def float_nodes(self, name: str, keep_head: bool, names: tuple[str, ...]) -> list[str]:
+        found = onnx_float_head_of(self.onnx_path) if keep_head else []
+        if names:
+            import onnx
+
+            every = [n.name for n in onnx.load(str(self.onnx_path), load_external_data=False).graph.node]
+            found += [n for n in named(every, names) if n not in set(found)]
+        return found
+
+    def quantize(self, name: str, feeds, exclude) -> tuple[Path, dict]:
+        dst = self.work / f"{name}.onnx"
+        with contextlib.redirect_stdout(None), quiet_logging():
+            if name == "nncf-trt":
+                _nncf_trt(self.onnx_path, dst, feeds, self.req.model_kind, exclude)
+            else:
+                _ort_trt(self.onnx_path, dst, feeds, exclude)
+        problems = qdq_problems(dst)
+        if problems:
+            raise ValueError(f"it produced Q/DQ TensorRT rejects: {problems[:3]}")
+        return dst, {}
+
+    def save(self, model: Path, folder: Path) -> None:
+        shutil.copy2(model, folder / "model.onnx")
+
+    def load(self, folder: Path) -> Path:
+        return folder / "model.onnx"
+
+    def open(self, model: Path):
+        from edgeopt.backends.onnxruntime.runner import OrtRunner
+
+        return OrtRunner(Path(model), self.req.spec, {})
+
+
+def quantize_for_tensorrt(onnx_path, calibration, spec, out_path, model_kind: str = "generic", log=print,
+                          judging=None, target=None) -> dict:
+    """The INT8 Q/DQ ONNX of a TensorRT device package, through the INT8 loop (scored here on ONNX Runtime by
+    ``judging``); written to ``out_path``."""
+    from edgeopt.compress.int8 import Int8Request, run_int8
+
+    req = Int8Request(Path(onnx_path), spec, calibration, judging, model_kind, target, log)
     with tempfile.TemporaryDirectory(prefix="edgeopt-trt-int8-") as tmp:
-        dst = Path(tmp) / "model.onnx"
-        recipe = None
-        for name, fn in (("nncf-trt", lambda: _nncf_trt(Path(onnx_path), dst, feeds, model_kind, exclude)),
-                         ("ort-qdq-s8s8-symmetric", lambda: _ort_trt(Path(onnx_path), dst, feeds, exclude))):
-            try:
-                with contextlib.redirect_stdout(None), quiet_logging():
-                    fn()
-            except Exception as exc:  # noqa: BLE001 - try the next recipe, say why
-                notes.append(f"{name} failed: {type(exc).__name__}: {str(exc)[:200]}")
-                continue
-            problems = qdq_problems(dst)
-            if problems:
-                notes.append(f"{name} produced Q/DQ TensorRT rejects: {problems[:3]}")
-                continue
-            recipe = name
-            break
-        if recipe is None:
-            raise CompileError("No INT8 recipe produced a Q/DQ model TensorRT accepts: " + " | ".join(notes),
-                               "Ship fp16 for this model, or report it with the notes above.")
-        (Path(tmp) / "RECIPE").write_text(recipe + "\n")
-        store(key, {"model.onnx": dst, "RECIPE": Path(tmp) / "RECIPE"})
-        shutil.copy(dst, out_path)
-    log(f"tensorrt int8: {recipe}" + (f" ({'; '.join(notes)})" if notes else ""))
-    return {"int8": {"recipe": recipe, "calibration_cache": "miss", "notes": notes, "calibration_samples": len(feeds),
-                     **({"float_head": summary(exclude)} if exclude else {})}}
+        model, meta = run_int8(TrtQuantizer(req, Path(tmp)), req)
+        shutil.copy(model, out_path)
+    int8 = meta["int8"]
+    win = next(c for c in int8["candidates"] if c["candidate"] == int8["recipe"])
+    int8.update({k: win[k] for k in ("calibration_cache", "float_head") if k in win})
+    log(f"tensorrt int8: {int8['recipe']}")
+    return meta

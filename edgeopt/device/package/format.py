@@ -86,6 +86,7 @@ class PackageSource:
     model: dict = field(default_factory=dict)  # name, source, sha256, kind
     why_not_here: str | None = None  # why the artifact is not built on this machine
     task: TaskConfig = field(default_factory=TaskConfig)  # the resolved task (None: the default)
+    judging: object | None = None  # compress.judging.Judging: how an INT8 form is scored here (None: cosine only)
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the inputs once, here
@@ -113,11 +114,13 @@ class PackageSource:
         if not self.reference_path.is_file():
             raise UserInputError(f"The reference outputs {self.reference_path} are missing.",
                                  "Run `edgeopt export` (or build) again: it writes OUT/reference/reference.npz.")
+        judged = {"judged_on": getattr(self.judging, "fp32_metric", None)} if self.judging is not None else {}
         return sha256_json({"onnx": onnx_digest(self.onnx_path), "reference": sha256_file(self.reference_path),
                             "target": self.target.to_dict(), "precision": self.precision,
                             "spec": self.spec.to_dict(), "kind": self.model_kind, "tolerance": self.tolerance,
                             "calibration": getattr(self.calibration, "sha256", None),
-                            "compression": self.compression, "task": self.task.to_dict(), "edgeopt": __version__})
+                            "compression": self.compression, "task": self.task.to_dict(), "edgeopt": __version__,
+                            **judged})  # the INT8 loop's verdict depends on the judge set (its FP32 figure)
 
 
 def _plain(obj):
