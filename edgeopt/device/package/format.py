@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from edgeopt import __version__
 from edgeopt.errors import (
@@ -68,6 +68,14 @@ class PackageLintError(CompileError):
         self.report = report
 
 
+class Int8Judging(Protocol):
+    """What the INT8 stage judges a package's Q/DQ form with (``edgeopt.compress.judging.Judging``, which the device
+    side never imports): handed on to the backend's packaging as it is; its FP32 figure is part of the package's
+    key (a package judged on another evaluation set is not reused)."""
+
+    fp32_metric: dict | None
+
+
 @dataclass(frozen=True, kw_only=True)
 class PackageSource:
     """Everything a package is made from: the one input the package writer reads (see
@@ -86,7 +94,7 @@ class PackageSource:
     model: dict = field(default_factory=dict)  # name, source, sha256, kind
     why_not_here: str | None = None  # why the artifact is not built on this machine
     task: TaskConfig = field(default_factory=TaskConfig)  # the resolved task (None: the default)
-    judging: object | None = None  # compress.judging.Judging: how an INT8 form is scored here (None: cosine only)
+    judging: Int8Judging | None = None  # how the INT8 loop scores an INT8 form here (None: not INT8)
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the inputs once, here
@@ -114,7 +122,7 @@ class PackageSource:
         if not self.reference_path.is_file():
             raise UserInputError(f"The reference outputs {self.reference_path} are missing.",
                                  "Run `edgeopt export` (or build) again: it writes OUT/reference/reference.npz.")
-        judged = {"judged_on": getattr(self.judging, "fp32_metric", None)} if self.judging is not None else {}
+        judged = {"judged_on": self.judging.fp32_metric} if self.judging is not None else {}
         return sha256_json({"onnx": onnx_digest(self.onnx_path), "reference": sha256_file(self.reference_path),
                             "target": self.target.to_dict(), "precision": self.precision,
                             "spec": self.spec.to_dict(), "kind": self.model_kind, "tolerance": self.tolerance,
