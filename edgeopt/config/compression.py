@@ -82,4 +82,5 @@ class CompressionConfig:
         return self.max_drop / 100.0
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Plain JSON data (lists, not tuples): what a manifest record holds is what reading it back gives."""
+        return {f.name: list(v) if isinstance(v, tuple) else v for f in fields(self) for v in [getattr(self, f.name)]}
