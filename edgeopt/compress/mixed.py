@@ -179,8 +179,14 @@ class MixedPrecision:
         except Exception as exc:  # noqa: BLE001 - the numbers so far stand
             state.fail(name, clip(exc), str(exc))
             return []
-        return [Candidate(name, model, {"calibration_cache": "off", "float_layers": outcome.float_layers,
-                                        "mixed_precision": outcome.record}, recovered=True)]
+        notes = {"calibration_cache": "off", "float_layers": outcome.float_layers, "mixed_precision": outcome.record}
+        # what the candidate it started from kept in float (a detector's post-processing) stays in float
+        base = name[:-len("-mixed")] if name.endswith("-mixed") else None
+        head_note = next((r["float_head"] for r in state.results if r.get("candidate") == base and "float_head" in r),
+                         None)
+        if head_note is not None:
+            notes["float_head"] = head_note
+        return [Candidate(name, model, notes, recovered=True)]
 
 
 # ------------------------------------------------------------------------------------------------
