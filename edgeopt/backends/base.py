@@ -24,6 +24,7 @@ from edgeopt.core.versions import version_tuple
 from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.config.options import Option, check_options
+from edgeopt.core.checks import choice
 
 if TYPE_CHECKING:  # the INT8 stage's type; the device side never imports compression
     from edgeopt.compress.judging import Judging
@@ -194,6 +195,10 @@ def vet_outputs(runner: Runner, what: str, expected: dict[str, np.ndarray], vari
     return False, expected
 
 
+NMS_OPTION = Option("nms", "a detector's NMS: graph (kept in the exported ONNX, the default) | outside (the graph "
+                    "ends before NMS; the application runs it)", choice("graph", "outside"))
+
+
 class Backend(ABC):
     name: str = ""
     module: str = ""  # the framework's import name
@@ -237,6 +242,16 @@ class Backend(ABC):
     def precision_unavailable(self, target: Target, precision: str) -> str | None:
         return None if precision in self.precisions_here(target) else (
             f"{precision} is not available for {target.name} on this host")
+
+
+    def detector_nms(self, target: Target) -> tuple[str, str]:
+        """Where a detector's NMS runs for ``target``, and why: ``"graph"`` (the exported ONNX keeps it, as
+        ``NonMaxSuppression``: this backend runs it) or ``"outside"`` (the graph ends before NMS, with raw boxes
+        and per-class scores; a plugin, the host or the application runs it). The default reads the target's
+        ``nms`` option (:data:`NMS_OPTION`, for backends that declare it) and keeps NMS in the graph."""
+        if target.options.get("nms") == "outside":
+            return "outside", f"{target.name}'s nms = \"outside\": the application runs NMS"
+        return "graph", f"{self.name} runs ONNX NonMaxSuppression in the graph"
 
     rebuild_note = ""  # what a user should know when an artifact of this backend does not fit a device
 

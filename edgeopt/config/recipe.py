@@ -139,6 +139,7 @@ class Recipe:
     preprocess: object = None  # data.Preprocess: how raw images become the model's input (shipped in bundles)
     select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
     task: TaskConfig = field(default_factory=TaskConfig)  # what the model is for: how every artifact is judged
+    task_given: tuple[str, ...] = ()  # the [task] keys the recipe writes (the others may come from the model)
     options: dict = field(default_factory=dict)  # [options.BACKEND] / [options.TARGET]: target options, per recipe
     base_dir: Path = Path(".")
     path: str = ""
@@ -238,6 +239,7 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         compression=CompressionConfig.from_dict(data.get("compression")),
         pruning=PruningConfig.from_dict(data.get("pruning")),
         task=TaskConfig.from_dict(data.get("task")),
+        task_given=tuple(str(k) for k in (data.get("task") or {})),
         select=Budgets.from_dict(data["select"]) if data.get("select") else None, base_dir=base_dir, path=path,
         options={str(k): dict(v) for k, v in (data.get("options") or {}).items()},
     )

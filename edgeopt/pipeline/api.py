@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgeopt.pipeline.context import BuildContext
 from edgeopt.pipeline.export import stage_export
-from edgeopt.pipeline.intake import load_data, stage_intake
+from edgeopt.pipeline.intake import load_data, stage_intake, with_model_task
 from edgeopt.pipeline.record import check_output, prepare_output
 from edgeopt.errors import ArtifactLoadError, UserInputError
 from edgeopt.backends import host_info
@@ -35,9 +35,9 @@ def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
     reporter = reporter or Reporter()
     check_output(out, force)
     manifest = Manifest.new(r, host_info())
-    ctx = BuildContext(recipe=r, out=out, reporter=reporter, generation=manifest.generation)
+    ctx = BuildContext(recipe=r, out=out, reporter=reporter, generation=manifest.generation, nms=_export_nms(r))
     ctx = replace(ctx, data=load_data(ctx, manifest, calibrate=r.pruning is not None))
-    ctx = replace(ctx, model=stage_intake(ctx))
+    ctx = with_model_task(replace(ctx, model=stage_intake(ctx)))
     with out_lock(out, "export"):
         prepare_output(out, force)
         previous = load_manifest(out, missing_ok=True)
@@ -47,6 +47,20 @@ def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
             manifest.data["artifacts"] = previous.data.get("artifacts", [])  # still valid for the same ONNX
         manifest.write(out)
     return manifest.data
+
+
+def _export_nms(r: Recipe) -> dict | None:
+    """Where a detector's NMS goes in ``edgeopt export``: as the build of the recipe's targets would put it (the
+    same ONNX, reused by the build); NMS in the graph when the recipe names no target that can be planned."""
+    from edgeopt.errors import EdgeoptError
+    from edgeopt.pipeline.plan import detector_nms, plan_artifacts
+
+    if not r.targets:
+        return None
+    try:
+        return detector_nms(plan_artifacts(r))
+    except EdgeoptError:
+        return None
 
 
 def compile(recipe=None, output: str | Path = "edgeopt-out", targets=(), precisions=(), force: bool = False,

@@ -26,9 +26,9 @@ from edgeopt.errors import EdgeoptError, UserInputError
 from edgeopt.pipeline.compile import stage_compile
 from edgeopt.pipeline.context import BuildContext, Plan
 from edgeopt.pipeline.export import stage_export
-from edgeopt.pipeline.intake import load_data, stage_intake
+from edgeopt.pipeline.intake import load_data, stage_intake, with_model_task
 from edgeopt.pipeline.judge import stage_judge_set
-from edgeopt.pipeline.plan import plan_artifacts
+from edgeopt.pipeline.plan import detector_nms, plan_artifacts
 from edgeopt.pipeline.pruning import stage_prune
 from edgeopt.pipeline.record import carry_over, check_output, prepare_output, stage_record
 from edgeopt.pipeline.timing import flag_slow, stage_profile
@@ -66,10 +66,11 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
         raise UserInputError("INT8 needs calibration data, and none is given.",
                              "Add --calib PATH (an image folder, .npz or .npy; see calibration/README.md) or a "
                              "[calibration] section to the recipe, or drop -p int8.")
-    ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, generation=manifest.generation)
+    ctx = BuildContext(recipe=recipe, out=out, reporter=reporter, generation=manifest.generation,
+                       nms=detector_nms(plans))
     # bad targets, data and models fail here, before anything is written
     ctx = replace(ctx, data=load_data(ctx, manifest, calibrate=int8 or recipe.pruning is not None))
-    ctx = replace(ctx, model=stage_intake(ctx))
+    ctx = with_model_task(replace(ctx, model=stage_intake(ctx)))
     with out_lock(out, "build"):  # one writer per OUT: a second build or profile is refused, naming this one
         prepare_output(out, force)
         reporter.attach_log(out / "logs" / "build.log")

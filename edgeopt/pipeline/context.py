@@ -68,6 +68,7 @@ class LoadedModel:
     as_trained: tuple | None = None  # (flat adapted model, unmerged; the merged module exported from it)
     notes: tuple[str, ...] = ()  # what loading found out, for the build log
     source_facts: dict | None = None  # read from a training tool's checkpoint (Ultralytics): task, classes, size
+    detector: dict | None = None  # a torchvision detector: where its NMS runs, the [task] keys it tells (detectors)
 
     def describe(self) -> dict:
         out = {"name": self.name, "source": self.source, "sha256": self.sha256, "kind": self.kind,
@@ -76,6 +77,8 @@ class LoadedModel:
             out["adapter"] = self.adapter
         if self.source_facts is not None:
             out["checkpoint_facts"] = self.source_facts
+        if self.detector is not None:
+            out["detector"] = self.detector
         return out
 
     def reference_module(self):
@@ -143,6 +146,7 @@ class BuildContext:
     out: Path
     reporter: Reporter
     generation: str | None = None  # this build's id, recorded in each artifact it compiles
+    nms: dict | None = None  # where a detector's NMS runs, asked of the planned targets (pipeline.plan.detector_nms)
     data: BuildData = field(default_factory=BuildData)
     model: LoadedModel | None = None  # the intake's model (pruned, after the pruning stage)
     pruned: Pruned | None = None

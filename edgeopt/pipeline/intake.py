@@ -31,7 +31,8 @@ from edgeopt.pipeline.sources import (
     state_digest,
 )
 
-__all__ = ["external_data_files", "hold_out", "load_data", "load_model", "onnx_source_digest", "stage_intake"]
+__all__ = ["external_data_files", "hold_out", "load_data", "load_model", "onnx_source_digest", "stage_intake",
+           "with_model_task"]
 
 
 def load_data(ctx: BuildContext, manifest: Manifest, calibrate: bool) -> BuildData:
@@ -86,7 +87,7 @@ def stage_intake(ctx: BuildContext) -> LoadedModel:
         raise UserInputError(f"[model] adapter lists {len(r.model.adapter)} adapters; one build takes one.",
                              "Call edgeopt.pipeline.build.build(), which builds one artifact set per adapter.")
     model = load_model(r.model, r.spec, r.resolve(r.model.source), r.resolve(r.model.checkpoint),
-                       adapter=r.resolve(r.model.adapter[0]) if r.model.adapter else None)
+                       adapter=r.resolve(r.model.adapter[0]) if r.model.adapter else None, nms=ctx.nms)
     if model.adapter is not None:
         from edgeopt.pipeline.adapters import describe_adapter
 
@@ -102,10 +103,27 @@ def stage_intake(ctx: BuildContext) -> LoadedModel:
     return model
 
 
+def with_model_task(ctx: BuildContext) -> BuildContext:
+    """The recipe's ``[task]`` with the keys the model tells (a torchvision detector's format, background class
+    and thresholds) where the recipe leaves them out: the recipe's own keys win. The model's notes say which."""
+    model = ctx.model
+    told = (model.detector or {}).get("task") or {}
+    fill = {k: v for k, v in told.items() if k not in ctx.recipe.task_given}
+    if not fill:
+        return ctx
+    r = ctx.recipe
+    note = ("[task] " + ", ".join(f"{k} = {v!r}".replace("'", '"') for k, v in fill.items())
+            + " (not in the recipe; from the model)")
+    ctx.reporter.info(note)
+    model = replace(model, notes=(*model.notes, note), detector={**model.detector, "task_filled": sorted(fill)})
+    return replace(ctx, recipe=replace(r, task=replace(r.task, **fill)), model=model)
+
+
 def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | None = None,
-               adapter: str | None = None) -> LoadedModel:
+               adapter: str | None = None, nms: dict | None = None) -> LoadedModel:
     """Load, apply the checkpoint (and the PEFT adapter), check the input spec against the model, name the
-    outputs."""
+    outputs. A torchvision detector is exported in the form ``nms`` says (:func:`edgeopt.pipeline.plan.
+    detector_nms`; default: NMS in the graph)."""
     check_list_batch(cfg, spec)
     p = Path(source)
     if p.suffix == ".onnx":
@@ -142,6 +160,18 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
         from edgeopt.pipeline.hf import labels_of
 
         labels = labels_of(model)
+    from edgeopt.pipeline.detectors import prepare, torchvision_detector
+
+    detector, exported = None, model
+    if not is_hf and not adapter and torchvision_detector(model):
+        exported, call, detector = prepare(model, spec, nms or {"where": "graph", "why": "no target asked"})
+        if call == "list":
+            check_list_batch(replace(cfg, call="list"), spec)
+        kind = "detector" if kind == "generic" else kind
+        notes.append(f"torchvision {detector['family']} detector: "
+                     + ("exported whole, NMS in the graph, called with a list of images" if detector["nms"] == "graph"
+                        else f"exported without its NMS (boxes, per-class scores) for {', '.join(detector['targets'])}")
+                     + f" ({detector['why']})")
     adapter_record, as_trained = None, None
     if adapter:
         from edgeopt.pipeline.adapters import apply_adapter, merge_error
@@ -150,8 +180,10 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
         adapter_record["base"] = source
         files += [f for f in sorted(Path(adapter).rglob("*")) if f.is_file()]
         as_trained = make_flat_module(adapted, spec, call)
-    flat = make_flat_module(model, spec, call)
+    flat = make_flat_module(exported, spec, call)
     names = _probe_outputs(flat, spec, source)
+    if detector is not None and detector["nms"] == "outside" and not (cfg.outputs or spec.outputs):
+        names = list(detector["outputs"])
     if as_trained is not None:
         if adapter_record["merged"]:
             adapter_record["merge_error"] = merge_error(as_trained, flat, spec)
@@ -162,15 +194,18 @@ def load_model(cfg: ModelConfig, spec: IOSpec, source: str, checkpoint: str | No
             raise UserInputError(f"{len(wanted)} output names were given ({wanted}) but the model returns "
                                  f"{len(names)} tensors ({names}).", "Give one name per returned tensor, or none.")
         names = wanted
+    if detector is not None:
+        detector = {**detector, "outputs": list(names)}
     import torch
 
     scripted = model if isinstance(model, torch.jit.ScriptModule) else None
     # The weights themselves are hashed: a factory that initialises randomly gives another model each time.
-    digest = sha256_json({"files": sha256_tree(files) if files else "", "state": state_digest(model)})
+    digest = sha256_json({"files": sha256_tree(files) if files else "", "state": state_digest(model),
+                          **({"nms": detector["nms"]} if detector else {})})
     return LoadedModel(name=cfg.name or default_name, source=source, sha256=digest,
                        spec=spec.with_outputs(names), kind=kind, module=flat, scripted=scripted,
                        adapter=adapter_record, labels=labels, as_trained=as_trained, notes=tuple(notes),
-                       source_facts=facts if isinstance(facts, dict) else None)
+                       source_facts=facts if isinstance(facts, dict) else None, detector=detector)
 
 
 def check_list_batch(cfg: ModelConfig, spec: IOSpec) -> None:

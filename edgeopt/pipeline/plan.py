@@ -62,3 +62,22 @@ def plan_artifacts(recipe: Recipe, targets: tuple[str, ...] = (), precisions: tu
             f"Nothing to build: no target offers the precisions {list(wanted_prec)} on this machine.",
             "Run `edgeopt targets` to see what can run here, and pick --target/--precision from it.")
     return plans
+
+
+def detector_nms(plans: list[Plan]) -> dict:
+    """Where a detector's NMS runs in this build's one exported ONNX, asked of each planned target's backend
+    (:meth:`~edgeopt.backends.base.Backend.detector_nms`): ``{"where": "graph" | "outside", "why": ..., "targets":
+    [the targets that want it outside]}``. One target that wants NMS outside the graph (TensorRT's plugin, NMS on
+    the device) is enough: every artifact is then compiled from the graph that ends before NMS, and judged with
+    the host's NMS."""
+    outside, why = [], []
+    for p in plans:
+        if p.status not in (Status.PLANNED, Status.NOT_BUILT_HERE) or p.target.name in outside:
+            continue
+        where, reason = get_backend(p.target.backend).detector_nms(p.target)
+        if where == "outside":
+            outside.append(p.target.name)
+            why.append(reason)
+    if outside:
+        return {"where": "outside", "why": "; ".join(dict.fromkeys(why)), "targets": outside}
+    return {"where": "graph", "why": "every target runs NMS in the graph", "targets": []}

@@ -214,3 +214,104 @@ def outlier_channel():
         m[0].bias[0] = 1000.0  # channel 0: about 1000 everywhere
         m[2].weight[:, 0] = 0.0  # and nothing downstream reads it
     return m.eval()
+
+
+TINY_DET_SIZE = 64
+
+
+def _tiny_backbone(fpn: bool):
+    """Two feature maps (stride 4 and 8, 32 channels) as torchvision's detectors take them (``fpn``: declaring
+    ``out_channels``, as RetinaNet, FCOS and Faster R-CNN want; SSD measures them)."""
+    from collections import OrderedDict
+
+    import torch
+
+    nn = torch.nn
+
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU())
+            self.b = nn.Sequential(nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU())
+            if fpn:
+                self.out_channels = 32
+
+        def forward(self, x):
+            a = self.a(x)
+            return OrderedDict([("0", a), ("1", self.b(a))])
+
+    return Backbone()
+
+
+def tiny_ssd():
+    """torchvision's SSD with a two-level 32-channel backbone, 4 classes (0: background), 64x64, random weights."""
+    import torch
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+
+    torch.manual_seed(0)
+    anchors = DefaultBoxGenerator([[2], [2]], min_ratio=0.2, max_ratio=0.9)
+    m = SSD(_tiny_backbone(False), anchors, (TINY_DET_SIZE, TINY_DET_SIZE), num_classes=4, score_thresh=0.2,
+            nms_thresh=0.5, detections_per_img=20, topk_candidates=100)
+    return m.eval()
+
+
+def _anchors(levels: int, per_level: int):
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    ratios = (0.5, 1.0, 2.0)[:per_level]
+    return AnchorGenerator(tuple((16 * 2 ** i,) for i in range(levels)), (ratios,) * levels)
+
+
+def _spread_scores(head) -> None:
+    """Class logits spread around 0: torchvision starts them at a 1% prior from std-0.01 convolutions, so every
+    random-weight box would score about the same, and none above a threshold."""
+    import torch
+
+    with torch.no_grad():
+        for mod in head.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(mod.weight)
+                mod.bias.zero_()
+        head.cls_logits.weight.mul_(3.0)
+
+
+def tiny_retinanet():
+    """torchvision's RetinaNet on the tiny backbone, 3 classes, images kept at 64x64, random weights."""
+    import torch
+    from torchvision.models.detection import RetinaNet
+
+    torch.manual_seed(0)
+    m = RetinaNet(_tiny_backbone(True), num_classes=3, anchor_generator=_anchors(2, 3), min_size=TINY_DET_SIZE,
+                  max_size=TINY_DET_SIZE, score_thresh=0.2, nms_thresh=0.5, detections_per_img=20)
+    _spread_scores(m.head.classification_head)
+    with torch.no_grad():  # distances to the box sides of about half an anchor (random ones ReLU to 0: no area)
+        m.head.regression_head.bbox_reg.bias.fill_(0.5)
+    return m.eval()
+
+
+def tiny_fcos():
+    """torchvision's FCOS on the tiny backbone, 3 classes, images kept at 64x64, random weights."""
+    import torch
+    from torchvision.models.detection import FCOS
+
+    torch.manual_seed(0)
+    m = FCOS(_tiny_backbone(True), num_classes=3, anchor_generator=_anchors(2, 1), min_size=TINY_DET_SIZE,
+             max_size=TINY_DET_SIZE, score_thresh=0.2, nms_thresh=0.5, detections_per_img=20)
+    _spread_scores(m.head.classification_head)
+    with torch.no_grad():  # distances to the box sides of about half an anchor (random ones ReLU to 0: no area)
+        m.head.regression_head.bbox_reg.bias.fill_(0.5)
+    return m.eval()
+
+
+def tiny_frcnn():
+    """torchvision's Faster R-CNN on the tiny backbone's first level, 3 classes, 64x64, random weights."""
+    import torch
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.ops import MultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    m = FasterRCNN(_tiny_backbone(True), num_classes=3, rpn_anchor_generator=_anchors(2, 3),
+                   box_roi_pool=MultiScaleRoIAlign(["0", "1"], 7, 2), min_size=TINY_DET_SIZE,
+                   max_size=TINY_DET_SIZE)
+    return m.eval()

@@ -11,7 +11,7 @@ from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.config.options import Option
 from edgeopt.core.checks import boolean, choice, integer
-from edgeopt.backends.base import Backend, CompileRequest, Runner
+from edgeopt.backends.base import NMS_OPTION, Backend, CompileRequest, Runner
 
 from edgeopt.backends.onnxruntime.runner import LEVELS, MODEL_FILE, OrtRunner, physical_cores, session_options
 from edgeopt.core.untrusted import check_settings, confined, int_in, one_of
@@ -47,6 +47,7 @@ class OnnxRuntimeBackend(Backend):
         Option("inter_op_threads", "threads across independent nodes (default 1)", integer(0, 4096)),
         Option("measure_runtime_settings", "time the load-time settings and record the faster (default true)",
                boolean),
+        NMS_OPTION,
     )
 
     def details(self) -> dict:

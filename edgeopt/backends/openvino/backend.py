@@ -12,7 +12,7 @@ from edgeopt.core.spec import IOSpec
 from edgeopt.core.targets import Target
 from edgeopt.config.options import Option
 from edgeopt.core.checks import boolean, choice, integer
-from edgeopt.backends.base import Backend, CompileRequest, Runner
+from edgeopt.backends.base import NMS_OPTION, Backend, CompileRequest, Runner
 
 from edgeopt.backends.openvino.runner import IR_FILE, OvRunner, device_capabilities, ov_core, runtime_config
 
@@ -39,6 +39,7 @@ class OpenVinoBackend(Backend):
         Option("threads", "INFERENCE_NUM_THREADS (0: OpenVINO's choice)", integer(0, 4096)),
         Option("measure_runtime_settings", "time the runtime settings and record the faster (default true)",
                boolean),
+        NMS_OPTION,
     )
 
     def details(self) -> dict:

@@ -64,6 +64,13 @@ class TensorRTBackend(Backend):
     )
     rebuild_note = "TensorRT engines load only on the GPU model and with the TensorRT version that built them."
 
+    def detector_nms(self, target: Target) -> tuple[str, str]:
+        """Always outside the exported graph: ONNX ``NonMaxSuppression``'s data-dependent output shape is refused
+        by edgeopt's TensorRT runner; the package appends ``EfficientNMS_TRT`` (``nms = "plugin"``, the default) or
+        leaves NMS to the application (``nms = "outside"``)."""
+        where = "as EfficientNMS_TRT" if target.options.get("nms", "plugin") == "plugin" else "outside the engine"
+        return "outside", f"TensorRT ({target.name}) runs a detector's NMS {where}, not ONNX NonMaxSuppression"
+
     def artifact_fits_here(self, aid: str, meta: dict, built_version: str | None,
                            version: str | None) -> tuple[str | None, tuple[str, ...]]:
         gpu, why = probe_gpu()
