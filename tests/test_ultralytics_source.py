@@ -97,11 +97,16 @@ def test_ultralytics_best_pt_builds_without_a_factory(tmp_path, best_pt):
 
     _photos(tmp_path / "calib", 10, seed=1)
     _photos(tmp_path / "val", 4, seed=2)
-    data = recipe(1, precisions=["fp32"], inputs=[{"name": "images", "shape": [1, 3, SIZE, SIZE]}],
-                  preprocess={"resize": [SIZE, SIZE]}, profile={"batches": [1], "duration_s": 0.1,
-                                                                "min_iterations": 3, "warmup": 1})
-    assert data["task"] == {"type": "detection"} and data["model"]["source"].endswith("best.pt")
+    data = recipe(1, precisions=["fp32"], profile={"batches": [1], "duration_s": 0.1, "min_iterations": 3,
+                                                   "warmup": 1})
+    # Only the source, the trust and the task type: no [[inputs]], no [preprocess], no other [task] key
+    assert data["task"] == {"type": "detection"} and data["model"] == {
+        "source": "runs/detect/train/weights/best.pt", "allow_pickle": True}
+    assert "inputs" not in data and "preprocess" not in data
     m = build(recipe_from_dict(data, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
+    assert m["model"]["read_from_model"] == ["inputs", "preprocess"]
+    assert m["model"]["inputs"][0]["name"] == "images" and m["model"]["inputs"][0]["shape"] == [1, 3, SIZE, SIZE]
+    assert m["model"]["preprocess"]["resize"] == [SIZE, SIZE] and m["model"]["preprocess"]["letterbox"] is True
     facts = m["model"]["checkpoint_facts"]
     assert facts["task"] == "detect" and facts["imgsz"] == [SIZE, SIZE] and facts["stride"] == 32
     assert facts["weights"] == "model"  # strip_optimizer moved the EMA weights there
@@ -112,6 +117,7 @@ def test_ultralytics_best_pt_builds_without_a_factory(tmp_path, best_pt):
     assert m["fp32_metric"]["metric"] == "map50" and m["fp32_metric"]["value"] == pytest.approx(1.0)
     log = (tmp_path / "out" / "logs" / "build.log").read_text()
     assert "[task] format = \"yolo\" (not in the recipe" in log and "Ultralytics detect checkpoint" in log
+    assert f"[[inputs]] images [1, 3, {SIZE}, {SIZE}] read from the checkpoint" in log
     assert {a["target"] for a in m["artifacts"]} == {"ort-cpu", "openvino-cpu"}
     for a in m["artifacts"]:
         assert a["status"] == "ok", a
@@ -162,3 +168,23 @@ source = "ev.npz"
     assert m["fp32_metric"]["metric"] == "map50"
     log = (tmp_path / "out" / "logs" / "build.log").read_text()
     assert "read from the outputs: a raw YOLO head: output 'output' is [1, 7, 400]" in log
+
+
+def test_no_inputs_need_a_checkpoint_that_records_its_size(tmp_path, best_pt, run_cli):
+    """Without [[inputs]] the size comes from the checkpoint: one that does not record it, or a TorchScript file
+    (which never says), is refused naming the [[inputs]] to write; nothing is written."""
+    import torch
+
+    ckpt = torch.load(best_pt, map_location="cpu", weights_only=False)
+    ckpt.pop("train_args", None)
+    ckpt["model"].args = {}
+    torch.save(ckpt, best_pt)
+    ts = tmp_path / "scripted.pt"
+    torch.jit.script(torch.nn.Linear(4, 2)).save(str(ts))
+    for source, problem in (("runs/detect/train/weights/best.pt", "does not record the image size"),
+                            ("scripted.pt", "TorchScript file, which does not say what inputs")):
+        (tmp_path / "recipe.toml").write_text(f'targets = ["ort-cpu"]\nprecisions = ["fp32"]\n\n[model]\n'
+                                              f'source = "{source}"\nallow_pickle = true\n')
+        code, out, err = run_cli("build", tmp_path / "recipe.toml", "-o", tmp_path / "out")
+        assert code != 0 and problem in err and "[[inputs]]" in err and "Traceback" not in err, err
+        assert not (tmp_path / "out" / "manifest.json").exists()

@@ -68,6 +68,10 @@ def _model_recipe(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, 
         base = None
     else:
         base = load_recipe(recipe) if recipe else example_recipe()
+        if base.spec is None:  # no [[inputs]]: the checkpoint given as the source tells them
+            from edgeopt.pipeline.intake import complete_inputs
+
+            base = complete_inputs(base)
     r = base
     if model:
         from edgeopt.config.recipe import Recipe

@@ -126,7 +126,7 @@ class ParityConfig:
 @dataclass(frozen=True)
 class Recipe:
     model: ModelConfig
-    spec: IOSpec
+    spec: IOSpec | None  # None: no [[inputs]], read from the model (pipeline.intake.complete_inputs) before use
     targets: tuple[str, ...] = ()  # empty: every target that can run here
     precisions: tuple[str, ...] = ("fp32", "bf16")
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -140,6 +140,7 @@ class Recipe:
     select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
     task: TaskConfig = field(default_factory=TaskConfig)  # what the model is for: how every artifact is judged
     task_given: tuple[str, ...] = ()  # the [task] keys the recipe writes (the others may come from the model)
+    read_from_model: tuple[str, ...] = ()  # what the model told that the recipe left out: "inputs", "preprocess"
     options: dict = field(default_factory=dict)  # [options.BACKEND] / [options.TARGET]: target options, per recipe
     base_dir: Path = Path(".")
     path: str = ""
@@ -199,6 +200,16 @@ def section_checks() -> dict[str, Check]:
     }
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+def reads_own_inputs(model: ModelConfig) -> bool:
+    """Whether the model source may tell its own inputs, so the recipe may leave out [[inputs]]: a checkpoint file
+    given as the source (Ultralytics' best.pt records the image size it was trained at), no factory beside it."""
+    src = Path(str(model.source))
+    return not model.checkpoint and ":" not in src.name and src.suffix in CHECKPOINT_SUFFIXES
+
+
 def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
     check_recipe(data, section_checks())  # types, ranges and lengths of every key: a clear error, no traceback
     _reject_unknown("top level", data, TOP_KEYS)
@@ -210,7 +221,7 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
     if "adapter" in m:
         m["adapter"] = (m["adapter"],) if isinstance(m["adapter"], str) else tuple(m["adapter"])
     model = _section(ModelConfig, "model", m)
-    if not data.get("inputs"):
+    if not data.get("inputs") and not reads_own_inputs(model):
         raise UserInputError("The recipe declares no [[inputs]].",
                              'Add [[inputs]] name = "input" shape = ["batch", 3, 224, 224] dtype = "float32".')
     dims = {}
@@ -219,11 +230,13 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         if "min" not in d or "max" not in d:
             raise UserInputError(f"[dims.{n}] needs min and max.", f"[dims.{n}] min = 1, opt = 1, max = 32")
         dims[n] = Dim(n, d["min"], d.get("opt", d["min"]), d["max"], d.get("multiple_of", 1))
-    for i in data["inputs"]:
-        _reject_unknown("inputs", i, ("name", "shape", "dtype", "range"))
-    spec = IOSpec(inputs=tuple(tensor_from_dict(i) for i in data["inputs"]), dims=dims,
-                  outputs=tuple(data.get("outputs", ())) or model.outputs)
-    check_inputs_fit(spec)
+    spec = None  # read from the checkpoint before the build uses it
+    if data.get("inputs"):
+        for i in data["inputs"]:
+            _reject_unknown("inputs", i, ("name", "shape", "dtype", "range"))
+        spec = IOSpec(inputs=tuple(tensor_from_dict(i) for i in data["inputs"]), dims=dims,
+                      outputs=tuple(data.get("outputs", ())) or model.outputs)
+        check_inputs_fit(spec)
     precisions = tuple(data.get("precisions", Recipe.precisions))
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:

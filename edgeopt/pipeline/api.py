@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgeopt.pipeline.context import BuildContext
 from edgeopt.pipeline.export import stage_export
-from edgeopt.pipeline.intake import load_data, stage_intake, with_model_task
+from edgeopt.pipeline.intake import complete_inputs, load_data, read_from_model_note, stage_intake, with_model_task
 from edgeopt.pipeline.record import check_output, prepare_output
 from edgeopt.errors import ArtifactLoadError, UserInputError
 from edgeopt.backends import host_info
@@ -30,9 +30,11 @@ def _recipe(recipe) -> Recipe:
 def export(recipe=None, output: str | Path = "edgeopt-out", force: bool = False,
            reporter: Reporter | None = None) -> dict:
     """Export the recipe's model to OUT/export/model.onnx with its parity record and reference outputs."""
-    r = _recipe(recipe)
+    r = complete_inputs(_recipe(recipe))
     out = Path(output)
     reporter = reporter or Reporter()
+    if (note := read_from_model_note(r)) is not None:
+        reporter.info(note)
     check_output(out, force)
     manifest = Manifest.new(r, host_info())
     ctx = BuildContext(recipe=r, out=out, reporter=reporter, generation=manifest.generation, nms=_export_nms(r))

@@ -26,7 +26,7 @@ from edgeopt.errors import EdgeoptError, UserInputError
 from edgeopt.pipeline.compile import stage_compile
 from edgeopt.pipeline.context import BuildContext, Plan
 from edgeopt.pipeline.export import stage_export
-from edgeopt.pipeline.intake import load_data, stage_intake, with_model_task
+from edgeopt.pipeline.intake import complete_inputs, load_data, read_from_model_note, stage_intake, with_model_task
 from edgeopt.pipeline.judge import stage_judge_set
 from edgeopt.pipeline.plan import detector_nms, plan_artifacts
 from edgeopt.pipeline.pruning import stage_prune
@@ -50,6 +50,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
         recipe = example_recipe()
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    recipe = complete_inputs(recipe)  # no [[inputs]]: read from the checkpoint given as the source
     check_inputs_fit(recipe.spec)  # a spec made in Python or from CLI arguments: before any allocation
     if len(recipe.model.adapter) > 1:  # one artifact set per adapter: OUTPUT/<adapter folder name>
         from edgeopt.pipeline.adapters import build_each_adapter
@@ -58,6 +59,8 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
                                   reporter=reporter, profile=profile)
     out = Path(output)
     reporter = reporter or Reporter()
+    if (note := read_from_model_note(recipe)) is not None:
+        reporter.info(note)
     plans = plan_artifacts(recipe, tuple(targets), tuple(precisions))
     check_output(out, force)
     manifest = Manifest.new(recipe, host_info())
@@ -74,8 +77,9 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     with out_lock(out, "build"):  # one writer per OUT: a second build or profile is refused, naming this one
         prepare_output(out, force)
         reporter.attach_log(out / "logs" / "build.log")
-        for note in ctx.model.notes:  # found while loading the model, before the log was open
-            reporter.record(f"model: {note}")
+        for note in (read_from_model_note(recipe), *ctx.model.notes):  # found before the log was open
+            if note is not None:
+                reporter.record(f"model: {note}")
         reporter.start_progress(3 + len(plans) * (2 if profile else 1) + (1 if recipe.pruning else 0))
         try:
             previous = load_manifest(out, missing_ok=True)

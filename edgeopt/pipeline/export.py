@@ -69,6 +69,7 @@ def stage_export(ctx: BuildContext, manifest: Manifest, previous: Manifest | Non
         ctx.reporter.info(f"Exported ONNX matches PyTorch: {in_words(record['parity'])}")
     manifest.data["export"] = record
     manifest.data["model"] = {**model.describe(), "preprocess": r.shipped_preprocess(),
+                              **({"read_from_model": list(r.read_from_model)} if r.read_from_model else {}),
                               "labels": list(r.model.labels or model.labels or ()) or None, "tokenizer": ship_tokenizer(r, model, ctx.out)}
     manifest.data["reference"] = {"real_from": real_from, "path": REFERENCE_FILE,
                                   "sha256": sha256_file(ctx.out / REFERENCE_FILE), "samples": len(feeds),

@@ -16,8 +16,8 @@ import numpy as np
 from edgeopt.errors import ModelLoadError, UserInputError
 from edgeopt.core.fsutil import not_a_file, sha256_json, sha256_tree
 from edgeopt.core.manifest import Manifest
-from edgeopt.config.recipe import ModelConfig
-from edgeopt.core.spec import IOSpec
+from edgeopt.config.recipe import ModelConfig, Recipe
+from edgeopt.core.spec import IOSpec, tensor_from_dict
 from edgeopt.data.dataset import Dataset
 from edgeopt.data.torchfeed import to_torch
 from edgeopt.pipeline.context import BuildContext, BuildData, LoadedModel
@@ -31,8 +31,8 @@ from edgeopt.pipeline.sources import (
     state_digest,
 )
 
-__all__ = ["external_data_files", "hold_out", "load_data", "load_model", "onnx_source_digest", "stage_intake",
-           "with_model_task"]
+__all__ = ["complete_inputs", "external_data_files", "hold_out", "load_data", "load_model", "onnx_source_digest",
+           "read_from_model_note", "stage_intake", "with_model_task"]
 
 
 def load_data(ctx: BuildContext, manifest: Manifest, calibrate: bool) -> BuildData:
@@ -76,6 +76,41 @@ def hold_out(ds: Dataset) -> tuple[Dataset, Dataset | None]:
                                    requested=ds.requested, classes=ds.classes, purpose="calibration")
 
     return part(slice(0, n - k), f"first {n - k}"), part(slice(n - k, n), f"last {k}, held out")
+
+
+def complete_inputs(recipe: Recipe) -> Recipe:
+    """A recipe without ``[[inputs]]`` (a training tool's checkpoint as the source: Ultralytics' best.pt) with the
+    inputs the checkpoint tells, and, when the recipe has no ``[preprocess]``, the preprocessing its tool uses
+    (on the data sections that have none of their own). ``read_from_model`` says which were read."""
+    if recipe.spec is not None:
+        return recipe
+    from edgeopt.data.dataset import Preprocess
+    from edgeopt.pipeline.sources import checkpoint_inputs
+
+    inputs, pre = checkpoint_inputs(recipe.model, recipe.resolve(recipe.model.source))
+    spec = IOSpec(inputs=tuple(tensor_from_dict(i) for i in inputs), outputs=recipe.model.outputs)
+    read, sections = ["inputs"], {}
+    if recipe.preprocess is None and recipe.shipped_preprocess() is None:
+        sections["preprocess"] = pre = Preprocess.from_dict(pre)
+        read.append("preprocess")
+        for key in ("calibration", "evaluation"):
+            data = getattr(recipe, key)
+            if data is not None and data.preprocess is None:
+                sections[key] = replace(data, preprocess=pre)
+    return replace(recipe, spec=spec, read_from_model=tuple(read), **sections)
+
+
+def read_from_model_note(recipe: Recipe) -> str | None:
+    """What the log says of :func:`complete_inputs`' work (None when the recipe declared its inputs)."""
+    if not recipe.read_from_model:
+        return None
+    t = recipe.spec.inputs[0]
+    text = f"[[inputs]] {t.name} {list(t.shape)} read from the checkpoint (the size it was trained at)"
+    if "preprocess" in recipe.read_from_model:
+        pre = recipe.preprocess.to_dict()
+        keys = ", ".join(f"{k} = {str(pre[k]).lower()}" for k in ("resize", "center_crop", "letterbox") if pre.get(k))
+        text += f"; [preprocess] {keys}, as its training tool prepares images"
+    return text + " (not in the recipe)"
 
 
 def stage_intake(ctx: BuildContext) -> LoadedModel:

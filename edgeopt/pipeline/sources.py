@@ -140,17 +140,9 @@ def load_module(cfg: ModelConfig, source: str, adapter: str | None = None):
     if p.suffix in (".pt", ".pth", ".ts", ".torchscript") and p.is_file() and not sep:
         if _is_torchscript(p):
             return torch.jit.load(str(p), map_location="cpu"), [p], p.stem
-        if cfg.allow_pickle:  # unpickling an Ultralytics checkpoint imports ultralytics: keep it offline
-            import os
-
-            os.environ.setdefault("YOLO_OFFLINE", "1")
-        ckpt = _read_checkpoint(torch, p, cfg.allow_pickle) if p.suffix in (".pt", ".pth") else None
         from edgeopt.pipeline import ultralytics
 
-        if not ultralytics.is_checkpoint(ckpt):
-            raise ModelLoadError(f"{p} is neither a TorchScript file nor an Ultralytics checkpoint.",
-                                 "A checkpoint goes in [model] checkpoint beside a factory source (file.py:factory).")
-        module, facts = ultralytics.load_checkpoint(ckpt, p)
+        module, facts = ultralytics.load_checkpoint(_training_checkpoint(torch, cfg, p), p)
         module.edgeopt_source = facts  # read by load_model: kind, task, class names, image size
         return module, [p], p.stem
     fn, files = _import_factory(source)
@@ -164,6 +156,36 @@ def load_module(cfg: ModelConfig, source: str, adapter: str | None = None):
                              "Return the model instance (an nn.Module) from the factory.")
     return model, files, getattr(fn, "__name__", "model")
 
+
+
+def _training_checkpoint(torch, cfg: ModelConfig, p: Path) -> dict:
+    """The checkpoint a training tool wrote (Ultralytics' best.pt), read with the recipe's trust."""
+    if cfg.allow_pickle:  # unpickling an Ultralytics checkpoint imports ultralytics: keep it offline
+        import os
+
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+    ckpt = _read_checkpoint(torch, p, cfg.allow_pickle) if p.suffix in (".pt", ".pth") else None
+    from edgeopt.pipeline import ultralytics
+
+    if not ultralytics.is_checkpoint(ckpt):
+        raise ModelLoadError(f"{p} is neither a TorchScript file nor an Ultralytics checkpoint.",
+                             "A checkpoint goes in [model] checkpoint beside a factory source (file.py:factory).")
+    return ckpt
+
+
+def checkpoint_inputs(cfg: ModelConfig, source: str) -> tuple[list[dict], dict]:
+    """([[inputs]], [preprocess]) as tables, read from a training tool's checkpoint given as the source (the
+    recipe declares no [[inputs]])."""
+    torch = require("torch", "torch", "read a PyTorch checkpoint")
+    p = Path(source)
+    if (why := not_a_file(p)) is not None:
+        raise ModelLoadError(f"Model file {p} {why}.", "Check the path in [model] source.")
+    if _is_torchscript(p):
+        raise UserInputError(f"{p} is a TorchScript file, which does not say what inputs it takes.",
+                             'Declare them: [[inputs]] name = "input" shape = [1, 3, 224, 224].')
+    from edgeopt.pipeline import ultralytics
+
+    return ultralytics.inputs_of(_training_checkpoint(torch, cfg, p), p)
 
 
 def load_checkpoint(model, checkpoint: Path, allow_pickle: bool) -> None:

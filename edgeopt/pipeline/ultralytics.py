@@ -48,6 +48,21 @@ def _imgsz(ckpt: dict, model) -> list[int] | None:
     return None
 
 
+def inputs_of(ckpt: dict, path: Path) -> tuple[list[dict], dict]:
+    """([[inputs]], [preprocess]) as Ultralytics feeds the checkpoint's model: one RGB image ``images`` [1, 3, H,
+    W] in 0..1 at the size it was trained at; a detector's photos letterboxed into it (grey 114 padding), a
+    classifier's resized by the shorter side and centre-cropped (Ultralytics' ``classify_transforms``)."""
+    net = ckpt.get("ema") or ckpt.get("model")
+    size = _imgsz(ckpt, net)
+    if size is None:
+        raise UserInputError(f"{path} does not record the image size its model was trained at, and the recipe "
+                             "declares no [[inputs]].", 'Declare [[inputs]] name = "images" shape = [1, 3, 640, 640].')
+    h, w = size
+    task = getattr(net, "task", None) or CLASS_TASKS.get(type(net).__name__)
+    pre = {"resize": [h, w], "letterbox": True} if task == "detect" else {"resize": min(h, w), "center_crop": [h, w]}
+    return [{"name": "images", "shape": [1, 3, h, w], "range": [0.0, 1.0]}], pre
+
+
 def load_checkpoint(ckpt: dict, path: Path):
     """(flat-ready module returning the head's first output, facts read from the checkpoint)."""
     import torch
