@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTION = "\n## From training tools: adapters, Ultralytics checkpoints, segmentation\n"
+SECTION = "\n## From training tools: adapters, Ultralytics checkpoints, segmentation, torchvision detectors\n"
 
 
 def blocks(lang: str) -> list[str]:

@@ -71,33 +71,56 @@ def test_nms_stays_in_the_graph_for_onnx_runtime_and_openvino(tmp_path):
     assert 'format = "torchvision"' in log and "(not in the recipe; from the model)" in log
 
 
-@pytest.mark.parametrize("factory,family,background", [PRE_NMS[0], PRE_NMS[2]])
-def test_nms_outside_the_graph_when_a_target_wants_it(tmp_path, factory, family, background):
-    """A TensorRT target (packaged here, built on the device) wants NMS outside the graph; for FCOS the recipe
-    says so for OpenVINO instead (``nms = "outside"``: the application runs NMS). Every artifact is
-    then compiled from the graph that ends before NMS (boxes, per-class scores), judged with the host's NMS; the
-    recipe's own [task] key wins over the model's. (RetinaNet's graph without NMS: the test below.)"""
-    from edgeopt.device.package import read_package
+def test_readme_recipe_a_tensorrt_target_takes_nms_out_of_the_graph(tmp_path):
+    """The README's torchvision recipe (a factory and its fine-tuned state_dict; no call, kind or [task]) at
+    64x64, FP32, the tiny SSD: the Jetson target (packaged here, built on the device) wants NMS outside the
+    graph, so the one ONNX ends before NMS (boxes, per-class scores); ONNX Runtime and OpenVINO are compiled from
+    it and judged with the host's NMS; the package's graph ends in EfficientNMS_TRT with the model's background
+    class and thresholds."""
+    import torch
 
-    tensorrt = family == "SSD"
-    targets = ["ort-cpu", "openvino-cpu"] + (["jetson-orin-nano"] if tensorrt else [])
-    extra = {} if tensorrt else {"options": {"openvino-cpu": {"nms": "outside"}}}
-    m = _build(tmp_path, _recipe(tmp_path, factory, targets, task={"score_threshold": 0.3}, **extra))
+    import tiny
+    from edgeopt.device.package import read_package
+    from readme_flow import recipe
+
+    (tmp_path / "detector.py").write_text(f"import sys\nsys.path.insert(0, {str(MODELS)!r})\n"
+                                          "from tiny import tiny_ssd as build\n")
+    torch.save(tiny.tiny_ssd().state_dict(), tmp_path / "ssdlite.pt")
+    np.savez(tmp_path / "ev.npz", images=tiny.rect_images(4, SIZE, seed=200))
+    data = recipe(3, precisions=["fp32"], inputs=[{"name": "images", "shape": [1, 3, SIZE, SIZE], "range": [0.0, 1.0]}],
+                  calibration={"source": "ev.npz"}, evaluation={"source": "ev.npz"})
+    assert data["model"] == {"source": "detector.py:build", "checkpoint": "ssdlite.pt"} and "task" not in data
+    assert "jetson-orin-nano" in data["targets"]
+    m = _build(tmp_path, data)
     d = m["model"]["detector"]
-    assert (d["family"], d["nms"]) == (family, "outside")
-    assert d["targets"] == (["jetson-orin-nano"] if tensorrt else ["openvino-cpu"])
-    assert ("EfficientNMS_TRT" if tensorrt else 'nms = "outside"') in d["why"]
+    assert (d["family"], d["nms"], d["targets"]) == ("SSD", "outside", ["jetson-orin-nano"])
+    assert "EfficientNMS_TRT" in d["why"]
     assert m["model"]["outputs"] == ["boxes", "scores"] and _nms_nodes(tmp_path) == 0
     task = m["task"]["config"]
-    assert (task["format"], task["background_class"]) == ("torchvision", background)
+    assert (task["format"], task["background_class"], task["score_threshold"]) == ("torchvision", 0, 0.2)
+    _judged_by_map(m)
+    log = (tmp_path / "out" / "logs" / "build.log").read_text()
+    assert "torchvision SSD detector: exported without its NMS (boxes, per-class scores) for jetson-orin-nano" in log
+    nms = read_package(tmp_path / "out" / "jetson-orin-nano-fp32")["onnx"]["graph"]["nms"]
+    assert (nms["where"], nms["background_class"], nms["score_threshold"], nms["max_output_boxes"]) == \
+        ("plugin", 0, 0.2, 20)
+
+
+def test_nms_outside_the_graph_when_the_recipe_says_so(tmp_path):
+    """``[options.openvino-cpu] nms = "outside"`` (the application runs NMS): FCOS is exported without its NMS
+    for both targets; the recipe's own [task] key wins over the model's. (RetinaNet's graph without NMS: the
+    test below.)"""
+    m = _build(tmp_path, _recipe(tmp_path, "tiny_fcos", ["ort-cpu", "openvino-cpu"], task={"score_threshold": 0.3},
+                                 options={"openvino-cpu": {"nms": "outside"}}))
+    d = m["model"]["detector"]
+    assert (d["family"], d["nms"], d["targets"]) == ("FCOS", "outside", ["openvino-cpu"])
+    assert 'nms = "outside"' in d["why"]
+    assert m["model"]["outputs"] == ["boxes", "scores"] and _nms_nodes(tmp_path) == 0
+    task = m["task"]["config"]
+    assert (task["format"], task["background_class"]) == ("torchvision", -1)
     assert task["score_threshold"] == 0.3 and "score_threshold" not in d["task_filled"]  # the recipe's
     assert (task["iou_threshold"], task["max_detections"]) == (0.5, 20)  # the model's
     _judged_by_map(m)
-    log = (tmp_path / "out" / "logs" / "build.log").read_text()
-    assert f"torchvision {family} detector: exported without its NMS" in log
-    if tensorrt:  # the package's graph ends in EfficientNMS_TRT with the model's classes and thresholds
-        nms = read_package(tmp_path / "out" / "jetson-orin-nano-fp32")["onnx"]["graph"]["nms"]
-        assert (nms["where"], nms["background_class"], nms["score_threshold"]) == ("plugin", 0, 0.3)
 
 
 @pytest.mark.parametrize("factory,family,background", PRE_NMS)
