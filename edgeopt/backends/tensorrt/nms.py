@@ -179,8 +179,9 @@ def rewrite_for_tensorrt(onnx_path: Path, task, options: dict, detector: bool) -
                     f"nms = {choice!r} needs a detector exported without its NMS, and this graph "
                     + ("has a NonMaxSuppression node." if has_nms else "has no raw boxes and per-class scores outputs."),
                     "Export the part before NMS: a YOLO-style raw head ([task] format = \"yolo\"), or boxes [B, N, 4] "
-                    "and per-class scores [B, N, C] named by [task] boxes / scores (for torchvision's SSD and "
-                    "RetinaNet see edgeopt.pipeline.detectors.pre_nms).")
+                    "and per-class scores [B, N, C] named by [task] boxes / scores (a torchvision SSD, SSDlite, "
+                    "RetinaNet or FCOS given as the model is exported so by itself; by hand: "
+                    "edgeopt.pipeline.detectors.pre_nms).")
         else:
             choice = choice or "plugin"
             record["nms"] = {"where": choice, **head}
