@@ -7,8 +7,9 @@ edgeopt's TensorRT runner refuses. :func:`pre_nms` wraps such a model into a mod
 ``image [B, 3, H, W]`` (values in [0, 1], already at the size the model runs at) to ``boxes [B, N, 4]`` (x1, y1,
 x2, y2 in input pixels: torchvision's ``BoxCoder`` decode of the head's regression against the model's anchors,
 in float, clipped to the image) and ``scores [B, N, C]`` (softmax, class 0 the background, for SSD; sigmoid for
-RetinaNet; for FCOS the square root of sigmoid(class) x sigmoid(centre-ness), as its own post-processing scores). Use it as the recipe's model factory with ``[task] format = "torchvision"``, ``background_class = 0``
-(SSD) and ``[options.tensorrt] nms = "plugin"`` (or "outside").
+RetinaNet; for FCOS the square root of sigmoid(class) x sigmoid(centre-ness), as its own post-processing scores).
+Use it as the recipe's model factory with ``[task] format = "torchvision"``, ``background_class = 0`` (SSD) and
+``[options.tensorrt] nms = "plugin"`` (or "outside").
 
 A torchvision detector given as the recipe's model needs none of this by hand: :func:`prepare` recognises it
 (SSD, SSDlite, RetinaNet, FCOS; Faster/Mask/Keypoint R-CNN) and exports it in the form the build's targets need
@@ -108,6 +109,7 @@ def _own_thresholds(model, kind: str) -> dict:
 
 
 def image_size(spec) -> tuple[int, int]:
+    """(height, width) of the one image input a torchvision detector takes (its size at ``opt``)."""
     images = [t for t in spec.inputs if len(t.shape) == 4]
     if len(spec.inputs) != 1 or not images:
         raise UserInputError(f"A torchvision detector takes one image input [batch, 3, height, width]; the recipe "
@@ -133,8 +135,8 @@ def prepare(model, spec, nms: dict) -> tuple:
             f"torchvision's {kind} cannot be exported without its NMS, and the targets "
             f"{', '.join(facts['targets'])} want NMS outside the graph ({facts['why']}): it picks its region "
             "proposals with NMS inside the model, so no graph ends before a single final NMS.",
-            "Build it for targets that run NMS in the graph (ort-cpu, openvino-cpu), or use a one-stage detector "
-            "(SSD, SSDlite, RetinaNet, FCOS) for these targets.")
+            f"Build it only for targets that run NMS in the graph (leave out {', '.join(facts['targets'])}), or use "
+            "a one-stage detector (SSD, SSDlite, RetinaNet, FCOS) for those targets.")
     size = image_size(spec)
     task["background_class"] = 0 if kind == "SSD" else -1  # SSD's softmax has a "no object" class 0
     return pre_nms(model, size), "positional", {**facts, "outputs": list(PRE_NMS_OUTPUTS), "task": task,
