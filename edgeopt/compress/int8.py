@@ -11,6 +11,7 @@ Nothing is assumed: every candidate is timed and scored.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -133,7 +134,10 @@ def make(state: LoopState, name: str) -> Candidate | None:
         return Candidate(name, q.load(hit), {"calibration_cache": "hit", **notes_of(hit)})
     try:
         exclude = q.float_nodes(name, keep_head, extra) if keep_head or extra else []
+        t0 = time.monotonic()
         model, notes = q.quantize(name, state.feeds, exclude)
+        # what quantizing it cost (a cache hit keeps the figure of the run that made it)
+        notes = {**notes, "quantize_s": round(time.monotonic() - t0, 1)}
     except Skip as s:
         why = f"skipped: {s}"
         state.results.append({"candidate": name, "skipped": why, "within_budget": False, "why": why})

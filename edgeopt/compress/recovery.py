@@ -8,8 +8,8 @@ accuracy budget. A step is any object with
 - ``run(state) -> list[Candidate]``: new candidates (``recovered=True``), which the loop times, judges and records
   like any other. A step that fails records why with ``state.fail(name, message, full_text)`` and returns [].
 
-The loop runs the steps until a candidate is within budget: mixed precision by measured sensitivity
-(compress/mixed.py), then NNCF's accuracy control.
+The loop runs the steps until a candidate is within budget: the stronger post-training options (compress/ptq.py),
+mixed precision by measured sensitivity (compress/mixed.py), then NNCF's accuracy control.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from edgeopt.compress.failure import clip
 from edgeopt.compress.common import nncf_module, nncf_restorer, quiet_nncf
 from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, task_validator
 from edgeopt.compress.mixed import MixedPrecision
+from edgeopt.compress.ptq import StrongerPtq
 from edgeopt.compress.quantizer import Candidate
 
 
@@ -67,6 +68,7 @@ class NncfAccuracyControl:
         return [Candidate(name, model, notes, recovered=True)]
 
 
-# Mixed precision first: bounded in time ([compression] mixed_time_s), where accuracy control on a real
-# MobileNetV2 did not finish in 26 minutes on 2 cores.
-DEFAULT_STEPS: tuple[RecoveryStep, ...] = (MixedPrecision(), NncfAccuracyControl())
+# The stronger post-training options first (a few more candidates, compress/ptq.py), then mixed precision: bounded
+# in time ([compression] mixed_time_s), where accuracy control on a real MobileNetV2 did not finish in 26 minutes
+# on 2 cores.
+DEFAULT_STEPS: tuple[RecoveryStep, ...] = (StrongerPtq(), MixedPrecision(), NncfAccuracyControl())

@@ -35,6 +35,8 @@ class CompressionConfig:
                                        doc="more ONNX nodes every INT8 recipe leaves in float: names or name prefixes")
     reduce_range: str = key("auto", check=text(8),
                             doc="ONNX Runtime recipes: 7-bit weights, auto (x86 CPUs without VNNI) | on | off")
+    stronger_ptq: bool = key(True, check=boolean, doc="when over budget, first try NNCF's stronger post-training "
+                             "options (full bias correction, SmoothQuant)")
     mixed_precision: bool = key(True, check=boolean, doc="when over budget, put back in float the fewest layers "
                                 "that cost most, measured")
     mixed_time_s: float = key(600.0, check=number(0, 86400, above=True),

@@ -34,11 +34,16 @@ from edgeopt.compress.common import (
 )
 from edgeopt.compress.judging import judging_of
 from edgeopt.compress.mixed import MixedInput
+from edgeopt.compress import ptq
 from edgeopt.compress.quantizer import BaseQuantizer, NncfInput, Skip
 
 # Every recipe [compression] candidates may name.
-ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy", "ort-qdq-u8s8-fused", "nncf-qdq",
-                  "ort-qdq-s8s8", "ort-dynamic")
+# The stronger post-training options of NNCF's recipe (compress/ptq.py: "nncf-qdq-bc", "nncf-qdq-sq50") are tried by
+# a recovery step when the defaults miss the budget.
+NNCF_QDQ = "nncf-qdq"
+STRONGER = tuple(f"{NNCF_QDQ}-{o.suffix}" for o in ptq.OPTIONS)
+ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy", "ort-qdq-u8s8-fused", NNCF_QDQ,
+                  "ort-qdq-s8s8", "ort-dynamic", *STRONGER)
 FUSED = "ort-qdq-u8s8-fused"
 
 DEFAULTS = {
@@ -134,12 +139,12 @@ def _for_ort(q):
     return q
 
 
-def _nncf_qdq(src, dst, feeds, kw: dict) -> None:
+def _nncf_qdq(src, dst, feeds, kw: dict, option=None) -> None:
     import onnx
 
     nncf = nncf_module()
     quiet_nncf()
-    q = nncf.quantize(onnx.load(str(src)), nncf.Dataset(feeds), **kw, advanced_parameters=_ort_layout())
+    q = nncf.quantize(onnx.load(str(src)), nncf.Dataset(feeds), **ptq.nncf_arguments(option, kw, _ort_layout()))
     onnx.save(_for_ort(q), str(dst))
 
 
@@ -171,6 +176,10 @@ class OrtQuantizer(BaseQuantizer):
             raise UserInputError(f"[compression] candidates {bad} are unknown.", f"Use any of {list(ORT_CANDIDATES)}.")
         return tuple(cfg.candidates) or DEFAULTS.get(kind, DEFAULTS["generic"])
 
+    def stronger(self, kind: str) -> tuple[str, ...]:
+        """NNCF's recipe with a stronger post-training option (compress/ptq.py), for the recovery step."""
+        return ptq.names_for(NNCF_QDQ, kind)
+
     def params(self, name: str) -> dict:
         p = {"preset": preset_name(self.cfg, self.req.model_kind)}
         if name.startswith("ort-qdq"):
@@ -179,9 +188,9 @@ class OrtQuantizer(BaseQuantizer):
             p["weights"] = "per-channel"
         if name == FUSED:
             p["rewrites"] = INT8_RECIPES_VERSION
-        if name == "nncf-qdq":
+        if ptq.base_of(name) == NNCF_QDQ:
             p["layout"] = NNCF_LAYOUT
-        return p
+        return {**p, **ptq.params_for(name)}
 
     def _source(self, name: str) -> tuple[Path, dict]:
         """The graph ``name`` quantizes (pre-processed; for the "-fused" recipe rewritten) and the rewrites."""
@@ -231,8 +240,9 @@ class OrtQuantizer(BaseQuantizer):
                 _ort_static(src, dst, feeds, "s8", symmetric=True, exclude=exclude, reduce=self.reduce)
             elif name == "ort-dynamic":
                 _ort_dynamic(src, dst, exclude)
-            elif name == "nncf-qdq":
-                _nncf_qdq(src, dst, feeds, self.nncf_kwargs(feeds, exclude))
+            elif ptq.base_of(name) == NNCF_QDQ:
+                _nncf_qdq(src, dst, feeds, self.nncf_kwargs(feeds, exclude), ptq.option_of(name))
+                notes.update(ptq.notes_for(name))
         return dst, notes
 
     def save(self, model: Path, folder: Path) -> None:

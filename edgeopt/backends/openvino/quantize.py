@@ -7,13 +7,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from edgeopt.compress import head
+from edgeopt.compress import head, ptq
 from edgeopt.compress.common import config_of, nncf_device, nncf_model_type, nncf_module, nncf_preset, quiet_nncf
 from edgeopt.compress.judging import judging_of
 from edgeopt.compress.mixed import MixedInput
 from edgeopt.compress.quantizer import BaseQuantizer, NncfInput
 
 NOISE = 0.05  # runtime settings whose quick timings are this close are a tie, won by the exact f32
+NNCF_OV = "nncf-ov"
 
 
 OV_HEAVY = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul",
@@ -87,10 +88,14 @@ class OvQuantizer(BaseQuantizer):
         self.preset, self.preset_name = nncf_preset(self.nncf, self.cfg, req.model_kind)
 
     def candidates(self, kind: str, cfg) -> tuple[str, ...]:
-        return ("nncf-ov",)
+        return (NNCF_OV,)
+
+    def stronger(self, kind: str) -> tuple[str, ...]:
+        """NNCF with a stronger post-training option (compress/ptq.py), for the recovery step."""
+        return ptq.names_for(NNCF_OV, kind)
 
     def params(self, name: str) -> dict:
-        return {"preset": self.preset_name, "device": self.req.target.device}
+        return {"preset": self.preset_name, "device": self.req.target.device, **ptq.params_for(name)}
 
     def float_nodes(self, name: str, keep_head: bool, names: tuple[str, ...]) -> list[str]:
         found = float_head(self.model) if keep_head else []
@@ -108,7 +113,8 @@ class OvQuantizer(BaseQuantizer):
         return kw
 
     def quantize(self, name: str, feeds, exclude):
-        return self.nncf.quantize(self.model, self.nncf.Dataset(feeds), **self._kwargs(feeds, exclude)), {}
+        kw = ptq.nncf_arguments(ptq.option_of(name), self._kwargs(feeds, exclude))
+        return self.nncf.quantize(self.model, self.nncf.Dataset(feeds), **kw), ptq.notes_for(name)
 
     def save(self, model, folder: Path) -> None:
         import openvino as ov
@@ -173,16 +179,23 @@ class OvQuantizer(BaseQuantizer):
     def mixed_input(self, state) -> MixedInput:
         """Mixed precision (compress/mixed.py) for OpenVINO: NNCF's Q/DQ ONNX of the model (same preset, device and
         float nodes, named as in the ONNX), each try compiled by OpenVINO from the Q/DQ ONNX (Q/DQ pairs become
-        FakeQuantize); the result is adopted as an ov.Model held in memory."""
+        FakeQuantize); the result is adopted as an ov.Model held in memory. With the NNCF option of the most
+        accurate candidate judged so far (a stronger post-training option, compress/ptq.py, when one did best)."""
         import onnx
         import openvino as ov
+
+        ran = [r for r in state.results if r["candidate"] in state.models and "error" not in r
+               and (r.get("accuracy") or r.get("cosine") is not None)]
+        best = max(ran, key=lambda r: ((r.get("accuracy") or {}).get("value", 0.0), r.get("cosine") or 0.0),
+                   default={"candidate": NNCF_OV})["candidate"]
 
         j = judging_of(self.req)
         float_model = onnx.load(str(self.req.onnx_path))
         keep = head.wanted_for(j.model_kind, getattr(j.task, "type", None), self.cfg.float_head)
         exclude = (head.onnx_float_head_of(self.req.onnx_path) if keep else []) + head.named(
             [n.name for n in float_model.graph.node], tuple(self.cfg.float_nodes or ()))
-        qdq = self.nncf.quantize(float_model, self.nncf.Dataset(state.feeds), **self._kwargs(state.feeds, exclude))
+        qdq = self.nncf.quantize(float_model, self.nncf.Dataset(state.feeds),
+                                 **ptq.nncf_arguments(ptq.option_of(best), self._kwargs(state.feeds, exclude)))
         core = ov.Core()
         self._tmp = tempfile.TemporaryDirectory(prefix="edgeopt-ov-mixed-")
         folder = Path(self._tmp.name)
@@ -208,7 +221,7 @@ class OvQuantizer(BaseQuantizer):
             xml = (folder / "mixed.xml").read_text()  # held in memory: nothing of it left in the folder
             return core.read_model(xml, ov.Tensor(np.fromfile(folder / "mixed.bin", dtype=np.uint8)))
 
-        return MixedInput("nncf-ov-mixed", qdq, float_model, infer_for, adopt)
+        return MixedInput(f"{best}-mixed", qdq, float_model, infer_for, adopt)
 
 
 def quantize_for_openvino(req, model):
