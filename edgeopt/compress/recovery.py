@@ -9,7 +9,8 @@ accuracy budget. A step is any object with
   like any other. A step that fails records why with ``state.fail(name, message, full_text)`` and returns [].
 
 The loop runs the steps until a candidate is within budget: mixed precision by measured sensitivity
-(compress/mixed.py), then NNCF's accuracy control.
+(compress/mixed.py), then quantization-aware training when the recipe has [qat] (compress/qat.py), then NNCF's
+accuracy control.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edgeopt.compress.failure import clip
 from edgeopt.compress.common import nncf_module, nncf_restorer, quiet_nncf
 from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, task_validator
 from edgeopt.compress.mixed import MixedPrecision
+from edgeopt.compress.qat import Qat
 from edgeopt.compress.quantizer import Candidate
 
 
@@ -68,5 +70,6 @@ class NncfAccuracyControl:
 
 
 # Mixed precision first: bounded in time ([compression] mixed_time_s), where accuracy control on a real
-# MobileNetV2 did not finish in 26 minutes on 2 cores.
-DEFAULT_STEPS: tuple[RecoveryStep, ...] = (MixedPrecision(), NncfAccuracyControl())
+# MobileNetV2 did not finish in 26 minutes on 2 cores. QAT ([qat], bounded by its time_s) before accuracy control:
+# it keeps every layer in INT8, where accuracy control puts layers back in float.
+DEFAULT_STEPS: tuple[RecoveryStep, ...] = (MixedPrecision(), Qat(), NncfAccuracyControl())
