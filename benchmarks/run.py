@@ -80,8 +80,16 @@ MODELS = {
         "calibration": {"source": f"{HERE / 'models.py'}:digits_calibration", "size": 128},
         "evaluation": {"source": f"{HERE / 'models.py'}:digits_evaluation", "size": 1000}},
 }
-REAL = ("mobilenet_v2_real", "minilm_real", "yolov8_fall_real", "ssdlite_random", "mobilenet_v2_digits")
-LABELLED = ("mobilenet_v2_digits",)
+# The same model with [qat]: post-training INT8 misses the 1-point budget on both backends; mixed precision is off
+# here so that the step after it, quantization-aware training on 1,000 of the training digits, is what recovers it.
+MODELS["mobilenet_v2_digits-qat"] = {
+    **MODELS["mobilenet_v2_digits"],
+    "model": {**MODELS["mobilenet_v2_digits"]["model"], "name": "mobilenet_v2-digits-qat"},
+    "qat": {"source": f"{HERE / 'models.py'}:digits_train", "epochs": 1, "lr": 1e-5, "batch_size": 32,
+            "time_s": 900}}
+REAL = ("mobilenet_v2_real", "minilm_real", "yolov8_fall_real", "ssdlite_random", "mobilenet_v2_digits",
+        "mobilenet_v2_digits-qat")
+LABELLED = ("mobilenet_v2_digits", "mobilenet_v2_digits-qat")
 # NNCF accuracy control, bounded so a row finishes on 2 shared cores: at most 8 layer groups put back in float,
 # ranked on 48 judge samples. MobileNetV2: off (unbounded it ran for over an hour; bounded to 8 groups it had not
 # finished after 26 minutes, and its plain INT8 is 7 agreement points short of the 1-point budget). Detectors:
@@ -91,7 +99,8 @@ AC_LIMITS = {"mobilenet_v2_real": {"accuracy_control": False},
              "minilm_real": {"ac_max_iterations": 8, "ac_ranking_subset": 48},
              "yolov8_fall_real": {"accuracy_control": False},
              "ssdlite_random": {"accuracy_control": False},
-             "mobilenet_v2_digits": {"accuracy_control": False}}
+             "mobilenet_v2_digits": {"accuracy_control": False},
+             "mobilenet_v2_digits-qat": {"accuracy_control": False, "mixed_precision": False}}
 DETECTORS = ("yolov8_fall_real", "ssdlite_random")
 
 

@@ -5,7 +5,7 @@ compile request (compiling an artifact needs none of it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgeopt.config.compression import CompressionConfig
 
@@ -24,6 +24,8 @@ class Judging:
     judge_set: Outputs | None = None  # real samples (evaluation, or held out of calibration) + FP32's outputs
     spec: IOSpec | None = None  # filled in by the INT8 loop from the compile request
     model_kind: str = "generic"
+    # [qat]: the build's QAT source (compress.qat.QatSource): trains once, returns the Q/DQ ONNX every backend adopts
+    qat: Any = field(default=None, compare=False)
 
     def of(self, spec, model_kind: str) -> "Judging":
         return replace(self, spec=spec, model_kind=model_kind)

@@ -108,17 +108,27 @@ def adapt_batchnorm(flat, feeds: list[dict], spec, batches: int = 20, batch_size
     flat.eval()
 
 
-def finetune(flat, train, spec, cfg: FinetuneConfig, log=print) -> None:
-    """Short recovery fine-tune: AdamW, cross-entropy on the first output, optional frozen backbone."""
+def finetune(flat, train, spec, cfg: FinetuneConfig, log=print, *, section: str = "pruning.finetune",
+             deadline: float | None = None, freeze_batchnorm: bool = False, params=None) -> dict:
+    """Short supervised training: AdamW, cross-entropy on the first output, optional frozen backbone. The one
+    training loop of edgeopt: the pruning fine-tune and QAT (compress/qat.py) both run it.
+
+    ``deadline`` (time.monotonic()): stop between batches once it has passed. ``freeze_batchnorm``: batch-norm
+    layers stay in eval mode (their statistics kept: QAT). ``params``: the parameters to train (default all, or the
+    head's with freeze_backbone). Returns what it did: epochs and batches done, the last epoch's mean loss, why
+    it stopped."""
+    import time
+
     import torch
 
     from edgeopt.data.torchfeed import to_torch
 
     if train.labels is None:
-        raise UserInputError(f"[pruning.finetune] data {cfg.source} has no labels.",
+        raise UserInputError(f"[{section}] data {cfg.source} has no labels.",
                              "Give a .npz with a labels array, or an image folder with one subfolder per class.")
     torch.manual_seed(cfg.seed)
-    params = list(flat.parameters())
+    trainable = {p: p.requires_grad for p in flat.parameters()}
+    params = [p for p in (flat.parameters() if params is None else params) if p.is_floating_point()]
     if cfg.freeze_backbone:
         head = _heads(flat, to_torch(train.feeds(1)[0], spec))
         keep = {id(p) for m in head for p in m.parameters()}
@@ -128,11 +138,18 @@ def finetune(flat, train, spec, cfg: FinetuneConfig, log=print) -> None:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     n = train.count
+    done = {"epochs_done": 0, "batches": 0, "final_loss": None, "stopped": "epochs done"}
+    bns = [m for m in flat.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] if freeze_batchnorm else []
     for epoch in range(cfg.epochs):
         flat.train()
+        for m in bns:
+            m.eval()
         order = rng.permutation(n)
-        total = 0.0
+        total, seen = 0.0, 0
         for i in range(0, n, cfg.batch_size):
+            if deadline is not None and time.monotonic() > deadline:
+                done["stopped"] = "time limit"
+                break
             idx = order[i:i + cfg.batch_size]
             feed = {k: v[idx] for k, v in train.arrays.items()}
             logits = flat(*to_torch(feed, spec))[0]
@@ -141,7 +158,18 @@ def finetune(flat, train, spec, cfg: FinetuneConfig, log=print) -> None:
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-        log(f"fine-tune epoch {epoch + 1}/{cfg.epochs}: loss {total / n:.4f}")
-    for p in flat.parameters():
-        p.requires_grad_(True)
+            seen += len(idx)
+            done["batches"] += 1
+        if seen:
+            done["final_loss"] = round(total / seen, 6)
+        if done["stopped"] == "time limit":
+            log(f"{section}: time limit reached in epoch {epoch + 1}/{cfg.epochs} after {seen} of {n} samples"
+                + (f" (loss {total / seen:.4f})" if seen else ""))
+            break
+        done["epochs_done"] = epoch + 1
+        log(f"{'fine-tune' if section == 'pruning.finetune' else section} epoch {epoch + 1}/{cfg.epochs}: "
+            f"loss {total / n:.4f}")
+    for p, was in trainable.items():
+        p.requires_grad_(was)
     flat.eval()
+    return done

@@ -9,7 +9,8 @@ accuracy budget. A step is any object with
   like any other. A step that fails records why with ``state.fail(name, message, full_text)`` and returns [].
 
 The loop runs the steps until a candidate is within budget: the stronger post-training options (compress/ptq.py),
-mixed precision by measured sensitivity (compress/mixed.py), then NNCF's accuracy control.
+mixed precision by measured sensitivity (compress/mixed.py), quantization-aware training when the recipe has
+[qat] (compress/qat.py), then NNCF's accuracy control.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from edgeopt.compress.common import nncf_module, nncf_restorer, quiet_nncf
 from edgeopt.compress.guard import accuracy_control_drop, can_control_accuracy, task_validator
 from edgeopt.compress.mixed import MixedPrecision
 from edgeopt.compress.ptq import StrongerPtq
+from edgeopt.compress.qat import Qat
 from edgeopt.compress.quantizer import Candidate
 
 
@@ -70,5 +72,6 @@ class NncfAccuracyControl:
 
 # The stronger post-training options first (a few more candidates, compress/ptq.py), then mixed precision: bounded
 # in time ([compression] mixed_time_s), where accuracy control on a real MobileNetV2 did not finish in 26 minutes
-# on 2 cores.
-DEFAULT_STEPS: tuple[RecoveryStep, ...] = (StrongerPtq(), MixedPrecision(), NncfAccuracyControl())
+# on 2 cores. QAT ([qat], bounded by its time_s) before accuracy control: it keeps every layer in INT8, where
+# accuracy control puts layers back in float.
+DEFAULT_STEPS: tuple[RecoveryStep, ...] = (StrongerPtq(), MixedPrecision(), Qat(), NncfAccuracyControl())

@@ -17,9 +17,29 @@ class FinetuneConfig:
     batch_size: int = key(64, check=integer(1, 1 << 20), doc="training batch size")
     freeze_backbone: bool = key(False, check=boolean, doc="train only the classifier head")
     seed: int = key(0, check=SEED, doc="seed of the shuffling")
-    # How training images become samples (image folders): a [pruning.finetune.preprocess] table; default the
+    # How training images become samples (image folders): a [SECTION.preprocess] table; default the
     # recipe's own preprocessing ([preprocess], else that of [evaluation] or [calibration]).
-    preprocess: dict | None = key(None, doc="a [pruning.finetune.preprocess] table (default: the recipe's own)")
+    preprocess: dict | None = key(None, doc="a [SECTION.preprocess] table for the training data (default: the "
+                                  "recipe's own)")
+
+    @classmethod
+    def parse(cls, data: dict, section: str):
+        """The table ``[section]`` (a dict from TOML) as ``cls``: unknown keys refused, the source required, the
+        preprocess table checked."""
+        ft = dict(data)
+        reject_unknown(section, ft, cls)
+        if "source" not in ft:
+            raise UserInputError(f"[{section}] has no source.",
+                                 f'Give [{section}] source = "train.npz" (training data with labels: a .npz with a '
+                                 "labels array, or an image folder with one subfolder per class).")
+        if ft.get("preprocess") is not None:
+            from edgeopt.data.dataset import Preprocess
+
+            if not isinstance(ft["preprocess"], dict):
+                raise UserInputError(f"[{section}] preprocess must be a table.",
+                                     f"Write [{section}.preprocess] with resize, mean, std ...")
+            ft["preprocess"] = Preprocess.from_dict(ft["preprocess"], f"[{section}.preprocess]").to_dict()
+        return cls(**ft)
 
 
 @dataclass(frozen=True)
@@ -59,20 +79,7 @@ class PruningConfig:
         data = dict(data)
         reject_unknown("pruning", data, cls)
         if data.get("finetune"):
-            ft = dict(data["finetune"])
-            bad = sorted(set(ft) - set(keys_of(FinetuneConfig)))
-            if bad or "source" not in ft:
-                raise UserInputError(f"[pruning.finetune] has unknown keys {bad} or no source.",
-                                     "Give source (training data with labels), and optionally epochs, lr, "
-                                     "freeze_backbone, preprocess.")
-            if ft.get("preprocess") is not None:
-                from edgeopt.data.dataset import Preprocess
-
-                if not isinstance(ft["preprocess"], dict):
-                    raise UserInputError("[pruning.finetune] preprocess must be a table.",
-                                         "Write [pruning.finetune.preprocess] with resize, mean, std ...")
-                ft["preprocess"] = Preprocess.from_dict(ft["preprocess"], "[pruning.finetune.preprocess]").to_dict()
-            data["finetune"] = FinetuneConfig(**ft)
+            data["finetune"] = FinetuneConfig.parse(data["finetune"], "pruning.finetune")
         data["ignored"] = tuple(data.get("ignored", ()))
         return cls(**data)
 

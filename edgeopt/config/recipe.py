@@ -33,6 +33,7 @@ from pathlib import Path
 
 from edgeopt.config.compression import CompressionConfig
 from edgeopt.config.pruning import FinetuneConfig, PruningConfig
+from edgeopt.config.qat import QatConfig
 from edgeopt.config.budgets import Budgets
 from edgeopt.config.schema import DIM, OPTIONS, TOLERANCE, check_inputs_fit, check_recipe, data_section
 from edgeopt.core.checks import (SEED, Check, boolean, either, integer, key, keys_of, list_of, map_of, number,
@@ -136,6 +137,7 @@ class Recipe:
     evaluation: object | None = None  # data.DataConfig
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     pruning: object = None  # compress.prune.PruningConfig
+    qat: QatConfig | None = None  # [qat]: quantization-aware training when post-training INT8 misses the budget
     preprocess: object = None  # data.Preprocess: how raw images become the model's input (shipped in bundles)
     select: object = None  # select.Budgets: `edgeopt build` ends by selecting the fastest artifact within them
     task: TaskConfig = field(default_factory=TaskConfig)  # what the model is for: how every artifact is judged
@@ -179,7 +181,7 @@ class Recipe:
 
 
 TOP_KEYS = ("model", "inputs", "dims", "outputs", "targets", "precisions", "export", "parity", "profile",
-            "calibration", "evaluation", "compression", "pruning", "select", "preprocess", "task", "options")
+            "calibration", "evaluation", "compression", "pruning", "qat", "select", "preprocess", "task", "options")
 
 
 def section_checks() -> dict[str, Check]:
@@ -196,6 +198,7 @@ def section_checks() -> dict[str, Check]:
         "profile": table_of(ProfileConfig, "[profile]"), "calibration": data, "evaluation": data,
         "compression": table_of(CompressionConfig, "[compression]"),
         "pruning": table_of(PruningConfig, "[pruning]", extra={"finetune": finetune}),
+        "qat": table_of(QatConfig, "[qat]", extra={"preprocess": pre}),
         "select": table_of(Budgets, "[select]"), "preprocess": pre, "options": OPTIONS,
     }
 
@@ -251,6 +254,7 @@ def recipe_from_dict(data: dict, base_dir: Path, path: str = "") -> Recipe:
         profile=_section(ProfileConfig, "profile", prof),
         compression=CompressionConfig.from_dict(data.get("compression")),
         pruning=PruningConfig.from_dict(data.get("pruning")),
+        qat=QatConfig.from_dict(data.get("qat")),
         task=TaskConfig.from_dict(data.get("task")),
         task_given=tuple(str(k) for k in (data.get("task") or {})),
         select=Budgets.from_dict(data["select"]) if data.get("select") else None, base_dir=base_dir, path=path,

@@ -30,6 +30,7 @@ from edgeopt.pipeline.intake import complete_inputs, load_data, read_from_model_
 from edgeopt.pipeline.judge import stage_judge_set
 from edgeopt.pipeline.plan import detector_nms, plan_artifacts
 from edgeopt.pipeline.pruning import stage_prune
+from edgeopt.pipeline.qat import qat_source
 from edgeopt.pipeline.record import carry_over, check_output, prepare_output, stage_record
 from edgeopt.pipeline.timing import flag_slow, stage_profile
 from edgeopt.report.progress import Reporter
@@ -89,6 +90,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
                 ctx = replace(ctx, pruned=pruned, model=pruned.model)
             ctx = replace(ctx, exported=stage_export(ctx, manifest, previous))
             ctx = replace(ctx, judging=stage_judge_set(ctx, manifest))
+            ctx = replace(ctx, qat=qat_source(ctx, plans))
             prev_by_id = {a["id"]: a for a in (previous.data.get("artifacts", []) if previous else [])}
             records = [stage_compile(ctx, p, prev_by_id.get(p.id)) for p in plans]
             # Artifacts of an earlier run kept for the same ONNX are re-timed with this run's baseline: a ratio
@@ -97,6 +99,8 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
             if profile:
                 stage_profile(ctx, manifest, records)
                 flag_slow(records)
+            if ctx.qat is not None and (ctx.qat.result is not None or ctx.qat.error is not None):
+                manifest.data["qat"] = ctx.qat.record()
             stage_record(ctx, manifest, records)
         except EdgeoptError as exc:
             reporter.record(f"ERROR build stopped: {exc}")  # the CLI shows it; the log keeps it

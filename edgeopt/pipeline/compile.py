@@ -31,7 +31,8 @@ def artifact_key(ctx: BuildContext, plan: Plan) -> str:
                         "edgeopt": __version__,
                         "calibration": getattr(ctx.data.calibration, "sha256", None) if int8 else None,
                         "compression": ctx.recipe.compression.to_dict() if int8 else None,
-                        "int8_recipes": INT8_RECIPES_VERSION if int8 else None})
+                        "int8_recipes": INT8_RECIPES_VERSION if int8 else None,
+                        **({"qat": ctx.recipe.qat.to_dict()} if int8 and ctx.recipe.qat is not None else {})})
 
 
 def stage_compile(ctx: BuildContext, plan: Plan, previous: dict | None) -> dict:

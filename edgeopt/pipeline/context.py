@@ -152,3 +152,4 @@ class BuildContext:
     pruned: Pruned | None = None
     exported: Exported | None = None
     judging: Judging | None = None
+    qat: object | None = None  # [qat]: the build's QAT source (pipeline.qat.BuildQat), handed to the INT8 loop

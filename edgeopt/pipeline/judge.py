@@ -145,4 +145,4 @@ def int8_judging(ctx: BuildContext):
 
     j = ctx.judging
     return Int8Judging(ctx.recipe.compression, (ctx.exported.feeds, ctx.exported.refs), j.fp32_metric, j.task,
-                       j.outputs)
+                       j.outputs, qat=ctx.qat)

@@ -56,15 +56,7 @@ def stage_prune(ctx: BuildContext, manifest: Manifest) -> Pruned | None:
     model.module = work
     record["accuracy_pruned"] = acc()
     if cfg.finetune is not None:
-        from edgeopt.data.dataset import DataConfig, load_dataset
-
-        # Training images get the same preprocessing as the data the model is scored on: a fine-tune on
-        # differently scaled pixels "recovers" on the wrong inputs and destroys the model.
-        pre = cfg.finetune.preprocess or ctx.recipe.shipped_preprocess()
-        train = load_dataset(DataConfig.from_dict({"source": cfg.finetune.source, "size": None,
-                                                   **({"preprocess": pre} if pre else {})},
-                                                  ctx.recipe.base_dir, section="pruning.finetune"),
-                             spec, purpose="training")
+        train, pre = load_training(ctx, cfg.finetune, "pruning.finetune")
         ctx.reporter.step(f"Recovery fine-tune: {cfg.finetune.epochs} epochs on {train.count} samples")
         prune.finetune(work, train, spec, cfg.finetune, log=ctx.reporter.info)
         record["accuracy_finetuned"] = acc()
@@ -90,6 +82,25 @@ def stage_prune(ctx: BuildContext, manifest: Manifest) -> Pruned | None:
     record["files"] = save_pruned(model, ctx.out)
     manifest.data["pruning"] = record
     return Pruned(model=model, original_module=original_module, judging=judging, failure=failure)
+
+
+def training_config(ctx: BuildContext, cfg, section: str):
+    """The DataConfig of a training section ([pruning.finetune], [qat]: FinetuneConfig's keys) and its
+    preprocessing. Training images get the same preprocessing as the data the model is scored on: a fine-tune on
+    differently scaled pixels "recovers" on the wrong inputs and destroys the model."""
+    from edgeopt.data.dataset import DataConfig
+
+    pre = cfg.preprocess or ctx.recipe.shipped_preprocess()
+    return DataConfig.from_dict({"source": cfg.source, "size": None, **({"preprocess": pre} if pre else {})},
+                                ctx.recipe.base_dir, section=section), pre
+
+
+def load_training(ctx: BuildContext, cfg, section: str):
+    """(the labelled training Dataset of a training section, its preprocessing)."""
+    from edgeopt.data.dataset import load_dataset
+
+    data, pre = training_config(ctx, cfg, section)
+    return load_dataset(data, ctx.model.spec, purpose="training"), pre
 
 
 def pruning_guard(record: dict, cfg, compression) -> dict:

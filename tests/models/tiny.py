@@ -315,3 +315,35 @@ def tiny_frcnn():
                    box_roi_pool=MultiScaleRoIAlign(["0", "1"], 7, 2), min_size=TINY_DET_SIZE,
                    max_size=TINY_DET_SIZE)
     return m.eval()
+
+
+
+def digits_outlier(outlier: float = 700.0):
+    """The built-in digits CNN (trained weights) with an extra first-layer channel that is ``outlier`` everywhere
+    and that the model drops before its second convolution: FP32 is the example's own, while one scale for the
+    whole activation tensor (the quantizer sits before the slice) rounds the real channels coarsely, so
+    post-training INT8 loses top-1. Nothing trainable reads that channel, so training under quantization (QAT)
+    adapts the weights to the grid without learning from it."""
+    import torch
+
+    from edgeopt.example.model import WEIGHTS, build
+
+    nn = torch.nn
+
+    class DropFirstChannel(nn.Module):
+        def forward(self, x):  # a Split: every quantizer (NNCF's torch, ONNX, OpenVINO) looks through it
+            return torch.split(x, [1, 48], dim=1)[1]
+
+    m = build()
+    m.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
+    conv1, bn1 = nn.Conv2d(1, 49, 3, padding=1), nn.BatchNorm2d(49)
+    with torch.no_grad():
+        conv1.weight.zero_()
+        conv1.bias.zero_()
+        conv1.weight[1:] = m[0].weight
+        conv1.bias[1:] = m[0].bias
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn1, name)[1:] = getattr(m[1], name)
+        bn1.bias[0] = outlier
+    return nn.Sequential(conv1, bn1, nn.ReLU(), DropFirstChannel(), *list(m)[3:]).eval()
+

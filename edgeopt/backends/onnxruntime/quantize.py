@@ -133,10 +133,15 @@ def _ort_layout():
 
 def _for_ort(q):
     """NNCF's Q/DQ ONNX in ONNX Runtime's fusable layout (in place), returned."""
+    nncf_for_ort_counts(q)
+    return q
+
+
+def nncf_for_ort_counts(q) -> dict:
+    """NNCF's Q/DQ ONNX in ONNX Runtime's fusable layout (in place): what changed."""
     from edgeopt.backends.onnxruntime.rewrite import nncf_for_onnxruntime
 
-    nncf_for_onnxruntime(q)
-    return q
+    return nncf_for_onnxruntime(q)
 
 
 def _nncf_qdq(src, dst, feeds, kw: dict, option=None) -> None:
@@ -268,6 +273,17 @@ class OrtQuantizer(BaseQuantizer):
 
     def describe(self, model: Path) -> dict:
         return {"float_layers": float_layers(model)}
+
+    def from_qdq(self, path: Path) -> Path:
+        """A Q/DQ ONNX made by QAT (compress/qat.py) in ONNX Runtime's fusable layout: the relayout NNCF's Q/DQ
+        ONNX gets (rewrite.nncf_for_onnxruntime: int8 activations as uint8, float layers' weights folded)."""
+        import onnx
+
+        model = onnx.load(str(path))
+        nncf_for_ort_counts(model)
+        dst = self.work / "qat.onnx"
+        onnx.save(model, str(dst))
+        return dst
 
     def nncf_input(self, feeds) -> NncfInput:
         """The pre-processed ONNX for NNCF's algorithms (accuracy control), its float nodes left out."""

@@ -170,6 +170,12 @@ class OvQuantizer(BaseQuantizer):
     def int8_left(self, model) -> bool:
         return any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
+    def from_qdq(self, path: Path):
+        """A Q/DQ ONNX made by QAT (compress/qat.py): OpenVINO reads it (Q/DQ pairs become FakeQuantize)."""
+        import openvino as ov
+
+        return ov.Core().read_model(str(path))
+
     def nncf_input(self, feeds) -> NncfInput:
         j = judging_of(self.req)
         keep = head.wanted_for(j.model_kind, getattr(j.task, "type", None), self.cfg.float_head)

@@ -1,0 +1,25 @@
+"""[qat]: quantization-aware training, the INT8 stage's recovery step after mixed precision (compress/qat.py).
+
+The training keys are [pruning.finetune]'s (the same labelled data formats, epochs, lr, batch size, seed,
+freeze_backbone, preprocess: one declaration, inherited); [qat] adds the time limit of the whole step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from edgeopt.config.pruning import FinetuneConfig
+from edgeopt.core.checks import key, number
+
+
+@dataclass(frozen=True)
+class QatConfig(FinetuneConfig):
+    time_s: float = key(600.0, check=number(0, 86400, above=True),
+                        doc="at most this many seconds for QAT (training stops between batches; the result is judged)")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "QatConfig | None":
+        return cls.parse(data, "qat") if data else None
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
