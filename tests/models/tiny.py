@@ -317,7 +317,6 @@ def tiny_frcnn():
     return m.eval()
 
 
-
 def digits_outlier(outlier: float = 700.0):
     """The built-in digits CNN (trained weights) with an extra first-layer channel that is ``outlier`` everywhere
     and that the model drops before its second convolution: FP32 is the example's own, while one scale for the
