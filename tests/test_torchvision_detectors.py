@@ -202,3 +202,17 @@ def test_the_targets_backends_say_where_nms_runs(tmp_path):
     assert (own["where"], own["targets"]) == ("outside", ["ort-cpu"])
     with pytest.raises(UserInputError, match="nms"):
         where(["ort-cpu"], {"onnxruntime": {"nms": "inside"}})
+
+
+def test_edgeopt_export_asks_the_recipes_targets_and_takes_a_dynamic_batch(tmp_path):
+    """``edgeopt export`` makes the ONNX the build of the recipe's targets would (a Jetson target: RetinaNet
+    without its NMS); a graph without NMS takes a dynamic batch, which the whole model's list call cannot."""
+    from edgeopt.config.recipe import recipe_from_dict
+    from edgeopt.pipeline.api import export
+    from edgeopt.report.progress import Reporter
+
+    data = _recipe(tmp_path, "tiny_retinanet", ["ort-cpu", "jetson-orin-nano"])
+    data.update(inputs=[{"name": "images", "shape": ["batch", 3, SIZE, SIZE]}], dims={"batch": {"min": 1, "max": 4}})
+    m = export(recipe_from_dict(data, tmp_path), tmp_path / "out", reporter=Reporter(quiet=True))
+    assert (m["model"]["detector"]["nms"], m["model"]["outputs"]) == ("outside", ["boxes", "scores"])
+    assert m["export"]["parity"]["passed"] and _nms_nodes(tmp_path) == 0

@@ -276,32 +276,31 @@ def _spread_scores(head) -> None:
         head.cls_logits.weight.mul_(3.0)
 
 
-def tiny_retinanet():
-    """torchvision's RetinaNet on the tiny backbone, 3 classes, images kept at 64x64, random weights."""
+def _one_stage(cls, anchors_per_place: int):
+    """torchvision's one-stage ``cls`` (RetinaNet, FCOS) on the tiny backbone, 3 classes, images kept at 64x64,
+    random weights with spread-out scores and box regressions biased so random boxes keep some area (FCOS's
+    distances to the box sides ReLU to 0 otherwise)."""
     import torch
-    from torchvision.models.detection import RetinaNet
 
     torch.manual_seed(0)
-    m = RetinaNet(_tiny_backbone(True), num_classes=3, anchor_generator=_anchors(2, 3), min_size=TINY_DET_SIZE,
-                  max_size=TINY_DET_SIZE, score_thresh=0.2, nms_thresh=0.5, detections_per_img=20)
+    m = cls(_tiny_backbone(True), num_classes=3, anchor_generator=_anchors(2, anchors_per_place),
+            min_size=TINY_DET_SIZE, max_size=TINY_DET_SIZE, score_thresh=0.2, nms_thresh=0.5, detections_per_img=20)
     _spread_scores(m.head.classification_head)
-    with torch.no_grad():  # distances to the box sides of about half an anchor (random ones ReLU to 0: no area)
+    with torch.no_grad():
         m.head.regression_head.bbox_reg.bias.fill_(0.5)
     return m.eval()
+
+
+def tiny_retinanet():
+    from torchvision.models.detection import RetinaNet
+
+    return _one_stage(RetinaNet, 3)
 
 
 def tiny_fcos():
-    """torchvision's FCOS on the tiny backbone, 3 classes, images kept at 64x64, random weights."""
-    import torch
     from torchvision.models.detection import FCOS
 
-    torch.manual_seed(0)
-    m = FCOS(_tiny_backbone(True), num_classes=3, anchor_generator=_anchors(2, 1), min_size=TINY_DET_SIZE,
-             max_size=TINY_DET_SIZE, score_thresh=0.2, nms_thresh=0.5, detections_per_img=20)
-    _spread_scores(m.head.classification_head)
-    with torch.no_grad():  # distances to the box sides of about half an anchor (random ones ReLU to 0: no area)
-        m.head.regression_head.bbox_reg.bias.fill_(0.5)
-    return m.eval()
+    return _one_stage(FCOS, 1)
 
 
 def tiny_frcnn():
