@@ -188,3 +188,20 @@ def test_no_inputs_need_a_checkpoint_that_records_its_size(tmp_path, best_pt, ru
         code, out, err = run_cli("build", tmp_path / "recipe.toml", "-o", tmp_path / "out")
         assert code != 0 and problem in err and "[[inputs]]" in err and "Traceback" not in err, err
         assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_cli_model_best_pt_needs_no_input(tmp_path, best_pt, run_cli, monkeypatch):
+    """`edgeopt build --model best.pt --allow-pickle`: the inputs come from the checkpoint, as in a recipe; a
+    model that does not tell its inputs still needs --input."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("build", "--model", best_pt, "--allow-pickle", "-t", "ort-cpu", "-p", "fp32",
+                             "--task", "detection", "-o", tmp_path / "out", "--json")
+    assert code == 0, err
+    import json
+
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["model"]["read_from_model"] == ["inputs", "preprocess"]
+    assert m["model"]["inputs"][0]["shape"] == [1, 3, SIZE, SIZE]
+    assert [a["status"] for a in m["artifacts"]] == ["ok"]
+    code, out, err = run_cli("build", "--model", "model.onnx", "-o", tmp_path / "out2")
+    assert code != 0 and "--model needs --input" in err and "Traceback" not in err

@@ -60,7 +60,8 @@ def _model_recipe(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, 
     from edgeopt.core.spec import IOSpec, parse_dim_arg, parse_input_arg
 
     if model:
-        if not inputs:
+        # A training tool's checkpoint (Ultralytics' best.pt) tells its inputs; anything else needs --input.
+        if not inputs and not Path(model).suffix.lower() in (".pt", ".pth"):
             from edgeopt.errors import UserInputError
 
             raise UserInputError("--model needs --input (the model's inputs).",
@@ -76,9 +77,14 @@ def _model_recipe(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, 
     if model:
         from edgeopt.config.recipe import Recipe
 
-        spec = IOSpec(tuple(parse_input_arg(i) for i in inputs), {d.name: d for d in map(parse_dim_arg, dims)})
+        spec = IOSpec(tuple(parse_input_arg(i) for i in inputs), {d.name: d for d in map(parse_dim_arg, dims)}) \
+            if inputs else None
         r = Recipe(model=ModelConfig(source=model, checkpoint=checkpoint, allow_pickle=allow_pickle,
                                      kind=kind or "generic"), spec=spec, base_dir=Path("."))
+        if spec is None:  # the checkpoint's own size and its tool's preprocessing
+            from edgeopt.pipeline.intake import complete_inputs
+
+            r = complete_inputs(r)
     else:
         if inputs or dims:
             spec = IOSpec(tuple(parse_input_arg(i) for i in inputs) or r.spec.inputs,
