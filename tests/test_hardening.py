@@ -27,7 +27,7 @@ import pytest
 from edgeopt.core.isolation import CACHE_VARS
 
 FP32 = ("-t", "ort-cpu", "-t", "openvino-cpu", "-p", "fp32")
-BUILD_TIMEOUT = 150
+BUILD_TIMEOUT = 600
 
 
 def edgeopt_cmd(*args) -> list[str]:
