@@ -174,3 +174,46 @@ def test_tidy_qdq_is_exact():
                       "batch norms folded into Q/DQ convolutions": 1}
     assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "Conv"]
     np.testing.assert_allclose(run(model), before, rtol=1e-4, atol=1e-4)
+
+
+def test_tensorrt_takes_the_qat_qdq_with_signed_activations(tmp_path):
+    """TensorRT's explicit quantization takes signed INT8 only: QAT's unsigned activations (zero point 0) become
+    int8 over the same range, weights untouched, and the result passes the package's Q/DQ check."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeopt.backends.tensorrt.quantize import TrtQuantizer, qdq_problems, signed_activations
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, size=(4, 3, 1, 1)).astype(np.int8)
+    inits = [numpy_helper.from_array(np.float32(0.01), "xs"), numpy_helper.from_array(np.uint8(0), "xz"),
+             numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(4, 0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(4, np.int8), "wz")]
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "xs", "xz"], ["rq"]),
+             helper.make_node("DequantizeLinear", ["rq", "xs", "xz"], ["rd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["rd", "wd"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(tmp_path / "qat.onnx"))
+    assert qdq_problems(tmp_path / "qat.onnx")  # uint8: rejected as it is
+    x = {"x": rng.uniform(-1, 2.5, size=(1, 3, 4, 4)).astype(np.float32)}
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
+
+    class Req:
+        onnx_path = tmp_path / "qat.onnx"
+
+    (tmp_path / "work").mkdir()
+    out = TrtQuantizer(Req(), tmp_path / "work").from_qdq(tmp_path / "qat.onnx")
+    assert qdq_problems(out) == []
+    m = onnx.load(str(out))
+    assert signed_activations(m) == 0  # nothing unsigned left
+    # the same range ([0, 2.55]) at about half the resolution: each activation moves by at most half a step of
+    # each grid, each output by that times the sum of its weights' magnitudes
+    bound = (0.01 * 255 / 127 + 0.01) / 2 * np.abs(w.astype(np.float32) * 0.01).sum(axis=(1, 2, 3)).max()
+    assert np.max(np.abs(run(out) - run(tmp_path / "qat.onnx"))) <= bound + 1e-6
