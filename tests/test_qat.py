@@ -132,6 +132,7 @@ def test_qat_on_an_onnx_model_is_refused_before_anything_is_built(tmp_path):
     r = replace(r, model=replace(r.model, source=str(tmp_path / "m.onnx"), kind="cnn"))
     with pytest.raises(UserInputError, match=r"\[qat\] needs the PyTorch model"):
         build(r, tmp_path / "out", reporter=Reporter(quiet=True), profile=False)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_tidy_qdq_is_exact():
