@@ -41,6 +41,9 @@ class QatSource(Protocol):
 
     def __call__(self, log: Callable[[str], None]) -> QatResult: ...
 
+    def record(self) -> dict | None:
+        """The manifest's ``qat`` record: what QAT did or why it failed; None when it was not called."""
+
 
 class Qat:
     """Recovery step: the build's QAT result as a candidate of this backend (a quantizer with ``from_qdq``)."""

@@ -95,7 +95,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
             if profile:
                 stage_profile(ctx, manifest, records)
                 flag_slow(records)
-            if ctx.qat is not None and (ctx.qat.result is not None or ctx.qat.error is not None):
+            if ctx.qat is not None and ctx.qat.record() is not None:
                 manifest.data["qat"] = ctx.qat.record()
             stage_record(ctx, manifest, records)
         except EdgeoptError as exc:
