@@ -446,6 +446,12 @@ def digits_train(n: int = 1000):
         yield {"image": x[i:min(i + 50, n)], "labels": y[i:min(i + 50, n)]}
 
 
+def digits_train_qat():
+    """The [qat] data of the benchmark: 320 training digits (10 batches of 32; a batch took about 30 s of QAT
+    on 2 cores shared with other jobs)."""
+    return digits_train(320)
+
+
 def digits_evaluation():
     x, y = digits_split("test")  # the held-out 1,000, labelled
     for i in range(0, len(x), 50):

@@ -85,8 +85,9 @@ MODELS = {
 MODELS["mobilenet_v2_digits-qat"] = {
     **MODELS["mobilenet_v2_digits"],
     "model": {**MODELS["mobilenet_v2_digits"]["model"], "name": "mobilenet_v2-digits-qat"},
-    "qat": {"source": f"{HERE / 'models.py'}:digits_train", "epochs": 1, "lr": 1e-5, "batch_size": 32,
-            "time_s": 900}}
+    "compression": {"candidates": ["nncf-qdq"]},
+    "qat": {"source": f"{HERE / 'models.py'}:digits_train_qat", "epochs": 1, "lr": 1e-5, "batch_size": 32,
+            "time_s": 600}}
 REAL = ("mobilenet_v2_real", "minilm_real", "yolov8_fall_real", "ssdlite_random", "mobilenet_v2_digits",
         "mobilenet_v2_digits-qat")
 LABELLED = ("mobilenet_v2_digits", "mobilenet_v2_digits-qat")

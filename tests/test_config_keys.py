@@ -20,6 +20,7 @@ def sections() -> dict[str, type]:
     from edgeopt.config.budgets import Budgets
     from edgeopt.config.compression import CompressionConfig
     from edgeopt.config.pruning import FinetuneConfig, PruningConfig
+    from edgeopt.config.qat import QatConfig
     from edgeopt.config.recipe import ExportConfig, ModelConfig, ParityConfig
     from edgeopt.core.parity import Tolerance
     from edgeopt.core.profile import ProfileConfig
@@ -31,7 +32,8 @@ def sections() -> dict[str, type]:
             "profile": ProfileConfig, "calibration": DataConfig, "evaluation": DataConfig,
             "calibration.preprocess": Preprocess, "evaluation.preprocess": Preprocess, "preprocess": Preprocess,
             "compression": CompressionConfig, "pruning": PruningConfig, "pruning.finetune": FinetuneConfig,
-            "pruning.finetune.preprocess": Preprocess, "select": Budgets, "task": TaskConfig}
+            "pruning.finetune.preprocess": Preprocess, "qat": QatConfig, "qat.preprocess": Preprocess,
+            "select": Budgets, "task": TaskConfig}
 
 
 NOT_KEYS = {"DataConfig": {"base_dir"}}  # fields that are not recipe keys (set by the loader)

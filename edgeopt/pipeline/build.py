@@ -75,6 +75,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
     # bad targets, data and models fail here, before anything is written
     ctx = replace(ctx, data=load_data(ctx, manifest, calibrate=int8 or recipe.pruning is not None))
     ctx = with_model_task(replace(ctx, model=stage_intake(ctx)))
+    qat_source(ctx, plans)  # a [qat] that cannot run (no torch model, a bad source) fails here, before OUT changes
     with out_lock(out, "build"):  # one writer per OUT: a second build or profile is refused, naming this one
         prepare_output(out, force)
         reporter.attach_log(out / "logs" / "build.log")
@@ -99,7 +100,7 @@ def build(recipe: Recipe | str | Path | None = None, output: str | Path = "edgeo
             if profile:
                 stage_profile(ctx, manifest, records)
                 flag_slow(records)
-            if ctx.qat is not None and (ctx.qat.result is not None or ctx.qat.error is not None):
+            if ctx.qat is not None and ctx.qat.record() is not None:
                 manifest.data["qat"] = ctx.qat.record()
             stage_record(ctx, manifest, records)
         except EdgeoptError as exc:

@@ -26,6 +26,8 @@ from edgeopt.report.progress import Reporter
 if TYPE_CHECKING:  # torch is imported by the stages that need it, never here
     import torch
 
+    from edgeopt.compress.qat import QatSource
+
 
 EXPORT_DIR = "export"
 
@@ -152,4 +154,4 @@ class BuildContext:
     pruned: Pruned | None = None
     exported: Exported | None = None
     judging: Judging | None = None
-    qat: object | None = None  # [qat]: the build's QAT source (pipeline.qat.BuildQat), handed to the INT8 loop
+    qat: QatSource | None = None  # [qat]: the build's QAT source (pipeline.qat.BuildQat), handed to the INT8 loop

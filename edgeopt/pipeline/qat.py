@@ -19,6 +19,7 @@ from edgeopt.errors import ExportError, UserInputError
 from edgeopt.pipeline.context import BuildContext, Plan
 
 QAT_FILE = "model.onnx"
+BROKEN_COSINE = 0.9  # the exported Q/DQ ONNX against its torch model: below this it is broken, not rounded
 
 
 class BuildQat:
@@ -36,8 +37,11 @@ class BuildQat:
         self.result: QatResult | None = None
         self.error: Exception | None = None
 
-    def record(self) -> dict:
-        """What the manifest's ``qat`` record says: the config, and what QAT did or why it failed."""
+    def record(self) -> dict | None:
+        """What the manifest's ``qat`` record says: the config, and what QAT did or why it failed (None: not
+        called in this build)."""
+        if self.result is None and self.error is None:
+            return None
         out = {"config": self.cfg.to_dict()}
         if self.result is not None:
             out.update(ran=True, **self.result.record)
@@ -107,8 +111,12 @@ def export_qdq(model, folder: Path, ctx: BuildContext, log) -> dict:
     The legacy exporter: torch's FakeQuantize branches on a tensor's value (observer_enabled), which torch.export
     (the dynamo exporter) cannot trace; the legacy exporter writes each fake quantizer as a QuantizeLinear /
     DequantizeLinear pair. No onnxslim: constant folding would fold the weights' Q/DQ into float weights. The check:
-    the ONNX (host reference executor) against the torch model it came from, with INT8's parity tolerance (both
-    run the same quantized arithmetic; a rounding tie may land on the other step)."""
+    the ONNX (host reference executor) against the torch model it came from, on the build's reference samples,
+    gating breakage only (missing, non-finite or misshapen outputs, cosine under BROKEN_COSINE), as the compile
+    stage gates an INT8 artifact judged on real samples: both run the same quantized arithmetic, but a rounding
+    tie that lands on the other step moves every layer after it (measured on the real MobileNetV2 fine-tuned on
+    digits, before any training: cosine 0.991 on real digits, 0.994 on random inputs; 0.960 after a damaging
+    lr), and the task metric judges the result. The figures are recorded."""
     from edgeopt.backends import host_reference
     from edgeopt.core.parity import in_words, parity, parity_summary, tolerance_for
     from edgeopt.pipeline.export import reference_outputs
@@ -129,8 +137,9 @@ def export_qdq(model, folder: Path, ctx: BuildContext, log) -> dict:
     got = host_reference().require("check the QAT model's ONNX").run(folder / QAT_FILE, feeds)
     rep = parity(refs, got, tolerance_for("int8", ctx.recipe.parity.tolerances), model.kind)
     record["parity"] = parity_summary(rep)
-    if not rep["passed"]:
-        raise ExportError(f"the QAT model's Q/DQ ONNX differs from the QAT model in PyTorch: {rep['reason']}",
+    reason = rep.get("reason") or ""
+    if any(w in reason for w in ("missing", "non-finite", "shape")) or (rep.get("cosine") or 0.0) < BROKEN_COSINE:
+        raise ExportError(f"the QAT model's Q/DQ ONNX differs from the QAT model in PyTorch: {reason}",
                           "Report this model; try another opset ([export] opset).")
     record["sha256"] = sha256_file(folder / QAT_FILE)
     log(f"qat: Q/DQ ONNX exported ({record['exporter']}), parity with the QAT model: {in_words(rep)}")

@@ -74,6 +74,44 @@ def qdq_problems(path: Path) -> list[str]:
     return bad
 
 
+def signed_activations(model) -> int:
+    """Each uint8 activation Q/DQ with zero point 0 (NNCF's unsigned activations after a ReLU: [0, 255 s])
+    re-spelled as int8 with zero point 0 over the same range (scale 255 s / 127), in place: TensorRT's explicit
+    quantization takes signed INT8 only. Those tensors lose one bit of resolution; the result is judged like any
+    candidate. Returns how many (scale, zero point) pairs changed."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    g = model.graph
+    init = {t.name: t for t in g.initializer}
+    taken = set(init) | {o for n in g.node for o in n.output}
+    changed: dict[tuple[str, str], tuple[str, str]] = {}
+    for n in g.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3 or n.input[0] in init \
+                or n.input[1] not in init or n.input[2] not in init:
+            continue
+        zp = numpy_helper.to_array(init[n.input[2]])
+        if zp.dtype != np.uint8 or zp.any():
+            continue
+        pair = (n.input[1], n.input[2])
+        if pair not in changed:
+            stem, k = f"{n.input[1]}_signed", 0
+            while stem in taken or stem + "_zero" in taken:
+                k += 1
+                stem = f"{n.input[1]}_signed{k}"
+            taken.update((stem, stem + "_zero"))
+            scale = numpy_helper.to_array(init[n.input[1]]).astype(np.float32) * np.float32(255.0 / 127.0)
+            g.initializer.extend([numpy_helper.from_array(scale.astype(np.float32), stem),
+                                  numpy_helper.from_array(np.zeros(zp.shape, np.int8), stem + "_zero")])
+            changed[pair] = (stem, stem + "_zero")
+        n.input[1], n.input[2] = changed[pair]
+    used = {x for n in g.node for x in n.input}
+    keep = [t for t in g.initializer if t.name in used or t.name in {o.name for o in g.output}]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return len(changed)
+
+
 class TrtQuantizer(BaseQuantizer):
     """TensorRT's side of the INT8 loop (compress/quantizer.py): Q/DQ ONNX for a device package, in order (NNCF,
     then ONNX Runtime's quantizer), only Q/DQ TensorRT accepts. Not timed here (the engine is built on the
@@ -118,6 +156,20 @@ class TrtQuantizer(BaseQuantizer):
 
     def load(self, folder: Path) -> Path:
         return folder / "model.onnx"
+
+    def from_qdq(self, path: Path) -> Path:
+        """A Q/DQ ONNX made by QAT (compress/qat.py) in the form TensorRT's explicit quantization takes: unsigned
+        activations re-spelled signed (:func:`signed_activations`), every Q/DQ checked."""
+        import onnx
+
+        model = onnx.load(str(path))
+        signed_activations(model)
+        dst = self.work / "qat.onnx"
+        onnx.save(model, str(dst))
+        problems = qdq_problems(dst)
+        if problems:
+            raise ValueError(f"QAT's Q/DQ ONNX has Q/DQ TensorRT rejects: {problems[:3]}")
+        return dst
 
     def open(self, model: Path):
         from edgeopt.backends.onnxruntime.runner import OrtRunner
