@@ -116,7 +116,9 @@ def test_build_recovers_int8_by_mixed_precision(tmp_path):
         "inputs": [{"name": "image", "shape": [1, 3, 16, 16]}],
         "targets": ["ort-cpu"], "precisions": ["int8"],
         "calibration": {"source": "calib.npz", "size": 32},
-        "compression": {"candidates": ["ort-qdq-u8s8"], "min_cosine": 0.99, "accuracy_control": False},
+        # mixed precision alone (the stronger post-training options, tried before it, are tests/test_ptq_options.py's)
+        "compression": {"candidates": ["ort-qdq-u8s8"], "min_cosine": 0.99, "accuracy_control": False,
+                        "stronger_ptq": False},
         "task": {"type": "generic"},
         "profile": {"batches": [1], "duration_s": 0.2, "min_iterations": 5, "warmup": 2},
     }
@@ -146,7 +148,7 @@ def test_openvino_build_recovers_int8_by_mixed_precision(tmp_path):
         "inputs": [{"name": "image", "shape": [1, 3, 16, 16]}],
         "targets": ["openvino-cpu"], "precisions": ["int8"],
         "calibration": {"source": "calib.npz", "size": 32},
-        "compression": {"min_cosine": 0.99, "accuracy_control": False},
+        "compression": {"min_cosine": 0.99, "accuracy_control": False, "stronger_ptq": False},
         "task": {"type": "generic"},
         "profile": {"batches": [1], "duration_s": 0.2, "min_iterations": 5, "warmup": 2},
     }
