@@ -116,7 +116,9 @@ def test_build_recovers_int8_by_mixed_precision(tmp_path):
         "inputs": [{"name": "image", "shape": [1, 3, 16, 16]}],
         "targets": ["ort-cpu"], "precisions": ["int8"],
         "calibration": {"source": "calib.npz", "size": 32},
-        "compression": {"candidates": ["ort-qdq-u8s8"], "min_cosine": 0.99, "accuracy_control": False},
+        # mixed precision alone (the stronger post-training options, tried before it, are tests/test_ptq_options.py's)
+        "compression": {"candidates": ["ort-qdq-u8s8"], "min_cosine": 0.99, "accuracy_control": False,
+                        "stronger_ptq": False},
         "task": {"type": "generic"},
         "profile": {"batches": [1], "duration_s": 0.2, "min_iterations": 5, "warmup": 2},
     }
@@ -146,7 +148,7 @@ def test_openvino_build_recovers_int8_by_mixed_precision(tmp_path):
         "inputs": [{"name": "image", "shape": [1, 3, 16, 16]}],
         "targets": ["openvino-cpu"], "precisions": ["int8"],
         "calibration": {"source": "calib.npz", "size": 32},
-        "compression": {"min_cosine": 0.99, "accuracy_control": False},
+        "compression": {"min_cosine": 0.99, "accuracy_control": False, "stronger_ptq": False},
         "task": {"type": "generic"},
         "profile": {"batches": [1], "duration_s": 0.2, "min_iterations": 5, "warmup": 2},
     }
@@ -157,3 +159,41 @@ def test_openvino_build_recovers_int8_by_mixed_precision(tmp_path):
     plain, mixed = int8["candidates"]
     assert not plain["within_budget"] and mixed["within_budget"] and int8["recipe"] == "nncf-ov-mixed"
     assert 1 <= len(mixed["float_layers"]) < mixed["mixed_precision"]["quantized_layers"]
+
+
+def test_ranking_runs_fewer_feeds_rather_than_leave_layers_unranked(tmp_path, monkeypatch):
+    """On a clock where every inference takes 1 s, ranking each layer on all 24 ranking feeds does not fit the
+    ranking's share of the time limit: it runs fewer feeds (recorded, with why) and ranks every layer."""
+    from types import SimpleNamespace
+
+    import edgeopt.compress.mixed as mixed
+
+    fp32, q, feeds = _outlier_models(tmp_path)
+    layers = quantized_layers(q, fp32)
+    clock = [0.0]
+    monkeypatch.setattr(mixed, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def infer_for(model):
+        run = _infer_for(model)
+
+        def infer(feed):
+            clock[0] += 1.0
+            return run(feed)
+        return infer
+
+    def judge(infer):
+        for f in feeds[:2]:
+            infer(f)
+        return {"within_budget": False, "why": "over"}
+
+    # reference and one pass over all: 48 s; the ranking's share of the limit leaves 24 * len(layers) * 2/3 s
+    limit = (48 + 24 * len(layers) * 2 / 3) / mixed.RANKING_SHARE
+    logs = []
+    out = mixed_precision(q, fp32, infer_for, feeds, judge, limit, logs.append)
+    assert mixed.MIN_RANKING_FEEDS <= out.record["ranking_samples"] < len(feeds)
+    assert "ranking_fewer_feeds" in out.record
+    assert f"ranked {len(layers)} of {len(layers)} quantized layers" in " ".join(logs), logs
+    # with time enough, every feed
+    clock[0] = 0.0
+    out = mixed_precision(q, fp32, infer_for, feeds, judge, 100 * limit)
+    assert out.record["ranking_samples"] == len(feeds) and "ranking_fewer_feeds" not in out.record

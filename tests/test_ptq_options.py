@@ -63,7 +63,7 @@ def _ort(tmp_path, monkeypatch, **cfg):
     path, io, feeds = _cnn(tmp_path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     refs = [{"y": sess.run(None, f)[0]} for f in feeds[:6]]
-    req = _request(path, io, feeds, refs, candidates=("nncf-qdq",), **cfg)
+    req = _request(path, io, feeds, refs, **{"candidates": ("nncf-qdq",), **cfg})
     (tmp_path / "work").mkdir(exist_ok=True)
     return OrtQuantizer(req, tmp_path / "work"), req
 
@@ -118,6 +118,12 @@ def test_onnxruntime_step_runs_only_when_the_budget_is_missed(tmp_path, monkeypa
     with pytest.raises(NothingMeetsBudget):
         run_int8(q, req, steps=[step])
     assert step.ran is None
+    # a recipe that names its candidates without NNCF's gets no other recipe
+    q, req = _ort(tmp_path, monkeypatch, min_cosine=1.0, candidates=("ort-qdq-u8s8",))
+    step = Spy()
+    with pytest.raises(NothingMeetsBudget):
+        run_int8(q, req, steps=[step])
+    assert step.ran is None
 
 
 def test_openvino_step_tries_full_bias_correction(tmp_path, monkeypatch):
@@ -151,10 +157,12 @@ def test_a_stronger_candidate_within_budget_is_picked(tmp_path, monkeypatch):
         def candidates(self, kind, cfg):
             return ("toy-wrecked",)
 
-        def stronger(self, kind):
-            return ("toy-int8-per-channel",)
+        def stronger(self, kind):  # "-bc": a stronger variant of the recipe tried (compress/ptq.py)
+            return ("toy-wrecked-bc",)
 
         def quantize(self, name, feeds, exclude):
+            if name == "toy-wrecked-bc":  # a sound quantization
+                return super().quantize("toy-int8-per-channel", feeds, exclude)
             dst, notes = super().quantize(name, feeds, exclude)
             if name == "toy-wrecked":
                 m = onnx.load(str(dst))
@@ -177,4 +185,4 @@ def test_a_stronger_candidate_within_budget_is_picked(tmp_path, monkeypatch):
     _, meta = run_int8(Toy(req, tmp_path), req, steps=[step])
     wrecked, strong = meta["int8"]["candidates"]
     assert step.ran == ["toy-wrecked"] and not wrecked["within_budget"]
-    assert strong["within_budget"] and meta["int8"]["recipe"] == "toy-int8-per-channel"
+    assert strong["within_budget"] and meta["int8"]["recipe"] == "toy-wrecked-bc"

@@ -93,9 +93,9 @@ def params_for(name: str) -> dict:
 
 
 class StrongerPtq:
-    """Recovery step: the backend's stronger post-training candidates (``quantizer.stronger(kind)``) not yet
-    tried, made through the calibration cache and judged like every candidate. [compression] stronger_ptq =
-    false turns it off."""
+    """Recovery step: the backend's stronger post-training candidates (``quantizer.stronger(kind)``) of the NNCF
+    recipes tried, made through the calibration cache and judged like every candidate. [compression]
+    stronger_ptq = false turns it off."""
 
     name = "stronger post-training options"
 
@@ -103,8 +103,10 @@ class StrongerPtq:
         q = state.quantizer
         if not hasattr(q, "stronger"):
             return []
+        # stronger variants of the NNCF recipes that were tried: a recipe naming its candidates
+        # ([compression] candidates without nncf-qdq) gets no other recipe
         tried = {r["candidate"] for r in state.results}
-        return [n for n in q.stronger(state.judging.model_kind) if n not in tried]
+        return [n for n in q.stronger(state.judging.model_kind) if n not in tried and base_of(n) in tried]
 
     def applies(self, state) -> bool:
         return bool(state.judging.compression.stronger_ptq) and bool(self._names(state))
