@@ -37,8 +37,10 @@ def _recipe(tmp_path, targets, qat: dict | None, **compression):
         "calibration": {"source": str(DIGITS / "calibration.npz"), "size": 300},
         "evaluation": {"source": str(DIGITS / "heldout.npz"), "size": "all"},
         "task": {"type": "classification"},
-        # post-training INT8 alone: no mixed precision, no accuracy control; ONNX Runtime's NNCF candidate only
-        "compression": {"candidates": ["nncf-qdq"], "mixed_precision": False, "accuracy_control": False,
+        # post-training INT8 alone: no stronger options, no mixed precision, no accuracy control; ONNX Runtime's
+        # NNCF candidate only
+        "compression": {"candidates": ["nncf-qdq"], "stronger_ptq": False, "mixed_precision": False,
+                        "accuracy_control": False,
                         "max_drop": 3.0, **compression},
         "profile": {"batches": [1], "duration_s": 0.1, "min_iterations": 3, "warmup": 1},
     }
