@@ -166,3 +166,27 @@ def test_mean_ap_counts_missed_objects():
                         np.zeros(2, np.int64))]
     half = [Detections(np.array([[0, 0, 10, 10]], np.float32), np.ones(1, np.float32), np.zeros(1, np.int64))]
     assert mean_ap(truth, half)["map50"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_fp32_detections_just_under_the_label_threshold_are_ignored_not_errors():
+    """Against FP32's detections, one FP32 scored just under label_threshold (a near-tie) that a candidate scores
+    just over it is no error (COCO's crowd treatment); a confident box FP32 never found, or a label box lost,
+    still costs points."""
+    from edgeopt.core.detection import IGNORE_BAND
+
+    t = 0.25
+    task = TaskConfig(type="detection", format="torchvision", label_threshold=t)
+    near = IGNORE_BAND * t + 0.01  # in the band: FP32 nearly called it an object
+    fp32 = [_tv([[10, 10, 50, 60], [200, 200, 260, 250]], [0.3, near], [1, 1]),
+            _tv([[30, 40, 90, 70]], [0.9], [1])]
+    # the near-tie crosses the threshold and now outranks the real label: a flip of ranks, not a lost object
+    crossed = [_tv([[10, 10, 50, 60], [200, 200, 260, 250]], [0.27, 0.28], [1, 1]), fp32[1]]
+    r = evaluate(task, _outputs(crossed), _outputs(fp32))
+    assert r["value"] == pytest.approx(1.0) and r["ignored_below"]["regions"] == 1
+    assert r["drop_interval"]["drop_points"] == pytest.approx(0.0, abs=1e-9)
+    # a confident box where FP32 had nothing at all is a false positive above a label: it costs points
+    spurious = [_tv([[10, 10, 50, 60], [120, 10, 160, 60]], [0.27, 0.28], [1, 1]), fp32[1]]
+    assert evaluate(task, _outputs(spurious), _outputs(fp32))["value"] < 0.9
+    # a label box lost still costs points
+    lost = [_tv([[200, 200, 260, 250]], [near], [1]), fp32[1]]
+    assert evaluate(task, _outputs(lost), _outputs(fp32))["value"] < 0.6
