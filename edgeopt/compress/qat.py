@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 from edgeopt.compress.common import nncf_model_type, nncf_module, nncf_preset, quiet_nncf
 from edgeopt.compress.failure import clip
 from edgeopt.compress.quantizer import Candidate
+from edgeopt.core.onnxgraph import drop_nodes, drop_unused_initializers
 
 VERSION = 2  # what QAT does (loop, stripping, export): part of its cache key
 
@@ -214,7 +215,7 @@ def _quantized_weights(g) -> int:
         count += 1
     del g.node[:]
     g.node.extend(keep)
-    _drop_unused(g)
+    drop_unused_initializers(g)
     return count
 
 
@@ -257,15 +258,7 @@ def _fold_batchnorms(g) -> int:
         conv.output[0] = bn.output[0]
         dropped.add(id(bn))
         count += 1
-    keep = [n for n in g.node if id(n) not in dropped]
-    del g.node[:]
-    g.node.extend(keep)
-    _drop_unused(g)
+    drop_nodes(g, dropped)
+    drop_unused_initializers(g)
     return count
 
-
-def _drop_unused(g) -> None:
-    used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeopt.core.onnxgraph import drop_nodes, drop_unused_initializers
+
 HARD_SIGMOID_ALPHA = 1.0 / 6.0  # PyTorch's hardsigmoid / hardswish
 HARD_SIGMOID_BETA = 0.5
 
@@ -102,7 +104,7 @@ def _spatial_means(model) -> int:
         del node.attribute[:]
         count += 1
     if count:
-        _drop_unused_initializers(graph)
+        drop_unused_initializers(graph)
     return count
 
 
@@ -128,17 +130,9 @@ def _hard_swishes(model) -> int:
                 dropped.add(id(sig))
                 count += 1
                 break
-    keep = [n for n in graph.node if id(n) not in dropped]
-    del graph.node[:]
-    graph.node.extend(keep)
+    drop_nodes(graph, dropped)
     return count
 
-
-def _drop_unused_initializers(graph) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
 
 
 def _is_torch_hard_sigmoid(node) -> bool:
@@ -262,7 +256,7 @@ def activations_to_u8(model) -> int:
     keep = [v for v in graph.value_info if v.name not in changed]
     del graph.value_info[:]
     graph.value_info.extend(keep)
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     return len(changed)
 
 
@@ -300,7 +294,7 @@ def fold_float_weights(model) -> int:
         count += 1
     del graph.node[:]
     graph.node.extend(out)
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     return count
 
 
