@@ -86,7 +86,7 @@ MODELS["mobilenet_v2_digits-qat"] = {
     **MODELS["mobilenet_v2_digits"],
     "model": {**MODELS["mobilenet_v2_digits"]["model"], "name": "mobilenet_v2-digits-qat"},
     "compression": {"candidates": ["nncf-qdq"]},
-    "qat": {"source": f"{HERE / 'models.py'}:digits_train_qat", "epochs": 1, "lr": 1e-5, "batch_size": 32,
+    "qat": {"source": f"{HERE / 'models.py'}:digits_train_qat", "epochs": 3, "lr": 3e-5, "batch_size": 32,
             "time_s": 600}}
 REAL = ("mobilenet_v2_real", "minilm_real", "yolov8_fall_real", "ssdlite_random", "mobilenet_v2_digits",
         "mobilenet_v2_digits-qat")
