@@ -55,6 +55,10 @@ class LoopState:
     def judge(self, infer: Callable[[dict], dict]) -> dict:
         return score(infer, self.judging)
 
+    def make(self, name: str) -> Candidate | None:
+        """One candidate by name through the calibration cache (:func:`make`): what recovery steps call."""
+        return make(self, name)
+
     def fail(self, name: str, message: str, full: str | None = None, path=None, feeds: list | None = None) -> dict:
         """Record a candidate that could not be made or run, with the nodes the error names explained."""
         why, where = failure.with_nodes(message, path or self.quantizer.onnx_path, full, feeds)

@@ -112,9 +112,7 @@ class StrongerPtq:
         return bool(state.judging.compression.stronger_ptq) and bool(self._names(state))
 
     def run(self, state) -> list:
-        from edgeopt.compress.int8 import make
-
         names = self._names(state)
         state.log(f"no int8 candidate meets the budget: trying the stronger post-training options "
                   f"({', '.join(names)})")
-        return [c for c in (make(state, n) for n in names) if c is not None]
+        return [c for c in (state.make(n) for n in names) if c is not None]

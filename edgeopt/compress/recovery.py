@@ -4,7 +4,8 @@ accuracy budget. A step is any object with
 - ``name``: what the log says;
 - ``applies(state) -> bool``: whether it can run on this loop (``state``: :class:`~edgeopt.compress.int8.LoopState`:
   the calibration ``feeds``, the ``judging`` inputs, ``judge(infer)`` (the one scoring function), the backend's
-  ``quantizer``, the ``results`` of every candidate tried so far and their ``models``);
+  ``quantizer``, the ``results`` of every candidate tried so far and their ``models``, and ``make(name)``, a backend's
+  candidate by name through the calibration cache);
 - ``run(state) -> list[Candidate]``: new candidates (``recovered=True``), which the loop times, judges and records
   like any other. A step that fails records why with ``state.fail(name, message, full_text)`` and returns [].
 
