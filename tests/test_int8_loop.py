@@ -81,3 +81,52 @@ def test_recovery_steps_run_only_when_the_budget_is_missed(tmp_path, monkeypatch
     assert step.seen == ["toy-int8-per-channel", "toy-int8-per-tensor"]
     text = str(err.value)
     assert "toy-keep-float" in text and "no INT8 left" in text and "toy-int8-per-tensor: cosine" in text, text
+
+
+def test_a_setting_chosen_for_speed_that_loses_the_budget_gives_way_to_the_exact_one(tmp_path, monkeypatch):
+    """A quantizer whose default runtime setting is faster but lossier (OpenVINO's bf16 float remainder): the loop
+    judges the exact setting too when the chosen one is over budget, and ships that one, saying why."""
+    from toy_backend import ToyRunner
+    from toy_backend.quantize import ToyQuantizer
+
+    class Lossy(ToyRunner):  # the "fast" setting: its outputs carry an error no INT8 recipe caused
+        def _infer(self, feed):
+            out = super()._infer(feed)
+            return {k: v + np.float32(0.5) * np.abs(v).mean() * np.sign(np.arange(v.size).reshape(v.shape) % 2 - 0.5)
+                    for k, v in out.items()}
+
+    class TwoSettings(ToyQuantizer):
+        def variants(self, name, model, runner):
+            return {f"{name} exact": ToyRunner(Path(model), self.req.spec)}
+
+        def open(self, model):
+            return Lossy(Path(model), self.req.spec)
+
+        def open_fp32(self):
+            return ToyRunner(self.onnx_path, self.req.spec)
+
+        def choose(self, name, timed):
+            return {"setting": "precision", "chosen": "fast", "why": "faster"}, name
+
+        def exact(self, name, timed):
+            return {"setting": "precision", "chosen": "exact", "why": "exact"}, f"{name} exact"
+
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
+    spec = IOSpec((TensorSpec("x", (1, 2, 4, 4)),), outputs=("y",))
+    src = _model(tmp_path / "m.onnx")
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)} for _ in range(6)]
+    with ToyRunner(src, spec) as fp32:
+        refs = [fp32.infer(f) for f in feeds]
+    req = Int8Request(src, spec, feeds, Judging(CompressionConfig(min_cosine=0.99, timing_s=0.02), (feeds, refs)), "cnn",
+                      log=lambda *_: None)
+    _, meta = run_int8(TwoSettings(req, tmp_path), req, steps=[])
+    rec = meta["int8"]
+    assert rec["runtime_choice"]["chosen"] == "exact", rec["runtime_choice"]
+    assert "over budget with the faster setting (cosine" in rec["runtime_choice"]["why"]
+    win = next(c for c in rec["candidates"] if c["candidate"] == rec["recipe"])
+    assert win["within_budget"] and win["cosine"] > 0.99
+    # without the exact setting the same candidates are refused: the lossy setting alone is over budget
+    TwoSettings.exact = lambda self, name, timed: None
+    with pytest.raises(NothingMeetsBudget):
+        run_int8(TwoSettings(req, tmp_path), req, steps=[])

@@ -204,17 +204,26 @@ def _path_of(model):
 
 def judged(state: LoopState, c: Candidate, timed: dict, runners: dict) -> None:
     q = state.quantizer
-    r, label = {"candidate": c.name, **timed.get(c.name, {})}, c.name
+    r, label, choice = {"candidate": c.name, **timed.get(c.name, {})}, c.name, None
     if q.timed and hasattr(q, "choose"):
         choice, label = q.choose(c.name, timed)
-        state.choices[c.name] = choice
-        if label != c.name:
-            r.update({k: v for k, v in timed[label].items() if k != "unstable"})
-        if choice:
-            state.log(f"int8 {c.name} runtime: {choice['setting']} {choice['chosen']}: {choice['why']}")
     if c.recovered:
         r.update(q.describe(c.model))
-    r.update(state.judge(lambda feed, run=runners[label]: run.infer(feed, check=False)))
+    score = state.judge(lambda feed, run=runners[label]: run.infer(feed, check=False))
+    exact = q.exact(c.name, timed) if not score["within_budget"] and hasattr(q, "exact") else None
+    if exact and exact[1] != label:
+        # the faster setting was chosen for speed before judging: its precision may be what loses the accuracy
+        second = state.judge(lambda feed, run=runners[exact[1]]: run.infer(feed, check=False))
+        if second["within_budget"]:
+            lost = describe(score["accuracy"]) if "accuracy" in score else f"cosine {score.get('cosine', 0):.4f}"
+            choice, label, score = exact[0], exact[1], second
+            choice["why"] += f"; but over budget with the faster setting ({lost}), within with this one"
+    if choice is not None:
+        state.choices[c.name] = choice
+        state.log(f"int8 {c.name} runtime: {choice['setting']} {choice['chosen']}: {choice['why']}")
+    if label != c.name:
+        r.update({k: v for k, v in timed[label].items() if k != "unstable"})
+    r.update(score)
     r.update(c.notes)
     if c.recovered and not q.int8_left(c.model):
         r.update(within_budget=False, why=f"{c.name} kept every layer in float: no INT8 left")

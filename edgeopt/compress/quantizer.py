@@ -20,6 +20,8 @@ A backend writes one class with these members (``BaseQuantizer`` gives the optio
   budget, in order, wins; candidates are then quantized one at a time.
 - optional ``variants(candidate, model, runner) -> {label: Runner}``: runtime settings of the same model raced
   beside it; ``choose(candidate, timed) -> (choice or None, label)``: which of them runs it.
+  Optional ``exact(candidate, timed) -> (choice, label) or None``: the most exact variant; the loop judges it
+  too when the one ``choose`` took for speed is over budget, and ships it when it is within.
 - optional ``record() -> dict``: what the manifest's ``int8`` record says beside the loop's figures.
 - optional ``int8_left(model) -> bool`` and ``describe(model) -> dict``: for recovery candidates (is there any
   INT8 left; which layers stayed float).
