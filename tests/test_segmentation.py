@@ -47,6 +47,39 @@ def test_metric_with_and_without_labels():
         evaluate(task, Outputs(feeds, [{"out": logits}], labels[:, :4]), ref)
 
 
+def test_miou_drop_has_a_paired_interval_and_a_decision():
+    """An INT8 segmenter's mIoU drop comes with a paired bootstrap interval over images (as classification's and
+    detection's do), so the judge's decision is the interval's: within, over or undecided, not the point alone."""
+    from edgeopt.core.segmentation import paired_miou_interval, per_sample_confusion
+    from edgeopt.core.tasks import judge
+
+    rng = np.random.default_rng(0)
+    n, classes = 40, 3
+    labels = rng.integers(0, classes, size=(n, 8, 8))
+    ref_logits = np.eye(classes, dtype=np.float32)[labels].transpose(0, 3, 1, 2) * 5  # FP32: every pixel right
+    worse = ref_logits.copy()
+    worse[:10, 0] += 20  # the first 10 images all background
+    feeds = [{"image": np.zeros((n, 3, 8, 8), np.float32)}]
+    ref = Outputs(feeds, [{"out": ref_logits}], labels)
+    task = TaskConfig(type="segmentation")
+    base = evaluate(task, ref, ref)
+    assert base["value"] == 1.0 and base["drop_interval"]["drop_points"] == 0.0
+    got = evaluate(task, Outputs(feeds, [{"out": worse}], labels), ref)
+    iv = got["drop_interval"]
+    assert iv["drop_points"] == pytest.approx((1 - got["value"]) * 100) and iv["resamples"] == 1000
+    assert 0 < iv["low"] < iv["drop_points"] < iv["high"]
+    # the vectorised bootstrap's point is miou()'s
+    pc = per_sample_confusion(masks(worse), labels, classes)
+    assert miou(pc.sum(0).reshape(classes, classes))["miou"] == pytest.approx(got["value"])
+    assert paired_miou_interval(pc, pc, classes)["high"] == 0.0
+    r = judge(dict(got), base, 1.0, 0.95)
+    assert r["decision"] == "over" and r["drop_low"] == pytest.approx(iv["low"]) and not r["within_budget"]
+    wide = judge(dict(got), base, iv["drop_points"] + 0.1, 0.95)
+    assert wide["within_budget"] and wide["decision"] == "undecided"
+    # no interval when asked for none (NNCF's many calls)
+    assert "drop_interval" not in evaluate(task, Outputs(feeds, [{"out": worse}], labels), ref, interval=False)
+
+
 def test_to_original_undoes_resize_and_crop():
     mask = np.zeros((4, 4), np.int64)
     mask[:, 2:] = 1  # right half class 1

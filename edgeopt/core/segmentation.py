@@ -8,7 +8,10 @@ probabilities: the mask is their argmax over C) or a mask ``[B, H, W]`` of class
   sample (classes absent from both prediction and labels are left out), plus the pixel accuracy;
 - without labels: ``miou_fp32``, the same against the FP32 model's own masks.
 
-Both are fractions in [0, 1] judged in points (``budget = "points"``): INT8 is guarded by mIoU points.
+Both are fractions in [0, 1] judged in points (``budget = "points"``): INT8 is guarded by mIoU points. With the
+FP32 outputs on the same samples the drop also gets a paired bootstrap interval over images
+(:func:`paired_miou_interval`), so the build's decision (within / over / undecided) is the interval's, as for
+classification and detection.
 :func:`to_original` maps a mask back onto the original image for the device runtime's ``postprocess()``.
 """
 
@@ -52,8 +55,53 @@ def miou(conf: np.ndarray) -> dict:
             "pixel_accuracy": float(inter.sum() / total) if total else 1.0, "pixels": int(total)}
 
 
-def segmentation_metric(task, got, ref) -> dict:
-    """The task metric (see the module docstring) of ``got`` (an :class:`edgeopt.core.tasks.Outputs`)."""
+SEGMENTATION_RESAMPLES = 1000
+
+
+def per_sample_confusion(pred: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
+    """``[n, classes * classes]`` pixel counts, one confusion matrix per sample (flattened)."""
+    return np.stack([confusion(p, t, classes).reshape(-1) for p, t in zip(pred, truth)]) if len(pred) else \
+        np.zeros((0, classes * classes), np.int64)
+
+
+def _miou_rows(conf: np.ndarray, classes: int) -> np.ndarray:
+    """mIoU of each row of ``[k, classes * classes]`` (weighted) pixel counts, as :func:`miou` computes it."""
+    c = conf.reshape(-1, classes, classes)
+    inter = np.diagonal(c, axis1=1, axis2=2)
+    union = c.sum(1) + c.sum(2) - inter
+    present = union > 0
+    iou = np.where(present, inter / np.maximum(union, 1e-12), 0.0)
+    n = present.sum(1)
+    return np.where(n > 0, iou.sum(1) / np.maximum(n, 1), 1.0)
+
+
+def paired_miou_interval(ref_conf: np.ndarray, got_conf: np.ndarray, classes: int,
+                         resamples: int = SEGMENTATION_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict:
+    """The mIoU drop of ``got`` from ``ref`` in points, with a paired percentile bootstrap interval over samples:
+    each resample of the images weights both models' per-image confusion matrices (``[n, classes * classes]``,
+    against the same truth) the same way, and mIoU is recomputed from the weighted sums."""
+    n = len(ref_conf)
+    ones = np.ones((1, n))
+    point = float((_miou_rows(ones @ ref_conf, classes) - _miou_rows(ones @ got_conf, classes))[0] * 100)
+    if n < 2 or resamples < 1:
+        return {"drop_points": point, "low": point, "high": point, "level": level, "resamples": 0, "seed": seed,
+                "samples": n}
+    rng = np.random.default_rng(seed)
+    drops = np.empty(resamples)
+    step = max(1, 2_000_000 // n)  # bounded memory for large sets
+    for i in range(0, resamples, step):
+        k = min(step, resamples - i)
+        w = np.zeros((k, n))
+        np.add.at(w, (np.repeat(np.arange(k), n), rng.integers(0, n, size=k * n)), 1.0)
+        drops[i:i + k] = (_miou_rows(w @ ref_conf, classes) - _miou_rows(w @ got_conf, classes)) * 100
+    lo, hi = np.quantile(drops, [(1 - level) / 2, (1 + level) / 2])
+    return {"drop_points": point, "low": float(min(lo, point)), "high": float(max(hi, point)), "level": level,
+            "resamples": resamples, "seed": seed, "samples": n}
+
+
+def segmentation_metric(task, got, ref, interval: bool = True) -> dict:
+    """The task metric (see the module docstring) of ``got`` (an :class:`edgeopt.core.tasks.Outputs`). With
+    ``ref`` (FP32's outputs on the same samples) and ``interval``: the drop's paired bootstrap interval."""
     name = task.output or got.names()[0]
     scores = got.stacked(name)
     pred = masks(scores, name)
@@ -66,17 +114,25 @@ def segmentation_metric(task, got, ref) -> dict:
                                                     "of the model's output, class indices (255: ignored).")
         if truth.dtype.kind == "f" and not np.all(np.isfinite(truth) & (truth == np.round(truth))):
             raise DataError("The label masks are not whole class indices.", "Store them as integers.")
-        res = miou(confusion(pred, truth.astype(np.int64), classes))
+        truth = truth.astype(np.int64)
+        res = miou(confusion(pred, truth, classes))
         metric, label = "miou", "mIoU"
     else:
         if ref is None:
             raise DataError("No label masks and no FP32 outputs to compare with.",
                             "Give label masks with the evaluation data.")
-        res = miou(confusion(pred, masks(ref.stacked(name), name), classes))
+        truth = masks(ref.stacked(name), name)
+        res = miou(confusion(pred, truth, classes))
         metric, label = "miou_fp32", "mIoU vs FP32"
-    return {"metric": metric, "label": label, "value": res["miou"], metric: res["miou"],
-            "pixel_accuracy": res["pixel_accuracy"], "iou": res["iou"], "classes": classes,
-            "samples": int(pred.shape[0]), "budget": "points"}
+    out = {"metric": metric, "label": label, "value": res["miou"], metric: res["miou"],
+           "pixel_accuracy": res["pixel_accuracy"], "iou": res["iou"], "classes": classes,
+           "samples": int(pred.shape[0]), "budget": "points"}
+    if ref is not None and interval:
+        ref_pred = masks(ref.stacked(name), name)
+        if ref_pred.shape == pred.shape:
+            out["drop_interval"] = paired_miou_interval(per_sample_confusion(ref_pred, truth, classes),
+                                                        per_sample_confusion(pred, truth, classes), classes)
+    return out
 
 
 def to_original(mask: np.ndarray, original_hw, geometry, input_hw) -> np.ndarray:

@@ -409,10 +409,10 @@ def detection(task: TaskConfig, got: Outputs, ref: Outputs | None, interval: boo
     return detection_metric(task, got, ref, interval)
 
 
-def segmentation(task: TaskConfig, got: Outputs, ref: Outputs | None) -> dict:
+def segmentation(task: TaskConfig, got: Outputs, ref: Outputs | None, interval: bool = True) -> dict:
     from edgeopt.core.segmentation import segmentation_metric
 
-    return segmentation_metric(task, got, ref)
+    return segmentation_metric(task, got, ref, interval)
 
 
 METRICS: dict[str, Callable[[TaskConfig, Outputs, Outputs | None], dict]] = {
@@ -426,7 +426,7 @@ def evaluate(task: TaskConfig, got: Outputs, ref: Outputs | None, interval: bool
     if task.type not in METRICS:
         raise UserInputError(f"Task {task.type!r} is not resolved.", "Call TaskConfig.resolve first.")
     fn = METRICS[task.type]
-    out = fn(task, got, ref, interval=interval) if task.type in ("classification", "detection") else fn(task, got, ref)
+    out = fn(task, got, ref, interval=interval) if task.type in ("classification", "detection", "segmentation") else fn(task, got, ref)
     out["task"] = task.type
     return out
 

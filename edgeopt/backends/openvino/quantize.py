@@ -255,16 +255,31 @@ class OvQuantizer(BaseQuantizer):
 
         ran = [r for r in state.results if r["candidate"] in state.models and "error" not in r
                and (r.get("accuracy") or r.get("cosine") is not None)]
-        best = max(ran, key=lambda r: ((r.get("accuracy") or {}).get("value", 0.0), r.get("cosine") or 0.0),
-                   default={"candidate": NNCF_OV})["candidate"]
+        ranked = sorted(ran, key=lambda r: ((r.get("accuracy") or {}).get("value", 0.0), r.get("cosine") or 0.0),
+                        reverse=True)
+        order = list(dict.fromkeys([r["candidate"] for r in ranked] + [NNCF_OV]))  # the plain one last
 
         j = judging_of(self.req)
         float_model = onnx.load(str(self.req.onnx_path))
         keep = head.wanted_for(j.model_kind, getattr(j.task, "type", None), self.cfg.float_head)
         exclude = (head.onnx_float_head_of(self.req.onnx_path) if keep else []) + head.named(
             [n.name for n in float_model.graph.node], tuple(self.cfg.float_nodes or ()))
-        qdq = self.nncf.quantize(float_model, self.nncf.Dataset(state.feeds),
-                                 **ptq.nncf_arguments(ptq.option_of(best), self._kwargs(state.feeds, exclude)))
+        # NNCF's ONNX backend cannot always make what its OpenVINO backend made: its full bias correction fails on
+        # an LRASPP head (two corrected convolutions summed into the output: "Failed to find node output or a
+        # constant initializer producing output"). Then the next most accurate candidate's option, and so on.
+        qdq, failed = None, []
+        for best in order:
+            try:
+                qdq = self.nncf.quantize(float_model, self.nncf.Dataset(state.feeds), **ptq.nncf_arguments(
+                    ptq.option_of(best), self._kwargs(state.feeds, exclude)))
+                break
+            except Exception as exc:  # noqa: BLE001 - the next option, the error kept for the log
+                if best == order[-1]:
+                    raise
+                failed.append(best)
+                state.log(f"mixed precision: NNCF's Q/DQ ONNX of {best} could not be made ({type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); trying the next "
+                          "most accurate candidate's option")
         core = ov.Core()
         self._tmp = tempfile.TemporaryDirectory(prefix="edgeopt-ov-mixed-")
         folder = Path(self._tmp.name)
