@@ -535,23 +535,17 @@ def paired_map_interval(truth: list[Detections], found: list[Detections], ref_fo
     """The mAP50 drop of ``found`` from ``ref_found`` (both against ``truth``, ``ignore`` regions left out) in
     points, with a paired bootstrap interval over images: each resample of the images scores both on the same
     images (COCO's per-image matching is computed once, the accumulation redone per resample)."""
+    from edgeopt.core.bootstrap import paired_drop, weights
+
     a, b = (matches50(truth, d, max_detections, ignore) for d in (ref_found, found))
     n = len(truth)
     ones = np.ones(n)
     point = (map50_resampled(a, ones) - map50_resampled(b, ones)) * 100
-    rng = np.random.default_rng(seed)
-    drops = []
-    for idx in rng.integers(0, n, size=(resamples, n)):
-        w = np.bincount(idx, minlength=n).astype(np.float64)
-        d = (map50_resampled(a, w) - map50_resampled(b, w)) * 100
-        if np.isfinite(d):  # a resample without ground truth says nothing
-            drops.append(d)
-    if len(drops) < 2 or n < 2:
-        return {"drop_points": point, "low": point, "high": point, "level": level, "resamples": 0, "seed": seed,
-                "samples": n}
-    lo, hi = np.quantile(drops, [(1 - level) / 2, (1 + level) / 2])
-    return {"drop_points": float(point), "low": float(min(lo, point)), "high": float(max(hi, point)),
-            "level": level, "resamples": len(drops), "seed": seed, "samples": n}
+
+    def drops_of(idx):  # a resample without ground truth says nothing (NaN)
+        return [(map50_resampled(a, w) - map50_resampled(b, w)) * 100 for w in weights(idx, n)]
+
+    return paired_drop(point, n, drops_of, level, resamples, seed)
 
 
 def detection_metric(task, got, ref, interval: bool = True) -> dict:

@@ -80,23 +80,17 @@ def paired_miou_interval(ref_conf: np.ndarray, got_conf: np.ndarray, classes: in
     """The mIoU drop of ``got`` from ``ref`` in points, with a paired percentile bootstrap interval over samples:
     each resample of the images weights both models' per-image confusion matrices (``[n, classes * classes]``,
     against the same truth) the same way, and mIoU is recomputed from the weighted sums."""
+    from edgeopt.core.bootstrap import paired_drop, weights
+
     n = len(ref_conf)
     ones = np.ones((1, n))
     point = float((_miou_rows(ones @ ref_conf, classes) - _miou_rows(ones @ got_conf, classes))[0] * 100)
-    if n < 2 or resamples < 1:
-        return {"drop_points": point, "low": point, "high": point, "level": level, "resamples": 0, "seed": seed,
-                "samples": n}
-    rng = np.random.default_rng(seed)
-    drops = np.empty(resamples)
-    step = max(1, 2_000_000 // n)  # bounded memory for large sets
-    for i in range(0, resamples, step):
-        k = min(step, resamples - i)
-        w = np.zeros((k, n))
-        np.add.at(w, (np.repeat(np.arange(k), n), rng.integers(0, n, size=k * n)), 1.0)
-        drops[i:i + k] = (_miou_rows(w @ ref_conf, classes) - _miou_rows(w @ got_conf, classes)) * 100
-    lo, hi = np.quantile(drops, [(1 - level) / 2, (1 + level) / 2])
-    return {"drop_points": point, "low": float(min(lo, point)), "high": float(max(hi, point)), "level": level,
-            "resamples": resamples, "seed": seed, "samples": n}
+
+    def drops_of(idx):
+        w = weights(idx, n)
+        return (_miou_rows(w @ ref_conf, classes) - _miou_rows(w @ got_conf, classes)) * 100
+
+    return paired_drop(point, n, drops_of, level, resamples, seed)
 
 
 def segmentation_metric(task, got, ref, interval: bool = True) -> dict:

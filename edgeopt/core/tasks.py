@@ -41,12 +41,13 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edgeopt.errors import DataError, UserInputError
+from edgeopt.core import bootstrap
 from edgeopt.core.checks import key, reject_unknown
 
 TASK_TYPES = ("classification", "embedding", "detection", "segmentation", "generic")
-BOOTSTRAP_RESAMPLES = 1000  # paired bootstrap of a drop (classification: cheap, vectorised)
-BOOTSTRAP_SEED = 0
-INTERVAL_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = bootstrap.RESAMPLES  # paired bootstrap of a drop (classification: cheap, vectorised)
+BOOTSTRAP_SEED = bootstrap.SEED
+INTERVAL_LEVEL = bootstrap.LEVEL
 CONFIDENT = 0.5  # a "confident" flip costs this much of a sample or more: p_fp32[its top-1] - p_fp32[the new one]
 POOLINGS = ("mean", "cls", "none")
 
@@ -235,25 +236,15 @@ def probabilities(x: np.ndarray) -> np.ndarray:
 
 def paired_interval(ref: np.ndarray, got: np.ndarray, level: float = INTERVAL_LEVEL,
                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
-    """The drop mean(ref) - mean(got) in points, with a percentile bootstrap interval over samples: the same
-    resampled samples for both (paired), so what the two models share cancels. ``ref``/``got``: per-sample
-    scores (1/0 correct, or expected correctness)."""
+    """The drop mean(ref) - mean(got) in points, with a paired percentile bootstrap interval over samples
+    (:func:`edgeopt.core.bootstrap.paired_drop`). ``ref``/``got``: per-sample scores (1/0 correct, or expected
+    correctness)."""
+    from edgeopt.core.bootstrap import paired_drop
+
     ref, got = np.asarray(ref, np.float64).reshape(-1), np.asarray(got, np.float64).reshape(-1)
-    n = len(ref)
     d = (ref - got) * 100
-    point = float(np.mean(d)) if n else 0.0
-    if n < 2 or resamples < 1:
-        return {"drop_points": point, "low": point, "high": point, "level": level, "resamples": 0, "seed": seed,
-                "samples": n}
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    step = max(1, 2_000_000 // n)  # bounded memory for large sets
-    for i in range(0, resamples, step):
-        k = min(step, resamples - i)
-        means[i:i + k] = d[rng.integers(0, n, size=(k, n))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return {"drop_points": point, "low": float(min(lo, point)), "high": float(max(hi, point)), "level": level,
-            "resamples": resamples, "seed": seed, "samples": n}
+    return paired_drop(float(np.mean(d)) if len(d) else 0.0, len(d), lambda idx: d[idx].mean(axis=1), level,
+                       resamples, seed)
 
 
 def expected_top1(logits: np.ndarray, ref_logits: np.ndarray, interval: bool = True) -> dict:
