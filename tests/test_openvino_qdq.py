@@ -11,7 +11,8 @@ pytest.importorskip("openvino")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from edgeopt.backends.openvino.quantize import read_qdq, unsigned_activations  # noqa: E402
+from edgeopt.backends.openvino.quantize import read_qdq  # noqa: E402
+from edgeopt.core.onnxgraph import activations_to_u8  # noqa: E402
 
 
 def _c2f_like(channels: int = 8):
@@ -50,17 +51,17 @@ def _ort(m, feed):
     return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
 
 
-def test_unsigned_activations_are_the_same_function():
+def test_activations_to_u8_is_the_same_function():
     m = _c2f_like()
     u = copy.deepcopy(m)
-    assert unsigned_activations(u) == 1  # one (scale, zero point) pair, on all four Q/DQ nodes that share it
+    assert activations_to_u8(u) == 2  # both activation tensors (their four Q/DQ nodes shared one zero point)
     zps = {n.input[2] for n in u.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
     init = {t.name: onnx.numpy_helper.to_array(t) for t in u.graph.initializer}
     assert {str(init[z].dtype) for z in zps} == {"uint8", "int8"}  # activations uint8 (8), the weights' int8 0 kept
     assert any(init[z].dtype == np.uint8 and int(init[z]) == 8 for z in zps)
     feed = {"x": (np.random.default_rng(1).normal(size=(1, 3, 32, 32)) * 3).astype(np.float32)}
     np.testing.assert_array_equal(_ort(m, feed), _ort(u, feed))
-    assert unsigned_activations(u) == 0  # nothing left to re-spell
+    assert activations_to_u8(u) == 0  # nothing left to re-spell
 
 
 def test_openvino_reads_a_signed_qdq_model_as_onnx_runtime_runs_it(tmp_path):

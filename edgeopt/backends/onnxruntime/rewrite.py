@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeopt.core.onnxgraph import drop_nodes, drop_unused_initializers
+from edgeopt.core.onnxgraph import activations_to_u8, drop_nodes, drop_unused_initializers
 
 HARD_SIGMOID_ALPHA = 1.0 / 6.0  # PyTorch's hardsigmoid / hardswish
 HARD_SIGMOID_BETA = 0.5
@@ -222,42 +222,6 @@ class _Names:
 # ------------------------------------------------------------------------------------------------
 
 FLOAT_WEIGHT_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
-
-
-def activations_to_u8(model) -> int:
-    """Each int8 activation Q/DQ pair (QuantizeLinear over a computed tensor, its users all DequantizeLinear)
-    re-spelled as uint8 with the zero point moved by 128: the same values, the type ONNX Runtime's QLinear
-    kernels pair with u8. In place; returns how many. Weights (QuantizeLinear or DequantizeLinear over an
-    initializer) keep int8."""
-    from onnx import TensorProto, numpy_helper
-
-    graph = model.graph
-    init = {t.name: t for t in graph.initializer}
-    users = _users(graph)
-    names = _Names(graph)
-    changed = set()
-    for node in graph.node:
-        if node.op_type != "QuantizeLinear" or node.input[0] in init or len(node.input) < 3:
-            continue
-        zero = init.get(node.input[2])
-        dqs = users.get(node.output[0]) or []
-        if zero is None or zero.data_type != TensorProto.INT8 or not dqs or any(
-                getattr(d, "op_type", None) != "DequantizeLinear" or d.input[0] != node.output[0]
-                or len(d.input) < 3 or d.input[2] != node.input[2] for d in dqs):
-            continue
-        moved = (numpy_helper.to_array(zero).astype(np.int16) + 128).astype(np.uint8)
-        name = names.prefix("edgeopt_u8_zero")
-        graph.initializer.append(numpy_helper.from_array(moved, name))
-        node.input[2] = name
-        for d in dqs:
-            d.input[2] = name
-        changed.add(node.output[0])
-    # Shape inference recorded the old element type of the quantized tensors: drop those records.
-    keep = [v for v in graph.value_info if v.name not in changed]
-    del graph.value_info[:]
-    graph.value_info.extend(keep)
-    drop_unused_initializers(graph)
-    return len(changed)
 
 
 def fold_float_weights(model) -> int:

@@ -12,7 +12,7 @@ from edgeopt.compress.common import config_of, nncf_device, nncf_model_type, nnc
 from edgeopt.compress.judging import judging_of
 from edgeopt.compress.mixed import MixedInput
 from edgeopt.compress.quantizer import BaseQuantizer, NncfInput
-from edgeopt.core.onnxgraph import drop_unused_initializers
+from edgeopt.core.onnxgraph import activations_to_u8
 
 NOISE = 0.05  # runtime settings whose quick timings are this close are a tie, won by the exact f32
 NNCF_OV = "nncf-ov"
@@ -26,55 +26,18 @@ OV_ALWAYS_FLOAT = {"NonMaxSuppression", "MulticlassNms", "MatrixNms", "NMSRotate
                    "ExperimentalDetectronGenerateProposalsSingleImage", "DetectionOutput", "Proposal"}
 
 
-def unsigned_activations(model) -> int:
-    """Each activation Q/DQ with a signed INT8 zero point other than 0 (NNCF's ONNX asymmetric activations)
-    re-spelled unsigned, in place: zero point + 128 as uint8, same scale, the same function exactly
-    (q_u8 = q_s8 + 128 on both sides of every pair). OpenVINO compiles the signed spelling wrongly in places: on
-    YOLOv8's C2f blocks (Split of a Q/DQ tensor concatenated with a Q/DQ sum, one shared scale and zero point
-    -120) the Concat came out 56% off ONNX Runtime's, and the class scores of the whole model near 0; unsigned,
-    1.2%. Returns how many (scale, zero point) pairs changed."""
-    import numpy as np
-    from onnx import numpy_helper
-
-    g = model.graph
-    init = {t.name: t for t in g.initializer}
-    taken = set(init) | {o for n in g.node for o in n.output}
-    changed: dict[str, str] = {}
-    retyped = set()
-    for n in g.node:
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3 or n.input[0] in init \
-                or n.input[2] not in init:
-            continue
-        zp = numpy_helper.to_array(init[n.input[2]])
-        if zp.dtype != np.int8 or not zp.any():
-            continue
-        if n.input[2] not in changed:
-            name, k = f"{n.input[2]}_u8", 0
-            while name in taken:
-                k += 1
-                name = f"{n.input[2]}_u8_{k}"
-            taken.add(name)
-            g.initializer.append(numpy_helper.from_array((zp.astype(np.int16) + 128).astype(np.uint8), name))
-            changed[n.input[2]] = name
-        n.input[2] = changed[n.input[2]]
-        if n.op_type == "QuantizeLinear":
-            retyped.add(n.output[0])
-    keep = [v for v in g.value_info if v.name not in retyped]  # their element type was int8: inferred again
-    del g.value_info[:]
-    g.value_info.extend(keep)
-    drop_unused_initializers(g)
-    return len(changed)
-
-
 def read_qdq(path: Path, core=None):
-    """An ov.Model from a Q/DQ ONNX file (Q/DQ pairs become FakeQuantize), its signed asymmetric activations
-    re-spelled unsigned first (:func:`unsigned_activations`)."""
+    """An ov.Model from a Q/DQ ONNX file (Q/DQ pairs become FakeQuantize), its int8 activations re-spelled uint8
+    first (:func:`edgeopt.core.onnxgraph.activations_to_u8`: the same values). OpenVINO compiles the signed
+    spelling wrongly in places: on YOLOv8's C2f blocks (a Split of a Q/DQ tensor concatenated with a Q/DQ sum,
+    one shared scale and zero point -120) the Concat came out 56% off ONNX Runtime's, and the class scores of the
+    whole model near 0; unsigned, 1.2%."""
     import onnx
     import openvino as ov
 
     core = core or ov.Core()
     model = onnx.load(str(path))
-    if not unsigned_activations(model):
+    if not activations_to_u8(model):
         return core.read_model(str(path))
     with tempfile.TemporaryDirectory(prefix="edgeopt-ov-qdq-") as tmp:
         onnx.save(model, str(Path(tmp) / "qdq.onnx"))
