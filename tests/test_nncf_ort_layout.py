@@ -85,3 +85,51 @@ def test_nncf_qdq_fuses_every_convolution_after_the_rewrite(tmp_path):
 def test_the_rewrite_leaves_u8_and_float_graphs_alone(tmp_path):
     model = _inverted_residuals(tmp_path / "float.onnx")
     assert nncf_for_onnxruntime(model) == {"int8 activations as uint8": 0, "float layers' weights folded": 0}
+
+
+def _silu_blocks(path):
+    """Three YOLOv8-style Conv + BatchNorm + SiLU blocks and a 1x1 head conv."""
+    torch.manual_seed(0)
+    nn = torch.nn
+
+    def block(i, o):
+        return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.SiLU()]
+
+    m = nn.Sequential(*block(3, 16), *block(16, 16), *block(16, 24), nn.Conv2d(24, 6, 1))
+    with torch.no_grad():
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.momentum = None
+        m(torch.randn(16, 3, 24, 24))
+    torch.onnx.export(m.eval(), torch.randn(1, 3, 24, 24), str(path), input_names=["x"], output_names=["y"],
+                      dynamo=False)
+    return onnx.load(str(path))
+
+
+def test_convolutions_before_a_silu_fuse_once_their_outputs_are_quantized(tmp_path):
+    from edgeopt.backends.onnxruntime.rewrite import quantize_outputs, unfused_convolutions
+
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(size=(1, 3, 24, 24)).astype(np.float32)} for _ in range(16)]
+    q = nncf.quantize(_silu_blocks(tmp_path / "float.onnx"), nncf.Dataset(feeds), target_device=nncf.TargetDevice.CPU,
+                      subset_size=16, preset=nncf.QuantizationPreset.MIXED,
+                      advanced_parameters=AdvancedQuantizationParameters(
+                          activations_quantization_params=QuantizationParameters(per_channel=False)))
+    nncf_for_onnxruntime(q)
+    # NNCF quantizes each SiLU's output, not the convolution's: ONNX Runtime fuses none of those convolutions
+    unfused = unfused_convolutions(q)
+    assert len(unfused) >= 2 and _optimized_ops(q, tmp_path)["QLinearConv"] == 0
+    x = rng.normal(size=(1, 3, 24, 24)).astype(np.float32)
+    before = _run(q, x)
+    assert quantize_outputs(q, feeds) == len(unfused)
+    onnx.checker.check_model(q, full_check=True)
+    assert not unfused_convolutions(q)
+    assert _optimized_ops(q, tmp_path)["QLinearConv"] == len(unfused)
+    # one more rounding per layer: close to the model it was made from, judged like any candidate in a build
+    after = _run(q, x)
+    cos = float((before * after).sum() / np.linalg.norm(before) / np.linalg.norm(after))
+    assert cos > 0.99, cos
+    assert quantize_outputs(q, feeds) == 0  # nothing left to quantize

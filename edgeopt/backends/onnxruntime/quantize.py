@@ -41,9 +41,12 @@ from edgeopt.compress.quantizer import BaseQuantizer, NncfInput, Skip
 # The stronger post-training options of NNCF's recipe (compress/ptq.py: "nncf-qdq-bc", "nncf-qdq-sq50") are tried by
 # a recovery step when the defaults miss the budget.
 NNCF_QDQ = "nncf-qdq"
+# NNCF's recipe with the outputs of the convolutions ONNX Runtime would leave in float quantized too
+# (rewrite.quantize_outputs: YOLOv8's SiLU layers)
+NNCF_OUTPUTS = "nncf-qdq-outputs"
 STRONGER = tuple(f"{NNCF_QDQ}-{o.suffix}" for o in ptq.OPTIONS)
 ORT_CANDIDATES = ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-entropy", "ort-qdq-u8s8-fused", NNCF_QDQ,
-                  "ort-qdq-s8s8", "ort-dynamic", *STRONGER)
+                  NNCF_OUTPUTS, "ort-qdq-s8s8", "ort-dynamic", *STRONGER)
 FUSED = "ort-qdq-u8s8-fused"
 
 DEFAULTS = {
@@ -51,7 +54,7 @@ DEFAULTS = {
     # MinMax ranges clip nothing and so waste resolution on outliers: real-weight CNNs lose top-1 with them that
     # percentile ranges (or NNCF's) keep, at the same speed (the same u8/s8 QDQ layout).
     "cnn": ("ort-qdq-u8s8", "ort-qdq-u8s8-percentile", "ort-qdq-u8s8-fused", "nncf-qdq"),
-    "detector": ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq"),
+    "detector": ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq", NNCF_OUTPUTS),
     "generic": ("ort-qdq-u8s8", "ort-qdq-u8s8-fused", "nncf-qdq", "ort-dynamic"),
 }
 
@@ -121,6 +124,7 @@ def _ort_dynamic(src, dst, exclude=()):
 
 
 NNCF_LAYOUT = "per-tensor activations, u8, float layers folded"  # rewrite.nncf_for_onnxruntime; cache key
+OUTPUTS_VERSION = 1  # rewrite.quantize_outputs; cache key
 
 
 def _ort_layout():
@@ -151,6 +155,23 @@ def _nncf_qdq(src, dst, feeds, kw: dict, option=None) -> None:
     quiet_nncf()
     q = nncf.quantize(onnx.load(str(src)), nncf.Dataset(feeds), **ptq.nncf_arguments(option, kw, _ort_layout()))
     onnx.save(_for_ort(q), str(dst))
+
+
+def _nncf_outputs(src, dst, feeds, kw: dict, plain: Path) -> int:
+    """NNCF's recipe (``plain``, when this build made it already) with the outputs of the convolutions ONNX Runtime
+    would run in float quantized (rewrite.quantize_outputs); Skip when there are none."""
+    import onnx
+
+    from edgeopt.backends.onnxruntime.rewrite import quantize_outputs, unfused_convolutions
+
+    if not plain.is_file():
+        _nncf_qdq(src, plain, feeds, kw)
+    model = onnx.load(str(plain))
+    if not unfused_convolutions(model):
+        raise Skip("every quantized convolution already ends in a quantized output: nothing to add")
+    count = quantize_outputs(model, feeds)
+    onnx.save(model, str(dst))
+    return count
 
 
 def _onnx_infer(model):
@@ -193,8 +214,10 @@ class OrtQuantizer(BaseQuantizer):
             p["weights"] = "per-channel"
         if name == FUSED:
             p["rewrites"] = INT8_RECIPES_VERSION
-        if ptq.base_of(name) == NNCF_QDQ:
+        if ptq.base_of(name) in (NNCF_QDQ, NNCF_OUTPUTS):
             p["layout"] = NNCF_LAYOUT
+        if name == NNCF_OUTPUTS:
+            p["outputs"] = OUTPUTS_VERSION
         return {**p, **ptq.params_for(name)}
 
     def _source(self, name: str) -> tuple[Path, dict]:
@@ -248,6 +271,9 @@ class OrtQuantizer(BaseQuantizer):
             elif ptq.base_of(name) == NNCF_QDQ:
                 _nncf_qdq(src, dst, feeds, self.nncf_kwargs(feeds, exclude), ptq.option_of(name))
                 notes.update(ptq.notes_for(name))
+            elif name == NNCF_OUTPUTS:
+                notes["outputs_quantized"] = _nncf_outputs(src, dst, feeds, self.nncf_kwargs(feeds, exclude),
+                                                           self.work / f"{NNCF_QDQ}.onnx")
         return dst, notes
 
     def save(self, model: Path, folder: Path) -> None:
