@@ -14,6 +14,19 @@ nncf = pytest.importorskip("nncf")
 torch = pytest.importorskip("torch")
 
 
+def _exported(m, path):
+    """``m`` with batch-norm statistics of random inputs, exported to ONNX at ``path`` (input x, output y)."""
+    with torch.no_grad():
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.momentum = None
+        m(torch.randn(16, 3, 24, 24))
+    torch.onnx.export(m.eval(), torch.randn(1, 3, 24, 24), str(path), input_names=["x"], output_names=["y"],
+                      dynamo=False)
+    return onnx.load(str(path))
+
+
 def _inverted_residuals(path):
     """Two MobileNetV2 blocks (ReLU6, depthwise, a residual Add) and a Linear after Flatten."""
     from torchvision.models.mobilenetv2 import InvertedResidual
@@ -23,15 +36,7 @@ def _inverted_residuals(path):
     m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
                       InvertedResidual(16, 16, 1, 4), InvertedResidual(16, 24, 2, 4), InvertedResidual(24, 24, 1, 4),
                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
-    with torch.no_grad():
-        m.train()
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.momentum = None
-        m(torch.randn(16, 3, 24, 24))
-    torch.onnx.export(m.eval(), torch.randn(1, 3, 24, 24), str(path), input_names=["x"], output_names=["y"],
-                      dynamo=False)
-    return onnx.load(str(path))
+    return _exported(m, path)
 
 
 def _quantized(tmp_path):
@@ -96,15 +101,7 @@ def _silu_blocks(path):
         return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.SiLU()]
 
     m = nn.Sequential(*block(3, 16), *block(16, 16), *block(16, 24), nn.Conv2d(24, 6, 1))
-    with torch.no_grad():
-        m.train()
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.momentum = None
-        m(torch.randn(16, 3, 24, 24))
-    torch.onnx.export(m.eval(), torch.randn(1, 3, 24, 24), str(path), input_names=["x"], output_names=["y"],
-                      dynamo=False)
-    return onnx.load(str(path))
+    return _exported(m, path)
 
 
 def test_convolutions_before_a_silu_fuse_once_their_outputs_are_quantized(tmp_path):
