@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgeopt.core.onnxgraph import fresh_name
+
 RANKING_SHARE = 0.6  # of the time limit, at most, for ranking
 
 
@@ -256,7 +258,7 @@ def keep_in_float(qdq, float_model, names) -> Any:
             src = twin.input[i] if twin is not None and i < len(twin.input) else None
             if inp in init and src in fl_init and tuple(init[inp].dims) == tuple(fl_init[src].dims):
                 tensor = copy.deepcopy(fl_init[src])  # a constant quantized and folded back: the float one
-                tensor.name = _fresh(f"{node.name}_float_{i}", taken)
+                tensor.name = fresh_name(f"{node.name}_float_{i}", taken)
                 g.initializer.append(tensor)
                 node.input[i] = tensor.name
                 continue
@@ -268,7 +270,7 @@ def keep_in_float(qdq, float_model, names) -> Any:
                     tensor = copy.deepcopy(fl_init[src])
                 else:
                     tensor = numpy_helper.from_array(_dequantized(dq, init))
-                name = _fresh(f"{node.name}_float_{i}", taken)
+                name = fresh_name(f"{node.name}_float_{i}", taken)
                 tensor.name = name
                 g.initializer.append(tensor)
                 node.input[i] = name
@@ -298,7 +300,7 @@ def _saturation(g, q, init, taken) -> str:
     info = np.iinfo(zero.dtype)
     lo = (float(info.min) - float(zero.ravel()[0])) * float(scale.ravel()[0])
     hi = (float(info.max) - float(zero.ravel()[0])) * float(scale.ravel()[0])
-    base = _fresh(f"{q.name or q.output[0]}_float", taken)
+    base = fresh_name(f"{q.name or q.output[0]}_float", taken)
     g.initializer.extend([numpy_helper.from_array(np.array(lo, np.float32), base + "_lo"),
                           numpy_helper.from_array(np.array(hi, np.float32), base + "_hi")])
     g.node.append(helper.make_node("Clip", [q.input[0], base + "_lo", base + "_hi"], [base], name=base))
@@ -338,15 +340,6 @@ def _dequantized(dq, init) -> np.ndarray:
         shape[axis] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
     return ((q - zero) * scale).astype(np.float32)
-
-
-def _fresh(base: str, taken: set) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
 
 
 def _prune(g) -> None:

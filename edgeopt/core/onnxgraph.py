@@ -18,6 +18,16 @@ def drop_unused_initializers(graph) -> None:
     graph.initializer.extend(keep)
 
 
+def fresh_name(base: str, taken: set) -> str:
+    """``base``, or ``base_1``, ``base_2`` ...: the first not in ``taken`` (which it joins)."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 def activations_to_u8(model) -> int:
     """Each int8 activation Q/DQ pair (QuantizeLinear over a computed tensor, its users all DequantizeLinear with
     the same zero point) re-spelled as uint8 with the zero point moved by 128: the same values exactly. In place;
@@ -34,22 +44,18 @@ def activations_to_u8(model) -> int:
         for i in n.input:
             users.setdefault(i, []).append(n)
     taken = set(init) | {o for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
     changed = set()
     for node in graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in init or len(node.input) < 3:
             continue
         zero = init.get(node.input[2])
         dqs = users.get(node.output[0]) or []
-        if zero is None or zero.data_type != TensorProto.INT8 or not dqs or \
-                node.output[0] in {o.name for o in graph.output} or any(
+        if zero is None or zero.data_type != TensorProto.INT8 or not dqs or node.output[0] in outputs or any(
                 d.op_type != "DequantizeLinear" or d.input[0] != node.output[0] or len(d.input) < 3
                 or d.input[2] != node.input[2] for d in dqs):
             continue
-        k = len(taken)
-        while f"edgeopt_u8_zero{k}" in taken:
-            k += 1
-        name = f"edgeopt_u8_zero{k}"
-        taken.add(name)
+        name = fresh_name("edgeopt_u8_zero", taken)
         moved = (numpy_helper.to_array(zero).astype(np.int16) + 128).astype(np.uint8)
         graph.initializer.append(numpy_helper.from_array(moved, name))
         node.input[2] = name
