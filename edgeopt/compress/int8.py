@@ -215,8 +215,7 @@ def judged(state: LoopState, c: Candidate, timed: dict, runners: dict) -> None:
         # the faster setting was chosen for speed before judging: its precision may be what loses the accuracy
         second = state.judge(lambda feed, run=runners[exact[1]]: run.infer(feed, check=False))
         if second["within_budget"]:
-            lost = describe(score["accuracy"]) if "accuracy" in score else f"cosine {score.get('cosine', 0):.4f}"
-            choice, label, score = exact[0], exact[1], second
+            choice, label, lost, score = exact[0], exact[1], _fig(score), second
             choice["why"] += f"; but over budget with the faster setting ({lost}), within with this one"
     if choice is not None:
         state.choices[c.name] = choice

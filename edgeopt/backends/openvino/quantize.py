@@ -166,29 +166,27 @@ class OvQuantizer(BaseQuantizer):
         return {f"{name} precision f32": self._runner(model, "int8", INFERENCE_PRECISION_HINT="f32")}
 
     def choose(self, name: str, timed: dict) -> tuple[dict | None, str]:
-        f32 = f"{name} precision f32"
-        if f32 not in timed:
-            return None, name
-        d, f = timed[name]["latency_ms_b1"], timed[f32]["latency_ms_b1"]
-        return self._choice(name, timed, f <= d * (1 + NOISE))
+        return self._choice(name, timed) if f"{name} precision f32" in timed else (None, name)
 
     def exact(self, name: str, timed: dict) -> tuple[dict, str] | None:
         """The f32 float remainder, where ``choose`` took the device default for speed."""
-        f32 = f"{name} precision f32"
-        return self._choice(name, timed, True) if f32 in timed else None
+        return self._choice(name, timed, force_f32=True) if f"{name} precision f32" in timed else None
 
-    def _choice(self, name: str, timed: dict, pick_f32: bool) -> tuple[dict, str]:
+    def _choice(self, name: str, timed: dict, force_f32: bool = False) -> tuple[dict, str]:
+        """The float remainder's precision from the race: f32 when it is faster or within NOISE (or forced)."""
         from edgeopt.backends.openvino.runner import runtime_config
 
         f32, hint = f"{name} precision f32", getattr(self, "_hint", "")
         default = runtime_config("int8", self.req.target.options)
         d, f = timed[name]["latency_ms_b1"], timed[f32]["latency_ms_b1"]
+        faster = f <= d * (1 + NOISE)
+        pick_f32 = faster or force_f32
         choice = {"setting": "INFERENCE_PRECISION_HINT", "chosen": "f32" if pick_f32 else f"device default ({hint})",
                   "config": {**default, "INFERENCE_PRECISION_HINT": "f32"} if pick_f32 else default,
                   "figures": {f"default ({hint})": timed[name], "f32": timed[f32]},
                   "why": (f"the float remainder of the INT8 model ran {d:.3f} ms at batch 1 with the device default "
                           f"({hint}) and {f:.3f} ms with f32, timed in the same interleaved rounds; "
-                          + ("f32 is faster or within 5% (a tie goes to the exact f32)" if f <= d * (1 + NOISE) else
+                          + ("f32 is faster or within 5% (a tie goes to the exact f32)" if faster else
                              "the default is more than 5% faster"))}
         return choice, f32 if pick_f32 else name
 
