@@ -163,14 +163,14 @@ def _nncf_outputs(src, dst, feeds, kw: dict, plain: Path) -> int:
     would run in float quantized (rewrite.quantize_outputs); Skip when there are none."""
     import onnx
 
-    from edgeopt.backends.onnxruntime.rewrite import quantize_outputs, unfused_convolutions
+    from edgeopt.backends.onnxruntime.rewrite import quantize_outputs
 
     if not plain.is_file():
         _nncf_qdq(src, plain, feeds, kw)
     model = onnx.load(str(plain))
-    if not unfused_convolutions(model):
-        raise Skip("every quantized convolution already ends in a quantized output: nothing to add")
     count = quantize_outputs(model, feeds)
+    if not count:
+        raise Skip("every quantized convolution already ends in a quantized output: nothing to add")
     onnx.save(model, str(dst))
     return count
 
