@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeopt.core import bootstrap
 from edgeopt.errors import DataError, UserInputError, require
 
 MAX_NMS = 30000  # boxes entering NMS per image (highest scores first), as Ultralytics does
@@ -526,26 +527,23 @@ def ignore_regions(dets: list[Detections], threshold: float) -> list[Detections]
 
 
 SENSITIVITY_THRESHOLDS = (0.1, 0.5)  # pseudo-label thresholds the drop is also reported at, beside label_threshold
-DETECTION_RESAMPLES = 1000
 
 
 def paired_map_interval(truth: list[Detections], found: list[Detections], ref_found: list[Detections],
-                        max_detections: int, resamples: int = DETECTION_RESAMPLES, seed: int = 0,
-                        level: float = 0.95, ignore: list[Detections] | None = None) -> dict:
+                        max_detections: int, resamples: int = bootstrap.RESAMPLES, seed: int = bootstrap.SEED,
+                        level: float = bootstrap.LEVEL, ignore: list[Detections] | None = None) -> dict:
     """The mAP50 drop of ``found`` from ``ref_found`` (both against ``truth``, ``ignore`` regions left out) in
     points, with a paired bootstrap interval over images: each resample of the images scores both on the same
     images (COCO's per-image matching is computed once, the accumulation redone per resample)."""
-    from edgeopt.core.bootstrap import paired_drop, weights
-
     a, b = (matches50(truth, d, max_detections, ignore) for d in (ref_found, found))
     n = len(truth)
     ones = np.ones(n)
     point = (map50_resampled(a, ones) - map50_resampled(b, ones)) * 100
 
     def drops_of(idx):  # a resample without ground truth says nothing (NaN)
-        return [(map50_resampled(a, w) - map50_resampled(b, w)) * 100 for w in weights(idx, n)]
+        return [(map50_resampled(a, w) - map50_resampled(b, w)) * 100 for w in bootstrap.weights(idx, n)]
 
-    return paired_drop(point, n, drops_of, level, resamples, seed)
+    return bootstrap.paired_drop(point, n, drops_of, level, resamples, seed)
 
 
 def detection_metric(task, got, ref, interval: bool = True) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeopt.core import bootstrap
 from edgeopt.errors import DataError
 
 IGNORE = 255  # label pixels that count for no class (VOC's boundary value)
@@ -43,19 +44,31 @@ def confusion(pred: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
         classes, classes)
 
 
+def _iou_rows(conf: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class IoU of each row of ``[k, classes * classes]`` (weighted) pixel counts, and which classes are
+    present (in prediction or truth) in each row."""
+    c = conf.reshape(-1, classes, classes).astype(np.float64)
+    inter = np.diagonal(c, axis1=1, axis2=2)
+    union = c.sum(1) + c.sum(2) - inter
+    present = union > 0
+    return np.where(present, inter / np.maximum(union, 1e-12), 0.0), present
+
+
+def _miou_rows(conf: np.ndarray, classes: int) -> np.ndarray:
+    """mIoU of each row: the mean IoU over the classes present in it (1 where none is)."""
+    iou, present = _iou_rows(conf, classes)
+    n = present.sum(1)
+    return np.where(n > 0, iou.sum(1) / np.maximum(n, 1), 1.0)
+
+
 def miou(conf: np.ndarray) -> dict:
     """mIoU, per-class IoU (None for classes in neither) and pixel accuracy from a confusion matrix."""
-    inter = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - inter
-    present = union > 0
-    iou = np.where(present, inter / np.maximum(union, 1), np.nan)
+    classes = conf.shape[0]
+    iou, present = (a[0] for a in _iou_rows(conf.reshape(1, -1), classes))
     total = conf.sum()
-    return {"miou": float(np.nanmean(iou)) if present.any() else 1.0,
-            "iou": [None if np.isnan(v) else float(v) for v in iou],
-            "pixel_accuracy": float(inter.sum() / total) if total else 1.0, "pixels": int(total)}
-
-
-SEGMENTATION_RESAMPLES = 1000
+    return {"miou": float(_miou_rows(conf.reshape(1, -1), classes)[0]),
+            "iou": [float(v) if p else None for v, p in zip(iou, present)],
+            "pixel_accuracy": float(np.trace(conf) / total) if total else 1.0, "pixels": int(total)}
 
 
 def per_sample_confusion(pred: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
@@ -64,33 +77,21 @@ def per_sample_confusion(pred: np.ndarray, truth: np.ndarray, classes: int) -> n
         np.zeros((0, classes * classes), np.int64)
 
 
-def _miou_rows(conf: np.ndarray, classes: int) -> np.ndarray:
-    """mIoU of each row of ``[k, classes * classes]`` (weighted) pixel counts, as :func:`miou` computes it."""
-    c = conf.reshape(-1, classes, classes)
-    inter = np.diagonal(c, axis1=1, axis2=2)
-    union = c.sum(1) + c.sum(2) - inter
-    present = union > 0
-    iou = np.where(present, inter / np.maximum(union, 1e-12), 0.0)
-    n = present.sum(1)
-    return np.where(n > 0, iou.sum(1) / np.maximum(n, 1), 1.0)
-
-
 def paired_miou_interval(ref_conf: np.ndarray, got_conf: np.ndarray, classes: int,
-                         resamples: int = SEGMENTATION_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict:
+                         resamples: int = bootstrap.RESAMPLES, seed: int = bootstrap.SEED,
+                         level: float = bootstrap.LEVEL) -> dict:
     """The mIoU drop of ``got`` from ``ref`` in points, with a paired percentile bootstrap interval over samples:
     each resample of the images weights both models' per-image confusion matrices (``[n, classes * classes]``,
     against the same truth) the same way, and mIoU is recomputed from the weighted sums."""
-    from edgeopt.core.bootstrap import paired_drop, weights
-
     n = len(ref_conf)
     ones = np.ones((1, n))
     point = float((_miou_rows(ones @ ref_conf, classes) - _miou_rows(ones @ got_conf, classes))[0] * 100)
 
     def drops_of(idx):
-        w = weights(idx, n)
+        w = bootstrap.weights(idx, n)
         return (_miou_rows(w @ ref_conf, classes) - _miou_rows(w @ got_conf, classes)) * 100
 
-    return paired_drop(point, n, drops_of, level, resamples, seed)
+    return bootstrap.paired_drop(point, n, drops_of, level, resamples, seed)
 
 
 def segmentation_metric(task, got, ref, interval: bool = True) -> dict:
@@ -100,6 +101,7 @@ def segmentation_metric(task, got, ref, interval: bool = True) -> dict:
     scores = got.stacked(name)
     pred = masks(scores, name)
     classes = int(scores.shape[1]) if scores.ndim == 4 else int(pred.max()) + 1
+    ref_pred = masks(ref.stacked(name), name) if ref is not None else None
     if got.labels is not None:
         truth = np.asarray(got.labels)
         if truth.shape != pred.shape:
@@ -115,17 +117,15 @@ def segmentation_metric(task, got, ref, interval: bool = True) -> dict:
         if ref is None:
             raise DataError("No label masks and no FP32 outputs to compare with.",
                             "Give label masks with the evaluation data.")
-        truth = masks(ref.stacked(name), name)
+        truth = ref_pred
         res = miou(confusion(pred, truth, classes))
         metric, label = "miou_fp32", "mIoU vs FP32"
     out = {"metric": metric, "label": label, "value": res["miou"], metric: res["miou"],
            "pixel_accuracy": res["pixel_accuracy"], "iou": res["iou"], "classes": classes,
            "samples": int(pred.shape[0]), "budget": "points"}
-    if ref is not None and interval:
-        ref_pred = masks(ref.stacked(name), name)
-        if ref_pred.shape == pred.shape:
-            out["drop_interval"] = paired_miou_interval(per_sample_confusion(ref_pred, truth, classes),
-                                                        per_sample_confusion(pred, truth, classes), classes)
+    if ref_pred is not None and interval and ref_pred.shape == pred.shape:
+        out["drop_interval"] = paired_miou_interval(per_sample_confusion(ref_pred, truth, classes),
+                                                    per_sample_confusion(pred, truth, classes), classes)
     return out
 
 
