@@ -116,6 +116,9 @@ AC_LIMITS = {"mobilenet_v2_real": {"accuracy_control": False},
              "mobilenet_v2_digits-qat": {"accuracy_control": False, "mixed_precision": False},
              "mobilenet_v2_digits_seg": {"accuracy_control": False}}
 DETECTORS = ("yolov8_fall_real", "ssdlite_random")
+# what a row keeps of each INT8 candidate's accuracy record
+CANDIDATE_FIGURES = ("value", "drop_points", "drop_low", "drop_high", "unlabelled", "label", "decision",
+                     "within_budget")
 
 
 def recipe_for(name: str, duration: float, prune: bool = False, batches=(1, 8)):
@@ -183,14 +186,11 @@ def rows_of(manifest: dict) -> list[dict]:
         if a["precision"] == "int8" and a.get("meta", {}).get("int8"):
             row["int8_recipe"] = a["meta"]["int8"]["recipe"]
             row["int8_candidates"] = [
-                {"candidate": c.get("candidate"), **{k: (c.get("accuracy") or {}).get(k) for k in
-                                                    ("value", "drop_points", "drop_low", "drop_high", "unlabelled",
-                                                     "label", "decision", "within_budget")}}
+                {"candidate": c.get("candidate"), **{k: (c.get("accuracy") or {}).get(k) for k in CANDIDATE_FIGURES}}
                 for c in a["meta"]["int8"].get("candidates", []) if c.get("accuracy")]
             if not row["int8_candidates"] and a.get("accuracy"):  # OpenVINO: its one configuration
-                row["int8_candidates"] = [{"candidate": row["int8_recipe"], **{
-                    k: a["accuracy"].get(k) for k in ("value", "drop_points", "drop_low", "drop_high", "unlabelled",
-                                                      "label", "decision", "within_budget")}}]
+                row["int8_candidates"] = [{"candidate": row["int8_recipe"],
+                                           **{k: a["accuracy"].get(k) for k in CANDIDATE_FIGURES}}]
         row["settings"] = settings_of(a)
         rows.append(row)
     return rows
