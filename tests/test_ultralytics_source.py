@@ -205,3 +205,29 @@ def test_cli_model_best_pt_needs_no_input(tmp_path, best_pt, run_cli, monkeypatc
     assert [a["status"] for a in m["artifacts"]] == ["ok"]
     code, out, err = run_cli("build", "--model", "model.onnx", "-o", tmp_path / "out2")
     assert code != 0 and "--model needs --input" in err and "Traceback" not in err
+
+
+def test_cli_eval_photos_of_another_size_are_letterboxed_as_the_checkpoint_says(tmp_path, best_pt, run_cli,
+                                                                                monkeypatch):
+    """--eval / --calib photos with a best.pt and no --preprocess are prepared as Ultralytics prepares them
+    (letterboxed into the checkpoint's size), not refused for their size (a new user's first build failed so)."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, size=(SIZE // 2, SIZE + 40, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    code, out, err = run_cli("build", "--model", best_pt, "--allow-pickle", "-t", "ort-cpu", "-p", "fp32",
+                             "--calib", photos, "--eval", photos, "-o", tmp_path / "out", "--json")
+    assert code == 0, err
+    import json
+
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [a["status"] for a in m["artifacts"]] == ["ok"]
+    from edgeopt.cli.main import _recipe_with_cli
+
+    r = _recipe_with_cli(None, (), (), str(best_pt), None, True, None, None, calib=str(photos), evaluation=str(photos))
+    for data in (r.calibration, r.evaluation):
+        assert data.preprocess.letterbox and list(data.preprocess.resize) == [SIZE, SIZE]

@@ -49,7 +49,12 @@ def _data_options(r, calib, evaluation, preprocess, task, outputs):
             from edgeopt.data.dataset import Preprocess
 
             sections[key] = replace(getattr(r, key), preprocess=Preprocess.from_dict(pre))
-    return replace(r, **sections)
+    r = replace(r, **sections)
+    if "preprocess" in r.read_from_model:  # --calib / --eval images prepared as the checkpoint's tool does
+        from edgeopt.pipeline.intake import data_with_preprocess
+
+        r = replace(r, **data_with_preprocess(r, r.preprocess))
+    return r
 
 
 def _model_recipe(recipe, inputs, dims, model, checkpoint, allow_pickle, opset, exporter, kind=None):

@@ -32,7 +32,7 @@ from edgeopt.pipeline.sources import (
 )
 
 __all__ = ["complete_inputs", "external_data_files", "hold_out", "load_data", "load_model", "onnx_source_digest",
-           "read_from_model_note", "stage_intake", "with_model_task"]
+           "read_from_model_note", "stage_intake", "with_model_task", "data_with_preprocess"]
 
 
 def load_data(ctx: BuildContext, manifest: Manifest, calibrate: bool) -> BuildData:
@@ -93,11 +93,16 @@ def complete_inputs(recipe: Recipe) -> Recipe:
     if recipe.preprocess is None and recipe.shipped_preprocess() is None:
         sections["preprocess"] = pre = Preprocess.from_dict(pre)
         read.append("preprocess")
-        for key in ("calibration", "evaluation"):
-            data = getattr(recipe, key)
-            if data is not None and data.preprocess is None:
-                sections[key] = replace(data, preprocess=pre)
+        sections.update(data_with_preprocess(recipe, pre))
     return replace(recipe, spec=spec, read_from_model=tuple(read), **sections)
+
+
+def data_with_preprocess(recipe: Recipe, pre) -> dict:
+    """The recipe's data sections (calibration, evaluation) that have no preprocessing of their own, with ``pre``:
+    the images a checkpoint's tool prepared are read the way it prepares them (:func:`complete_inputs`; the CLI's
+    --calib / --eval on a checkpoint)."""
+    return {key: replace(data, preprocess=pre) for key in ("calibration", "evaluation")
+            if (data := getattr(recipe, key)) is not None and data.preprocess is None}
 
 
 def read_from_model_note(recipe: Recipe) -> str | None:
